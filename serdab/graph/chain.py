@@ -53,6 +53,7 @@ class Chain:
     blocks: tuple[Block, ...]
     shapes: dict[str, tuple[int, ...]] = field(repr=False)
     constant_nodes: frozenset[int] = field(repr=False)
+    elem_sizes: dict[str, int] = field(repr=False)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -63,10 +64,12 @@ class Chain:
         return self.shapes[self.blocks[index].output]
 
     def elem_bytes(self, name: str) -> int:
-        for value in [*self.model.graph.value_info, *self.model.graph.output, *self.model.graph.input]:
-            if value.name == name:
-                return _DTYPE_BYTES.get(value.type.tensor_type.elem_type, 4)
-        return 4
+        """Bytes per element of tensor ``name`` (float32 when the file does not say)."""
+        return self.elem_sizes.get(name, 4)
+
+    def tensor_bytes(self, name: str) -> int:
+        """Bytes of tensor ``name`` at the bound shape."""
+        return tensor_bytes(self.shapes[name], self.elem_bytes(name))
 
 
 def _constant_nodes(graph: onnx.GraphProto) -> tuple[frozenset[int], set[str]]:
@@ -132,7 +135,11 @@ def build_chain(model: onnx.ModelProto) -> Chain:
         members = [live[p] for p in range(len(live)) if (mask & ~done) >> p & 1]
         blocks.append(Block(len(blocks), _block_name(graph, members), tuple(members), entering, name))
         done, entering = mask, name
-    return Chain(model, input_name, output_names, tuple(blocks), tensor_shapes(model), const_nodes)
+    elem_sizes = {
+        v.name: _DTYPE_BYTES.get(v.type.tensor_type.elem_type, 4)
+        for v in [*graph.input, *graph.value_info, *graph.output]
+    }
+    return Chain(model, input_name, output_names, tuple(blocks), tensor_shapes(model), const_nodes, elem_sizes)
 
 
 def _only_crossing(

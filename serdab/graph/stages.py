@@ -16,7 +16,7 @@ import onnx
 from onnx import helper
 
 from serdab.errors import CutOutOfRangeError, NotACleanCutError
-from serdab.graph.chain import Chain, tensor_bytes
+from serdab.graph.chain import Chain
 
 __all__ = ["StageSpec", "extract_stage", "parse_cuts", "stage_ranges", "write_stages"]
 
@@ -108,8 +108,8 @@ def write_stages(chain: Chain, cuts: Sequence[int], out_dir: Path, model_name: s
         out_shapes = tuple(chain.shapes[o] for o in outs)
         specs.append(StageSpec(
             index=k, file=file, blocks=(first, last), input=in_name,
-            input_shape=chain.shapes[in_name], input_bytes=tensor_bytes(chain.shapes[in_name]),
-            outputs=outs, output_shapes=out_shapes, output_bytes=sum(tensor_bytes(s) for s in out_shapes),
+            input_shape=chain.shapes[in_name], input_bytes=chain.tensor_bytes(in_name),
+            outputs=outs, output_shapes=out_shapes, output_bytes=sum(chain.tensor_bytes(o) for o in outs),
         ))
     manifest = {
         "model": model_name,
