@@ -86,7 +86,7 @@ def _block_name(graph: onnx.GraphProto, nodes: list[int]) -> str:
     ops = [graph.node[i].op_type for i in nodes]
     if len(ops) <= 3:
         return "+".join(ops)
-    return f"{ops[0]}..{ops[-1]} ({len(ops)} ops)"
+    return f"{ops[0]}..{ops[-1]} ({len(ops)})"
 
 
 def build_chain(model: onnx.ModelProto) -> Chain:

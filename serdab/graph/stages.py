@@ -36,13 +36,31 @@ class StageSpec:
     output_bytes: int
 
 
-def parse_cuts(text: str) -> list[int]:
-    """Parse "3,7" into block indices; whitespace is allowed, order and duplicates are not."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    try:
-        return [int(p) for p in parts]
-    except ValueError:
-        raise CutOutOfRangeError(f"--cuts {text!r} is not a list of block indices (example: --cuts 3,7)") from None
+def parse_cuts(chain: Chain, text: str) -> list[int]:
+    """Cuts from "3,7" (block indices) or tensor names ("3,/layer2/Add_output_0"), as block indices.
+
+    A name must be a clean cut of this model; anything else raises with the reason.
+    """
+    cuts = []
+    by_tensor = {b.output: b.index for b in chain.blocks[:-1]}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if part.lstrip("-").isdigit():
+            cuts.append(int(part))
+        elif part in by_tensor:
+            cuts.append(by_tensor[part])
+        else:
+            known = set(chain.shapes) | {o for n in chain.model.graph.node for o in n.output}
+            if part in known:
+                raise NotACleanCutError(
+                    f"tensor {part!r} is not a clean cut: other tensors also cross there "
+                    "(see `serdab profile` for the blocks; cut after a block index, e.g. --cuts 3)"
+                )
+            raise CutOutOfRangeError(f"--cuts {part!r} is neither a block index nor a tensor of this model")
+    if not cuts:
+        raise CutOutOfRangeError("--cuts is empty; give block indices, e.g. --cuts 3,7")
+    return cuts
 
 
 def stage_ranges(chain: Chain, cuts: Sequence[int]) -> list[tuple[int, int]]:
@@ -58,15 +76,6 @@ def stage_ranges(chain: Chain, cuts: Sequence[int]) -> list[tuple[int, int]]:
     starts = [0, *[c + 1 for c in cuts]]
     ends = [*cuts, last]
     return list(zip(starts, ends, strict=True))
-
-
-def check_clean_tensor(chain: Chain, tensor: str) -> None:
-    """Raise NotACleanCutError unless ``tensor`` is one of the chain's cut tensors."""
-    if tensor not in {b.output for b in chain.blocks[:-1]}:
-        raise NotACleanCutError(
-            f"tensor {tensor!r} is not a clean cut: more than one tensor would cross it "
-            f"(clean cuts: {', '.join(b.output for b in chain.blocks[:-1][:8])}...)"
-        )
 
 
 def extract_stage(chain: Chain, first: int, last: int) -> onnx.ModelProto:

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from serdab.graph.chain import Chain
 from serdab.privacy.images import LabelledImage, to_model_input
 from serdab.privacy.metrics import SSIM_CANDIDATES, best_map_similarity, feature_maps, resolution_of
-from serdab.profile.profiler import make_session
+from serdab.onnxrt import make_session
 
 __all__ = ["CutLeakage", "LeakageReport", "measure_leakage"]
 

@@ -15,13 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 from pydantic import BaseModel, Field, ValidationError
 
 from serdab.errors import SerdabError
 from serdab.graph.chain import Chain
 from serdab.graph.stages import extract_stage
+from serdab.onnxrt import make_session
 from serdab.profile.counts import (
     block_macs,
     block_param_bytes,
@@ -29,7 +29,7 @@ from serdab.profile.counts import (
     initializer_bytes,
 )
 
-__all__ = ["BlockProfile", "Profile", "ProfileFileError", "latency_stats", "make_session", "profile_chain"]
+__all__ = ["BlockProfile", "Profile", "ProfileFileError", "latency_stats", "profile_chain"]
 
 Progress = Callable[[int, int, str], None]
 """progress(done, total, label): called after each timed unit (blocks, then the whole model)."""
@@ -87,17 +87,6 @@ class Profile(BaseModel):
             raise ProfileFileError(f"{path} is not a Serdab profile: {where}: {err['msg']}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ProfileFileError(f"cannot read profile {path}: {exc}") from None
-
-
-def make_session(model: onnx.ModelProto | bytes, threads: int = 1) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session with a fixed thread count and sequential execution."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    data = model if isinstance(model, bytes) else model.SerializeToString()
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
 def latency_stats(samples_s: list[float]) -> tuple[float, float]:

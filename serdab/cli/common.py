@@ -1,0 +1,68 @@
+"""Pieces every CLI command shares: options, model opening, progress bars, JSON output."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from serdab.graph import NamedChain, open_chain, parse_shape
+
+__all__ = ["InputShapeOpt", "JsonOpt", "ModelArg", "console", "open_model", "progress_bar", "write_json"]
+
+console = Console()
+if not console.is_terminal:  # pipes and CI logs: rich would assume 80 columns and wrap the tables
+    console = Console(width=132)
+err_console = Console(stderr=True)
+
+ModelArg = Annotated[str, typer.Argument(help="Zoo model name (see `serdab models`) or path to an .onnx file.")]
+InputShapeOpt = Annotated[
+    str | None,
+    typer.Option("--input-shape", help="Input shape N,C,H,W or C,H,W; needed when the file leaves H or W dynamic."),
+]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON to this path.")]
+
+
+def open_model(model: str, input_shape: str | None, batch: int | None = None) -> NamedChain:
+    """Open a model for a command, with a spinner while exporting or binding shapes."""
+    shape = parse_shape(input_shape) if input_shape else None
+    with err_console.status(f"loading {model} ..."):
+        return open_chain(model, shape, batch)
+
+
+@contextmanager
+def progress_bar(description: str, total: int) -> Iterator[Callable[[int, int, str], None]]:
+    """A rich progress bar on stderr; yields a ``progress(done, total, label)`` callback."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[label]}"))
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task(description, total=total, label="")
+
+        def update(done: int, total_now: int, label: str) -> None:
+            bar.update(task, completed=done, total=total_now, label=label)
+
+        yield update
+
+
+def write_json(path: Path | None, payload: Any) -> None:
+    """Write ``payload`` (a pydantic model or plain data) as indented JSON, if a path was given."""
+    if path is None:
+        return
+    text = payload.model_dump_json(indent=2) if hasattr(payload, "model_dump_json") else json.dumps(payload, indent=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    err_console.print(f"wrote {path}")
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GiB"

@@ -1,0 +1,38 @@
+"""Profiles cached as JSON, keyed by the model bytes and every setting that changes the timings."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+
+from serdab.graph.chain import Chain
+from serdab.models import cache_dir
+from serdab.profile.profiler import Profile, ProfileFileError
+
+__all__ = ["profile_cache_path", "read_cached", "write_cached"]
+
+
+def profile_cache_path(chain: Chain, model_name: str, **settings: object) -> Path:
+    digest = hashlib.sha256(chain.model.SerializeToString(deterministic=True))
+    digest.update(repr(sorted(settings.items())).encode())
+    digest.update(ort.__version__.encode())
+    return cache_dir() / "profiles" / f"{model_name}-{digest.hexdigest()[:16]}.json"
+
+
+def read_cached(path: Path) -> Profile | None:
+    """The cached profile, or None when absent or unreadable (a corrupt cache is just re-measured)."""
+    if not path.exists():
+        return None
+    try:
+        return Profile.load(path)
+    except ProfileFileError:
+        return None
+
+
+def write_cached(path: Path, profile: Profile) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    profile.save(tmp)
+    tmp.replace(path)
