@@ -39,8 +39,13 @@ def open_model(model: str, input_shape: str | None, batch: int | None = None) ->
 @contextmanager
 def progress_bar(description: str, total: int) -> Iterator[Callable[[int, int, str], None]]:
     """A rich progress bar on stderr; yields a ``progress(done, total, label)`` callback."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[label]}"))
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[label]}"),
+    )
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task(description, total=total, label="")
 

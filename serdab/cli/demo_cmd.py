@@ -38,7 +38,9 @@ def first_private_cut(resolutions: list[list[int] | None], threshold: int = THRE
 
 def demo(
     model: Annotated[str, typer.Argument(help="Zoo model or .onnx path.")] = "resnet18",
-    out: Annotated[Path | None, typer.Option(help="Keep the stage files here (default: a temporary directory).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Keep the stage files here (default: a temporary directory).")
+    ] = None,
     repeat: Annotated[int, typer.Option(min=1, help="Timed runs per block.")] = 30,
 ) -> None:
     """Profile, measure leakage, partition at the first private cut and verify the stages."""
@@ -52,8 +54,9 @@ def demo(
             prof = profile_chain(chain, opened.name, repeat=repeat, progress=update)
         write_cached(cache, prof)
     console.print(profile_table(prof))
-    console.print(f"whole model {prof.whole_ms:.2f} ms, sum of blocks {prof.sum_blocks_ms:.2f} ms "
-                  f"({100 * prof.sum_error:+.1f}%)")
+    console.print(
+        f"whole model {prof.whole_ms:.2f} ms, sum of blocks {prof.sum_blocks_ms:.2f} ms ({100 * prof.sum_error:+.1f}%)"
+    )
 
     console.rule("[bold]2. leakage at every cut")
     images = default_images(grey_digits=chain.input_shape[1] == 1)
@@ -68,9 +71,11 @@ def demo(
         return
     share = sum(b.latency_ms for b in prof.blocks[: cut + 1]) / prof.sum_blocks_ms
     leak = report.cuts[cut]
-    console.print(f"first cut at or below {THRESHOLD}x{THRESHOLD}: after block {cut} ({prof.blocks[cut].name}, "
-                  f"{'x'.join(map(str, prof.blocks[cut].out_shape))}); the enclave part is {100 * share:.0f}% of the "
-                  f"time; leakage there: Pearson {leak.pearson:.2f}, SSIM {leak.ssim:.2f}")
+    console.print(
+        f"first cut at or below {THRESHOLD}x{THRESHOLD}: after block {cut} ({prof.blocks[cut].name}, "
+        f"{'x'.join(map(str, prof.blocks[cut].out_shape))}); the enclave part is {100 * share:.0f}% of the "
+        f"time; leakage there: Pearson {leak.pearson:.2f}, SSIM {leak.ssim:.2f}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         target = out or Path(tmp)
         specs = write_stages(chain, [cut], target, opened.name)
@@ -82,7 +87,10 @@ def demo(
             current = session.run(None, {spec.input: current})[0]
         diff = float(np.abs(whole - current).max())
         for spec in specs:
-            console.print(f"  {spec.file}: blocks {spec.blocks[0]}..{spec.blocks[1]}, "
-                          f"sends {spec.output_bytes:,} bytes on")
-        console.print(f"stages run one after another reproduce the whole model: max |diff| = {diff:.2e}"
-                      + (f"; files in {target}" if out else ""))
+            console.print(
+                f"  {spec.file}: blocks {spec.blocks[0]}..{spec.blocks[1]}, sends {spec.output_bytes:,} bytes on"
+            )
+        console.print(
+            f"stages run one after another reproduce the whole model: max |diff| = {diff:.2e}"
+            + (f"; files in {target}" if out else "")
+        )

@@ -36,8 +36,10 @@ def count_module(module: nn.Module, input_chw: tuple[int, ...]) -> tuple[int, in
     return sum(p.numel() for p in module.parameters()), macs
 
 
-def models(json_path: JsonOpt = None,
-           names_only: Annotated[bool, typer.Option("--names", help="Print only the names.")] = False) -> None:
+def models(
+    json_path: JsonOpt = None,
+    names_only: Annotated[bool, typer.Option("--names", help="Print only the names.")] = False,
+) -> None:
     """List the zoo: every model the seed papers evaluate, with seeded weights (nothing is downloaded)."""
     if names_only:
         console.print("\n".join(ZOO))
@@ -45,13 +47,27 @@ def models(json_path: JsonOpt = None,
     rows = []
     for entry in ZOO.values():
         params, macs = count_module(build_module(entry.name), entry.input_chw)
-        rows.append({"name": entry.name, "input": list(entry.input_chw), "params": params, "macs": macs,
-                     "seeds": entry.seeds, "description": entry.description})
+        rows.append(
+            {
+                "name": entry.name,
+                "input": list(entry.input_chw),
+                "params": params,
+                "macs": macs,
+                "seeds": entry.seeds,
+                "description": entry.description,
+            }
+        )
     table = Table(title="Serdab model zoo (seeded weights; any .onnx path works too)")
     for column in ("name", "input (C,H,W)", "params", "MACs", "seeds", "description"):
         table.add_column(column, justify="right" if column in ("params", "MACs") else "left")
     for r in rows:
-        table.add_row(r["name"], "x".join(map(str, r["input"])), f"{r['params'] / 1e6:.2f} M",
-                      f"{r['macs'] / 1e6:,.1f} M", r["seeds"], r["description"])
+        table.add_row(
+            r["name"],
+            "x".join(map(str, r["input"])),
+            f"{r['params'] / 1e6:.2f} M",
+            f"{r['macs'] / 1e6:,.1f} M",
+            r["seeds"],
+            r["description"],
+        )
     console.print(table)
     write_json(json_path, {"models": rows})

@@ -17,7 +17,9 @@ __all__ = ["partition"]
 
 def partition(
     model: ModelArg,
-    cuts: Annotated[str, typer.Option(help="Cut after these block indices (as in `serdab profile`) or tensor names, e.g. 3,7.")],
+    cuts: Annotated[
+        str, typer.Option(help="Cut after these block indices (as in `serdab profile`) or tensor names, e.g. 3,7.")
+    ],
     out: Annotated[Path, typer.Option(help="Directory for stage0.onnx, stage1.onnx, ... and manifest.json.")],
     input_shape: InputShapeOpt = None,
     json_path: JsonOpt = None,
@@ -30,8 +32,14 @@ def partition(
     for column in ("stage", "file", "blocks", "input", "in bytes", "output", "out bytes"):
         table.add_column(column)
     for s in specs:
-        table.add_row(str(s.index), s.file, f"{s.blocks[0]}..{s.blocks[1]}",
-                      "x".join(map(str, s.input_shape)), human_bytes(s.input_bytes),
-                      "x".join(map(str, s.output_shapes[0])), human_bytes(s.output_bytes))
+        table.add_row(
+            str(s.index),
+            s.file,
+            f"{s.blocks[0]}..{s.blocks[1]}",
+            "x".join(map(str, s.input_shape)),
+            human_bytes(s.input_bytes),
+            "x".join(map(str, s.output_shapes[0])),
+            human_bytes(s.output_bytes),
+        )
     console.print(table)
     write_json(json_path, json.loads((out / "manifest.json").read_text()))

@@ -7,15 +7,26 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from serdab.cli.common import InputShapeOpt, JsonOpt, ModelArg, console, human_bytes, open_model, progress_bar, write_json
+from serdab.cli.common import (
+    InputShapeOpt,
+    JsonOpt,
+    ModelArg,
+    console,
+    human_bytes,
+    open_model,
+    progress_bar,
+    write_json,
+)
 from serdab.profile import Profile, profile_cache_path, profile_chain, read_cached, write_cached
 
 __all__ = ["profile", "profile_table"]
 
 
 def profile_table(profile: Profile) -> Table:
-    table = Table(title=f"{profile.model} {'x'.join(map(str, profile.input_shape))}: {len(profile.blocks)} blocks "
-                        f"(ONNX Runtime, {profile.threads} thread(s), median of {profile.repeat})")
+    table = Table(
+        title=f"{profile.model} {'x'.join(map(str, profile.input_shape))}: {len(profile.blocks)} blocks "
+        f"(ONNX Runtime, {profile.threads} thread(s), median of {profile.repeat})"
+    )
     for column in ("#", "block", "output", "res", "MACs", "weights", "peak act", "ms", "p95 ms", "cum %"):
         table.add_column(column, justify="left" if column in ("block", "output") else "right")
     total = sum(b.latency_ms for b in profile.blocks) or 1.0
@@ -23,9 +34,18 @@ def profile_table(profile: Profile) -> Table:
     for b in profile.blocks:
         running += b.latency_ms
         res = "x".join(map(str, b.resolution)) if b.resolution else "-"
-        table.add_row(str(b.index), b.name, "x".join(map(str, b.out_shape)), res, f"{b.macs / 1e6:,.1f}M",
-                      human_bytes(b.params_bytes), human_bytes(b.peak_activation_bytes), f"{b.latency_ms:.3f}",
-                      f"{b.latency_p95_ms:.3f}", f"{100 * running / total:.0f}")
+        table.add_row(
+            str(b.index),
+            b.name,
+            "x".join(map(str, b.out_shape)),
+            res,
+            f"{b.macs / 1e6:,.1f}M",
+            human_bytes(b.params_bytes),
+            human_bytes(b.peak_activation_bytes),
+            f"{b.latency_ms:.3f}",
+            f"{b.latency_p95_ms:.3f}",
+            f"{100 * running / total:.0f}",
+        )
     return table
 
 
@@ -37,7 +57,9 @@ def profile(
     repeat: Annotated[int, typer.Option(min=1, help="Timed runs per block (median and p95 reported).")] = 30,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed runs first.")] = 5,
     threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads (fixed for comparability).")] = 1,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Measure again even if a cached profile exists.")] = False,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Measure again even if a cached profile exists.")
+    ] = False,
 ) -> None:
     """Profile every block of MODEL: latency, output size and resolution, MACs, weights, peak activations."""
     opened = open_model(model, input_shape, batch)
@@ -45,8 +67,9 @@ def profile(
     result = None if no_cache else read_cached(cache)
     if result is None:
         with progress_bar(f"profiling {opened.name}", len(opened.chain.blocks) + 1) as update:
-            result = profile_chain(opened.chain, opened.name, repeat=repeat, warmup=warmup, threads=threads,
-                                   progress=update)
+            result = profile_chain(
+                opened.chain, opened.name, repeat=repeat, warmup=warmup, threads=threads, progress=update
+            )
         write_cached(cache, result)
     else:
         console.print(f"[dim]cached profile {cache} (--no-cache to measure again)[/dim]")

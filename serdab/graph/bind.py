@@ -79,7 +79,10 @@ def _fold_static_shapes(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             value = full[attrs.get("start", 0) : attrs.get("end", len(full))]
             const = helper.make_node(
-                "Constant", [], [node.output[0]], name=node.name or f"folded_shape_{i}",
+                "Constant",
+                [],
+                [node.output[0]],
+                name=node.name or f"folded_shape_{i}",
                 value=numpy_helper.from_array(value, name=node.output[0]),
             )
             proto.graph.node[i].CopyFrom(const)

@@ -22,9 +22,16 @@ from serdab.graph.bind import graph_input, tensor_shapes
 
 __all__ = ["Block", "Chain", "build_chain", "tensor_bytes"]
 
-_DTYPE_BYTES = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.DOUBLE: 8,
-                onnx.TensorProto.INT64: 8, onnx.TensorProto.INT32: 4, onnx.TensorProto.INT8: 1,
-                onnx.TensorProto.UINT8: 1, onnx.TensorProto.BOOL: 1}
+_DTYPE_BYTES = {
+    onnx.TensorProto.FLOAT: 4,
+    onnx.TensorProto.FLOAT16: 2,
+    onnx.TensorProto.DOUBLE: 8,
+    onnx.TensorProto.INT64: 8,
+    onnx.TensorProto.INT32: 4,
+    onnx.TensorProto.INT8: 1,
+    onnx.TensorProto.UINT8: 1,
+    onnx.TensorProto.BOOL: 1,
+}
 
 
 def tensor_bytes(shape: tuple[int, ...], elem_bytes: int = 4) -> int:
@@ -143,8 +150,13 @@ def build_chain(model: onnx.ModelProto) -> Chain:
 
 
 def _only_crossing(
-    name: str, mask: int, live: list[int], graph: onnx.GraphProto, input_name: str,
-    consumers: dict[str, list[int]], outputs: set[str],
+    name: str,
+    mask: int,
+    live: list[int],
+    graph: onnx.GraphProto,
+    input_name: str,
+    consumers: dict[str, list[int]],
+    outputs: set[str],
 ) -> bool:
     """True when ``name`` is the only tensor made inside ``mask`` (or the input) used outside it."""
     produced = [input_name]

@@ -96,8 +96,11 @@ def extract_stage(chain: Chain, first: int, last: int) -> onnx.ModelProto:
     initializers = [t for t in graph.initializer if t.name in needed]
     values = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
     stage_graph = helper.make_graph(
-        nodes, f"{graph.name or 'model'}_blocks_{first}_{last}",
-        [values[stage_input]], [values[o] for o in outputs], initializers,
+        nodes,
+        f"{graph.name or 'model'}_blocks_{first}_{last}",
+        [values[stage_input]],
+        [values[o] for o in outputs],
+        initializers,
     )
     stage = helper.make_model(stage_graph, opset_imports=chain.model.opset_import, producer_name="serdab")
     stage.ir_version = chain.model.ir_version
@@ -115,11 +118,19 @@ def write_stages(chain: Chain, cuts: Sequence[int], out_dir: Path, model_name: s
         in_name = stage.graph.input[0].name
         outs = tuple(o.name for o in stage.graph.output)
         out_shapes = tuple(chain.shapes[o] for o in outs)
-        specs.append(StageSpec(
-            index=k, file=file, blocks=(first, last), input=in_name,
-            input_shape=chain.shapes[in_name], input_bytes=chain.tensor_bytes(in_name),
-            outputs=outs, output_shapes=out_shapes, output_bytes=sum(chain.tensor_bytes(o) for o in outs),
-        ))
+        specs.append(
+            StageSpec(
+                index=k,
+                file=file,
+                blocks=(first, last),
+                input=in_name,
+                input_shape=chain.shapes[in_name],
+                input_bytes=chain.tensor_bytes(in_name),
+                outputs=outs,
+                output_shapes=out_shapes,
+                output_bytes=sum(chain.tensor_bytes(o) for o in outs),
+            )
+        )
     manifest = {
         "model": model_name,
         "input_shape": list(chain.input_shape),

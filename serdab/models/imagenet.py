@@ -16,14 +16,26 @@ __all__ = ["alexnet", "googlenet", "mobilenet_v2", "resnet18", "squeezenet1_1", 
 def alexnet(num_classes: int = 1000) -> nn.Module:
     """AlexNet as in torchvision (one-GPU variant), 224x224 input."""
     return nn.Sequential(
-        nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(3, 64, 11, stride=4, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2),
         nn.Flatten(),
-        nn.Dropout(), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
-        nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+        nn.Dropout(),
+        nn.Linear(256 * 6 * 6, 4096),
+        nn.ReLU(inplace=True),
+        nn.Dropout(),
+        nn.Linear(4096, 4096),
+        nn.ReLU(inplace=True),
         nn.Linear(4096, num_classes),
     )
 
@@ -44,8 +56,12 @@ def vgg16(num_classes: int = 1000, input_size: int = 224) -> nn.Module:
     side = input_size // 32
     layers += [
         nn.Flatten(),
-        nn.Linear(512 * side * side, 4096), nn.ReLU(inplace=True), nn.Dropout(),
-        nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(),
+        nn.Linear(512 * side * side, 4096),
+        nn.ReLU(inplace=True),
+        nn.Dropout(),
+        nn.Linear(4096, 4096),
+        nn.ReLU(inplace=True),
+        nn.Dropout(),
         nn.Linear(4096, num_classes),
     ]
     return nn.Sequential(*layers)
@@ -61,9 +77,7 @@ class _BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample: nn.Module | None = None
         if stride != 1 or in_ch != out_ch:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
-            )
+            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -75,7 +89,9 @@ class _BasicBlock(nn.Module):
 def resnet18(num_classes: int = 1000) -> nn.Module:
     """ResNet-18 with basic residual blocks, 224x224 input."""
     layers: list[nn.Module] = [
-        nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+        nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
         nn.MaxPool2d(3, 2, 1),
     ]
     in_ch = 64
@@ -95,9 +111,11 @@ class _InvertedResidual(nn.Module):
         if expand != 1:
             layers += [nn.Conv2d(in_ch, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
         layers += [
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
             nn.ReLU6(inplace=True),
-            nn.Conv2d(hidden, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch),
+            nn.Conv2d(hidden, out_ch, 1, bias=False),
+            nn.BatchNorm2d(out_ch),
         ]
         self.conv = nn.Sequential(*layers)
 
@@ -110,14 +128,25 @@ def mobilenet_v2(num_classes: int = 1000) -> nn.Module:
     layers: list[nn.Module] = [nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(inplace=True)]
     in_ch = 32
     for expand, out_ch, repeats, stride in [
-        (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
     ]:
         for i in range(repeats):
             layers.append(_InvertedResidual(in_ch, out_ch, stride if i == 0 else 1, expand))
             in_ch = out_ch
     layers += [
-        nn.Conv2d(in_ch, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU6(inplace=True),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(1280, num_classes),
+        nn.Conv2d(in_ch, 1280, 1, bias=False),
+        nn.BatchNorm2d(1280),
+        nn.ReLU6(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.2),
+        nn.Linear(1280, num_classes),
     ]
     return nn.Sequential(*layers)
 
@@ -137,18 +166,31 @@ class _Fire(nn.Module):
 def squeezenet1_1(num_classes: int = 1000) -> nn.Module:
     """SqueezeNet 1.1, 224x224 input."""
     return nn.Sequential(
-        nn.Conv2d(3, 64, 3, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, ceil_mode=True),
-        _Fire(64, 16, 64, 64), _Fire(128, 16, 64, 64), nn.MaxPool2d(3, 2, ceil_mode=True),
-        _Fire(128, 32, 128, 128), _Fire(256, 32, 128, 128), nn.MaxPool2d(3, 2, ceil_mode=True),
-        _Fire(256, 48, 192, 192), _Fire(384, 48, 192, 192), _Fire(384, 64, 256, 256), _Fire(512, 64, 256, 256),
-        nn.Dropout(0.5), nn.Conv2d(512, num_classes, 1), nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Conv2d(3, 64, 3, 2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        _Fire(64, 16, 64, 64),
+        _Fire(128, 16, 64, 64),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        _Fire(128, 32, 128, 128),
+        _Fire(256, 32, 128, 128),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        _Fire(256, 48, 192, 192),
+        _Fire(384, 48, 192, 192),
+        _Fire(384, 64, 256, 256),
+        _Fire(512, 64, 256, 256),
+        nn.Dropout(0.5),
+        nn.Conv2d(512, num_classes, 1),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
     )
 
 
 def _conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, kernel, stride, padding, bias=False), nn.BatchNorm2d(out_ch, eps=0.001),
+        nn.Conv2d(in_ch, out_ch, kernel, stride, padding, bias=False),
+        nn.BatchNorm2d(out_ch, eps=0.001),
         nn.ReLU(inplace=True),
     )
 
@@ -169,13 +211,24 @@ class _Inception(nn.Module):
 def googlenet(num_classes: int = 1000) -> nn.Module:
     """GoogLeNet (Inception v1) as in torchvision, without the training-only auxiliary heads."""
     return nn.Sequential(
-        _conv_bn(3, 64, 7, 2, 3), nn.MaxPool2d(3, 2, ceil_mode=True),
-        _conv_bn(64, 64, 1), _conv_bn(64, 192, 3, padding=1), nn.MaxPool2d(3, 2, ceil_mode=True),
-        _Inception(192, 64, 96, 128, 16, 32, 32), _Inception(256, 128, 128, 192, 32, 96, 64),
+        _conv_bn(3, 64, 7, 2, 3),
         nn.MaxPool2d(3, 2, ceil_mode=True),
-        _Inception(480, 192, 96, 208, 16, 48, 64), _Inception(512, 160, 112, 224, 24, 64, 64),
-        _Inception(512, 128, 128, 256, 24, 64, 64), _Inception(512, 112, 144, 288, 32, 64, 64),
-        _Inception(528, 256, 160, 320, 32, 128, 128), nn.MaxPool2d(2, 2, ceil_mode=True),
-        _Inception(832, 256, 160, 320, 32, 128, 128), _Inception(832, 384, 192, 384, 48, 128, 128),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(1024, num_classes),
+        _conv_bn(64, 64, 1),
+        _conv_bn(64, 192, 3, padding=1),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        _Inception(192, 64, 96, 128, 16, 32, 32),
+        _Inception(256, 128, 128, 192, 32, 96, 64),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        _Inception(480, 192, 96, 208, 16, 48, 64),
+        _Inception(512, 160, 112, 224, 24, 64, 64),
+        _Inception(512, 128, 128, 256, 24, 64, 64),
+        _Inception(512, 112, 144, 288, 32, 64, 64),
+        _Inception(528, 256, 160, 320, 32, 128, 128),
+        nn.MaxPool2d(2, 2, ceil_mode=True),
+        _Inception(832, 256, 160, 320, 32, 128, 128),
+        _Inception(832, 384, 192, 384, 48, 128, 128),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.2),
+        nn.Linear(1024, num_classes),
     )

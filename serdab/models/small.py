@@ -17,11 +17,17 @@ __all__ = ["cifar_cnn", "he_cnn5", "he_cnn6", "lenet5"]
 def lenet5(num_classes: int = 10) -> nn.Module:
     """LeNet-5 on 28x28 grey images (2 conv + 3 FC)."""
     return nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(1, 6, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(16 * 5 * 5, 120), nn.ReLU(),
-        nn.Linear(120, 84), nn.ReLU(),
+        nn.Linear(16 * 5 * 5, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
         nn.Linear(84, num_classes),
     )
 
@@ -32,8 +38,10 @@ def cifar_cnn(num_classes: int = 10) -> nn.Module:
     channels = 3
     for width in (32, 64, 128):
         layers += [
-            nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(),
             nn.MaxPool2d(2),
         ]
         channels = width
@@ -44,10 +52,15 @@ def cifar_cnn(num_classes: int = 10) -> nn.Module:
 def he_cnn6(num_classes: int = 10) -> nn.Module:
     """Seed 004's 6-layer CNN on 28x28 grey: conv8 3x3, pool 2x2/3, conv16 3x3/2, pool 2x2, FC16, FC10."""
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3), nn.ReLU(), nn.MaxPool2d(2, stride=3),
-        nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(1, 8, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2, stride=3),
+        nn.Conv2d(8, 16, 3, stride=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(16 * 2 * 2, 16), nn.ReLU(),
+        nn.Linear(16 * 2 * 2, 16),
+        nn.ReLU(),
         nn.Linear(16, num_classes),
     )
 
@@ -55,8 +68,11 @@ def he_cnn6(num_classes: int = 10) -> nn.Module:
 def he_cnn5(num_classes: int = 10) -> nn.Module:
     """Seed 004's 5-layer CNN on 28x28 grey: conv16 3x3/3 + ReLU, pool 3x3/3, FC72, FC10."""
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, stride=3), nn.ReLU(), nn.MaxPool2d(3, stride=3),
+        nn.Conv2d(1, 16, 3, stride=3),
+        nn.ReLU(),
+        nn.MaxPool2d(3, stride=3),
         nn.Flatten(),
-        nn.Linear(16 * 3 * 3, 72), nn.ReLU(),
+        nn.Linear(16 * 3 * 3, 72),
+        nn.ReLU(),
         nn.Linear(72, num_classes),
     )

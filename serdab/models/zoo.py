@@ -43,8 +43,13 @@ def _entries() -> dict[str, ZooEntry]:
         ("googlenet", imagenet.googlenet, (3, 224, 224), "000", "GoogLeNet / Inception v1 (ImageNet)"),
         ("lenet5", small.lenet5, (1, 28, 28), "003", "LeNet-5 (MNIST)"),
         ("cifar_cnn", small.cifar_cnn, (3, 32, 32), "003", "RL-PDNN CIFAR-10 CNN, 6 conv + 2 FC"),
-        ("vgg16_128", partial(imagenet.vgg16, num_classes=196, input_size=128), (3, 128, 128), "003",
-         "VGG16 at 128x128 (Stanford Cars, 196 classes)"),
+        (
+            "vgg16_128",
+            partial(imagenet.vgg16, num_classes=196, input_size=128),
+            (3, 128, 128),
+            "003",
+            "VGG16 at 128x128 (Stanford Cars, 196 classes)",
+        ),
         ("he_cnn6", small.he_cnn6, (1, 28, 28), "004", "PyCrCNN 6-layer CNN (MNIST)"),
         ("he_cnn5", small.he_cnn5, (1, 28, 28), "004", "PyCrCNN 5-layer CNN (MNIST)"),
     ]

@@ -5,6 +5,13 @@ from serdab.privacy.leakage import CutLeakage, LeakageReport, measure_leakage
 from serdab.privacy.metrics import MapSimilarity, best_map_similarity, resolution_of
 
 __all__ = [
-    "CutLeakage", "LabelledImage", "LeakageReport", "MapSimilarity", "best_map_similarity", "default_images",
-    "load_image_dir", "measure_leakage", "resolution_of",
+    "CutLeakage",
+    "LabelledImage",
+    "LeakageReport",
+    "MapSimilarity",
+    "best_map_similarity",
+    "default_images",
+    "load_image_dir",
+    "measure_leakage",
+    "resolution_of",
 ]

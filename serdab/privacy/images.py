@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
-from skimage import color, data, io, transform
+from skimage import color, data, transform
 
 from serdab.errors import ImageSetError
 
@@ -73,7 +74,9 @@ def load_image_dir(directory: Path) -> list[LabelledImage]:
     images = []
     for path in files:
         try:
-            pixels = io.imread(path)
+            pixels = iio.imread(path.read_bytes())  # from bytes: imageio leaks the handle on a corrupt file
+        except OSError as exc:
+            raise ImageSetError(f"cannot read image {path}: {exc.strerror}") from None
         except Exception as exc:  # imageio/PIL raise many types for a corrupt file
             raise ImageSetError(f"cannot read image {path}: {type(exc).__name__}") from None
         if pixels.ndim == 3 and pixels.shape[0] in (1, 3, 4) and pixels.shape[2] not in (1, 3, 4):

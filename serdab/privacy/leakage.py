@@ -13,9 +13,9 @@ import onnx
 from pydantic import BaseModel
 
 from serdab.graph.chain import Chain
+from serdab.onnxrt import make_session
 from serdab.privacy.images import LabelledImage, to_model_input
 from serdab.privacy.metrics import SSIM_CANDIDATES, best_map_similarity, feature_maps, resolution_of
-from serdab.onnxrt import make_session
 
 __all__ = ["CutLeakage", "LeakageReport", "measure_leakage"]
 
@@ -60,8 +60,12 @@ def _exposed(chain: Chain) -> onnx.ModelProto:
 
 
 def measure_leakage(
-    chain: Chain, model_name: str, images: Sequence[LabelledImage], *,
-    ssim_candidates: int | None = SSIM_CANDIDATES, progress: Callable[[int, int, str], None] | None = None,
+    chain: Chain,
+    model_name: str,
+    images: Sequence[LabelledImage],
+    *,
+    ssim_candidates: int | None = SSIM_CANDIDATES,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> LeakageReport:
     """Per-cut leakage over ``images`` (cuts are block outputs 0..M-2; the last is the prediction)."""
     if not images:
@@ -92,12 +96,19 @@ def measure_leakage(
         out_shape = chain.shapes[block.output]
         h, w = resolution_of(out_shape)
         slot = worst[block.index]
-        rows.append(CutLeakage(
-            index=block.index, name=block.name, out_shape=list(out_shape),
-            resolution=[h, w] if len(out_shape) == 4 else None, pixels=h * w,
-            pearson=slot["pearson"][0], ssim=slot["ssim"][0], mse=slot["mse"][0],
-            worst_image={metric: value[1] for metric, value in slot.items()},
-        ))
+        rows.append(
+            CutLeakage(
+                index=block.index,
+                name=block.name,
+                out_shape=list(out_shape),
+                resolution=[h, w] if len(out_shape) == 4 else None,
+                pixels=h * w,
+                pearson=slot["pearson"][0],
+                ssim=slot["ssim"][0],
+                mse=slot["mse"][0],
+                worst_image={metric: value[1] for metric, value in slot.items()},
+            )
+        )
     return LeakageReport(
         model=model_name, input_shape=list(single), images=[i.name for i in images], method=_METHOD, cuts=rows
     )

@@ -20,7 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SSIM_CANDIDATES", "MapSimilarity", "best_map_similarity", "feature_maps", "pearson", "resolution_of", "ssim_batch"]
+__all__ = [
+    "SSIM_CANDIDATES",
+    "MapSimilarity",
+    "best_map_similarity",
+    "feature_maps",
+    "pearson",
+    "resolution_of",
+    "ssim_batch",
+]
 
 _WIN = 7
 _K1, _K2 = 0.01, 0.03
@@ -67,7 +75,9 @@ def pearson(reference: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
     y = maps.flatten(1)
     y = y - y.mean(dim=1, keepdim=True)
     denom = x.norm() * y.norm(dim=1)
-    return torch.where(denom > 0, (y @ x) / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(denom))
+    return torch.where(
+        denom > 0, (y @ x) / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(denom)
+    )
 
 
 def _box_mean(t: torch.Tensor) -> torch.Tensor:

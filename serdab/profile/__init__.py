@@ -4,6 +4,11 @@ from serdab.profile.cache import profile_cache_path, read_cached, write_cached
 from serdab.profile.profiler import BlockProfile, Profile, ProfileFileError, profile_chain
 
 __all__ = [
-    "BlockProfile", "Profile", "ProfileFileError", "profile_cache_path", "profile_chain",
-    "read_cached", "write_cached",
+    "BlockProfile",
+    "Profile",
+    "ProfileFileError",
+    "profile_cache_path",
+    "profile_chain",
+    "read_cached",
+    "write_cached",
 ]

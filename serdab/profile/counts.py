@@ -58,9 +58,11 @@ def initializer_bytes(chain: Chain) -> dict[str, int]:
     """Bytes of every weight tensor, by name."""
     sizes = {}
     for init in chain.model.graph.initializer:
-        elem = 4 if init.data_type == onnx.TensorProto.FLOAT else onnx.helper.tensor_dtype_to_np_dtype(
-            init.data_type
-        ).itemsize
+        elem = (
+            4
+            if init.data_type == onnx.TensorProto.FLOAT
+            else onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        )
         sizes[init.name] = math.prod(init.dims) * elem
     return sizes
 

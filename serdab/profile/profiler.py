@@ -96,7 +96,10 @@ def latency_stats(samples_s: list[float]) -> tuple[float, float]:
 
 
 def _time_session(
-    session: ort.InferenceSession, feed: dict[str, np.ndarray], warmup: int, repeat: int,
+    session: ort.InferenceSession,
+    feed: dict[str, np.ndarray],
+    warmup: int,
+    repeat: int,
     clock: Callable[[], float],
 ) -> tuple[list[float], list[np.ndarray]]:
     outputs: list[np.ndarray] = []
@@ -115,8 +118,15 @@ def _resolution(shape: tuple[int, ...]) -> list[int] | None:
 
 
 def profile_chain(
-    chain: Chain, model_name: str, *, repeat: int = 30, warmup: int = 5, threads: int = 1,
-    progress: Progress | None = None, clock: Callable[[], float] = time.perf_counter, seed: int = 0,
+    chain: Chain,
+    model_name: str,
+    *,
+    repeat: int = 30,
+    warmup: int = 5,
+    threads: int = 1,
+    progress: Progress | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    seed: int = 0,
 ) -> Profile:
     """Time every block and the whole model; ``repeat`` >= 1 (the CLI defaults to 30)."""
     if repeat < 1 or warmup < 0 or threads < 1:
@@ -135,14 +145,21 @@ def profile_chain(
         current = outputs[0]
         median, p95 = latency_stats(samples)
         out_shape = chain.out_shape(block.index)
-        blocks.append(BlockProfile(
-            index=block.index, name=block.name, ops=len(block.nodes), out_shape=list(out_shape),
-            out_bytes=chain.tensor_bytes(block.output), resolution=_resolution(out_shape),
-            macs=block_macs(chain, block.index) // batch,
-            params_bytes=block_param_bytes(chain, block.index, sizes),
-            peak_activation_bytes=block_peak_activation_bytes(chain, block.index),
-            latency_ms=median, latency_p95_ms=p95,
-        ))
+        blocks.append(
+            BlockProfile(
+                index=block.index,
+                name=block.name,
+                ops=len(block.nodes),
+                out_shape=list(out_shape),
+                out_bytes=chain.tensor_bytes(block.output),
+                resolution=_resolution(out_shape),
+                macs=block_macs(chain, block.index) // batch,
+                params_bytes=block_param_bytes(chain, block.index, sizes),
+                peak_activation_bytes=block_peak_activation_bytes(chain, block.index),
+                latency_ms=median,
+                latency_p95_ms=p95,
+            )
+        )
         if progress:
             progress(block.index + 1, total, block.name)
     whole = make_session(chain.model, threads)
@@ -152,10 +169,21 @@ def profile_chain(
         progress(total, total, "whole model")
     sum_ms = sum(b.latency_ms for b in blocks)
     return Profile(
-        model=model_name, input_shape=list(chain.input_shape), input_bytes=chain.tensor_bytes(chain.input_name),
-        whole_ms=whole_ms, whole_p95_ms=whole_p95, sum_blocks_ms=sum_ms, sum_error=(sum_ms - whole_ms) / whole_ms,
-        batch=batch, threads=threads, repeat=repeat,
-        host={"machine": platform.machine(), "processor": platform.processor() or "unknown",
-              "onnxruntime": ort.__version__},
-        profiling_s=clock() - started, blocks=blocks,
+        model=model_name,
+        input_shape=list(chain.input_shape),
+        input_bytes=chain.tensor_bytes(chain.input_name),
+        whole_ms=whole_ms,
+        whole_p95_ms=whole_p95,
+        sum_blocks_ms=sum_ms,
+        sum_error=(sum_ms - whole_ms) / whole_ms,
+        batch=batch,
+        threads=threads,
+        repeat=repeat,
+        host={
+            "machine": platform.machine(),
+            "processor": platform.processor() or "unknown",
+            "onnxruntime": ort.__version__,
+        },
+        profiling_s=clock() - started,
+        blocks=blocks,
     )
