@@ -9,6 +9,7 @@ import sys
 
 import typer
 
+from serdab.cli.bench_cmd import bench_app
 from serdab.cli.demo_cmd import demo
 from serdab.cli.leakage_cmd import leakage
 from serdab.cli.models_cmd import models
@@ -30,6 +31,7 @@ app.command()(profile)
 app.command()(partition)
 app.command()(leakage)
 app.command()(demo)
+app.add_typer(bench_app, name="bench")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,11 +14,13 @@ from serdab.profile.profiler import Profile, ProfileFileError
 
 __all__ = ["profile_cache_path", "read_cached", "write_cached"]
 
+_FORMAT = "2"  # bump when block naming or profile fields change, so stale caches are re-measured
+
 
 def profile_cache_path(chain: Chain, model_name: str, **settings: object) -> Path:
     digest = hashlib.sha256(chain.model.SerializeToString(deterministic=True))
     digest.update(repr(sorted(settings.items())).encode())
-    digest.update(ort.__version__.encode())
+    digest.update(f"{ort.__version__}:{_FORMAT}".encode())
     return cache_dir() / "profiles" / f"{model_name}-{digest.hexdigest()[:16]}.json"
 
 

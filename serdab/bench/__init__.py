@@ -1,0 +1,1 @@
+"""Benchmarks (never unit tests): each writes a JSON result and a PNG plot under bench/results/."""
