@@ -39,12 +39,18 @@ def run_profile_bench(
         opened = open_chain(model, shape)
         load_s = time.perf_counter() - started
         profile = profile_chain(opened.chain, label, repeat=repeat, threads=threads)
-        rows.append({
-            "model": label, "blocks": len(profile.blocks), "input_shape": profile.input_shape,
-            "load_s": round(load_s, 3), "profiling_s": round(profile.profiling_s, 3),
-            "whole_ms": round(profile.whole_ms, 3), "sum_blocks_ms": round(profile.sum_blocks_ms, 3),
-            "sum_error": round(profile.sum_error, 4),
-        })
+        rows.append(
+            {
+                "model": label,
+                "blocks": len(profile.blocks),
+                "input_shape": profile.input_shape,
+                "load_s": round(load_s, 3),
+                "profiling_s": round(profile.profiling_s, 3),
+                "whole_ms": round(profile.whole_ms, 3),
+                "sum_blocks_ms": round(profile.sum_blocks_ms, 3),
+                "sum_error": round(profile.sum_error, 4),
+            }
+        )
     return {"repeat": repeat, "threads": threads, "rows": rows, "zoo": list(ZOO)}
 
 

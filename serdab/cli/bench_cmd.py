@@ -39,7 +39,14 @@ def bench_profile(
     for column in ("model", "blocks", "load s", "profiling s", "whole ms", "sum of blocks ms", "error"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for r in result["rows"]:
-        table.add_row(r["model"], str(r["blocks"]), f"{r['load_s']:.1f}", f"{r['profiling_s']:.1f}",
-                      f"{r['whole_ms']:.2f}", f"{r['sum_blocks_ms']:.2f}", f"{100 * r['sum_error']:+.1f}%")
+        table.add_row(
+            r["model"],
+            str(r["blocks"]),
+            f"{r['load_s']:.1f}",
+            f"{r['profiling_s']:.1f}",
+            f"{r['whole_ms']:.2f}",
+            f"{r['sum_blocks_ms']:.2f}",
+            f"{100 * r['sum_error']:+.1f}%",
+        )
     console.print(table)
     err_console.print(f"wrote {json_path} and {png}")

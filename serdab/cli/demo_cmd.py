@@ -20,7 +20,7 @@ from serdab.cli.profile_cmd import profile_table
 from serdab.graph import write_stages
 from serdab.onnxrt import make_session
 from serdab.privacy import default_images, measure_leakage
-from serdab.profile import profile_cache_path, profile_chain, read_cached, write_cached
+from serdab.profile import cached_profile
 
 __all__ = ["demo", "first_private_cut"]
 
@@ -47,12 +47,8 @@ def demo(
     opened = open_model(model, None)
     chain = opened.chain
     console.rule(f"[bold]1. profile {opened.name}")
-    cache = profile_cache_path(chain, opened.name, repeat=repeat, warmup=5, threads=1)
-    prof = read_cached(cache)
-    if prof is None:
-        with progress_bar("profiling", len(chain.blocks) + 1) as update:
-            prof = profile_chain(chain, opened.name, repeat=repeat, progress=update)
-        write_cached(cache, prof)
+    with progress_bar("profiling", len(chain.blocks) + 1) as update:
+        prof, _ = cached_profile(chain, opened.name, repeat=repeat, progress=update)
     console.print(profile_table(prof))
     console.print(
         f"whole model {prof.whole_ms:.2f} ms, sum of blocks {prof.sum_blocks_ms:.2f} ms ({100 * prof.sum_error:+.1f}%)"

@@ -17,7 +17,7 @@ from serdab.cli.common import (
     progress_bar,
     write_json,
 )
-from serdab.profile import Profile, profile_cache_path, profile_chain, read_cached, write_cached
+from serdab.profile import Profile, cached_profile
 
 __all__ = ["profile", "profile_table"]
 
@@ -63,15 +63,17 @@ def profile(
 ) -> None:
     """Profile every block of MODEL: latency, output size and resolution, MACs, weights, peak activations."""
     opened = open_model(model, input_shape, batch)
-    cache = profile_cache_path(opened.chain, opened.name, repeat=repeat, warmup=warmup, threads=threads)
-    result = None if no_cache else read_cached(cache)
-    if result is None:
-        with progress_bar(f"profiling {opened.name}", len(opened.chain.blocks) + 1) as update:
-            result = profile_chain(
-                opened.chain, opened.name, repeat=repeat, warmup=warmup, threads=threads, progress=update
-            )
-        write_cached(cache, result)
-    else:
+    with progress_bar(f"profiling {opened.name}", len(opened.chain.blocks) + 1) as update:
+        result, cache = cached_profile(
+            opened.chain,
+            opened.name,
+            repeat=repeat,
+            warmup=warmup,
+            threads=threads,
+            refresh=no_cache,
+            progress=update,
+        )
+    if cache is not None:
         console.print(f"[dim]cached profile {cache} (--no-cache to measure again)[/dim]")
     console.print(profile_table(result))
     console.print(

@@ -10,9 +10,9 @@ import onnxruntime as ort
 
 from serdab.graph.chain import Chain
 from serdab.models import cache_dir
-from serdab.profile.profiler import Profile, ProfileFileError
+from serdab.profile.profiler import Profile, ProfileFileError, Progress, profile_chain
 
-__all__ = ["profile_cache_path", "read_cached", "write_cached"]
+__all__ = ["cached_profile", "profile_cache_path", "read_cached", "write_cached"]
 
 _FORMAT = "2"  # bump when block naming or profile fields change, so stale caches are re-measured
 
@@ -38,3 +38,23 @@ def write_cached(path: Path, profile: Profile) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     profile.save(tmp)
     tmp.replace(path)
+
+
+def cached_profile(
+    chain: Chain,
+    model_name: str,
+    *,
+    repeat: int = 30,
+    warmup: int = 5,
+    threads: int = 1,
+    refresh: bool = False,
+    progress: Progress | None = None,
+) -> tuple[Profile, Path | None]:
+    """The profile from the cache when present (and its path), else measured now and cached (path None)."""
+    path = profile_cache_path(chain, model_name, repeat=repeat, warmup=warmup, threads=threads)
+    cached = None if refresh else read_cached(path)
+    if cached is not None:
+        return cached, path
+    profile = profile_chain(chain, model_name, repeat=repeat, warmup=warmup, threads=threads, progress=progress)
+    write_cached(path, profile)
+    return profile, None

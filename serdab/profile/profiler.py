@@ -29,7 +29,7 @@ from serdab.profile.counts import (
     initializer_bytes,
 )
 
-__all__ = ["BlockProfile", "Profile", "ProfileFileError", "latency_stats", "profile_chain"]
+__all__ = ["BlockProfile", "Profile", "ProfileFileError", "Progress", "latency_stats", "profile_chain"]
 
 Progress = Callable[[int, int, str], None]
 """progress(done, total, label): called after each timed unit (blocks, then the whole model)."""
