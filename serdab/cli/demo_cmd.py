@@ -20,6 +20,7 @@ from serdab.cli.profile_cmd import profile_table
 from serdab.graph import write_stages
 from serdab.onnxrt import make_session
 from serdab.privacy import default_images, measure_leakage
+from serdab.privacy.metrics import within_resolution
 from serdab.profile import cached_profile
 
 __all__ = ["demo", "first_private_cut"]
@@ -29,11 +30,7 @@ THRESHOLD = 20
 
 def first_private_cut(resolutions: list[list[int] | None], threshold: int = THRESHOLD) -> int | None:
     """Index of the first block whose output is at most threshold x threshold (None: never)."""
-    for index, res in enumerate(resolutions[:-1]):
-        h, w = res or (1, 1)
-        if h <= threshold and w <= threshold:
-            return index
-    return None
+    return next((i for i, res in enumerate(resolutions[:-1]) if within_resolution(res, threshold)), None)
 
 
 def demo(

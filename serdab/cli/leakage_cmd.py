@@ -10,6 +10,7 @@ from rich.table import Table
 
 from serdab.cli.common import InputShapeOpt, JsonOpt, ModelArg, console, open_model, progress_bar, write_json
 from serdab.privacy import LeakageReport, default_images, load_image_dir, measure_leakage
+from serdab.privacy.metrics import within_resolution
 
 __all__ = ["leakage", "leakage_table"]
 
@@ -23,8 +24,7 @@ def leakage_table(report: LeakageReport, threshold: int = 20) -> Table:
         table.add_column(column, justify="left" if column == "block" else "right")
     for c in report.cuts:
         res = "x".join(map(str, c.resolution)) if c.resolution else "none (1x1)"
-        h, w = c.resolution or (1, 1)
-        private = "yes" if h <= threshold and w <= threshold else "no"
+        private = "yes" if within_resolution(c.resolution, threshold) else "no"
         table.add_row(str(c.index), c.name, res, f"{c.pearson:.3f}", f"{c.ssim:.3f}", f"{c.mse:.4f}", private)
     return table
 

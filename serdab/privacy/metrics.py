@@ -50,6 +50,12 @@ def resolution_of(shape: tuple[int, ...] | list[int]) -> tuple[int, int]:
     return (int(shape[2]), int(shape[3])) if len(shape) == 4 else (1, 1)
 
 
+def within_resolution(resolution: list[int] | tuple[int, int] | None, threshold: int) -> bool:
+    """Seed 000's rule: at most threshold x threshold pixels (no spatial axes counts as 1x1)."""
+    h, w = resolution or (1, 1)
+    return h <= threshold and w <= threshold
+
+
 def feature_maps(tensor: np.ndarray) -> np.ndarray:
     """One sample's maps as (K, h, w): NCHW -> (C, H, W); anything else -> (numel, 1, 1)."""
     sample = tensor[0]

@@ -56,15 +56,10 @@ def block_macs(chain: Chain, index: int) -> int:
 
 def initializer_bytes(chain: Chain) -> dict[str, int]:
     """Bytes of every weight tensor, by name."""
-    sizes = {}
-    for init in chain.model.graph.initializer:
-        elem = (
-            4
-            if init.data_type == onnx.TensorProto.FLOAT
-            else onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
-        )
-        sizes[init.name] = math.prod(init.dims) * elem
-    return sizes
+    return {
+        init.name: math.prod(init.dims) * helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        for init in chain.model.graph.initializer
+    }
 
 
 def block_param_bytes(chain: Chain, index: int, sizes: dict[str, int] | None = None) -> int:
