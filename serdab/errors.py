@@ -8,7 +8,11 @@
     ├── CutError                     a requested partition is impossible
     │   ├── CutOutOfRangeError       the block index does not exist
     │   └── NotACleanCutError        more than one tensor would cross the cut
-    └── ImageSetError                an image directory is missing, empty or unreadable
+    ├── ImageSetError                an image directory is missing, empty or unreadable
+    ├── ClusterError                 a cluster YAML is missing or invalid (names the field)
+    ├── PolicyError                  a privacy policy string cannot be parsed or applied
+    └── PlanError                    a planning request is malformed (unknown strategy, chunk < 1)
+        └── InfeasibleError          no placement satisfies memory limits and the privacy policy
 
 Messages say what was wrong and show a valid example, so they can be printed on one line.
 """
@@ -17,13 +21,17 @@ from __future__ import annotations
 
 __all__ = [
     "CutError",
+    "ClusterError",
     "CutOutOfRangeError",
     "ImageSetError",
+    "InfeasibleError",
     "InputShapeError",
     "ModelError",
     "ModelNotFoundError",
     "NotACleanCutError",
     "NotOnnxError",
+    "PlanError",
+    "PolicyError",
     "SerdabError",
 ]
 
@@ -62,3 +70,19 @@ class NotACleanCutError(CutError):
 
 class ImageSetError(SerdabError):
     """An image directory cannot supply images."""
+
+
+class ClusterError(SerdabError):
+    """A cluster description cannot be read or is inconsistent."""
+
+
+class PolicyError(SerdabError):
+    """A privacy policy is unknown, malformed or lacks the leakage data it needs."""
+
+
+class PlanError(SerdabError):
+    """A planning request cannot be served as asked."""
+
+
+class InfeasibleError(PlanError):
+    """No placement fits the devices' memory and the privacy policy; the message says why."""

@@ -1,0 +1,15 @@
+"""Devices and links a placement can use, read from a validated YAML file."""
+
+from serdab.cluster.spec import Cluster, Device, Link, LocalLink, load_cluster
+from serdab.cluster.units import parse_bandwidth_bps, parse_bytes, parse_seconds
+
+__all__ = [
+    "Cluster",
+    "Device",
+    "Link",
+    "LocalLink",
+    "load_cluster",
+    "parse_bandwidth_bps",
+    "parse_bytes",
+    "parse_seconds",
+]

@@ -1,0 +1,166 @@
+"""The cluster a placement runs on: devices (trusted or not, relative speed, memory) and links.
+
+``speed`` is relative to the host the profile was measured on (a TEE below 1, a GPU above).
+A TEE with a ``paging_factor`` can exceed its memory at that slowdown (SGX EPC paging); a
+device without one cannot hold a stage larger than its memory (Nitro enclaves, GPUs, CPUs).
+Links join hosts; devices on one host talk over ``local`` (shared memory or vsock).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from serdab.cluster.units import parse_bandwidth_bps, parse_bytes, parse_seconds
+from serdab.errors import ClusterError
+
+__all__ = ["Cluster", "Device", "Link", "LocalLink", "load_cluster"]
+
+Bytes = Annotated[int, BeforeValidator(parse_bytes)]
+BytesPerSecond = Annotated[float, BeforeValidator(parse_bandwidth_bps)]
+Seconds = Annotated[float, BeforeValidator(parse_seconds)]
+
+
+class Device(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(min_length=1)
+    kind: Literal["tee", "cpu", "gpu"]
+    trusted: bool
+    host: str = Field(min_length=1)
+    speed: float = Field(gt=0, description="relative to the profiling host")
+    memory_bytes: Bytes = Field(alias="memory", gt=0)
+    paging_factor: float | None = Field(None, ge=1.0, description="slowdown when a TEE stage exceeds memory")
+
+    @model_validator(mode="after")
+    def _paging_only_for_tees(self) -> Device:
+        if self.paging_factor is not None and self.kind != "tee":
+            raise ValueError(f"paging_factor applies to kind tee only, not {self.kind} (device {self.name})")
+        return self
+
+    def same_hardware(self, other: Device) -> bool:
+        """Interchangeable for replication: same kind, trust, speed, memory and paging."""
+        return (self.kind, self.trusted, self.speed, self.memory_bytes, self.paging_factor) == (
+            other.kind,
+            other.trusted,
+            other.speed,
+            other.memory_bytes,
+            other.paging_factor,
+        )
+
+
+class LocalLink(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    bandwidth_bps: BytesPerSecond = Field(alias="bandwidth", gt=0)
+    rtt_s: Seconds = Field(0.0, alias="rtt")
+
+
+class Link(LocalLink):
+    a: str
+    b: str
+
+
+def _default_local() -> LocalLink:
+    # Same-host hand-over: enclave <-> host over shared memory or vsock, a few GB/s.
+    return LocalLink(bandwidth="8Gbit", rtt="0.05ms")
+
+
+class Cluster(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "cluster"
+    source: str = Field(description="the trusted device where frames arrive")
+    devices: list[Device] = Field(min_length=1)
+    links: list[Link] = Field(default_factory=list)
+    local: LocalLink = Field(default_factory=_default_local)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Cluster:
+        names = [d.name for d in self.devices]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"device names must be unique; repeated: {', '.join(duplicated)}")
+        by_name = {d.name: d for d in self.devices}
+        if self.source not in by_name:
+            raise ValueError(f"source {self.source!r} is not a device; devices: {', '.join(names)}")
+        if not by_name[self.source].trusted:
+            raise ValueError(f"source {self.source!r} must be trusted: frames arrive there in the clear")
+        hosts = {d.host for d in self.devices}
+        seen: set[frozenset[str]] = set()
+        for link in self.links:
+            for end in (link.a, link.b):
+                if end not in hosts:
+                    raise ValueError(
+                        f"link {link.a}-{link.b}: {end!r} is not a host; hosts: {', '.join(sorted(hosts))}"
+                    )
+            pair = frozenset((link.a, link.b))
+            if len(pair) == 1:
+                raise ValueError(f"link {link.a}-{link.b} joins a host to itself; set `local` instead")
+            if pair in seen:
+                raise ValueError(f"link {link.a}-{link.b} is listed twice")
+            seen.add(pair)
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return [d.name for d in self.devices]
+
+    def device(self, name: str) -> Device:
+        for d in self.devices:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+    def link(self, host_a: str, host_b: str) -> LocalLink | None:
+        """The link between two hosts (``local`` on one host); None when they are not connected."""
+        if host_a == host_b:
+            return self.local
+        for link in self.links:
+            if {link.a, link.b} == {host_a, host_b}:
+                return link
+        return None
+
+
+def _where(loc: tuple[object, ...], data: object) -> str:
+    """'devices[1].memory' from pydantic's location, naming the device when it has a name."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            name = node[item].get("name") if isinstance(node, list) and isinstance(node[item], dict) else None
+            parts[-1] += f"[{item}]" + (f" ({name})" if name else "")
+        else:
+            parts.append(str(item))
+        node = node[item] if isinstance(node, dict | list) and _has(node, item) else None
+    return ".".join(parts) or "top level"
+
+
+def _has(node: dict | list, key: object) -> bool:
+    return key in node if isinstance(node, dict) else isinstance(key, int) and 0 <= key < len(node)
+
+
+def load_cluster(path: Path) -> Cluster:
+    """Read a cluster YAML; every problem becomes a one-line ClusterError naming the field."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ClusterError(f"cluster file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ClusterError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClusterError(f"cannot read cluster {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ClusterError(f"{path}: expected a mapping with source, devices and links (see examples/clusters/)")
+    data.setdefault("name", Path(path).stem)
+    try:
+        return Cluster.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ClusterError(f"{path}: {_where(err['loc'], data)}: {msg}") from None

@@ -1,0 +1,212 @@
+"""The one cost model (../shared/DESIGN.md; seed 000 sec. V eq. 1-2) used by every planner and the simulator.
+
+Compute of blocks a..e on device d: ``sum(profile time) / speed[d]``, times the device's
+``paging_factor`` when it is a TEE and the stage's weights + peak activations exceed its
+memory; a device without a paging factor cannot hold such a stage at all (infinite cost).
+A hop carries the tensor at a cut: ``bytes / bandwidth + rtt`` of the link between the hosts
+(``local`` on one host; none at all on the same device). A stage replicated on r identical
+devices counts compute / r towards the period; a hop into or out of replicas counts, per
+physical link, the share of frames that cross it. Links are assumed to be separate resources
+for separate hops (the formula; the simulator checks it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from serdab.cluster import Cluster, Device
+from serdab.plan.placement import HopCost, Placement, PlanCost, StageCost
+from serdab.profile import Profile
+
+__all__ = ["CostModel", "Workload", "link_key"]
+
+
+@dataclass(frozen=True, eq=False)
+class Workload:
+    """What the cost model needs from a profile: per-block seconds and bytes, per-cut tensors."""
+
+    model: str
+    block_names: tuple[str, ...]
+    block_s: np.ndarray  # (M,) seconds on the profiling host
+    params_bytes: np.ndarray  # (M,)
+    peak_bytes: np.ndarray  # (M,)
+    cut_bytes: np.ndarray  # (M+1,) bytes crossing cut c (cut 0 = input frame)
+    cut_resolution: tuple[tuple[int, int] | None, ...]  # (M+1,) spatial size, None = no spatial axes
+
+    @property
+    def blocks(self) -> int:
+        return len(self.block_names)
+
+    @classmethod
+    def from_profile(cls, profile: Profile) -> Workload:
+        shape = profile.input_shape
+        blocks = profile.blocks
+        return cls(
+            model=profile.model,
+            block_names=tuple(b.name for b in blocks),
+            block_s=np.array([b.latency_ms / 1000.0 for b in blocks]),
+            params_bytes=np.array([b.params_bytes for b in blocks], dtype=np.int64),
+            peak_bytes=np.array([b.peak_activation_bytes for b in blocks], dtype=np.int64),
+            cut_bytes=np.array([profile.input_bytes] + [b.out_bytes for b in blocks], dtype=np.int64),
+            cut_resolution=(
+                (int(shape[2]), int(shape[3])) if len(shape) == 4 else None,
+                *(tuple(b.resolution) if b.resolution else None for b in blocks),
+            ),
+        )
+
+
+def link_key(a: Device, b: Device) -> tuple[str, str, str] | None:
+    """The physical channel a transfer a -> b occupies (None: same device, nothing moves)."""
+    if a.name == b.name:
+        return None
+    if a.host == b.host:
+        return ("local", a.name, b.name)
+    return ("net", a.host, b.host)
+
+
+class CostModel:
+    """Seconds and bytes of any stage or hop of one workload on one cluster."""
+
+    def __init__(self, workload: Workload, cluster: Cluster) -> None:
+        self.workload = workload
+        self.cluster = cluster
+        self.devices: list[Device] = list(cluster.devices)
+        self.index = {d.name: i for i, d in enumerate(self.devices)}
+        self.source = self.index[cluster.source]
+        m = workload.blocks
+        self._time_prefix = np.concatenate([[0.0], np.cumsum(workload.block_s)])
+        params_prefix = np.concatenate([[0], np.cumsum(workload.params_bytes)])
+        # memory[c, c2] for blocks c..c2-1: weights of all + the largest activation peak among them
+        memory = np.zeros((m + 1, m + 1), dtype=np.int64)
+        for c in range(m):
+            peaks = np.maximum.accumulate(workload.peak_bytes[c:])
+            memory[c, c + 1 :] = params_prefix[c + 1 :] - params_prefix[c] + peaks
+        self._memory = memory
+        self._hops: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def blocks(self) -> int:
+        return self.workload.blocks
+
+    # --- stages -------------------------------------------------------------------------------
+    def stage_memory(self, first: int, last: int) -> int:
+        return int(self._memory[first, last + 1])
+
+    def compute_matrix(self, device: int) -> np.ndarray:
+        """C[c, c2]: seconds for blocks c..c2-1 on ``device``; inf where c2 <= c or it cannot fit."""
+        d = self.devices[device]
+        t = self._time_prefix
+        seconds = (t[None, :] - t[:, None]) / d.speed
+        over = self._memory > d.memory_bytes
+        if d.paging_factor is not None:
+            seconds = np.where(over, seconds * d.paging_factor, seconds)
+        else:
+            seconds = np.where(over, np.inf, seconds)
+        return np.where(np.triu(np.ones_like(over), k=1), seconds, np.inf)
+
+    def compute_s(self, device: int, first: int, last: int) -> float:
+        d = self.devices[device]
+        seconds = (self._time_prefix[last + 1] - self._time_prefix[first]) / d.speed
+        if self.stage_memory(first, last) > d.memory_bytes:
+            return math.inf if d.paging_factor is None else seconds * d.paging_factor
+        return float(seconds)
+
+    # --- hops ---------------------------------------------------------------------------------
+    def transfer_s(self, a: int, b: int, nbytes: np.ndarray | int) -> np.ndarray | float:
+        """bytes / bandwidth + rtt between two devices (0 on the same device, inf if not linked)."""
+        if a == b:
+            return nbytes * 0.0
+        da, db = self.devices[a], self.devices[b]
+        link = self.cluster.link(da.host, db.host)
+        if link is None:
+            return nbytes * 0.0 + math.inf
+        return nbytes / link.bandwidth_bps + link.rtt_s
+
+    def hop_vectors(self, src: Sequence[int], dst: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(latency, period) of a hop src -> dst for the tensor at every cut c = 0..M.
+
+        Latency is frame 0's transfer (first replica to first replica). With round robin, frame i
+        goes from src[i % len(src)] to dst[i % len(dst)]; over one cycle of lcm frames each
+        physical link is busy for the sum of its transfers, so its period share is that sum / lcm.
+        """
+        key = (tuple(src), tuple(dst))
+        if key not in self._hops:
+            self._hops[key] = self._hop_vectors(*key)
+        return self._hops[key]
+
+    def _hop_vectors(self, src: tuple[int, ...], dst: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        nbytes = self.workload.cut_bytes.astype(float)
+        latency = self.transfer_s(src[0], dst[0], nbytes)
+        cycle = math.lcm(len(src), len(dst))
+        busy: dict[tuple[str, str, str], np.ndarray] = {}
+        for i in range(cycle):
+            a, b = src[i % len(src)], dst[i % len(dst)]
+            channel = link_key(self.devices[a], self.devices[b])
+            if channel is not None:
+                busy[channel] = busy.get(channel, 0.0) + self.transfer_s(a, b, nbytes)
+        period = np.max(np.stack(list(busy.values())), axis=0) / cycle if busy else nbytes * 0.0
+        return np.asarray(latency, dtype=float), period
+
+    # --- whole placements ---------------------------------------------------------------------
+    def evaluate(self, placement: Placement, chunk: int) -> PlanCost:
+        """L, P and T(chunk) of a structurally valid placement (see ``structure_error``)."""
+        error = self.structure_error(placement)
+        if error:
+            raise ValueError(f"invalid placement {placement.describe()}: {error}")
+        stages = []
+        hops = []
+        previous: tuple[int, ...] = (self.source,)
+        for stage in placement.stages:
+            group = tuple(self.index[n] for n in stage.devices)
+            cut = stage.first
+            if group != previous:  # only the first stage, on the source alone, needs no hop
+                latency, period = self.hop_vectors(previous, group)
+                hops.append(
+                    HopCost(
+                        src=tuple(self.devices[i].name for i in previous),
+                        dst=stage.devices,
+                        cut=cut,
+                        bytes=int(self.workload.cut_bytes[cut]),
+                        time_s=float(latency[cut]),
+                        period_s=float(period[cut]),
+                    )
+                )
+            memory = self.stage_memory(stage.first, stage.last)
+            head = self.devices[group[0]]
+            stages.append(
+                StageCost(
+                    stage=stage,
+                    compute_s=self.compute_s(group[0], stage.first, stage.last),
+                    memory_bytes=memory,
+                    paged=head.paging_factor is not None and memory > head.memory_bytes,
+                )
+            )
+            previous = group
+        return PlanCost(placement=placement, stages=tuple(stages), hops=tuple(hops), chunk=chunk)
+
+    def structure_error(self, placement: Placement) -> str | None:
+        """Why a placement is malformed (gaps, unknown or reused devices, mixed replicas), or None."""
+        expected = 0
+        used: set[str] = set()
+        if not placement.stages:
+            return "no stages"
+        for stage in placement.stages:
+            if stage.first != expected or stage.last < stage.first:
+                return f"stage {stage.first}-{stage.last} does not continue at block {expected}"
+            expected = stage.last + 1
+            for name in stage.devices:
+                if name not in self.index:
+                    return f"unknown device {name!r}"
+                if name in used:
+                    return f"device {name} holds two stages"
+                used.add(name)
+            head = self.devices[self.index[stage.devices[0]]]
+            if any(not head.same_hardware(self.devices[self.index[n]]) for n in stage.devices[1:]):
+                return f"replicas {'+'.join(stage.devices)} are not identical devices"
+        if expected != self.blocks:
+            return f"stages end at block {expected - 1}, the model has {self.blocks} blocks"
+        return None

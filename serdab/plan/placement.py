@@ -1,0 +1,92 @@
+"""A placement: contiguous stages of blocks, each on one device or round-robin on identical replicas.
+
+Blocks are the profile's ``index`` values, ranges inclusive (``first``..``last``). A cut ``c``
+is the boundary before block ``c``: cut 0 is the input frame, cut ``M`` the model's output.
+``devices[0]`` of a replicated stage takes frame 0, ``devices[1]`` frame 1, and so on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["HopCost", "Placement", "PlanCost", "Stage", "StageCost"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    devices: tuple[str, ...]
+    first: int
+    last: int
+
+    @property
+    def device(self) -> str:
+        return self.devices[0]
+
+    @property
+    def replicas(self) -> int:
+        return len(self.devices)
+
+
+@dataclass(frozen=True)
+class Placement:
+    strategy: str
+    stages: tuple[Stage, ...]
+
+    @property
+    def devices(self) -> list[str]:
+        return [d for s in self.stages for d in s.devices]
+
+    def describe(self) -> str:
+        """'tee1[0-11] -> gpu2[12-21]' (replicas joined with '+')."""
+        return " -> ".join(f"{'+'.join(s.devices)}[{s.first}-{s.last}]" for s in self.stages)
+
+
+@dataclass(frozen=True)
+class StageCost:
+    stage: Stage
+    compute_s: float  # one frame on one replica
+    memory_bytes: int  # weights + peak activations of the stage
+    paged: bool  # a TEE stage over its memory, charged the paging factor
+
+    @property
+    def period_s(self) -> float:
+        return self.compute_s / self.stage.replicas
+
+
+@dataclass(frozen=True)
+class HopCost:
+    src: tuple[str, ...]
+    dst: tuple[str, ...]
+    cut: int
+    bytes: int
+    time_s: float  # the hop frame 0 takes (first replica to first replica)
+    period_s: float  # busiest physical link of the hop, per frame
+
+
+@dataclass(frozen=True)
+class PlanCost:
+    """Seed 000 eq. 1-2 generalised: L = sum of computes and hops, P = max, T(n) = L + (n-1) P."""
+
+    placement: Placement
+    stages: tuple[StageCost, ...]
+    hops: tuple[HopCost, ...]
+    chunk: int
+    latency_s: float = field(init=False)
+    period_s: float = field(init=False)
+    chunk_time_s: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        latency = sum(s.compute_s for s in self.stages) + sum(h.time_s for h in self.hops)
+        period = max([s.period_s for s in self.stages] + [h.period_s for h in self.hops])
+        object.__setattr__(self, "latency_s", latency)
+        object.__setattr__(self, "period_s", period)
+        object.__setattr__(self, "chunk_time_s", latency + (self.chunk - 1) * period)
+
+    @property
+    def bottleneck(self) -> str:
+        """What sets the period: a stage's device(s) or a hop."""
+        best = max(self.stages, key=lambda s: s.period_s)
+        hop = max(self.hops, key=lambda h: h.period_s, default=None)
+        if hop is not None and hop.period_s > best.period_s:
+            return f"link {hop.src[0]}->{hop.dst[0]}"
+        return "+".join(best.stage.devices)
