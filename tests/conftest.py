@@ -35,3 +35,16 @@ def lenet() -> Chain:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def resnet18_profile():
+    """A quick (3-run) ResNet18 profile: planners need realistic shapes, not precise times."""
+    from serdab.profile import profile_chain
+
+    return profile_chain(chain_of("resnet18"), "resnet18", repeat=3, warmup=1)
+
+
+@pytest.fixture
+def clusters_dir(repo_root: Path) -> Path:
+    return repo_root / "examples" / "clusters"

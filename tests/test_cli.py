@@ -125,3 +125,57 @@ def test_demo_runs_end_to_end(capsys) -> None:
     out = capsys.readouterr().out
     assert "first cut at or below 20x20: after block 11" in out
     assert "reproduce the whole model" in out
+
+
+@pytest.fixture
+def saved_profile(resnet18_profile, tmp_path) -> str:
+    path = tmp_path / "resnet18.json"
+    resnet18_profile.save(path)
+    return str(path)
+
+
+def test_plan_prints_the_placement_and_writes_the_contract(saved_profile, clusters_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "plan.json"
+    cluster = str(clusters_dir / "paper.yaml")
+    assert main(["plan", "--profile", saved_profile, "--cluster", cluster, "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "optimal placement of resnet18 on paper" in text
+    assert "frame latency L =" in text and "period P =" in text and "T(10800) = L + (n-1) P" in text
+    assert "event simulation of 10800 frames" in text
+    doc = json.loads(out.read_text())
+    assert doc["strategy"] == "optimal" and doc["chunk"] == 10800
+    assert doc["stages"][0]["device"] == "tee1"
+    assert doc["chunk_time_s"] == pytest.approx(doc["latency_s"] + 10799 * doc["period_s"])
+
+
+def test_plan_from_a_model_with_strategy_and_replication(clusters_dir, capsys) -> None:
+    cluster = str(clusters_dir / "edge-cloud.yaml")
+    assert main(["plan", "lenet5", "--cluster", cluster, "--chunk", "100", "--replicate", "--trusted-tail"]) == 0
+    assert "optimal+replicate placement of lenet5 on edge-cloud" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--cluster", "{clusters}/nope.yaml"], "cluster file not found"),
+        (["--cluster", "{clusters}/paper.yaml", "--strategy", "fastest"], "unknown strategy 'fastest'"),
+        (["--cluster", "{clusters}/paper.yaml", "--privacy", "blur:3"], "unknown privacy policy"),
+        (["--cluster", "{clusters}/paper.yaml", "--privacy", "ssim:0.2"], "needs leakage measurements"),
+        (["--cluster", "{clusters}/paper.yaml", "--strategy", "serdab", "--replicate"], "--replicate applies to"),
+        (["--cluster", "{clusters}/single-tee.yaml", "--strategy", "two-tees", "--privacy", "trusted-only",
+          "--leakage", "{tmp}/missing.json"], "leakage file not found"),
+        (["--cluster", "{tmp}/tiny.yaml"], "nothing can hold the first stage"),
+    ],
+)  # fmt: skip
+def test_plan_errors_are_one_line(saved_profile, clusters_dir, tmp_path, capsys, args, message) -> None:
+    (tmp_path / "tiny.yaml").write_text(
+        "source: t\ndevices:\n  - {name: t, kind: tee, trusted: true, host: h, speed: 1, memory: 1KiB}\n"
+    )
+    args = [a.replace("{clusters}", str(clusters_dir)).replace("{tmp}", str(tmp_path)) for a in args]
+    assert main(["plan", "--profile", saved_profile, *args]) == 2
+    assert message in _error_line(capsys)
+
+
+def test_plan_needs_a_model_or_a_profile(clusters_dir, capsys) -> None:
+    assert main(["plan", "--cluster", str(clusters_dir / "paper.yaml")]) == 2
+    assert "give a MODEL to profile or --profile" in _error_line(capsys)

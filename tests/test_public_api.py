@@ -1,6 +1,20 @@
 import serdab
 
 EXPECTED = {
+    "PLANNERS",
+    "Cluster",
+    "ClusterError",
+    "CostModel",
+    "InfeasibleError",
+    "Placement",
+    "PlanError",
+    "PlanRequest",
+    "PolicyError",
+    "Workload",
+    "get_planner",
+    "load_cluster",
+    "parse_policy",
+    "simulate",
     "ZOO",
     "Block",
     "BlockProfile",
@@ -46,5 +60,9 @@ def test_every_user_error_is_a_serdab_error() -> None:
         "CutOutOfRangeError",
         "NotACleanCutError",
         "ImageSetError",
+        "ClusterError",
+        "PolicyError",
+        "PlanError",
+        "InfeasibleError",
     ):
         assert issubclass(getattr(serdab, name), serdab.SerdabError)

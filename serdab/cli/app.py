@@ -14,6 +14,7 @@ from serdab.cli.demo_cmd import demo
 from serdab.cli.leakage_cmd import leakage
 from serdab.cli.models_cmd import models
 from serdab.cli.partition_cmd import partition
+from serdab.cli.plan_cmd import plan
 from serdab.cli.profile_cmd import profile
 from serdab.errors import SerdabError
 
@@ -30,6 +31,7 @@ app.command()(models)
 app.command()(profile)
 app.command()(partition)
 app.command()(leakage)
+app.command()(plan)
 app.command()(demo)
 app.add_typer(bench_app, name="bench")
 

@@ -88,5 +88,5 @@ class PlanCost:
         best = max(self.stages, key=lambda s: s.period_s)
         hop = max(self.hops, key=lambda h: h.period_s, default=None)
         if hop is not None and hop.period_s > best.period_s:
-            return f"link {hop.src[0]}->{hop.dst[0]}"
+            return f"link {'+'.join(hop.src)}->{'+'.join(hop.dst)}"
         return "+".join(best.stage.devices)

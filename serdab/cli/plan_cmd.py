@@ -1,0 +1,155 @@
+"""`serdab plan MODEL --cluster FILE`: where each block runs, and the predicted L, P and T(n)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from serdab.cli.common import InputShapeOpt, JsonOpt, console, human_bytes, open_model, progress_bar, write_json
+from serdab.cluster import load_cluster
+from serdab.errors import InfeasibleError, PlanError, PolicyError
+from serdab.plan import PLANNERS, CostModel, PlanRequest, Workload, get_planner
+from serdab.plan.placement import PlanCost
+from serdab.plan.report import plan_document, why_infeasible
+from serdab.plan.simulate import simulate
+from serdab.privacy import LeakageReport, default_images, measure_leakage
+from serdab.privacy.policy import allowed_cuts, parse_policy
+from serdab.profile import Profile, cached_profile
+
+__all__ = ["plan", "plan_table"]
+
+SIMULATE_MAX = 20_000  # frames; the event simulation costs ~10 us per frame and stage
+
+
+def plan_table(cost: PlanCost, request: PlanRequest) -> Table:
+    table = Table(
+        title=f"{cost.placement.strategy} placement of {request.costs.workload.model} on {request.costs.cluster.name} "
+        f"(policy {request.policy})"
+    )
+    for column in ("stage", "device", "trusted", "blocks", "memory", "compute ms", "in from", "in bytes", "link ms"):
+        table.add_column(column, justify="left" if column in ("device", "blocks", "in from") else "right")
+    hops = {h.cut: h for h in cost.hops}
+    for i, s in enumerate(cost.stages):
+        stage = s.stage
+        hop = hops.get(stage.first)
+        devices = "+".join(stage.devices) + (f" (x{stage.replicas} round robin)" if stage.replicas > 1 else "")
+        table.add_row(
+            str(i),
+            devices,
+            "yes" if request.trusted(stage.device) else "no",
+            f"{stage.first}-{stage.last}",
+            human_bytes(s.memory_bytes) + (" paged" if s.paged else ""),
+            f"{1000 * s.compute_s:.2f}",
+            "+".join(hop.src) if hop else "-",
+            human_bytes(hop.bytes) if hop else "-",
+            f"{1000 * hop.time_s:.2f}" if hop else "-",
+        )
+    return table
+
+
+def _leakage_file(path: Path) -> LeakageReport:
+    try:
+        return LeakageReport.model_validate_json(path.read_text())
+    except FileNotFoundError:
+        raise PolicyError(f"leakage file not found: {path}") from None
+    except ValidationError as exc:
+        where = ".".join(str(p) for p in exc.errors()[0]["loc"]) or "top level"
+        raise PolicyError(f"{path} is not a `serdab leakage --json` report: {where}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"cannot read leakage report {path}: {exc}") from None
+
+
+def plan(
+    model: Annotated[
+        str | None, typer.Argument(help="Zoo model or .onnx path (omit when --profile is given).", show_default=False)
+    ] = None,
+    cluster: Annotated[
+        Path, typer.Option(help="Cluster YAML: devices, links, source (see examples/clusters/).")
+    ] = Path("examples/clusters/paper.yaml"),
+    chunk: Annotated[int, typer.Option(min=1, help="Frames in the chunk T(n) is minimised for.")] = 10_800,
+    strategy: Annotated[str, typer.Option(help=f"Planner: {', '.join(PLANNERS)}.")] = "optimal",
+    privacy: Annotated[
+        str,
+        typer.Option(
+            help="What an untrusted device may receive: trusted-only, resolution:20, pearson:D, ssim:D, mse:D."
+        ),
+    ] = "resolution:20",
+    replicate: Annotated[
+        bool, typer.Option("--replicate", help="Let a stage run round robin on several identical devices.")
+    ] = False,
+    trusted_tail: Annotated[
+        bool, typer.Option("--trusted-tail", help="The last blocks run on a trusted device (labels stay private).")
+    ] = False,
+    profile: Annotated[
+        Path | None, typer.Option(help="Plan from a saved `serdab profile --json` file instead of profiling MODEL.")
+    ] = None,
+    leakage: Annotated[
+        Path | None,
+        typer.Option(help="A `serdab leakage --json` report, for pearson/ssim/mse policies with --profile."),
+    ] = None,
+    input_shape: InputShapeOpt = None,
+    json_path: JsonOpt = None,
+) -> None:
+    """Place MODEL's blocks on the cluster's enclaves and accelerators: private and fastest for a chunk of frames."""
+    policy = parse_policy(privacy)
+    planner = get_planner(strategy)
+    spec = load_cluster(cluster)
+    if replicate and strategy not in ("optimal", "brute-force"):
+        raise PlanError(f"--replicate applies to the optimal and brute-force strategies, not {strategy}")
+    opened = None
+    if profile is not None:
+        prof = Profile.load(profile)
+    elif model is not None:
+        opened = open_model(model, input_shape)
+        with progress_bar(f"profiling {opened.name}", len(opened.chain.blocks) + 1) as update:
+            prof, _ = cached_profile(opened.chain, opened.name, progress=update)
+    else:
+        raise PlanError("give a MODEL to profile or --profile PROFILE.json")
+    report = _leakage_file(leakage) if leakage is not None else None
+    if policy.needs_leakage and report is None and opened is not None:
+        images = default_images(grey_digits=opened.chain.input_shape[1] == 1)
+        with progress_bar(f"leakage of {opened.name}", len(images)) as update:
+            report = measure_leakage(opened.chain, opened.name, images, progress=update)
+    workload = Workload.from_profile(prof)
+    costs = CostModel(workload, spec)
+    allowed = tuple(allowed_cuts(policy, workload.cut_resolution, report))
+    request = PlanRequest(costs, allowed, chunk, policy.spec, trusted_tail, replicate)
+    started = time.perf_counter()
+    placement = planner.plan(request)
+    planner_s = time.perf_counter() - started
+    if placement is None:
+        raise InfeasibleError(why_infeasible(request, strategy))
+    cost = request.evaluate(placement)
+    console.print(plan_table(cost, request))
+    document = plan_document(request, cost, report)
+    document["planner_s"] = planner_s
+    console.print(
+        f"frame latency L = {1000 * cost.latency_s:.1f} ms, period P = {1000 * cost.period_s:.1f} ms "
+        f"(bottleneck: {cost.bottleneck}), T({chunk}) = L + (n-1) P = {cost.chunk_time_s:.3f} s"
+    )
+    if chunk <= SIMULATE_MAX:
+        sim = simulate(costs, placement, chunk)
+        document["simulated_chunk_time_s"] = sim.chunk_time_s
+        gap = sim.chunk_time_s / cost.chunk_time_s - 1
+        console.print(
+            f"event simulation of {chunk} frames: T = {sim.chunk_time_s:.3f} s ({100 * gap:+.2f}% vs formula)"
+        )
+    exposed = document["privacy"]["untrusted_inputs"]
+    if exposed:
+        for e in exposed:
+            res = "x".join(map(str, e["resolution"]))
+            console.print(
+                f"untrusted {e['device']} receives the tensor after block {e['cut'] - 1} ({e['after_block']}, {res})"
+            )
+    else:
+        console.print("every block runs on trusted devices")
+    console.print(
+        f"[dim]planned by {strategy} in {1000 * planner_s:.1f} ms; times are predictions from the profile "
+        f"and the cluster's emulated speeds[/dim]"
+    )
+    write_json(json_path, document)

@@ -1,0 +1,77 @@
+"""Test doubles that ship with the package: synthetic workloads and random planning problems.
+
+Used by the test suite (planner vs brute force) and by `serdab bench placement` (planner speed
+at M = 100 blocks), so both exercise the same generator.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from serdab.cluster import Cluster
+from serdab.plan import CostModel, PlanRequest, Workload
+
+__all__ = ["random_request", "synthetic_workload"]
+
+
+def synthetic_workload(blocks: int, seed: int = 0, side: int = 224) -> Workload:
+    """A CNN-like chain: times and sizes drawn from seeded ranges, resolution halving every M/6 blocks."""
+    rng = np.random.default_rng(seed)
+    step = max(blocks // 6, 1)
+    resolution = tuple((max(side >> min(c // step, 5), 1),) * 2 for c in range(blocks + 1))
+    return Workload(
+        model=f"synthetic{blocks}",
+        block_names=tuple(f"block{i}" for i in range(blocks)),
+        block_s=rng.uniform(0.0005, 0.01, blocks),
+        params_bytes=rng.integers(0, 5_000_000, blocks),
+        peak_bytes=rng.integers(100_000, 5_000_000, blocks),
+        cut_bytes=rng.integers(10_000, 1_000_000, blocks + 1),
+        cut_resolution=resolution,
+    )
+
+
+def random_request(rng: random.Random, replicate: bool, max_blocks: int = 5, max_devices: int = 4) -> PlanRequest:
+    """A small random planning problem: identical devices (for replicas), tight memories, sparse links."""
+    m = rng.randint(1, max_blocks)
+    k = rng.randint(1, max_devices)
+    host_names = ["h0", "h1", "h2"][: rng.randint(1, 3)]
+    # a few hardware templates, so identical devices (replica candidates) are common
+    templates = [
+        {"kind": kind, "trusted": kind == "tee", "speed": rng.choice([0.25, 1.0, 4.0]),
+         "memory": rng.choice([100, 1000, 10**9]), "paging_factor": rng.choice([None, 3.0]) if kind == "tee" else None}
+        for kind in ("tee", "tee", "cpu", "gpu")
+    ]  # fmt: skip
+    devices = []
+    for i in range(k):
+        template = templates[0] if i == 0 else rng.choice(templates)
+        devices.append({"name": f"d{i}", "host": rng.choice(host_names), **template})
+    hosts = sorted({d["host"] for d in devices})
+    links = [
+        {"a": a, "b": b, "bandwidth": rng.choice([1e3, 1e5]), "rtt": rng.choice([0.0, 0.01])}
+        for i, a in enumerate(hosts)
+        for b in hosts[i + 1 :]
+        if rng.random() < 0.8
+    ]
+    cluster = Cluster.model_validate(
+        {"source": "d0", "devices": devices, "links": links, "local": {"bandwidth": 1e6, "rtt": 0.001}}
+    )
+    workload = Workload(
+        model="random",
+        block_names=tuple(f"b{i}" for i in range(m)),
+        block_s=np.array([rng.choice([0.01, 0.02, 0.05, 0.1, 0.3]) for _ in range(m)]),
+        params_bytes=np.array([rng.choice([0, 50, 200]) for _ in range(m)]),
+        peak_bytes=np.array([rng.choice([10, 60]) for _ in range(m)]),
+        cut_bytes=np.array([rng.choice([10, 100, 1000]) for _ in range(m + 1)]),
+        cut_resolution=tuple(None for _ in range(m + 1)),
+    )
+    allowed = (False, *(rng.random() < 0.6 for _ in range(m)))
+    return PlanRequest(
+        CostModel(workload, cluster),
+        allowed,
+        chunk=rng.choice([1, 2, 3, 10, 1000]),
+        policy="random",
+        trusted_tail=rng.random() < 0.2,
+        replicate=replicate,
+    )

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serdab.cluster import load_cluster, parse_bandwidth_bps, parse_bytes, parse_seconds
+from serdab.errors import ClusterError
+
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples" / "clusters").glob("*.yaml"))
+
+GOOD = """
+source: tee1
+devices:
+  - {name: tee1, kind: tee, trusted: true,  host: e1, speed: 0.25, memory: 93MiB, paging_factor: 4.0}
+  - {name: gpu2, kind: gpu, trusted: false, host: e2, speed: 8.0,  memory: 16GiB}
+links:
+  - {a: e1, b: e2, bandwidth: 100Mbit, rtt: 5ms}
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("93MiB", 93 * 2**20), ("16GiB", 16 * 2**30), ("128MB", 128_000_000), (4096, 4096), ("1.5 KiB", 1536)],
+)
+def test_sizes(text, expected) -> None:
+    assert parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("100Mbit", 12.5e6), ("30Mbps", 3.75e6), ("1Gbit", 1.25e8), ("12.5MB/s", 12.5e6), (1000, 1000.0)],
+)
+def test_bandwidths_are_bytes_per_second(text, expected) -> None:
+    assert parse_bandwidth_bps(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("5ms", 0.005), ("0.2s", 0.2), ("100us", 1e-4), (0, 0.0)])
+def test_durations(text, expected) -> None:
+    assert parse_seconds(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("bad", ["93XB", "fast", "-5MiB", True])
+def test_bad_sizes_show_an_example(bad) -> None:
+    with pytest.raises(ValueError, match="93MiB"):
+        parse_bytes(bad)
+
+
+def test_shipped_examples_load() -> None:
+    names = {p.stem for p in EXAMPLES}
+    assert {"paper", "single-tee", "edge-cloud"} <= names
+    for path in EXAMPLES:
+        cluster = load_cluster(path)
+        assert cluster.device(cluster.source).trusted
+    assert len(load_cluster(EXAMPLES[0].parent / "edge-cloud.yaml").devices) == 6
+
+
+def test_good_cluster(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(GOOD)
+    cluster = load_cluster(path)
+    assert cluster.name == "c"
+    assert cluster.device("tee1").memory_bytes == 93 * 2**20
+    assert cluster.link("e1", "e2").bandwidth_bps == pytest.approx(12.5e6)
+    assert cluster.link("e2", "e1").rtt_s == pytest.approx(0.005)
+    assert cluster.link("e1", "e1") is cluster.local
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("kind: gpu", "kind: fpga"), "devices[1] (gpu2).kind"),
+        (("memory: 16GiB", "memory: 16XB"), "devices[1] (gpu2).memory: '16XB' is not a size like 93MiB"),
+        (("source: tee1", "source: gpu2"), "source 'gpu2' must be trusted"),
+        (("source: tee1", "source: tee9"), "source 'tee9' is not a device"),
+        (("name: gpu2", "name: tee1"), "device names must be unique; repeated: tee1"),
+        (("b: e2", "b: e3"), "'e3' is not a host"),
+        (("speed: 8.0,", "speed: 8.0, paging_factor: 2,"), "paging_factor applies to kind tee only"),
+        (("speed: 8.0,", "speed: 0,"), "devices[1] (gpu2).speed"),
+        (("speed: 8.0,", "sped: 8.0,"), "devices[1] (gpu2).speed: Field required"),
+        (("rtt: 5ms", "rtt: soon"), "links[0].rtt"),
+    ],
+)
+def test_bad_cluster_names_the_field(tmp_path, edit, message) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD.replace(*edit))
+    with pytest.raises(ClusterError) as err:
+        load_cluster(path)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unreadable_cluster_files(tmp_path) -> None:
+    with pytest.raises(ClusterError, match="not found"):
+        load_cluster(tmp_path / "missing.yaml")
+    (tmp_path / "y.yaml").write_text("devices: [unclosed")
+    with pytest.raises(ClusterError, match="not valid YAML"):
+        load_cluster(tmp_path / "y.yaml")
+    (tmp_path / "l.yaml").write_text("- just a list")
+    with pytest.raises(ClusterError, match="expected a mapping"):
+        load_cluster(tmp_path / "l.yaml")
