@@ -9,8 +9,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from serdab.bench.placement_bench import FIG12_MODELS, planner_speed, plot_placement_bench, run_placement_bench
 from serdab.bench.profile_bench import plot_profile_bench, run_profile_bench
 from serdab.cli.common import console, err_console
+from serdab.cluster import load_cluster
 from serdab.models import ZOO
 
 __all__ = ["bench_app"]
@@ -49,4 +51,70 @@ def bench_profile(
             f"{100 * r['sum_error']:+.1f}%",
         )
     console.print(table)
+    err_console.print(f"wrote {json_path} and {png}")
+
+
+@bench_app.command("placement")
+def bench_placement(
+    json_path: Annotated[Path, typer.Option("--json", help="Where to write the JSON result.")] = Path(
+        "bench/results/placement.json"
+    ),
+    cluster: Annotated[
+        list[Path] | None, typer.Option(help="Cluster(s) to run Fig. 12 on (repeat the option).", show_default=False)
+    ] = None,
+    speed_cluster: Annotated[Path, typer.Option(help="Six-device cluster for the planner-speed target.")] = Path(
+        "examples/clusters/edge-cloud.yaml"
+    ),
+    chunk: Annotated[int, typer.Option(min=1, help="Frames in the stream (seed 000: 10,800).")] = 10_800,
+    policy: Annotated[str, typer.Option(help="Privacy policy (seed 000: resolution:20).")] = "resolution:20",
+    quick: Annotated[bool, typer.Option("--quick", help="ResNet18 only.")] = False,
+) -> None:
+    """Seed 000 Fig. 12: every strategy's speedup over one enclave, and the optimal planner's speed.
+
+    Runs on examples/clusters/paper.yaml and edge-cloud.yaml unless --cluster is given.
+    """
+    paths = cluster or [Path("examples/clusters/paper.yaml"), Path("examples/clusters/edge-cloud.yaml")]
+    specs = [load_cluster(p) for p in paths]
+    models = ["resnet18"] if quick else FIG12_MODELS
+    rows = []
+    with err_console.status("planning") as status:
+        for spec in specs:
+            rows += run_placement_bench(spec, models, chunk, policy, progress=status.update)
+        status.update("timing the optimal planner at 100 blocks")
+        speed = planner_speed(load_cluster(speed_cluster))
+    result = {
+        "clusters": [s.name for s in specs],
+        "chunk": chunk,
+        "policy": policy,
+        "results": rows,
+        "planner_speed": speed,
+    }
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    png = json_path.with_suffix(".png")
+    plot_placement_bench(rows, png)
+    table = Table(title=f"speedup over 1 TEE, {chunk} frames, policy {policy} (predicted from emulated speeds)")
+    for column in ("cluster", "model", "strategy", "placement", "T(n) s", "simulated s", "speedup", "planner ms"):
+        table.add_column(column, justify="left" if column in ("cluster", "model", "strategy", "placement") else "right")
+    for r in rows:
+        if not r["feasible"]:
+            table.add_row(r["cluster"], r["model"], r["strategy"], "infeasible", "-", "-", "-", "-")
+            continue
+        table.add_row(
+            r["cluster"],
+            r["model"],
+            r["strategy"],
+            r["placement"],
+            f"{r['chunk_time_s']:.1f}",
+            f"{r['simulated_chunk_time_s']:.1f}",
+            f"{r['speedup']:.2f}x",
+            f"{r['planner_ms']:.1f}",
+        )
+    console.print(table)
+    speed_table = Table(title="optimal planner, synthetic 100-block chain, 6 devices (median of 5)")
+    for column in ("policy", "replicate", "chunk", "planner ms"):
+        speed_table.add_column(column, justify="right")
+    for r in speed:
+        speed_table.add_row(r["policy"], str(r["replicate"]), str(r["chunk"]), f"{r['planner_ms']:.1f}")
+    console.print(speed_table)
     err_console.print(f"wrote {json_path} and {png}")

@@ -1,0 +1,154 @@
+"""Seed 000 Fig. 12 on the paper-like cluster: speedup of every strategy over one enclave, plus planner speed.
+
+Each zoo model is profiled on this host (cached), planned by every strategy for a 10,800-frame
+stream under the 20x20 rule, and scored by T(n) of the one cost model; the event simulator
+replays each plan as a check. Planner speed is timed on synthetic 100-block chains on the
+six-device edge-cloud cluster. All times rest on emulated TEE/GPU speeds (examples/clusters/).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from serdab.cluster import Cluster  # noqa: E402
+from serdab.graph import open_chain  # noqa: E402
+from serdab.plan import CostModel, PlanRequest, Workload, get_planner  # noqa: E402
+from serdab.plan.simulate import simulate  # noqa: E402
+from serdab.privacy.policy import allowed_cuts, parse_policy  # noqa: E402
+from serdab.profile import cached_profile  # noqa: E402
+from serdab.testing import synthetic_workload  # noqa: E402
+
+__all__ = ["FIG12_MODELS", "STRATEGIES", "plot_placement_bench", "planner_speed", "run_placement_bench"]
+
+FIG12_MODELS = ["alexnet", "googlenet", "mobilenetv2", "squeezenet1_1", "resnet18"]
+# (label in seed 000 Fig. 12, planner, replicate)
+STRATEGIES = [
+    ("1 TEE", "single-tee", False),
+    ("No pipelining", "neurosurgeon", False),
+    ("1 TEE & 1 GPU", "tee-gpu", False),
+    ("2 TEEs", "two-tees", False),
+    ("Serdab proposed", "serdab", False),
+    ("optimal", "optimal", False),
+    ("optimal+replication", "optimal", True),
+]
+
+
+def _request(workload: Workload, cluster: Cluster, chunk: int, policy: str, replicate: bool) -> PlanRequest:
+    rule = parse_policy(policy)
+    allowed = tuple(allowed_cuts(rule, workload.cut_resolution))
+    return PlanRequest(CostModel(workload, cluster), allowed, chunk, rule.spec, replicate=replicate)
+
+
+def _timed_plan(request: PlanRequest, planner: str) -> tuple[object, float]:
+    started = time.perf_counter()
+    placement = get_planner(planner).plan(request)
+    return placement, time.perf_counter() - started
+
+
+def run_placement_bench(
+    cluster: Cluster,
+    models: list[str],
+    chunk: int = 10_800,
+    policy: str = "resolution:20",
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for model in models:
+        if progress:
+            progress(f"profiling {model}")
+        chain = open_chain(model)
+        profile, _ = cached_profile(chain.chain, chain.name)
+        workload = Workload.from_profile(profile)
+        baseline = None
+        for label, planner, replicate in STRATEGIES:
+            if progress:
+                progress(f"{model}: {label}")
+            request = _request(workload, cluster, chunk, policy, replicate)
+            placement, planner_s = _timed_plan(request, planner)
+            if placement is None:
+                rows.append(
+                    {"cluster": cluster.name, "model": model, "strategy": label, "planner": planner, "feasible": False}
+                )
+                continue
+            cost = request.evaluate(placement)
+            baseline = cost.chunk_time_s if planner == "single-tee" else baseline
+            rows.append(
+                {
+                    "cluster": cluster.name,
+                    "model": model,
+                    "strategy": label,
+                    "planner": planner,
+                    "feasible": True,
+                    "placement": placement.describe(),
+                    "latency_s": cost.latency_s,
+                    "period_s": cost.period_s,
+                    "chunk_time_s": cost.chunk_time_s,
+                    "simulated_chunk_time_s": simulate(request.costs, placement, chunk).chunk_time_s,
+                    "speedup": baseline / cost.chunk_time_s if baseline else None,
+                    "planner_ms": 1000 * planner_s,
+                    "blocks": workload.blocks,
+                }
+            )
+    return rows
+
+
+def planner_speed(
+    cluster: Cluster,
+    blocks: int = 100,
+    repeat: int = 5,
+    policies: tuple[str, ...] = ("resolution:20", "resolution:224"),
+) -> list[dict[str, object]]:
+    """Median wall time of the optimal planner on synthetic chains (the < 100 ms target)."""
+    workload = synthetic_workload(blocks)
+    rows = []
+    for policy in policies:
+        for replicate in (False, True):
+            for chunk in (1, 10, 10_800):
+                request = _request(workload, cluster, chunk, policy, replicate)
+                times = [_timed_plan(request, "optimal")[1] for _ in range(repeat)]
+                rows.append(
+                    {
+                        "blocks": blocks,
+                        "devices": len(cluster.devices),
+                        "policy": policy,
+                        "replicate": replicate,
+                        "chunk": chunk,
+                        "planner_ms": 1000 * statistics.median(times),
+                    }
+                )
+    return rows
+
+
+def plot_placement_bench(rows: list[dict[str, object]], path: Path) -> None:
+    """One panel per cluster: grouped bars of speedup over 1 TEE, one group per model."""
+    clusters = list(dict.fromkeys(str(r["cluster"]) for r in rows))
+    labels = [label for label, _, _ in STRATEGIES]
+    width = 0.8 / len(labels)
+    fig, axes = plt.subplots(len(clusters), 1, figsize=(12, 4.2 * len(clusters)), squeeze=False)
+    for ax, cluster in zip(axes[:, 0], clusters, strict=True):
+        mine = [r for r in rows if r["cluster"] == cluster]
+        models = list(dict.fromkeys(str(r["model"]) for r in mine))
+        for j, label in enumerate(labels):
+            values = []
+            for model in models:
+                match = [r for r in mine if r["model"] == model and r["strategy"] == label and r.get("speedup")]
+                values.append(float(match[0]["speedup"]) if match else 0.0)
+            offsets = [i + (j - len(labels) / 2 + 0.5) * width for i in range(len(models))]
+            ax.bar(offsets, values, width, label=label)
+        ax.set_xticks(range(len(models)), models)
+        ax.set_yscale("log")
+        ax.set_ylabel("speedup over 1 TEE")
+        ax.set_title(f"Seed 000 Fig. 12, {cluster} cluster, 10,800 frames (predicted; emulated TEE/GPU speeds)")
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.legend(ncol=4, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
