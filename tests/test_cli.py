@@ -125,6 +125,7 @@ def test_demo_runs_end_to_end(capsys) -> None:
     out = capsys.readouterr().out
     assert "first cut at or below 20x20: after block 11" in out
     assert "reproduce the whole model" in out
+    assert "placement of resnet18 on paper" in out and "faster (predicted from emulated" in out
 
 
 @pytest.fixture
@@ -149,8 +150,7 @@ def test_plan_prints_the_placement_and_writes_the_contract(saved_profile, cluste
 
 
 def test_plan_from_a_model_with_strategy_and_replication(clusters_dir, capsys) -> None:
-    cluster = str(clusters_dir / "edge-cloud.yaml")
-    assert main(["plan", "lenet5", "--cluster", cluster, "--chunk", "100", "--replicate", "--trusted-tail"]) == 0
+    assert main(["plan", "lenet5", "--cluster", "edge-cloud", "--chunk", "100", "--replicate", "--trusted-tail"]) == 0
     assert "optimal+replicate placement of lenet5 on edge-cloud" in capsys.readouterr().out
 
 
@@ -158,6 +158,7 @@ def test_plan_from_a_model_with_strategy_and_replication(clusters_dir, capsys) -
     ("args", "message"),
     [
         (["--cluster", "{clusters}/nope.yaml"], "cluster file not found"),
+        (["--cluster", "moon"], "cluster file not found: moon (shipped examples: edge-cloud, paper, single-tee)"),
         (["--cluster", "{clusters}/paper.yaml", "--strategy", "fastest"], "unknown strategy 'fastest'"),
         (["--cluster", "{clusters}/paper.yaml", "--privacy", "blur:3"], "unknown privacy policy"),
         (["--cluster", "{clusters}/paper.yaml", "--privacy", "ssim:0.2"], "needs leakage measurements"),

@@ -60,11 +60,10 @@ def bench_placement(
         "bench/results/placement.json"
     ),
     cluster: Annotated[
-        list[Path] | None, typer.Option(help="Cluster(s) to run Fig. 12 on (repeat the option).", show_default=False)
+        list[str] | None,
+        typer.Option(help="Cluster file(s) or shipped names to run Fig. 12 on (repeatable).", show_default=False),
     ] = None,
-    speed_cluster: Annotated[Path, typer.Option(help="Six-device cluster for the planner-speed target.")] = Path(
-        "examples/clusters/edge-cloud.yaml"
-    ),
+    speed_cluster: Annotated[str, typer.Option(help="Six-device cluster for the planner-speed target.")] = "edge-cloud",
     chunk: Annotated[int, typer.Option(min=1, help="Frames in the stream (seed 000: 10,800).")] = 10_800,
     policy: Annotated[str, typer.Option(help="Privacy policy (seed 000: resolution:20).")] = "resolution:20",
     quick: Annotated[bool, typer.Option("--quick", help="ResNet18 only.")] = False,
@@ -73,7 +72,7 @@ def bench_placement(
 
     Runs on examples/clusters/paper.yaml and edge-cloud.yaml unless --cluster is given.
     """
-    paths = cluster or [Path("examples/clusters/paper.yaml"), Path("examples/clusters/edge-cloud.yaml")]
+    paths = cluster or ["paper", "edge-cloud"]
     specs = [load_cluster(p) for p in paths]
     models = ["resnet18"] if quick else FIG12_MODELS
     rows = []

@@ -2,7 +2,8 @@
 
 Profile a zoo model, find the first cut whose tensor is no longer recognisable (seed 000's
 20x20 rule), measure leakage at every cut, split the model there and check that the stages
-reproduce the whole model. Later modes extend this into the live pipeline.
+reproduce the whole model, then plan it on seed 000's two edge devices (two enclaves, a CPU and
+a GPU) and compare the optimal placement with one enclave.
 """
 
 from __future__ import annotations
@@ -16,16 +17,21 @@ import typer
 
 from serdab.cli.common import console, open_model, progress_bar
 from serdab.cli.leakage_cmd import leakage_table
+from serdab.cli.plan_cmd import plan_table
 from serdab.cli.profile_cmd import profile_table
+from serdab.cluster import load_cluster
 from serdab.graph import write_stages
 from serdab.onnxrt import make_session
+from serdab.plan import CostModel, PlanRequest, Workload, get_planner
 from serdab.privacy import default_images, measure_leakage
 from serdab.privacy.metrics import within_resolution
+from serdab.privacy.policy import allowed_cuts, parse_policy
 from serdab.profile import cached_profile
 
 __all__ = ["demo", "first_private_cut"]
 
 THRESHOLD = 20
+CHUNK = 10_800  # seed 000's stream: 3 hours of one frame per second
 
 
 def first_private_cut(resolutions: list[list[int] | None], threshold: int = THRESHOLD) -> int | None:
@@ -39,6 +45,7 @@ def demo(
         Path | None, typer.Option(help="Keep the stage files here (default: a temporary directory).")
     ] = None,
     repeat: Annotated[int, typer.Option(min=1, help="Timed runs per block.")] = 30,
+    cluster: Annotated[str, typer.Option(help="Cluster file or shipped example to plan on.")] = "paper",
 ) -> None:
     """Profile, measure leakage, partition at the first private cut and verify the stages."""
     opened = open_model(model, None)
@@ -87,3 +94,18 @@ def demo(
             f"stages run one after another reproduce the whole model: max |diff| = {diff:.2e}"
             + (f"; files in {target}" if out else "")
         )
+
+    console.rule(f"[bold]4. plan on the {cluster} cluster ({CHUNK:,} frames, policy resolution:{THRESHOLD})")
+    spec = load_cluster(cluster)
+    workload = Workload.from_profile(prof)
+    costs = CostModel(workload, spec)
+    allowed = tuple(allowed_cuts(parse_policy(f"resolution:{THRESHOLD}"), workload.cut_resolution))
+    request = PlanRequest(costs, allowed, CHUNK, f"resolution:{THRESHOLD}", replicate=True)
+    best = request.evaluate(get_planner("optimal").plan(request))
+    single = request.evaluate(get_planner("single-tee").plan(request))
+    console.print(plan_table(best, request))
+    console.print(
+        f"T({CHUNK}) = {best.chunk_time_s:.0f} s vs {single.chunk_time_s:.0f} s in one enclave: "
+        f"{single.chunk_time_s / best.chunk_time_s:.2f}x faster (predicted from emulated enclave/GPU speeds; "
+        f"`serdab plan {opened.name} --cluster {cluster}` for more)"
+    )

@@ -65,12 +65,16 @@ def _leakage_file(path: Path) -> LeakageReport:
 
 
 def plan(
+    cluster: Annotated[
+        str,
+        typer.Option(
+            help="Cluster YAML (devices, links, source), or a shipped example: paper, single-tee, edge-cloud.",
+            show_default=False,
+        ),
+    ],
     model: Annotated[
         str | None, typer.Argument(help="Zoo model or .onnx path (omit when --profile is given).", show_default=False)
     ] = None,
-    cluster: Annotated[
-        Path, typer.Option(help="Cluster YAML: devices, links, source (see examples/clusters/).")
-    ] = Path("examples/clusters/paper.yaml"),
     chunk: Annotated[int, typer.Option(min=1, help="Frames in the chunk T(n) is minimised for.")] = 10_800,
     strategy: Annotated[str, typer.Option(help=f"Planner: {', '.join(PLANNERS)}.")] = "optimal",
     privacy: Annotated[
@@ -95,7 +99,12 @@ def plan(
     input_shape: InputShapeOpt = None,
     json_path: JsonOpt = None,
 ) -> None:
-    """Place MODEL's blocks on the cluster's enclaves and accelerators: private and fastest for a chunk of frames."""
+    """Place MODEL's blocks on the cluster's enclaves and accelerators: private, and fastest for a chunk of frames.
+
+    Prints each stage's device, blocks, memory, compute and incoming link, then the predicted frame
+    latency L, period P and chunk time T(n) = L + (n-1) P (seed 000 eq. 1-2; docs/plan.md), and an
+    event simulation of the same chunk as a check.
+    """
     policy = parse_policy(privacy)
     planner = get_planner(strategy)
     spec = load_cluster(cluster)

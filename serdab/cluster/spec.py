@@ -17,7 +17,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from serdab.cluster.units import parse_bandwidth_bps, parse_bytes, parse_seconds
 from serdab.errors import ClusterError
 
-__all__ = ["Cluster", "Device", "Link", "LocalLink", "load_cluster"]
+__all__ = ["EXAMPLES_DIR", "Cluster", "Device", "Link", "LocalLink", "load_cluster", "resolve_cluster"]
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples" / "clusters"  # in a source checkout
 
 Bytes = Annotated[int, BeforeValidator(parse_bytes)]
 BytesPerSecond = Annotated[float, BeforeValidator(parse_bandwidth_bps)]
@@ -143,8 +145,21 @@ def _has(node: dict | list, key: object) -> bool:
     return key in node if isinstance(node, dict) else isinstance(key, int) and 0 <= key < len(node)
 
 
-def load_cluster(path: Path) -> Cluster:
-    """Read a cluster YAML; every problem becomes a one-line ClusterError naming the field."""
+def resolve_cluster(name_or_path: str | Path) -> Path:
+    """A cluster file path; a bare name such as ``paper`` means examples/clusters/paper.yaml."""
+    path = Path(name_or_path)
+    if path.exists() or path.suffix:
+        return path
+    shipped = EXAMPLES_DIR / f"{path.name}.yaml"
+    if shipped.exists():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in EXAMPLES_DIR.glob("*.yaml"))) or "none in this install"
+    raise ClusterError(f"cluster file not found: {name_or_path} (shipped examples: {names})")
+
+
+def load_cluster(path: str | Path) -> Cluster:
+    """Read a cluster YAML (or a shipped example by name); problems become a one-line ClusterError."""
+    path = resolve_cluster(path)
     try:
         data = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
