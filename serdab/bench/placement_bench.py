@@ -26,7 +26,14 @@ from serdab.privacy.policy import allowed_cuts, parse_policy  # noqa: E402
 from serdab.profile import cached_profile  # noqa: E402
 from serdab.testing import synthetic_workload  # noqa: E402
 
-__all__ = ["FIG12_MODELS", "STRATEGIES", "plot_placement_bench", "planner_speed", "run_placement_bench"]
+__all__ = [
+    "FIG12_MODELS",
+    "STRATEGIES",
+    "planner_speed",
+    "plot_placement_bench",
+    "run_placement_bench",
+    "tree_gap",
+]
 
 FIG12_MODELS = ["alexnet", "googlenet", "mobilenetv2", "squeezenet1_1", "resnet18"]
 # (label in seed 000 Fig. 12, planner, replicate)
@@ -90,6 +97,7 @@ def run_placement_bench(
                     "placement": placement.describe(),
                     "latency_s": cost.latency_s,
                     "period_s": cost.period_s,
+                    "bottleneck": cost.bottleneck,
                     "chunk_time_s": cost.chunk_time_s,
                     "simulated_chunk_time_s": simulate(request.costs, placement, chunk).chunk_time_s,
                     "speedup": baseline / cost.chunk_time_s if baseline else None,
@@ -124,6 +132,25 @@ def planner_speed(
                         "planner_ms": 1000 * statistics.median(times),
                     }
                 )
+    return rows
+
+
+def tree_gap(cluster: Cluster, blocks: int = 40, seeds: int = 10, chunk: int = 10_800) -> list[dict[str, object]]:
+    """How much slower seed 000's placement tree is than the optimum on synthetic chains."""
+    rows = []
+    for seed in range(seeds):
+        request = _request(synthetic_workload(blocks, seed=seed), cluster, chunk, "resolution:20", False)
+        tree, optimal = (request.evaluate(get_planner(name).plan(request)) for name in ("serdab", "optimal"))
+        rows.append(
+            {
+                "cluster": cluster.name,
+                "seed": seed,
+                "blocks": blocks,
+                "serdab": tree.placement.describe(),
+                "optimal": optimal.placement.describe(),
+                "gap": tree.chunk_time_s / optimal.chunk_time_s - 1,
+            }
+        )
     return rows
 
 

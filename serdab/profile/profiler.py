@@ -70,13 +70,15 @@ class Profile(BaseModel):
     profiling_s: float = 0.0
     blocks: list[BlockProfile]
 
-    def save(self, path: Path) -> None:
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.model_dump_json(indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> Profile:
+    def load(cls, path: str | Path) -> Profile:
         """Read a profile JSON, with a one-line error naming the first bad field."""
+        path = Path(path)
         try:
             return cls.model_validate_json(path.read_text())
         except FileNotFoundError:
