@@ -47,30 +47,35 @@ class Planner(ABC):
 
 def violation(request: PlanRequest, placement: Placement) -> str | None:
     """Why a placement breaks structure, trust, privacy, memory or links; None when it is valid."""
+    return _judge(request, placement)[0]
+
+
+def _judge(request: PlanRequest, placement: Placement) -> tuple[str | None, PlanCost | None]:
     costs = request.costs
     error = costs.structure_error(placement)
     if error:
-        return error
+        return error, None
     stages = placement.stages
     if not all(request.trusted(d) for d in stages[0].devices):
-        return "the first stage must run on a trusted device"
+        return "the first stage must run on a trusted device", None
     if request.trusted_tail and not all(request.trusted(d) for d in stages[-1].devices):
-        return "the last stage must run on a trusted device (labels stay private)"
+        return "the last stage must run on a trusted device (labels stay private)", None
+    if not request.replicate and any(s.replicas > 1 for s in stages):
+        return "replication was not allowed", None
     for stage in stages:
         if not all(request.trusted(d) for d in stage.devices) and not request.allowed[stage.first]:
-            return f"{stage.device} is untrusted and may not receive the tensor at cut {stage.first} ({request.policy})"
-        if any(request.trusted(d) != request.trusted(stage.device) for d in stage.devices):
-            return "replicas must all be trusted or all untrusted"
+            return (
+                f"{stage.device} is untrusted and may not receive the tensor at cut {stage.first} ({request.policy})",
+                None,
+            )
     cost = request.evaluate(placement)
     for s in cost.stages:
         if not math.isfinite(s.compute_s):
-            return f"{s.stage.device} cannot hold blocks {s.stage.first}-{s.stage.last} ({s.memory_bytes} bytes)"
+            return f"{s.stage.device} cannot hold blocks {s.stage.first}-{s.stage.last} ({s.memory_bytes} bytes)", cost
     for h in cost.hops:
         if not math.isfinite(h.time_s + h.period_s):
-            return f"no link from {h.src[0]} to {h.dst[0]}"
-    if not request.replicate and any(s.replicas > 1 for s in stages):
-        return "replication was not allowed"
-    return None
+            return f"no link from {h.src[0]} to {h.dst[0]}", cost
+    return None, cost
 
 
 def best_placement(request: PlanRequest, candidates: Iterable[Placement]) -> Placement | None:
@@ -78,8 +83,7 @@ def best_placement(request: PlanRequest, candidates: Iterable[Placement]) -> Pla
     best: Placement | None = None
     best_time = math.inf
     for placement in candidates:
-        if violation(request, placement) is None:
-            time = request.evaluate(placement).chunk_time_s
-            if time < best_time:
-                best, best_time = placement, time
+        error, cost = _judge(request, placement)
+        if error is None and cost is not None and cost.chunk_time_s < best_time:
+            best, best_time = placement, cost.chunk_time_s
     return best
