@@ -180,3 +180,18 @@ def test_plan_errors_are_one_line(saved_profile, clusters_dir, tmp_path, capsys,
 def test_plan_needs_a_model_or_a_profile(clusters_dir, capsys) -> None:
     assert main(["plan", "--cluster", str(clusters_dir / "paper.yaml")]) == 2
     assert "give a MODEL to profile or --profile" in _error_line(capsys)
+
+
+def test_plan_measures_leakage_for_similarity_policies(lenet, tmp_path, capsys) -> None:
+    from serdab.profile import profile_chain
+
+    saved = tmp_path / "lenet.json"
+    profile_chain(lenet, "lenet5", repeat=2, warmup=0).save(saved)
+    out = tmp_path / "plan.json"
+    args = ["plan", "lenet5", "--profile", str(saved), "--cluster", "single-tee", "--privacy", "pearson:0.5"]
+    assert main([*args, "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["privacy"]["policy"] == "pearson:0.5"
+    exposed = doc["privacy"]["untrusted_inputs"]
+    assert exposed and all(e["pearson"] < 0.5 for e in exposed)
+    assert exposed[0]["cut"] > 3  # resolution:20 would have released LeNet's 10x10 maps at cut 3

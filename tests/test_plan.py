@@ -145,29 +145,24 @@ def _brute_and_optimal(request: PlanRequest) -> tuple[float, float]:
     return t_opt, t_brute
 
 
-@settings(max_examples=250, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), replicate=st.booleans())
+@pytest.mark.parametrize("replicate", [False, True])
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
 def test_optimal_equals_brute_force(seed, replicate) -> None:
     request = random_request(random.Random(seed), replicate)
     t_opt, t_brute = _brute_and_optimal(request)
     assert t_opt == pytest.approx(t_brute, rel=1e-9) or t_opt == t_brute == math.inf
 
 
-def test_brute_force_comparison_covers_both_modes_and_real_choices() -> None:
-    # the property test above draws replicate at random; make sure each mode gets >= 200 checks
-    # and that the instances are not mostly trivial (single stage or infeasible)
+def test_random_problems_are_not_trivial() -> None:
+    # the generator behind the property test must produce real choices: multi-stage optima,
+    # replicated optima when allowed, and some infeasible problems
     rng = random.Random(7)
     for replicate in (False, True):
-        multi = replicated = 0
-        for _ in range(200):
-            request = random_request(rng, replicate)
-            t_opt, t_brute = _brute_and_optimal(request)
-            assert t_opt == pytest.approx(t_brute, rel=1e-9) or t_opt == t_brute == math.inf
-            best = get_planner("optimal").plan(request)
-            multi += best is not None and len(best.stages) > 1
-            replicated += best is not None and any(s.replicas > 1 for s in best.stages)
-        assert multi > 40
-        assert (replicated > 10) == replicate
+        plans = [get_planner("optimal").plan(random_request(rng, replicate)) for _ in range(200)]
+        assert sum(p is not None and len(p.stages) > 1 for p in plans) > 40
+        assert (sum(p is not None and any(s.replicas > 1 for s in p.stages) for p in plans) > 20) == replicate
+        assert 0 < sum(p is None for p in plans) < 40
 
 
 @settings(max_examples=60, deadline=None)

@@ -110,17 +110,17 @@ def plan(
     spec = load_cluster(cluster)
     if replicate and strategy not in ("optimal", "brute-force"):
         raise PlanError(f"--replicate applies to the optimal and brute-force strategies, not {strategy}")
-    opened = None
+    report = _leakage_file(leakage) if leakage is not None else None
+    wants_leakage = policy.needs_leakage and report is None
+    opened = open_model(model, input_shape) if model is not None and (profile is None or wants_leakage) else None
     if profile is not None:
         prof = Profile.load(profile)
-    elif model is not None:
-        opened = open_model(model, input_shape)
+    elif opened is not None:
         with progress_bar(f"profiling {opened.name}", len(opened.chain.blocks) + 1) as update:
             prof, _ = cached_profile(opened.chain, opened.name, progress=update)
     else:
         raise PlanError("give a MODEL to profile or --profile PROFILE.json")
-    report = _leakage_file(leakage) if leakage is not None else None
-    if policy.needs_leakage and report is None and opened is not None:
+    if wants_leakage and opened is not None:
         images = default_images(grey_digits=opened.chain.input_shape[1] == 1)
         with progress_bar(f"leakage of {opened.name}", len(images)) as update:
             report = measure_leakage(opened.chain, opened.name, images, progress=update)
@@ -152,9 +152,9 @@ def plan(
     if exposed:
         for e in exposed:
             res = "x".join(map(str, e["resolution"]))
-            console.print(
-                f"untrusted {e['device']} receives the tensor after block {e['cut'] - 1} ({e['after_block']}, {res})"
-            )
+            leak = f"; Pearson {e['pearson']:.2f}, SSIM {e['ssim']:.2f}, MSE {e['mse']:.4f}" if "pearson" in e else ""
+            where = f"after block {e['cut'] - 1} ({e['after_block']}, {res}{leak})"
+            console.print(f"untrusted {e['device']} receives the tensor {where}")
     else:
         console.print("every block runs on trusted devices")
     console.print(
