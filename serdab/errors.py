@@ -11,8 +11,27 @@
     ├── ImageSetError                an image directory is missing, empty or unreadable
     ├── ClusterError                 a cluster YAML is missing or invalid (names the field)
     ├── PolicyError                  a privacy policy string cannot be parsed or applied
-    └── PlanError                    a planning request is malformed (unknown strategy, chunk < 1)
-        └── InfeasibleError          no placement satisfies memory limits and the privacy policy
+    ├── PlanError                    a planning request is malformed (unknown strategy, chunk < 1)
+    │   └── InfeasibleError          no placement satisfies memory limits and the privacy policy
+    ├── TeeError                     enclaves: backends, images, sealing
+    │   ├── TeeUnavailableError      this backend needs hardware or tools this machine lacks
+    │   ├── EnclaveImageError        an enclave image is missing, malformed or does not match its manifest
+    │   └── SealingError             a sealed blob is tampered with or sealed for another enclave
+    ├── AttestationError             an attestation document must not be trusted (one subclass per reason)
+    │   ├── MalformedDocumentError   not COSE_Sign1 / not a Nitro-format payload
+    │   ├── BadSignatureError        the COSE signature does not verify
+    │   ├── UnknownRootError         the certificate chain does not end at a pinned root
+    │   ├── SimulatedRootError       a simulated document without allow_simulated
+    │   ├── CertificateExpiredError  a certificate in the chain is outside its validity
+    │   ├── PcrMismatchError         a PCR differs from the policy's expected value
+    │   ├── DebugEnclaveError        all-zero (debug) PCRs without allow_debug
+    │   ├── NonceError               nonce missing, different from the one asked for, or replayed
+    │   ├── StaleDocumentError       the document is older than the maximum age (or from the future)
+    │   └── UserDataMismatchError    user_data is not what the caller binds (e.g. a TLS certificate hash)
+    └── KmsError                     the key service refused or could not be reached
+        ├── KmsRefusedError          the attested enclave does not satisfy the service's policy
+        ├── KmsUnreachableError      no KMS answered at that address
+        └── UnknownServiceError      no service registered under that name
 
 Messages say what was wrong and show a valid example, so they can be printed on one line.
 """
@@ -20,19 +39,38 @@ Messages say what was wrong and show a valid example, so they can be printed on 
 from __future__ import annotations
 
 __all__ = [
-    "CutError",
+    "AttestationError",
+    "BadSignatureError",
+    "CertificateExpiredError",
     "ClusterError",
+    "CutError",
     "CutOutOfRangeError",
+    "DebugEnclaveError",
+    "EnclaveImageError",
     "ImageSetError",
     "InfeasibleError",
     "InputShapeError",
+    "KmsError",
+    "KmsRefusedError",
+    "KmsUnreachableError",
+    "MalformedDocumentError",
     "ModelError",
     "ModelNotFoundError",
+    "NonceError",
     "NotACleanCutError",
     "NotOnnxError",
+    "PcrMismatchError",
     "PlanError",
     "PolicyError",
+    "SealingError",
     "SerdabError",
+    "SimulatedRootError",
+    "StaleDocumentError",
+    "TeeError",
+    "TeeUnavailableError",
+    "UnknownRootError",
+    "UnknownServiceError",
+    "UserDataMismatchError",
 ]
 
 
@@ -86,3 +124,79 @@ class PlanError(SerdabError):
 
 class InfeasibleError(PlanError):
     """No placement fits the devices' memory and the privacy policy; the message says why."""
+
+
+class TeeError(SerdabError):
+    """Something about an enclave went wrong."""
+
+
+class TeeUnavailableError(TeeError):
+    """The backend cannot run here; the message says what it needs."""
+
+
+class EnclaveImageError(TeeError):
+    """An enclave image cannot be measured or launched."""
+
+
+class SealingError(TeeError):
+    """A sealed blob cannot be opened by this enclave on this host."""
+
+
+class AttestationError(SerdabError):
+    """An attestation document failed verification; the subclass says why."""
+
+
+class MalformedDocumentError(AttestationError):
+    """Not a COSE_Sign1 document with a Nitro-format payload."""
+
+
+class BadSignatureError(AttestationError):
+    """The COSE signature does not verify with the document's certificate."""
+
+
+class UnknownRootError(AttestationError):
+    """The certificate chain does not lead to a pinned root."""
+
+
+class SimulatedRootError(AttestationError):
+    """Signed by the simulated root, and the caller did not allow simulated enclaves."""
+
+
+class CertificateExpiredError(AttestationError):
+    """A certificate in the chain is not valid at the document's time."""
+
+
+class PcrMismatchError(AttestationError):
+    """A measured PCR differs from the expected value."""
+
+
+class DebugEnclaveError(AttestationError):
+    """A debug-mode enclave (all-zero PCRs) where debug is not allowed."""
+
+
+class NonceError(AttestationError):
+    """The nonce is missing, not the one asked for, or used before."""
+
+
+class StaleDocumentError(AttestationError):
+    """The document's timestamp is too old or in the future."""
+
+
+class UserDataMismatchError(AttestationError):
+    """user_data does not carry the binding the caller expects."""
+
+
+class KmsError(SerdabError):
+    """The key service refused a request or could not be reached."""
+
+
+class KmsRefusedError(KmsError):
+    """The key service refused to release keys to this enclave."""
+
+
+class KmsUnreachableError(KmsError):
+    """No key service answered."""
+
+
+class UnknownServiceError(KmsError):
+    """No service of that name is registered with the key service."""

@@ -1,0 +1,33 @@
+"""Trusted execution: enclave images, backends, attestation documents, verification, sealing, EPC.
+
+A leaf of the package tree: it imports only ``serdab.crypto`` and ``serdab.errors``.
+"""
+
+from serdab.tee.backend import BACKENDS, Enclave, TeeBackend, get_backend
+from serdab.tee.document import AttestationDocument
+from serdab.tee.epc import DEFAULT_EPC_BYTES, EpcMeter, EpcStats
+from serdab.tee.host import SIMULATED_ROOT_CN, HostIdentity
+from serdab.tee.image import build_image, load_manifest, measure_image
+from serdab.tee.nsm import NsmClient
+from serdab.tee.verify import NonceRegistry, VerifiedDocument, aws_nitro_root, verify_attestation
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_EPC_BYTES",
+    "SIMULATED_ROOT_CN",
+    "AttestationDocument",
+    "Enclave",
+    "EpcMeter",
+    "EpcStats",
+    "HostIdentity",
+    "NonceRegistry",
+    "NsmClient",
+    "TeeBackend",
+    "VerifiedDocument",
+    "aws_nitro_root",
+    "build_image",
+    "get_backend",
+    "load_manifest",
+    "measure_image",
+    "verify_attestation",
+]

@@ -1,0 +1,178 @@
+"""Enclave images and their measurements (SHA-384 PCRs in the style of AWS Nitro).
+
+An image is a directory::
+
+    enclave.json    manifest: name, entrypoint "module:function", runtime_lock, models, debug, signer
+    runtime.lock    the runtime it was built for (Python, Serdab source digest, package versions)
+    code/           the application code (the entrypoint module lives here)
+    models/         weight files, listed with their SHA-384 in the manifest
+
+PCRs (each the Nitro-style extend of a zero register with the SHA-384 of its content):
+PCR0 the whole image, PCR1 the runtime lock, PCR2 the application code, PCR8 the signer's
+certificate (zero when unsigned), PCR16 the model manifest; PCR17 is extended at run time with
+the hash of the enclave's TLS certificate. A debug image reports every PCR as zero, as Nitro does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError
+
+from serdab.errors import EnclaveImageError
+
+__all__ = [
+    "PCR_APP",
+    "PCR_IMAGE",
+    "PCR_MODELS",
+    "PCR_RUNTIME",
+    "PCR_SIGNER",
+    "PCR_TLS",
+    "ImageManifest",
+    "build_image",
+    "extend",
+    "load_manifest",
+    "measure_image",
+    "runtime_lock",
+]
+
+PCR_IMAGE, PCR_RUNTIME, PCR_APP, PCR_SIGNER, PCR_MODELS, PCR_TLS = 0, 1, 2, 8, 16, 17
+PCR_COUNT = 18  # 0..15 as on Nitro, 16..17 our extendable registers
+ZERO = bytes(48)
+MANIFEST = "enclave.json"
+LOCK = "runtime.lock"
+_RUNTIME_PACKAGES = ("cryptography", "cbor2", "fastapi", "uvicorn", "httpx", "numpy", "onnxruntime", "pydantic")
+
+
+class ImageManifest(BaseModel):
+    name: str = Field(min_length=1)
+    entrypoint: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="module:function in code/")
+    runtime_lock: str = Field(pattern=r"^[0-9a-f]{96}$")
+    models: dict[str, str] = Field(default_factory=dict, description="path under models/ -> SHA-384 hex")
+    debug: bool = False
+    signer: str | None = Field(None, description="PEM certificate of the image signer, relative to the image")
+
+
+def extend(register: bytes, data: bytes) -> bytes:
+    """Nitro's PCR extend: SHA384(register || data)."""
+    return hashlib.sha384(register + data).digest()
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha384()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _tree_hash(root: Path) -> bytes:
+    """SHA-384 over (relative path, content hash) of every file, in sorted order."""
+    digest = hashlib.sha384()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + _file_hash(path).encode() + b"\n")
+    return digest.digest()
+
+
+def runtime_lock() -> str:
+    """The runtime this process would give an enclave: Python, Serdab's own source, package versions."""
+    import serdab
+
+    source = _tree_hash(Path(serdab.__file__).parent).hex()
+    lines = [f"python=={platform.python_version()}", f"serdab-source=={source}"]
+    for name in _RUNTIME_PACKAGES:
+        try:
+            lines.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            lines.append(f"{name}==absent")
+    return "\n".join(lines) + "\n"
+
+
+def load_manifest(image: Path) -> ImageManifest:
+    path = Path(image) / MANIFEST
+    try:
+        return ImageManifest.model_validate_json(path.read_text())
+    except FileNotFoundError:
+        raise EnclaveImageError(f"{image} is not an enclave image: no {MANIFEST}") from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "top level"
+        raise EnclaveImageError(f"{path}: {where}: {err['msg']}") from None
+
+
+def measure_image(image: Path) -> dict[int, bytes]:
+    """PCRs 0..17 of an image, after checking it matches its own manifest (lock and model hashes)."""
+    image = Path(image)
+    manifest = load_manifest(image)
+    lock = image / LOCK
+    if not lock.exists() or hashlib.sha384(lock.read_bytes()).hexdigest() != manifest.runtime_lock:
+        raise EnclaveImageError(f"{image}: {LOCK} is missing or does not match the manifest's runtime_lock")
+    for name, expected in manifest.models.items():
+        path = image / "models" / name
+        if not path.is_file():
+            raise EnclaveImageError(f"{image}: model file models/{name} is missing")
+        if _file_hash(path) != expected:
+            raise EnclaveImageError(f"{image}: models/{name} does not match its SHA-384 in the manifest")
+    code = image / "code"
+    if not code.is_dir():
+        raise EnclaveImageError(f"{image}: no code/ directory")
+    pcrs = {i: ZERO for i in range(PCR_COUNT)}
+    if manifest.debug:
+        return pcrs
+    pcrs[PCR_IMAGE] = extend(ZERO, _tree_hash(image))
+    pcrs[PCR_RUNTIME] = extend(ZERO, bytes.fromhex(manifest.runtime_lock))
+    pcrs[PCR_APP] = extend(ZERO, _tree_hash(code))
+    if manifest.signer:
+        from serdab.crypto import cert_der, cert_from_pem
+
+        pcrs[PCR_SIGNER] = extend(
+            ZERO, hashlib.sha384(cert_der(cert_from_pem((image / manifest.signer).read_bytes()))).digest()
+        )
+    models = json.dumps(manifest.models, sort_keys=True, separators=(",", ":")).encode()
+    pcrs[PCR_MODELS] = extend(ZERO, hashlib.sha384(models).digest())
+    return pcrs
+
+
+def build_image(
+    code: Path,
+    out: Path,
+    entrypoint: str,
+    *,
+    name: str | None = None,
+    models: dict[str, Path] | None = None,
+    debug: bool = False,
+) -> Path:
+    """Copy ``code`` (a file or directory) and ``models`` into a new image at ``out`` with a manifest."""
+    code, out = Path(code), Path(out)
+    if out.exists():
+        raise EnclaveImageError(f"{out} exists; choose a new directory for the image")
+    (out / "models").mkdir(parents=True)
+    if code.is_dir():
+        shutil.copytree(code, out / "code", ignore=shutil.ignore_patterns("__pycache__"))
+    elif code.is_file():
+        (out / "code").mkdir()
+        shutil.copy2(code, out / "code" / code.name)
+    else:
+        raise EnclaveImageError(f"enclave code not found: {code}")
+    listed = {}
+    for dest, source in (models or {}).items():
+        target = out / "models" / dest
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+        listed[dest] = _file_hash(target)
+    lock = runtime_lock().encode()
+    (out / LOCK).write_bytes(lock)
+    manifest = ImageManifest(
+        name=name or out.name,
+        entrypoint=entrypoint,
+        runtime_lock=hashlib.sha384(lock).hexdigest(),
+        models=listed,
+        debug=debug,
+    )
+    (out / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+    return out
