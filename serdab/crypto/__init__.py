@@ -20,6 +20,7 @@ from serdab.crypto.pki import (
     public_der,
     public_from_der,
     self_signed_ca,
+    self_signed_server,
     sha384,
 )
 
@@ -42,5 +43,6 @@ __all__ = [
     "public_from_der",
     "seal_envelope",
     "self_signed_ca",
+    "self_signed_server",
     "sha384",
 ]

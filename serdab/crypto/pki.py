@@ -23,6 +23,7 @@ __all__ = [
     "public_der",
     "public_from_der",
     "self_signed_ca",
+    "self_signed_server",
     "sha384",
 ]
 
@@ -64,6 +65,34 @@ def self_signed_ca(
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA384())
+    )
+
+
+def self_signed_server(
+    key: ec.EllipticCurvePrivateKey, common_name: str, server_names: tuple[str, ...], days: int = 30
+) -> x509.Certificate:
+    """A self-signed TLS certificate a client can pin as its own trust anchor (attestation binds its hash)."""
+    now = dt.datetime.now(dt.UTC)
+    name = _name(common_name, "Serdab")
+    sans: list[x509.GeneralName] = []
+    for server in server_names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(server)))
+        except ValueError:
+            sans.append(x509.DNSName(server))
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, True, False, False, False), critical=True)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA384())
     )
 

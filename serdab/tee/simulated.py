@@ -8,6 +8,7 @@ document format and the separation between the enclave process and the keys it c
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import platform
@@ -16,11 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serdab.errors import TeeError
+from serdab.errors import EnclaveImageError, TeeError
 from serdab.tee.backend import Enclave, TeeBackend
 from serdab.tee.epc import EpcMeter
 from serdab.tee.host import HostIdentity
-from serdab.tee.image import load_manifest, measure_image
+from serdab.tee.image import load_manifest, measure_image, runtime_lock
 from serdab.tee.nsm import NSM_SOCKET_ENV, NsmDevice, NsmServer
 
 __all__ = ["SimulatedBackend"]
@@ -48,6 +49,10 @@ class SimulatedBackend(TeeBackend):
         image = Path(image).resolve()
         manifest = load_manifest(image)
         pcrs = measure_image(image)
+        if manifest.runtime_lock != hashlib.sha384(runtime_lock().encode()).hexdigest():
+            raise EnclaveImageError(
+                f"{image} was built for another runtime (Python, Serdab source or packages differ): rebuild it"
+            )
         enclave_id = f"sim-{platform.node() or 'host'}-{os.getpid()}-enc{next(_counter):04d}"
         device = NsmDevice(self.host, enclave_id, pcrs, manifest.debug, self.epc)
         socket_path = self._sockets / f"{enclave_id}.sock"

@@ -1,0 +1,1 @@
+"""Enclave applications shipped as image sources (copied into an image's code/ by ``build_image``)."""

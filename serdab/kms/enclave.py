@@ -1,0 +1,177 @@
+"""The key service inside its enclave: bootstrap the storage key, then serve HTTPS.
+
+Storage-key bootstrap across replicas (seed 002, Fig. 3): a replica first tries its own sealed
+copy (sealed to its measurement on this host); otherwise it races to create the bootstrap record
+in the store with compare-and-swap. The winner generates the storage key and seals it; every
+other replica attests a running peer (its PCRs must equal ours) and is attested by it in turn,
+then receives the key in an envelope to the public key of its own document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import cbor2
+import uvicorn
+
+from serdab.crypto import (
+    cert_der,
+    cert_pem,
+    key_pem,
+    new_key,
+    open_envelope,
+    public_der,
+    public_from_der,
+    seal_envelope,
+    self_signed_server,
+    sha384,
+)
+from serdab.errors import KmsError, SerdabError
+from serdab.kms.client import attest_kms
+from serdab.kms.server import create_app
+from serdab.kms.service import KeyService, ServicePolicy
+from serdab.kms.state import BOOTSTRAP_KEY, StateStore, key_id
+from serdab.kms.store import Store, open_store
+from serdab.tee.host import HostIdentity
+from serdab.tee.image import PCR_TLS
+from serdab.tee.nsm import NsmClient
+
+__all__ = ["MEASURED_PCRS", "main", "obtain_storage_key"]
+
+MEASURED_PCRS = (0, 1, 2, 16)  # what a twin KMS must share with us (PCR17 differs: each has its own TLS cert)
+SEALED_FILE = "storage-key.sealed"
+ADMIN_TOKEN_ENV = "SERDAB_KMS_ADMIN_TOKEN"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _from_peer(peer: str, nsm: NsmClient, own: dict[int, bytes], allow_simulated: bool, roots: Sequence) -> bytes:
+    kms = attest_kms(peer, expected_pcrs=own, allow_simulated=allow_simulated, simulated_roots=roots)
+    try:
+        key = new_key()
+        document = nsm.attest(nonce=kms.nonce(), public_key=public_der(key.public_key()))
+        reply = kms.request(
+            "POST", "/v1/replica/storage-key", content=cbor2.dumps({"document": document}),
+            headers={"content-type": "application/cbor"},
+        )  # fmt: skip
+        return open_envelope(cbor2.loads(reply.content)["envelope"], key, context=b"storage-key")
+    finally:
+        kms.close()
+
+
+def obtain_storage_key(
+    store: Store, nsm: NsmClient, data: Path, peers: Sequence[str], allow_simulated: bool, roots: Sequence
+) -> tuple[bytes, str]:
+    """(storage key, how it was obtained): unsealed, created (CAS winner) or from a peer."""
+    sealed = data / SEALED_FILE
+    record = store.get(BOOTSTRAP_KEY)
+    expected_id = cbor2.loads(record.value)["key_id"] if record else None
+    if sealed.exists():
+        key = nsm.unseal(sealed.read_bytes())
+        if expected_id not in (None, key_id(key)):
+            raise KmsError(f"the sealed storage key in {data} belongs to another KMS deployment than this store")
+        return key, "unsealed"
+    if record is None:
+        key = os.urandom(32)
+        claim = cbor2.dumps({"key_id": key_id(key), "creator": os.environ.get("SERDAB_ENCLAVE_ID", "?")})
+        if store.compare_and_swap(BOOTSTRAP_KEY, 0, claim):
+            _write_private(sealed, nsm.seal(key))
+            return key, "created"
+        expected_id = cbor2.loads(store.get(BOOTSTRAP_KEY).value)["key_id"]  # lost the race
+    own = {i: v for i, v in nsm.describe().items() if i in MEASURED_PCRS}
+    errors = []
+    for peer in peers:
+        try:
+            key = _from_peer(peer, nsm, own, allow_simulated, roots)
+        except SerdabError as exc:
+            errors.append(f"{peer}: {exc}")
+            continue
+        if key_id(key) != expected_id:
+            errors.append(f"{peer}: its storage key is not the one this store was initialised with")
+            continue
+        _write_private(sealed, nsm.seal(key))
+        return key, f"from {peer}"
+    detail = "; ".join(errors) if errors else "no --peer given"
+    raise KmsError(
+        f"another replica initialised this store; start with --peer https://HOST:PORT of a running one ({detail})"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="serdab-kms-enclave")
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--peer", action="append", default=[])
+    parser.add_argument("--allow-simulated", action="store_true")
+    parser.add_argument("--host-dir", type=Path, default=None, help="simulated host identity (for its root cert)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    admin_token = os.environ.get(ADMIN_TOKEN_ENV, "")
+    if len(admin_token) < 16:
+        raise KmsError(f"{ADMIN_TOKEN_ENV} must hold an admin token of at least 16 characters")
+    nsm = NsmClient.from_env()
+    roots = [HostIdentity.load_or_create(args.host_dir).root_cert] if args.allow_simulated else []
+    args.data.mkdir(parents=True, exist_ok=True)
+    store = open_store(args.store)
+    storage_key, origin = obtain_storage_key(store, nsm, args.data, args.peer, args.allow_simulated, roots)
+
+    tls_key = new_key()  # lives only in this process
+    tls_cert = self_signed_server(tls_key, "serdab-kms", ("localhost", "127.0.0.1", args.host))
+    tls_hash = sha384(cert_der(tls_cert))
+    nsm.extend(PCR_TLS, tls_hash)
+    own = {i: v for i, v in nsm.describe().items() if i in MEASURED_PCRS}
+    service = KeyService(StateStore(store, storage_key), simulated_roots=roots)
+
+    def share_storage_key(document: bytes) -> bytes:
+        policy = ServicePolicy(allow_simulated=args.allow_simulated)
+        verified = service.verify(document, policy, expected_pcrs=own)
+        return seal_envelope(storage_key, public_from_der(verified.public_key), context=b"storage-key")
+
+    replica = os.environ.get("SERDAB_ENCLAVE_ID", "kms")
+    app = create_app(
+        service,
+        attest=lambda nonce: nsm.attest(nonce=nonce, user_data=tls_hash),
+        admin_token=admin_token,
+        share_storage_key=share_storage_key,
+        replica_id=replica,
+    )
+    secrets_dir = Path(tempfile.mkdtemp(prefix="serdab-kms-tls-"))
+    _write_private(secrets_dir / "key.pem", key_pem(tls_key))
+    (secrets_dir / "cert.pem").write_bytes(cert_pem(tls_cert))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, ssl_keyfile=str(secrets_dir / "key.pem"), ssl_certfile=str(secrets_dir / "cert.pem"),
+        log_level="warning", access_log=False, lifespan="off",
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+
+    async def serve() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.05)
+        (secrets_dir / "key.pem").unlink(missing_ok=True)  # loaded; do not leave it on disk
+        if server.started:
+            nsm.ready(port=port, storage_key=origin, tls_sha384=tls_hash.hex(), replica=replica)
+        await task
+
+    asyncio.run(serve())
+    return 0

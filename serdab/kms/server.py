@@ -1,0 +1,162 @@
+"""The key service over HTTPS (FastAPI), meant to run inside an enclave (``serdab.kms.enclave``).
+
+Endpoints (JSON unless marked CBOR)::
+
+    GET  /v1/health                         liveness, replica id, number of services
+    GET  /v1/attestation?nonce=HEX          CBOR: this KMS's document, user_data = SHA-384 of its TLS cert
+    GET  /v1/nonce                          a single-use nonce to put in an attestation document
+    POST /v1/services                       (admin) register a service and its policy -> PKI generated here
+    POST /v1/services/{name}/rotate         (admin) new PKI generation
+    GET  /v1/services/{name}/certificate    the service CA and certificate (public)
+    POST /v1/services/{name}/keys           CBOR {document} -> CBOR {envelope}: keys for an attested enclave
+    POST /v1/replica/storage-key            CBOR {document} -> CBOR {envelope}: the storage key for a twin KMS
+
+Bad input is a 4xx with a ``detail`` message (415 wrong content type, 413 over 64 KiB, 400 bad
+CBOR, 401 admin token, 403 refused by policy, 404 unknown service); the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+import cbor2
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from serdab.errors import AttestationError, KmsError, KmsRefusedError, SerdabError, UnknownServiceError
+from serdab.kms.service import KeyService
+from serdab.kms.state import ServicePolicy
+
+__all__ = ["MAX_BODY", "RegisterRequest", "create_app"]
+
+MAX_BODY = 64 * 1024
+CBOR = "application/cbor"
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class RegisterRequest(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    pcrs: dict[int, str] = Field(default_factory=dict)
+    allow_simulated: bool = False
+    allow_debug: bool = False
+
+
+async def _cbor_body(request: Request) -> dict[str, Any]:
+    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    if kind != CBOR:
+        raise HttpError(415, f"content type must be {CBOR}, got {kind or 'none'}")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise HttpError(413, f"body of {declared} bytes is over the {MAX_BODY}-byte limit")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise HttpError(413, f"body is over the {MAX_BODY}-byte limit")
+    try:
+        item = cbor2.loads(body)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError):
+        raise HttpError(400, "body is not valid CBOR") from None
+    if not isinstance(item, dict) or not isinstance(item.get("document"), bytes):
+        raise HttpError(400, "body must be a CBOR map with a byte-string 'document'")
+    return item
+
+
+def create_app(
+    service: KeyService,
+    *,
+    attest: Callable[[bytes | None], bytes],
+    admin_token: str,
+    share_storage_key: Callable[[bytes], bytes],
+    replica_id: str,
+) -> FastAPI:
+    """``attest(nonce)`` returns this KMS's own document; ``share_storage_key(document)`` an envelope."""
+    app = FastAPI(title="Serdab key service", version="1", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(HttpError)
+    async def _http_error(_: Request, exc: HttpError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+
+    @app.exception_handler(SerdabError)
+    async def _serdab_error(_: Request, exc: SerdabError) -> JSONResponse:
+        if isinstance(exc, UnknownServiceError):
+            status = 404
+        elif isinstance(exc, KmsRefusedError | AttestationError):
+            status = 403
+        else:
+            status = 400
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    def _admin(request: Request) -> None:
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not given or not hmac.compare_digest(given.encode(), admin_token.encode()):
+            raise HttpError(401, "admin token missing or wrong (Authorization: Bearer <token>)")
+
+    @app.get("/v1/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "replica": replica_id, "services": len(service.services())}
+
+    @app.get("/v1/attestation")
+    def attestation(nonce: str | None = Query(None, max_length=128)) -> Response:
+        try:
+            raw = bytes.fromhex(nonce) if nonce else None
+        except ValueError:
+            raise HttpError(400, "nonce must be hex") from None
+        return Response(attest(raw), media_type=CBOR)
+
+    @app.get("/v1/nonce")
+    def nonce() -> dict[str, str]:
+        return {"nonce": service.issue_nonce().hex()}
+
+    @app.post("/v1/services", status_code=201)
+    def register(body: RegisterRequest, request: Request) -> dict[str, Any]:
+        _admin(request)
+        try:
+            policy = ServicePolicy(pcrs=body.pcrs, allow_simulated=body.allow_simulated, allow_debug=body.allow_debug)
+            policy.expected()
+        except ValueError:
+            raise HttpError(422, "pcrs must map PCR indices to hex strings") from None
+        record = service.register(body.name, policy)
+        return {"name": record.name, "generation": record.generation, "policy": record.policy.model_dump()}
+
+    @app.post("/v1/services/{name}/rotate")
+    def rotate(name: str, request: Request) -> dict[str, Any]:
+        _admin(request)
+        record = service.rotate(name)
+        return {"name": record.name, "generation": record.generation}
+
+    @app.get("/v1/services/{name}/certificate")
+    def certificate(name: str) -> dict[str, Any]:
+        record = service.record(name)
+        return {
+            "service": name,
+            "generation": record.generation,
+            "ca_pem": record.ca_cert_pem,
+            "cert_pem": record.cert_pem,
+        }
+
+    @app.post("/v1/services/{name}/keys")
+    async def keys(name: str, request: Request) -> Response:
+        body = await _cbor_body(request)
+        envelope = service.release(name, body["document"])
+        return Response(cbor2.dumps({"envelope": envelope}), media_type=CBOR)
+
+    @app.post("/v1/replica/storage-key")
+    async def storage_key(request: Request) -> Response:
+        body = await _cbor_body(request)
+        try:
+            envelope = share_storage_key(body["document"])
+        except KmsError:
+            raise
+        return Response(cbor2.dumps({"envelope": envelope}), media_type=CBOR)
+
+    return app

@@ -1,0 +1,157 @@
+"""The key service's logic (S3ML's AECS, seed 002 sec. 4): register, rotate, release to attested enclaves.
+
+No sockets here (``serdab.kms.server`` serves it over HTTPS). Keys leave only inside an
+envelope encrypted to the public key of a verified attestation document whose PCRs satisfy the
+service's policy, and whose nonce this KMS issued and has not seen before.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cbor2
+from cryptography import x509
+
+from serdab.crypto import (
+    cert_pem,
+    issue_certificate,
+    key_pem,
+    new_key,
+    public_from_der,
+    seal_envelope,
+    self_signed_ca,
+)
+from serdab.errors import AttestationError, KmsRefusedError, UnknownServiceError
+from serdab.kms.state import KmsState, ServicePolicy, ServiceRecord, StateStore
+from serdab.tee.verify import NonceRegistry, VerifiedDocument, verify_attestation
+
+__all__ = ["KeyService", "ReleasedKeys", "new_service_record"]
+
+SERVICE_NAMES = ("localhost", "127.0.0.1")
+
+
+def new_service_record(
+    name: str, policy: ServicePolicy, generation: int = 1, model_key_hex: str | None = None
+) -> ServiceRecord:
+    """A fresh PKI for a service: its CA and a server certificate for the enclaves that serve it."""
+    ca_key = new_key()
+    ca = self_signed_ca(ca_key, f"serdab service {name} CA (gen {generation})")
+    key = new_key()
+    cert = issue_certificate(ca_key, ca, key.public_key(), f"serdab service {name}", server_names=SERVICE_NAMES)
+    return ServiceRecord(
+        name=name,
+        policy=policy,
+        generation=generation,
+        ca_cert_pem=cert_pem(ca).decode(),
+        ca_key_pem=key_pem(ca_key).decode(),
+        cert_pem=cert_pem(cert).decode(),
+        key_pem=key_pem(key).decode(),
+        model_key_hex=model_key_hex or os.urandom(32).hex(),
+    )
+
+
+@dataclass(frozen=True)
+class ReleasedKeys:
+    """What an enclave gets after the envelope is opened."""
+
+    service: str
+    generation: int
+    ca_cert_pem: str
+    cert_pem: str
+    key_pem: str
+    model_key: bytes
+
+    @classmethod
+    def from_cbor(cls, data: bytes) -> ReleasedKeys:
+        item = cbor2.loads(data)
+        return cls(item["service"], item["generation"], item["ca"], item["cert"], item["key"], item["model_key"])
+
+
+class KeyService:
+    def __init__(
+        self,
+        state: StateStore,
+        simulated_roots: Sequence[x509.Certificate] = (),
+        nonces: NonceRegistry | None = None,
+        max_age_s: float = 300.0,
+    ) -> None:
+        self.state = state
+        self.simulated_roots = list(simulated_roots)
+        self.nonces = nonces or NonceRegistry()
+        self.max_age_s = max_age_s
+
+    def issue_nonce(self) -> bytes:
+        return self.nonces.issue()
+
+    def register(self, name: str, policy: ServicePolicy) -> ServiceRecord:
+        """Create the service (new PKI) or, when it exists, replace only its policy."""
+
+        def change(state: KmsState) -> KmsState:
+            if name in state.services:
+                state.services[name].policy = policy
+            else:
+                state.services[name] = new_service_record(name, policy)
+            return state
+
+        return self.state.update(change).services[name]
+
+    def rotate(self, name: str) -> ServiceRecord:
+        """New CA, certificate and key for the service; the model key is kept (weights stay readable)."""
+
+        def change(state: KmsState) -> KmsState:
+            old = self._record(state, name)
+            state.services[name] = new_service_record(name, old.policy, old.generation + 1, old.model_key_hex)
+            return state
+
+        return self.state.update(change).services[name]
+
+    def record(self, name: str) -> ServiceRecord:
+        return self._record(self.state.load()[0], name)
+
+    def services(self) -> list[str]:
+        return sorted(self.state.load()[0].services)
+
+    @staticmethod
+    def _record(state: KmsState, name: str) -> ServiceRecord:
+        if name not in state.services:
+            known = ", ".join(sorted(state.services)) or "none"
+            raise UnknownServiceError(f"no service named {name!r} (registered: {known})")
+        return state.services[name]
+
+    def verify(
+        self, document: bytes, policy: ServicePolicy, expected_pcrs: dict[int, bytes] | None = None
+    ) -> VerifiedDocument:
+        """Check a document against a policy with a nonce this KMS issued; KmsRefusedError says why not."""
+        try:
+            verified = verify_attestation(
+                document,
+                expected_pcrs=expected_pcrs if expected_pcrs is not None else policy.expected(),
+                allow_simulated=policy.allow_simulated,
+                allow_debug=policy.allow_debug,
+                nonces=self.nonces,
+                max_age_s=self.max_age_s,
+                simulated_roots=self.simulated_roots,
+            )
+        except AttestationError as exc:
+            raise KmsRefusedError(f"refused: {type(exc).__name__}: {exc}") from None
+        if not verified.public_key:
+            raise KmsRefusedError("refused: the document carries no public_key to encrypt the keys to")
+        return verified
+
+    def release(self, name: str, document: bytes) -> bytes:
+        """The service's keys in an envelope for the attested enclave (CBOR, see ``ReleasedKeys``)."""
+        record = self.record(name)
+        verified = self.verify(document, record.policy)
+        bundle = cbor2.dumps(
+            {
+                "service": name,
+                "generation": record.generation,
+                "ca": record.ca_cert_pem,
+                "cert": record.cert_pem,
+                "key": record.key_pem,
+                "model_key": bytes.fromhex(record.model_key_hex),
+            }
+        )
+        return seal_envelope(bundle, public_from_der(verified.public_key), context=name.encode())
