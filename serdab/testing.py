@@ -1,19 +1,23 @@
-"""Test doubles that ship with the package: synthetic workloads and random planning problems.
+"""Test doubles that ship with the package: synthetic workloads, random planning problems, crafted documents.
 
-Used by the test suite (planner vs brute force) and by `serdab bench placement` (planner speed
-at M = 100 blocks), so both exercise the same generator.
+Used by the test suite (planner vs brute force, verifier failures) and by `serdab bench
+placement` (planner speed at M = 100 blocks), so both exercise the same generators.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 
 import numpy as np
 
 from serdab.cluster import Cluster
+from serdab.crypto import cert_der, issue_certificate, new_key
 from serdab.plan import CostModel, PlanRequest, Workload
+from serdab.tee.document import AttestationDocument, sign_document
+from serdab.tee.host import HostIdentity
 
-__all__ = ["random_request", "synthetic_workload"]
+__all__ = ["craft_document", "random_request", "synthetic_workload"]
 
 
 def synthetic_workload(blocks: int, seed: int = 0, side: int = 224) -> Workload:
@@ -75,3 +79,34 @@ def random_request(rng: random.Random, replicate: bool, max_blocks: int = 5, max
         trusted_tail=rng.random() < 0.2,
         replicate=replicate,
     )
+
+
+def craft_document(
+    host: HostIdentity,
+    pcrs: dict[int, bytes],
+    *,
+    nonce: bytes | None = None,
+    user_data: bytes | None = None,
+    public_key: bytes | None = None,
+    time: dt.datetime | None = None,
+    leaf_days: int = 1,
+    leaf_from: dt.datetime | None = None,
+    module_id: str = "sim-test-enc0000",
+) -> bytes:
+    """A simulated attestation document with chosen fields, for verifier tests (time, validity, PCRs)."""
+    time = time or dt.datetime.now(dt.UTC)
+    key = new_key()
+    leaf = issue_certificate(
+        host.host_key, host.host_cert, key.public_key(), module_id, days=leaf_days, now=leaf_from or time
+    )
+    document = AttestationDocument(
+        module_id=module_id,
+        timestamp_ms=int(time.timestamp() * 1000),
+        pcrs=pcrs,
+        certificate=cert_der(leaf),
+        cabundle=[cert_der(host.root_cert), cert_der(host.host_cert)],
+        public_key=public_key,
+        user_data=user_data,
+        nonce=nonce,
+    )
+    return sign_document(document, key)

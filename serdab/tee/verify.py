@@ -172,11 +172,11 @@ def verify_attestation(
     else:
         raise UnknownRootError(f"the chain ends at {_name(root)}, which is not a pinned root")
     now = now or dt.datetime.now(dt.UTC)
-    _check_chain([*bundle, leaf], document.time)
     age = (now - document.time).total_seconds()
     if age > max_age_s or age < -30:
         raise StaleDocumentError(f"document timestamp {document.time:%Y-%m-%d %H:%M:%S} UTC is {age:.0f} s old "
                                  f"(accepted: up to {max_age_s:.0f} s)")  # fmt: skip
+    _check_chain([*bundle, leaf], document.time)
 
     if all(document.pcrs.get(i, bytes(48)) == bytes(48) for i in DEBUG_PCRS) and not allow_debug:
         raise DebugEnclaveError("PCR0-2 are all zero: a debug-mode enclave, whose memory the host can read")
