@@ -11,11 +11,13 @@ import typer
 
 from serdab.cli.bench_cmd import bench_app
 from serdab.cli.demo_cmd import demo
+from serdab.cli.kms_cmd import kms_app
 from serdab.cli.leakage_cmd import leakage
 from serdab.cli.models_cmd import models
 from serdab.cli.partition_cmd import partition
 from serdab.cli.plan_cmd import plan
 from serdab.cli.profile_cmd import profile
+from serdab.cli.tee_cmd import attest, build_image_cmd, measure
 from serdab.errors import SerdabError
 
 __all__ = ["app", "main"]
@@ -33,6 +35,10 @@ app.command()(partition)
 app.command()(leakage)
 app.command()(plan)
 app.command()(demo)
+app.command("build-image")(build_image_cmd)
+app.command()(measure)
+app.command()(attest)
+app.add_typer(kms_app, name="kms")
 app.add_typer(bench_app, name="bench")
 
 

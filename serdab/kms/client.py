@@ -131,13 +131,14 @@ def attest_kms(
     allow_debug: bool = False,
     simulated_roots: Sequence[x509.Certificate] = (),
     timeout_s: float = 10.0,
+    nonce: bytes | None = None,
 ) -> AttestedKms:
     """Verify the KMS at ``url`` and return a client pinned to its attested TLS certificate."""
     der = fetch_certificate(url, timeout_s)
     certificate = cert_from_der(der)
     context = ssl.create_default_context(cadata=cert_pem(certificate).decode())
     client = httpx.Client(verify=context, timeout=timeout_s)
-    nonce = secrets.token_bytes(32)
+    nonce = nonce or secrets.token_bytes(32)
     try:
         response = client.get(url.rstrip("/") + "/v1/attestation", params={"nonce": nonce.hex()})
     except httpx.HTTPError as exc:

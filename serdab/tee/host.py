@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from serdab.crypto import cert_from_pem, cert_pem, issue_certificate, key_from_pem, key_pem, new_key, self_signed_ca
 
-__all__ = ["SIMULATED_ROOT_CN", "HostIdentity", "serdab_home"]
+__all__ = ["SIMULATED_ROOT_CN", "HostIdentity", "local_simulated_roots", "serdab_home"]
 
 SIMULATED_ROOT_CN = "SIMULATED-NOT-A-TEE"
 
@@ -74,3 +74,11 @@ class HostIdentity:
         (directory / "host.pem").write_bytes(cert_pem(host))
         _write_private(directory / "sealing.secret", secrets.token_bytes(32))
         _write_private(directory / "host.key", key_pem(host_key))  # written last: its presence means complete
+
+
+def local_simulated_roots(create: bool = False) -> list[x509.Certificate]:
+    """This host's simulated root, to recognise (and, only if allowed, accept) simulated documents."""
+    directory = serdab_home() / "tee-host"
+    if not create and not (directory / "host.key").exists():
+        return []
+    return [HostIdentity.load_or_create(directory).root_cert]

@@ -1,0 +1,142 @@
+"""`serdab kms start` and `serdab kms register`: run the key service in a (simulated) enclave, add services."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from serdab.cli.common import console, err_console
+from serdab.cli.tee_cmd import parse_pcr_options
+from serdab.errors import KmsError
+from serdab.kms import attest_kms, kms_image
+from serdab.tee import get_backend, measure_image
+from serdab.tee.host import local_simulated_roots, serdab_home
+from serdab.tee.image import PCR_APP, PCR_IMAGE, PCR_RUNTIME
+
+__all__ = ["kms_app"]
+
+kms_app = typer.Typer(help="The key service: releases keys only to attested enclaves.", no_args_is_help=True)
+
+
+def _token(path: Path) -> str:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(24) + "\n")
+    return path.read_text().strip()
+
+
+def _default_token() -> Path:
+    return serdab_home() / "kms" / "admin.token"
+
+
+@kms_app.command("start")
+def start(
+    store: Annotated[
+        str | None,
+        typer.Option(help="sqlite:PATH or postgresql://user@host:port/db (default: sqlite under $SERDAB_HOME/kms)."),
+    ] = None,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="HTTPS port (0: any free port).")] = 8443,
+    host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless you mean it.")] = "127.0.0.1",
+    data: Annotated[
+        Path | None, typer.Option(help="This replica's directory for its sealed storage key (one per replica).")
+    ] = None,
+    peer: Annotated[list[str] | None, typer.Option(help="URL of a running replica (repeatable).")] = None,
+    backend: Annotated[str, typer.Option(help="TEE backend: simulated, nitro, gramine-sgx.")] = "simulated",
+    admin_token_file: Annotated[Path | None, typer.Option(help="Admin token (created 0600 if absent).")] = None,
+) -> None:
+    """Start one KMS replica inside an enclave and serve until Ctrl-C."""
+    home = serdab_home()
+    tee = get_backend(backend)
+    token_path = admin_token_file or _default_token()
+    token = _token(token_path)
+    store = store or f"sqlite:{home / 'kms' / 'kms.db'}"
+    data = data or home / "kms" / "replica"
+    image = kms_image(home / "images")
+    pcrs = measure_image(image)
+    args = ["--store", store, "--data", str(data), "--host", host, "--port", str(port)]
+    args += [f"--peer={p}" for p in peer or []]
+    if backend == "simulated":
+        args.append("--allow-simulated")
+    log = data.parent / f"{data.name}.log"
+    data.mkdir(parents=True, exist_ok=True)
+    with err_console.status("starting the key service enclave ..."):
+        enclave = tee.launch(image, args, env={"SERDAB_KMS_ADMIN_TOKEN": token}, log_path=log)
+        try:
+            info = tee.wait_ready(enclave)  # type: ignore[attr-defined]
+        except Exception:
+            tee.terminate(enclave)
+            raise
+    url = f"https://{host}:{info['port']}"
+    table = Table(title=f"Serdab key service at {url}", show_header=False)
+    table.add_column("")
+    table.add_column("")
+    table.add_row("enclave", f"{enclave.id} (pid {enclave.pid}, {backend}" +
+                  (": emulated, NOT A TEE)" if backend == "simulated" else ")"))  # fmt: skip
+    table.add_row("store", store)
+    table.add_row("storage key", str(info["storage_key"]))
+    for index in (PCR_IMAGE, PCR_RUNTIME, PCR_APP):
+        table.add_row(f"PCR{index}", pcrs[index].hex())
+    table.add_row("admin token", str(token_path))
+    table.add_row("log", str(log))
+    console.print(table)
+    console.print(f"verify it: serdab attest {url}" + (" --allow-simulated" if backend == "simulated" else "")
+                  + f" --pcr {PCR_APP}={pcrs[PCR_APP].hex()}")  # fmt: skip
+    stop = {"now": False}
+
+    def _stop(*_: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stop["now"] and enclave.alive():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        alive = enclave.alive()
+        tee.terminate(enclave)
+    if not alive and not stop["now"]:
+        raise KmsError(f"the key service enclave exited; see {log}")
+    err_console.print("key service stopped")
+
+
+@kms_app.command("register")
+def register(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    url: Annotated[str, typer.Option(help="KMS address, e.g. https://127.0.0.1:8443.")],
+    image: Annotated[
+        Path | None, typer.Option(help="Enclave image of the service: its PCR0-2 become the policy.")
+    ] = None,
+    pcr: Annotated[list[str] | None, typer.Option(help="Expected PCR N=HEX instead of --image (repeatable).")] = None,
+    allow_simulated: Annotated[
+        bool, typer.Option("--allow-simulated", help="Release keys to simulated enclaves too (NOT TEEs).")
+    ] = False,
+    kms_pcr: Annotated[list[str] | None, typer.Option(help="Expected PCR of the KMS itself, N=HEX.")] = None,
+    admin_token_file: Annotated[Path | None, typer.Option(help="Admin token file.")] = None,
+) -> None:
+    """Register a service (or change its policy); the KMS generates its PKI inside its enclave."""
+    if image is not None:
+        measured = measure_image(image)
+        expected = {i: measured[i] for i in (PCR_IMAGE, PCR_RUNTIME, PCR_APP)}
+    else:
+        expected = parse_pcr_options(pcr or [])
+    if not expected:
+        raise KmsError("give --image DIR or --pcr N=HEX: a policy with no PCRs would release keys to any enclave")
+    roots = local_simulated_roots(create=allow_simulated)
+    kms = attest_kms(url, expected_pcrs=parse_pcr_options(kms_pcr or []), allow_simulated=allow_simulated,
+                     simulated_roots=roots)  # fmt: skip
+    try:
+        result = kms.register(name, _token(admin_token_file or _default_token()), expected, allow_simulated)
+    finally:
+        kms.close()
+    console.print(f"service {result['name']} registered (PKI generation {result['generation']}); keys go to "
+                  f"enclaves with {', '.join(f'PCR{i}' for i in sorted(expected))} as measured")  # fmt: skip

@@ -1,0 +1,123 @@
+"""`serdab measure IMAGE_DIR` and `serdab attest URL`: what an enclave is, and proof that it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from serdab.cli.common import JsonOpt, console, write_json
+from serdab.crypto import cert_from_der
+from serdab.errors import EnclaveImageError, PolicyError
+from serdab.kms import attest_kms
+from serdab.tee import build_image, load_manifest, measure_image
+from serdab.tee.host import local_simulated_roots
+from serdab.tee.image import PCR_APP, PCR_IMAGE, PCR_MODELS, PCR_RUNTIME, PCR_SIGNER, PCR_TLS
+
+__all__ = ["attest", "build_image_cmd", "measure", "parse_pcr_options"]
+
+MEANING = {
+    PCR_IMAGE: "whole image",
+    PCR_RUNTIME: "runtime lock (Python, Serdab source, packages)",
+    PCR_APP: "application code",
+    PCR_SIGNER: "image signer",
+    PCR_MODELS: "model manifest (weight hashes)",
+    PCR_TLS: "TLS certificate (extended at run time)",
+}
+
+
+def parse_pcr_options(values: list[str]) -> dict[int, bytes]:
+    """['2=ab..'] -> {2: bytes}; bad values raise a one-line PolicyError."""
+    expected = {}
+    for value in values:
+        index, _, digest = value.partition("=")
+        try:
+            expected[int(index)] = bytes.fromhex(digest)
+        except ValueError:
+            raise PolicyError(f"--pcr {value!r} must look like 2=<96 hex digits>") from None
+        if len(expected[int(index)]) != 48:
+            raise PolicyError(f"--pcr {value!r}: a SHA-384 PCR has 96 hex digits")
+    return expected
+
+
+def build_image_cmd(
+    code: Annotated[Path, typer.Argument(help="Application code: a .py file or a directory.")],
+    out: Annotated[Path, typer.Option(help="New directory for the image.")],
+    entrypoint: Annotated[str, typer.Option(help="module:function in the code, called with the enclave's arguments.")],
+    model: Annotated[list[str] | None, typer.Option(help="NAME=PATH of a weight file to include (repeatable).")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Debug image: every PCR reads zero (as on Nitro).")] = False,
+) -> None:
+    """Build an enclave image (code, runtime lock, model manifest) and print its PCRs."""
+    models = {}
+    for item in model or []:
+        name, _, path = item.partition("=")
+        if not name or not path:
+            raise EnclaveImageError(f"--model {item!r} must look like weights.onnx=path/to/file")
+        models[name] = Path(path)
+    build_image(code, out, entrypoint, models=models, debug=debug)
+    measure(out)
+
+
+def measure(
+    image: Annotated[
+        Path, typer.Argument(help="Enclave image directory (enclave.json, runtime.lock, code/, models/).")
+    ],
+    json_path: JsonOpt = None,
+) -> None:
+    """Print an enclave image's PCRs: the values to put in a key-release or client policy."""
+    manifest = load_manifest(image)
+    pcrs = measure_image(image)
+    table = Table(title=f"{manifest.name}: SHA-384 PCRs{' (debug image: all zero)' if manifest.debug else ''}")
+    table.add_column("PCR")
+    table.add_column("meaning")
+    table.add_column("value", overflow="fold")
+    for index, meaning in MEANING.items():
+        table.add_row(str(index), meaning, pcrs[index].hex())
+    console.print(table)
+    console.print("policy: " + " ".join(f"--pcr {i}={pcrs[i].hex()}" for i in (PCR_IMAGE, PCR_RUNTIME, PCR_APP)))
+    write_json(json_path, {"image": str(image), "name": manifest.name, "debug": manifest.debug,
+                           "pcrs": {str(i): v.hex() for i, v in pcrs.items()}})  # fmt: skip
+
+
+def attest(
+    url: Annotated[str, typer.Argument(help="HTTPS address of a Serdab service with /v1/attestation, e.g. a KMS.")],
+    nonce: Annotated[str | None, typer.Option(help="Hex nonce to ask for (default: 32 random bytes).")] = None,
+    allow_simulated: Annotated[
+        bool, typer.Option("--allow-simulated", help="Accept documents from this host's simulated root (NOT a TEE).")
+    ] = False,
+    pcr: Annotated[list[str] | None, typer.Option(help="Expected PCR, N=HEX (repeatable).")] = None,
+    json_path: JsonOpt = None,
+) -> None:
+    """Fetch and verify an attestation document: signature, chain, age, nonce, PCRs, TLS binding."""
+    try:
+        raw_nonce = bytes.fromhex(nonce) if nonce else None
+    except ValueError:
+        raise PolicyError(f"--nonce {nonce!r} is not hex") from None
+    roots = local_simulated_roots(create=allow_simulated)  # known either way, so the error can say "simulated"
+    kms = attest_kms(url, expected_pcrs=parse_pcr_options(pcr or []), allow_simulated=allow_simulated,
+                     simulated_roots=roots, nonce=raw_nonce)  # fmt: skip
+    kms.close()
+    document = kms.attestation.document
+    chain = [cert_from_der(c).subject.rfc4514_string() for c in [*document.cabundle, document.certificate]]
+    table = Table(title=f"attestation of {url}: verified ({kms.attestation.tee_type})", show_header=False)
+    table.add_column("field")
+    table.add_column("value")
+    table.add_row(
+        "tee", kms.attestation.tee_type + ("  (emulated: NOT A TEE)" if kms.attestation.tee_type == "simulated" else "")
+    )
+    table.add_row("module_id", document.module_id)
+    table.add_row("timestamp", f"{document.time:%Y-%m-%d %H:%M:%S.%f} UTC")
+    for index, value in sorted(document.pcrs.items()):
+        if any(value):
+            table.add_row(f"PCR{index}", value.hex())
+    table.add_row("user_data", (document.user_data or b"").hex() + "  (= SHA-384 of the TLS certificate served)")
+    table.add_row("nonce", (document.nonce or b"").hex())
+    table.add_row("chain", " -> ".join(chain))
+    console.print(table)
+    write_json(json_path, {
+        "url": url, "tee_type": kms.attestation.tee_type, "module_id": document.module_id,
+        "timestamp_ms": document.timestamp_ms, "pcrs": {str(i): v.hex() for i, v in document.pcrs.items()},
+        "user_data": (document.user_data or b"").hex(), "nonce": (document.nonce or b"").hex(), "chain": chain,
+    })  # fmt: skip
