@@ -1,4 +1,4 @@
-"""Shared fixtures: one export cache per test session, chains opened once per model."""
+"""Shared fixtures: one export cache and one Serdab home per test session, chains opened once per model."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     # CI points SERDAB_CACHE_DIR at the clone; otherwise keep tests off the user's cache.
     if "SERDAB_CACHE_DIR" not in os.environ:
         os.environ["SERDAB_CACHE_DIR"] = str(tmp_path_factory.mktemp("serdab-cache"))
+    # simulated TEE host identity, KMS data and images: never the user's ~/.serdab
+    os.environ["SERDAB_HOME"] = str(tmp_path_factory.mktemp("serdab-home"))
 
 
 _CHAINS: dict[str, Chain] = {}

@@ -47,7 +47,7 @@ def demo(
     repeat: Annotated[int, typer.Option(min=1, help="Timed runs per block.")] = 30,
     cluster: Annotated[str, typer.Option(help="Cluster file or shipped example to plan on.")] = "paper",
 ) -> None:
-    """Profile, measure leakage, partition at the first private cut and verify the stages."""
+    """Profile, measure leakage, partition at the first private cut, verify the stages, plan on a cluster."""
     opened = open_model(model, None)
     chain = opened.chain
     console.rule(f"[bold]1. profile {opened.name}")

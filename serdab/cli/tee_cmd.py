@@ -18,13 +18,13 @@ from serdab.tee.image import PCR_APP, PCR_IMAGE, PCR_MODELS, PCR_RUNTIME, PCR_SI
 
 __all__ = ["attest", "build_image_cmd", "measure", "parse_pcr_options"]
 
-MEANING = {
+MEANING = {  # short, so a 96-digit value fits a 132-column terminal (docs/security.md has the long form)
     PCR_IMAGE: "whole image",
-    PCR_RUNTIME: "runtime lock (Python, Serdab source, packages)",
+    PCR_RUNTIME: "runtime lock",
     PCR_APP: "application code",
     PCR_SIGNER: "image signer",
-    PCR_MODELS: "model manifest (weight hashes)",
-    PCR_TLS: "TLS certificate (extended at run time)",
+    PCR_MODELS: "model manifest",
+    PCR_TLS: "TLS cert (run time)",
 }
 
 
