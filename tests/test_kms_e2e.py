@@ -9,7 +9,7 @@ import pytest
 
 import serdab.kms.apps.tls_echo as tls_echo
 from serdab.errors import KmsError, TeeError
-from serdab.kms import attest_kms, connect_service, kms_image
+from serdab.kms import attest_kms, connect_service, kms_image, open_service
 from serdab.tee import build_image, measure_image
 from serdab.tee.simulated import SimulatedBackend
 
@@ -81,6 +81,21 @@ def test_two_replicas_two_enclaves_one_service(world) -> None:
             assert tls.recv(16) == b"frame"
     with pytest.raises(KmsError, match="not an enclave of echo"):  # fails closed on anything else
         connect_service(client, "echo", ("127.0.0.1", int(url_a.rsplit(":", 1)[1])))
+    with open_service(url_a, "echo", ("127.0.0.1", info[1]["port"]), expected_kms_pcrs=kms_pcrs,
+                      allow_simulated=True, simulated_roots=roots) as tls:  # the one-call form
+        tls.sendall(b"one call")
+        assert tls.recv(16) == b"one call"
+
+    # the real server answers bad input with a 4xx and keeps serving
+    for kwargs, status in [
+        ({"content": b"\xff", "headers": {"content-type": "application/cbor"}}, 400),
+        ({"content": b"x" * 70_000, "headers": {"content-type": "application/cbor"}}, 413),
+        ({"content": b"{}", "headers": {"content-type": "application/json"}}, 415),
+    ]:
+        response = client.client.post(url_b + "/v1/services/echo/keys", **kwargs)
+        assert response.status_code == status and response.json()["detail"]
+    assert client.client.get(url_b + "/v1/services/nope/certificate").status_code == 404
+    assert client.request("GET", "/v1/health").json()["status"] == "ok"
 
     # an enclave built from different code is refused
     changed = tmp / "changed.py"

@@ -1,6 +1,6 @@
 """The key service (S3ML's AECS, seed 002 sec. 4): attestation-gated key release, CAS-stored state."""
 
-from serdab.kms.client import AttestedKms, attest_kms, connect_service, fetch_certificate
+from serdab.kms.client import AttestedKms, attest_kms, connect_service, fetch_certificate, open_service
 from serdab.kms.image import kms_image
 from serdab.kms.service import KeyService, ReleasedKeys
 from serdab.kms.state import KmsState, ServicePolicy, ServiceRecord, StateStore
@@ -22,5 +22,6 @@ __all__ = [
     "connect_service",
     "fetch_certificate",
     "kms_image",
+    "open_service",
     "open_store",
 ]

@@ -28,7 +28,7 @@ from serdab.kms.service import ReleasedKeys
 from serdab.tee.backend import Nsm
 from serdab.tee.verify import VerifiedDocument, verify_attestation
 
-__all__ = ["AttestedKms", "attest_kms", "connect_service", "fetch_certificate"]
+__all__ = ["AttestedKms", "attest_kms", "connect_service", "fetch_certificate", "open_service"]
 
 CBOR = "application/cbor"
 
@@ -174,3 +174,24 @@ def connect_service(kms: AttestedKms, service: str, address: tuple[str, int], ti
     except ssl.SSLError as exc:
         raw.close()
         raise KmsError(f"{address[0]}:{address[1]} is not an enclave of {service}: TLS failed ({exc.reason})") from None
+
+
+def open_service(
+    kms_url: str,
+    service: str,
+    address: tuple[str, int],
+    *,
+    expected_kms_pcrs: Mapping[int, bytes] | None = None,
+    allow_simulated: bool = False,
+    simulated_roots: Sequence[x509.Certificate] = (),
+    timeout_s: float = 10.0,
+) -> ssl.SSLSocket:
+    """Attest-then-connect in one call: verify the KMS, fetch the service CA, open pinned TLS to the enclave."""
+    kms = attest_kms(
+        kms_url, expected_pcrs=expected_kms_pcrs, allow_simulated=allow_simulated,
+        simulated_roots=simulated_roots, timeout_s=timeout_s,
+    )  # fmt: skip
+    try:
+        return connect_service(kms, service, address, timeout_s)
+    finally:
+        kms.close()
