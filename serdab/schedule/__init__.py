@@ -1,0 +1,34 @@
+"""Online privacy-aware placement of CNN layers on IoT devices (seed 003, RL-PDNN).
+
+Work in progress (issue 6): the system model, baselines, stream evaluation and the exact CP-SAT
+optimum are here; the DQN agent, the CLI and the benchmark are not yet.
+"""
+
+from serdab.schedule.evaluate import StreamResult, feasible_exists, place_request, run_stream
+from serdab.schedule.exact import ExactResult, solve_exact
+from serdab.schedule.policies import GreedyPolicy, Policy, RandomPolicy, StaticPolicy
+from serdab.schedule.system import DEVICE_TYPES, PRIVACY_LEVELS, Request, SystemConfig, SystemState
+from serdab.schedule.workload import WORKLOADS, CnnSpec, LayerSpec, cnn_spec, workload
+
+__all__ = [
+    "DEVICE_TYPES",
+    "PRIVACY_LEVELS",
+    "WORKLOADS",
+    "CnnSpec",
+    "ExactResult",
+    "GreedyPolicy",
+    "LayerSpec",
+    "Policy",
+    "RandomPolicy",
+    "Request",
+    "StaticPolicy",
+    "StreamResult",
+    "SystemConfig",
+    "SystemState",
+    "cnn_spec",
+    "feasible_exists",
+    "place_request",
+    "run_stream",
+    "solve_exact",
+    "workload",
+]

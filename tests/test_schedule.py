@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from serdab.errors import SerdabError
+from serdab.schedule import (
+    CnnSpec,
+    GreedyPolicy,
+    LayerSpec,
+    RandomPolicy,
+    StaticPolicy,
+    SystemConfig,
+    SystemState,
+    cnn_spec,
+    place_request,
+    solve_exact,
+    workload,
+)
+from serdab.schedule.system import DEVICE_TYPES
+
+TOY = CnnSpec(
+    "toy",
+    "toy",
+    100_000,
+    (
+        LayerSpec("in", 1_000_000, 1000, 100_000),
+        LayerSpec("a", 8_000_000, 1000, 1_000_000),
+        LayerSpec("b", 8_000_000, 1000, 1_000),
+        LayerSpec("out", 1_000_000, 1000, 40),
+    ),
+)
+
+
+def test_layer_tables_follow_eq_1_to_3() -> None:
+    lenet = cnn_spec("lenet")
+    assert lenet.depth == 12
+    assert lenet.layers[0].mults == 6 * 25 * 28 * 28  # conv 1->6, 5x5, 28x28 output: eq. 1
+    assert lenet.layers[0].weight_bytes == (6 * 25 + 6) * 4  # eq. 3, 32-bit weights
+    assert lenet.layers[-1].out_bytes == 10 * 4
+    with pytest.raises(SerdabError, match="unknown workload 'mnist'"):
+        workload("mnist")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"devices": 0}, "at least one participant"), ({"mix": (0.5, 0.6, 0.0)}, "summing to 1"),
+     ({"privacy": "max"}, "unknown privacy level")],
+)  # fmt: skip
+def test_bad_configurations(kwargs, message) -> None:
+    with pytest.raises(SerdabError, match=message):
+        SystemConfig(**kwargs)
+
+
+@pytest.mark.parametrize("privacy", ["none", "hidden2", "half"])
+@pytest.mark.parametrize("policy", [GreedyPolicy(), StaticPolicy(), RandomPolicy(seed=2)])
+def test_stream_invariants(policy, privacy) -> None:
+    config = SystemConfig(devices=12, sources=3, privacy=privacy)
+    cnns = workload("hetero")
+    state = SystemState(config, cnns, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    clock = 0.0
+    for _ in range(60):
+        clock += rng.exponential(1 / config.arrival_rate)
+        state.advance(clock)
+        request = state.new_request(int(rng.integers(config.sources)), clock)
+        exposure_before = state.exposure.copy()
+        ok, _ = place_request(state, request, policy.choose)
+        source = state.source_device(request.source)
+        assert request.devices[0] == request.devices[-1] == source  # 4.e-f
+        assert len(request.devices) == request.cnn.depth
+        for free, cap in ((state.free_compute, state.cap_compute), (state.free_memory, state.cap_memory),
+                          (state.free_bandwidth, state.cap_bandwidth)):  # fmt: skip
+            assert (free >= -1e-6).all() and (free <= cap + 1e-6).all()  # never negative, never above capacity
+        if ok:  # exposure: exactly the (device, layer) pairs this request used were added
+            c = state.cnn_index(request.cnn)
+            added = state.exposure[:, c, :] & ~exposure_before[:, c, :]
+            used = {(d, k) for k, d in enumerate(request.devices[1:-1], start=1)}
+            assert {tuple(x) for x in np.argwhere(added)} <= used
+
+
+def test_greedy_only_picks_devices_the_constraints_allow() -> None:
+    config = SystemConfig(devices=10, sources=2, privacy="hidden2")
+    state = SystemState(config, workload("cifar"), np.random.default_rng(4))
+    policy = GreedyPolicy()
+    picked = 0
+    for n in range(20):
+        request = state.new_request(n % 2, 0.0)
+
+        def checked(s, r, layer):
+            nonlocal picked
+            allowed = s.feasible(r, layer)
+            device = policy.choose(s, r, layer)
+            if allowed.any():
+                assert allowed[device]
+                picked += 1
+            return device
+
+        place_request(state, request, checked)
+    assert picked > 50
+
+
+def _toy_state(privacy: str) -> SystemState:
+    state = SystemState(SystemConfig(devices=2, sources=1, mix=(0.5, 0.0, 0.5), privacy=privacy), (TOY,),
+                        np.random.default_rng(0))  # fmt: skip
+    return state
+
+
+@pytest.mark.parametrize("privacy", ["none", "hidden2"])
+def test_exact_solver_on_a_hand_checked_instance(privacy) -> None:
+    state = _toy_state(privacy)
+    nexus = [i for i in range(2) if state.types[i].name == "nexus5"][0]
+    stm = 1 - nexus
+    source = state.source_device(0)
+    rpi, fast, slow = DEVICE_TYPES["rpi3"], DEVICE_TYPES["nexus5"], DEVICE_TYPES["stm32h7"]
+    ends = 1e6 / rpi.mults_per_s * 2 + 100_000 / rpi.rate_bytes_s
+    if privacy == "none":  # both middle layers on the Nexus, one hop back to the source
+        expected = ends + 16e6 / fast.mults_per_s + 1_000 / fast.rate_bytes_s
+        placement = [source, nexus, nexus, source]
+    else:  # layer b must not run where layer a did: Nexus then STM32 beats STM32 then Nexus
+        expected = (
+            ends + 8e6 / fast.mults_per_s + 1e6 / fast.rate_bytes_s + 8e6 / slow.mults_per_s + 1_000 / slow.rate_bytes_s
+        )
+        placement = [source, nexus, stm, source]
+    result = solve_exact(state, [state.new_request(0, 0.0)])
+    assert result.status == "optimal"
+    assert result.placements == [placement]
+    assert result.latency_s == pytest.approx(expected, abs=2e-6)
+
+
+def test_exact_is_never_worse_than_greedy() -> None:
+    for privacy in ("none", "half"):
+        state = SystemState(SystemConfig(devices=5, sources=2, privacy=privacy), workload("lenet"),
+                            np.random.default_rng(3))  # fmt: skip
+        requests = [state.new_request(i % 2, 0.0) for i in range(3)]
+        exact = solve_exact(state, requests)
+        greedy_state, greedy_requests = copy.deepcopy(state), copy.deepcopy(requests)
+        total = 0.0
+        for request in greedy_requests:
+            assert place_request(greedy_state, request, GreedyPolicy().choose)[0]
+            total += greedy_state.latency(request)
+        assert exact.status == "optimal"
+        assert exact.latency_s <= total + 1e-6
