@@ -143,3 +143,80 @@ def test_exact_is_never_worse_than_greedy() -> None:
             total += greedy_state.latency(request)
         assert exact.status == "optimal"
         assert exact.latency_s <= total + 1e-6
+
+
+def test_search_finds_a_valid_placement_whenever_one_exists_and_matches_the_optimum() -> None:
+    from serdab.schedule import SearchPolicy, feasible_exists
+
+    for privacy in ("none", "hidden2", "half"):
+        state = SystemState(SystemConfig(devices=6, sources=2, privacy=privacy), workload("lenet"),
+                            np.random.default_rng(0))  # fmt: skip
+        requests = [state.new_request(i % 2, 0.0) for i in range(3)]
+        exact = solve_exact(state, requests)
+        total = 0.0
+        policy = SearchPolicy()
+        for request in requests:
+            exists = feasible_exists(state, request)
+            ok, _ = place_request(state, request, policy.choose)
+            assert ok == bool(exists)
+            total += state.latency(request)
+        assert total == pytest.approx(exact.latency_s, abs=2e-5)  # the solver rounds each term to 1 us
+
+
+def test_environment_follows_the_gym_api_and_masks_infeasible_devices() -> None:
+    from gymnasium.utils.env_checker import check_env
+
+    from serdab.schedule.env import PlacementEnv
+
+    env = PlacementEnv(SystemConfig(devices=8, sources=2, privacy="half"), workload("lenet"), seed=0)
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=3)
+    episodes = 0
+    always_allowed = True
+    outcomes = []
+    while episodes < 30:
+        mask = env.action_masks()
+        allowed = env.state.feasible(env.request, env.layer)
+        assert (mask == allowed).all() if allowed.any() else mask.all()
+        always_allowed &= bool(allowed.any())
+        obs, reward, terminated, _, info = env.step(int(np.flatnonzero(mask)[0]))
+        assert env.observation_space.contains(obs)
+        if terminated:
+            episodes += 1
+            outcomes.append((always_allowed, info["valid"]))
+            always_allowed = True
+    # following the mask never breaks a constraint while an allowed device exists at every layer
+    assert all(valid for allowed_throughout, valid in outcomes if allowed_throughout)
+    assert sum(allowed_throughout for allowed_throughout, _ in outcomes) > 10
+
+
+def test_masked_dqn_never_picks_a_masked_device_and_training_runs(tmp_path) -> None:
+    from serdab.schedule.agent import DqnPolicy, make_agent, train_agent
+    from serdab.schedule.env import PlacementEnv, observe
+
+    config = SystemConfig(devices=8, sources=2, privacy="hidden2")
+    env = PlacementEnv(config, workload("lenet"), seed=1)
+    agent = make_agent(env, masked=True)
+    returns = train_agent(agent, 1_500, warm_episodes=20, decay=0.9)
+    assert len(returns) > 50
+    agent.env.reset()
+    for _ in range(200):  # exploring and exploiting, the sampled action is always allowed
+        for rate in (1.0, 0.0):
+            agent.exploration_rate = rate
+            action, _ = agent._sample_action(learning_starts=0)
+            assert agent._masks()[0][action[0]]
+        agent.env.step(action)
+    policy = DqnPolicy(agent, masked=True, observe=observe)
+    result = run_stream_small(policy, config)
+    assert result.accuracy_feasible == 1.0
+    agent.save(tmp_path / "policy.zip")
+    assert DqnPolicy.load(tmp_path / "policy.zip", True, observe).choose is not None
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(SerdabError, match="is not a saved Serdab scheduling policy"):
+        DqnPolicy.load(tmp_path / "bad.zip", True, observe)
+
+
+def run_stream_small(policy, config):
+    from serdab.schedule import run_stream
+
+    return run_stream(policy, config, workload("lenet"), 40, seed=2)

@@ -1,10 +1,18 @@
 """Online privacy-aware placement of CNN layers on IoT devices (seed 003, RL-PDNN).
 
-Work in progress (issue 6): the system model, baselines, stream evaluation and the exact CP-SAT
-optimum are here; the DQN agent, the CLI and the benchmark are not yet.
+Work in progress (issue 6): the system model, the gymnasium environment, the SB3 DQN agent (as in
+the paper, and masked), greedy/static/search baselines, stream evaluation and the exact CP-SAT
+optimum are here.
 """
 
-from serdab.schedule.evaluate import StreamResult, feasible_exists, place_request, run_stream
+from serdab.schedule.evaluate import (
+    SearchPolicy,
+    StreamResult,
+    feasible_exists,
+    place_request,
+    run_stream,
+    search_placement,
+)
 from serdab.schedule.exact import ExactResult, solve_exact
 from serdab.schedule.policies import GreedyPolicy, Policy, RandomPolicy, StaticPolicy
 from serdab.schedule.system import DEVICE_TYPES, PRIVACY_LEVELS, Request, SystemConfig, SystemState
@@ -21,6 +29,7 @@ __all__ = [
     "Policy",
     "RandomPolicy",
     "Request",
+    "SearchPolicy",
     "StaticPolicy",
     "StreamResult",
     "SystemConfig",
@@ -29,6 +38,7 @@ __all__ = [
     "feasible_exists",
     "place_request",
     "run_stream",
+    "search_placement",
     "solve_exact",
     "workload",
 ]

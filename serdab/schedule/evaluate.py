@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serdab.schedule.policies import Policy
+from serdab.schedule.policies import GreedyPolicy, Policy
 from serdab.schedule.system import Request, SystemConfig, SystemState, privacy_allows
 from serdab.schedule.workload import CnnSpec
 
-__all__ = ["StreamResult", "feasible_exists", "place_request", "run_stream"]
+__all__ = ["SearchPolicy", "StreamResult", "feasible_exists", "place_request", "run_stream", "search_placement"]
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,16 @@ class StreamResult:
     decision_ms: float  # mean time per layer decision
 
 
-def feasible_exists(state: SystemState, request: Request, budget: int = 2_000) -> bool | None:
-    """Does any placement of the middle layers respect resources and privacy now? None: search budget spent."""
+def search_placement(
+    state: SystemState, request: Request, budget: int = 2_000, optimise: bool = True
+) -> tuple[list[int] | None, bool]:
+    """Depth-first branch and bound over the middle layers, children in earliest-finish order.
+
+    Returns (best placement found or None, whether the search finished within ``budget`` nodes).
+    The first leaf reached is the greedy placement when greedy works; backtracking repairs dead
+    ends; with ``optimise`` the search goes on, pruning by latency so far + the remaining layers
+    on the fastest participant, and keeps the best placement.
+    """
     p = state.participants
     cnn = request.cnn
     c = state.cnn_index(cnn)
@@ -42,19 +50,34 @@ def feasible_exists(state: SystemState, request: Request, budget: int = 2_000) -
     base = state.exposure[:p, c, :].copy()
     last = cnn.depth - 1
     source = state.source_device(request.source)
+    fastest = state.speed[:p].max()
+    remaining = np.concatenate([np.cumsum([x.mults for x in cnn.layers[::-1]])[::-1], [0]]) / fastest
+    best: list[int] | None = None
+    best_latency = np.inf
+    path: list[int] = []
     nodes = 0
+    finished = True
 
-    def dfs(layer: int, previous: int) -> bool | None:
-        nonlocal nodes
+    def dfs(layer: int, previous: int, latency: float) -> bool:
+        """False stops the whole search (budget spent, or a first solution found when not optimising)."""
+        nonlocal nodes, best, best_latency, finished
         if layer == last:
-            sent = cnn.layers[layer - 1].out_bytes if previous != source else 0
-            return bandwidth[previous] >= sent and compute[source] >= cnn.layers[last].mults
+            sent = cnn.layers[layer - 1].out_bytes
+            if bandwidth[previous] < sent:
+                return True
+            total = latency + sent / state.rate[previous] + cnn.layers[last].mults / state.speed[source]
+            if total < best_latency:
+                best, best_latency = [source, *path, source], total
+            return optimise
         nodes += 1
         if nodes > budget:
-            return None
+            finished = False
+            return False
+        if latency + remaining[layer] >= best_latency:
+            return True
         spec = cnn.layers[layer]
         sent = cnn.layers[layer - 1].out_bytes
-        candidates = []
+        options = []
         for i in range(p):
             if compute[i] < spec.mults or memory[i] < spec.weight_bytes:
                 continue
@@ -64,32 +87,61 @@ def feasible_exists(state: SystemState, request: Request, budget: int = 2_000) -
                 state.config.privacy, layer, int(base[i, 1:layer].sum())
             ):
                 continue
-            candidates.append(i)
-        finish = {
-            i: (sent / state.rate[previous] if i != previous else 0) + spec.mults / state.speed[i] for i in candidates
-        }
-        unknown = False
-        for i in sorted(candidates, key=finish.__getitem__):
+            step = (sent / state.rate[previous] if i != previous else 0.0) + spec.mults / state.speed[i]
+            options.append((step, i))
+        for step, i in sorted(options):
             moved = sent if i != previous else 0
             compute[i] -= spec.mults
             memory[i] -= spec.weight_bytes
             bandwidth[previous] -= moved
             seen_before = base[i, layer]
             base[i, layer] = True
-            found = dfs(layer + 1, i)
+            path.append(i)
+            go_on = dfs(layer + 1, i, latency + step)
+            path.pop()
             base[i, layer] = seen_before
             compute[i] += spec.mults
             memory[i] += spec.weight_bytes
             bandwidth[previous] += moved
-            if found:
-                return True
-            unknown |= found is None
-        return None if unknown else False
+            if not go_on:
+                return False
+        return True
 
-    if compute[source] < cnn.layers[0].mults + cnn.layers[last].mults:
-        return False
-    compute[source] -= cnn.layers[0].mults
-    return dfs(1, source)
+    first = cnn.layers[0].mults + cnn.layers[last].mults
+    if compute[source] < first:
+        return None, True
+    compute[source] -= first
+    dfs(1, source, cnn.layers[0].mults / state.speed[source])
+    return best, finished or best is not None and not optimise
+
+
+def feasible_exists(state: SystemState, request: Request, budget: int = 2_000) -> bool | None:
+    """Does any placement of the middle layers respect resources and privacy now? None: budget spent."""
+    placement, finished = search_placement(state, request, budget, optimise=False)
+    if placement is not None:
+        return True
+    return False if finished else None
+
+
+class SearchPolicy(Policy):
+    """Branch and bound per request (``search_placement``), planned at its first middle layer; greedy if none found."""
+
+    name = "search"
+
+    def __init__(self, budget: int = 2_000) -> None:
+        self.budget = budget
+        self._plans: dict[int, list[int]] = {}
+
+    def choose(self, state: SystemState, request: Request, layer: int) -> int:
+        if layer == 1:
+            self._plans.clear()
+            placement, _ = search_placement(state, request, self.budget)
+            if placement is not None:
+                self._plans[request.id] = placement
+        plan = self._plans.get(request.id)
+        if plan is not None:
+            return plan[layer]
+        return GreedyPolicy().choose(state, request, layer)
 
 
 def place_request(
