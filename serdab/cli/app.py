@@ -17,6 +17,7 @@ from serdab.cli.models_cmd import models
 from serdab.cli.partition_cmd import partition
 from serdab.cli.plan_cmd import plan
 from serdab.cli.profile_cmd import profile
+from serdab.cli.schedule_cmd import schedule_app
 from serdab.cli.tee_cmd import attest, build_image_cmd, measure
 from serdab.errors import SerdabError
 
@@ -39,6 +40,7 @@ app.command("build-image")(build_image_cmd)
 app.command()(measure)
 app.command()(attest)
 app.add_typer(kms_app, name="kms")
+app.add_typer(schedule_app, name="schedule")
 app.add_typer(bench_app, name="bench")
 
 

@@ -17,6 +17,7 @@ from serdab.bench.placement_bench import (
     tree_gap,
 )
 from serdab.bench.profile_bench import plot_profile_bench, run_profile_bench
+from serdab.bench.rlpdnn_bench import plot_rlpdnn, run_rlpdnn_bench
 from serdab.cli.common import console, err_console
 from serdab.cluster import load_cluster
 from serdab.models import ZOO
@@ -133,3 +134,33 @@ def bench_placement(
             f"{100 * mine[len(mine) // 2]:.1f}%, worst {100 * mine[-1]:.1f}% ({worst['serdab']} vs {worst['optimal']})"
         )
     err_console.print(f"wrote {json_path} and {png}")
+
+
+@bench_app.command("rlpdnn")
+def bench_rlpdnn(
+    json_path: Annotated[Path, typer.Option("--json", help="Where to write the JSON result.")] = Path(
+        "bench/results/rlpdnn.json"
+    ),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Fewer workloads, steps and requests (about 3 minutes).")
+    ] = False,
+) -> None:
+    """Seed 003 (RL-PDNN): DQN (paper and masked), static, greedy and search placement vs the exact optimum."""
+    with err_console.status("RL-PDNN benchmark") as status:
+        result = run_rlpdnn_bench(quick, progress=status.update)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    png = json_path.with_suffix(".png")
+    plot_rlpdnn(result, png)
+    table = Table(title=f"RL-PDNN (simulated IoT system), {result['requests']} requests per row, "
+                        f"DQN trained {result['train_steps']} steps")  # fmt: skip
+    for column in ("workload", "privacy", "policy", "accuracy", "when feasible", "latency s", "shared MB",
+                   "decision ms", "gap to optimal"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("workload", "privacy", "policy") else "right")
+    for r in result["rows"]:
+        gap = r["gap_to_optimal"]
+        table.add_row(r["workload"], r["privacy"], r["policy"], f"{r['accuracy']:.3f}", f"{r['accuracy_feasible']:.3f}",
+                      f"{r['mean_latency_s']:.4f}", f"{r['shared_mb']:.3f}", f"{r['decision_ms']:.3f}",
+                      "-" if gap is None else f"{100 * gap:+.1f}%")  # fmt: skip
+    console.print(table)
+    err_console.print(f"wrote {json_path} and {png} in {result['wall_s']:.0f} s")

@@ -78,6 +78,7 @@ def search_placement(
         spec = cnn.layers[layer]
         sent = cnn.layers[layer - 1].out_bytes
         options = []
+        classes: set[tuple] = set()  # interchangeable devices (same type, free capacity, exposure): try one
         for i in range(p):
             if compute[i] < spec.mults or memory[i] < spec.weight_bytes:
                 continue
@@ -87,6 +88,11 @@ def search_placement(
                 state.config.privacy, layer, int(base[i, 1:layer].sum())
             ):
                 continue
+            key = (state.speed[i], state.rate[i], compute[i], memory[i], bandwidth[i], i == previous,
+                   base[i, 1:last].tobytes())  # fmt: skip
+            if key in classes:
+                continue
+            classes.add(key)
             step = (sent / state.rate[previous] if i != previous else 0.0) + spec.mults / state.speed[i]
             options.append((step, i))
         for step, i in sorted(options):
@@ -128,7 +134,7 @@ class SearchPolicy(Policy):
 
     name = "search"
 
-    def __init__(self, budget: int = 2_000) -> None:
+    def __init__(self, budget: int = 300) -> None:
         self.budget = budget
         self._plans: dict[int, list[int]] = {}
 
