@@ -142,7 +142,7 @@ def test_exact_is_never_worse_than_greedy() -> None:
             assert place_request(greedy_state, request, GreedyPolicy().choose)[0]
             total += greedy_state.latency(request)
         assert exact.status == "optimal"
-        assert exact.latency_s <= total + 1e-6
+        assert exact.latency_s <= total + 2e-5  # the solver rounds each term to 1 us
 
 
 def test_search_finds_a_valid_placement_whenever_one_exists_and_matches_the_optimum() -> None:

@@ -71,8 +71,8 @@ def gap_to_optimal(workload_name: str, privacy: str, instances: int) -> dict[str
 
 def run_rlpdnn_bench(quick: bool, progress: Callable[[str], None] | None = None, seed: int = 0) -> dict[str, object]:
     say = progress or (lambda _: None)
-    steps = 4_000 if quick else 25_000
-    requests = 100 if quick else 300
+    steps = 4_000 if quick else 20_000
+    requests = 100 if quick else 200
     workloads = ["lenet", "cifar", "hetero"] if quick else list(WORKLOADS)
     rows: list[dict[str, object]] = []
     curves: list[dict[str, object]] = []

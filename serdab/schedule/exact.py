@@ -25,7 +25,7 @@ _US = 1e6
 
 @dataclass(frozen=True)
 class ExactResult:
-    status: str  # "optimal", "feasible" (time limit), "infeasible"
+    status: str  # "optimal", "feasible" (time limit, or feasibility_only), "infeasible", "unknown" (time limit)
     latency_s: float  # summed latency of the batch (eq. 4)
     placements: list[list[int]]  # per request, device per layer
 
@@ -39,7 +39,10 @@ def _bound(level: str, layer: int) -> int | None:
     return math.floor((layer + 1) * 0.5)
 
 
-def solve_exact(state: SystemState, requests: Sequence[Request], time_limit_s: float = 30.0) -> ExactResult:
+def solve_exact(
+    state: SystemState, requests: Sequence[Request], time_limit_s: float = 30.0, feasibility_only: bool = False
+) -> ExactResult:
+    """The least total latency (or, with ``feasibility_only``, any valid placement) for ``requests`` in order."""
     p = state.participants
     model = cp_model.CpModel()
     level = state.config.privacy
@@ -104,12 +107,14 @@ def solve_exact(state: SystemState, requests: Sequence[Request], time_limit_s: f
                         model.add_max_equality(flag, sources) if sources else model.add(flag == 0)
                         seen.append(flag)
                     model.add(sum(seen) <= bound).only_enforce_if(assign[r, layer, i])
-    objective = sum(c if isinstance(c, int) else c[0] * c[1] for c in cost)
-    model.minimize(objective)
+    if not feasibility_only:
+        model.minimize(sum(c if isinstance(c, int) else c[0] * c[1] for c in cost))
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = time_limit_s
     solver.parameters.num_workers = 2
     status = solver.solve(model)
+    if status == cp_model.UNKNOWN:
+        return ExactResult("unknown", math.inf, [])
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return ExactResult("infeasible", math.inf, [])
     placements = []
@@ -119,6 +124,6 @@ def solve_exact(state: SystemState, requests: Sequence[Request], time_limit_s: f
             next(i for i in range(p) if solver.value(assign[r, layer, i])) for layer in range(1, request.cnn.depth - 1)
         ]
         placements.append([source, *chosen, source])
-    return ExactResult(
-        "optimal" if status == cp_model.OPTIMAL else "feasible", solver.objective_value / _US, placements
-    )
+    latency = sum(c if isinstance(c, int) else c[0] * solver.value(c[1]) for c in cost) / _US
+    optimal = status == cp_model.OPTIMAL and not feasibility_only
+    return ExactResult("optimal" if optimal else "feasible", latency, placements)

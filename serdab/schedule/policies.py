@@ -43,7 +43,8 @@ class GreedyPolicy(Policy):
 
     def choose(self, state: SystemState, request: Request, layer: int) -> int:
         finish = np.where(state.feasible(request, layer), layer_finish_s(state, request, layer), np.inf)
-        return int(np.argmin(finish))
+        best = np.flatnonzero(finish == finish.min())
+        return int(best[np.argmax(state.speed[best])])  # ties (e.g. a ReLU: no work) go to the fastest
 
 
 class RandomPolicy(Policy):

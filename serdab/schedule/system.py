@@ -3,9 +3,10 @@
 Assumptions where the paper is silent (also in docs/schedule.md):
 - ``e`` (800 / 560 / 40) is read as 10^6 multiplications per second; that makes VGG16 at
   128x128 take seconds per inference, as in the paper's Fig. 7.
-- Capacities are *in flight*: a placed layer holds its multiplications (compute capacity
-  c = e x 1 s), its weights (memory) and, on the sending device, the bytes it sends (bandwidth
-  b = rate x 1 s) until its request completes; then they are released.
+- Capacities are taken when a layer is placed and given back as the request runs: a layer holds
+  its multiplications (compute capacity c = e x 1 s) and its weights (memory) on its device until
+  it has computed, and the bytes it receives hold the sender's bandwidth (b = rate x 1 s) until
+  the transfer is over; the timeline is the request's own (arrival, then eq. 4 layer by layer).
 - A request's latency is eq. 4 for that request: sum of c / e plus O / rho of the sender for
   every change of device; no queueing (the capacities are what limits concurrency).
 - Sources are cameras on RPi3; each serves one CNN (round robin over the workload's CNNs);
@@ -72,7 +73,8 @@ class Request:
     arrival_s: float
     devices: list[int] = field(default_factory=list)  # device per layer; -1 - s is source s
     failed: bool = False
-    held: list[tuple[int, int, int, int]] = field(default_factory=list)  # (device, mults, weights, sent bytes)
+    held: list[tuple[float, int, int, int, int]] = field(default_factory=list)  # (until, device, mults, weights, sent)
+    elapsed_s: float = 0.0  # the request's own timeline: when its last placed layer finishes
     generation: int = 0  # participant set it was placed on
 
 
@@ -95,7 +97,7 @@ class SystemState:
         self.rng = rng
         self.now = 0.0
         self.generation = 0
-        self._releases: list[tuple[float, int, Request]] = []
+        self._releases: list[tuple[float, int, int, tuple[int, int, int, int]]] = []  # (time, seq, gen, hold)
         self._counter = 0
         self.source_cnn = [cnns[s % len(cnns)] for s in range(config.sources)]
         self._draw_participants()
@@ -136,26 +138,29 @@ class SystemState:
 
     # --- time ----------------------------------------------------------------------------------
     def advance(self, t: float) -> None:
-        """Release requests finished by ``t``; redraw participants at every churn boundary passed."""
+        """Give back what finished layers and transfers held by ``t``; redraw participants at each churn."""
         while True:
             next_churn = self.generation * self.config.churn_s
             release = self._releases[0][0] if self._releases else float("inf")
             if min(next_churn, release) > t:
                 break
             if release <= next_churn:
-                _, _, request = heapq.heappop(self._releases)
-                self._release(request)
+                _, _, generation, hold = heapq.heappop(self._releases)
+                self._give_back(generation, *hold)
             else:
                 self._draw_participants()
         self.now = t
 
+    def _give_back(self, generation: int, device: int, mults: int, weights: int, sent: int) -> None:
+        if device < self.config.devices and generation != self.generation:
+            return  # that participant has left; its capacity went with it
+        self.free_compute[device] += mults
+        self.free_memory[device] += weights
+        self.free_bandwidth[device] += sent
+
     def _release(self, request: Request) -> None:
-        for device, mults, weights, sent in request.held:
-            if device < self.config.devices and request.generation != self.generation:
-                continue  # that participant has left; its capacity went with it
-            self.free_compute[device] += mults
-            self.free_memory[device] += weights
-            self.free_bandwidth[device] += sent
+        for _, device, mults, weights, sent in request.held:
+            self._give_back(request.generation, device, mults, weights, sent)
         request.held.clear()
 
     def new_request(self, source: int, arrival_s: float) -> Request:
@@ -203,9 +208,12 @@ class SystemState:
         self.free_compute[device] -= spec.mults
         self.free_memory[device] -= spec.weight_bytes
         if sent:
-            self.free_bandwidth[request.devices[layer - 1]] -= sent
-            request.held.append((request.devices[layer - 1], 0, 0, sent))
-        request.held.append((device, spec.mults, spec.weight_bytes, 0))
+            sender = request.devices[layer - 1]
+            self.free_bandwidth[sender] -= sent
+            request.elapsed_s += sent / self.rate[sender]
+            request.held.append((request.arrival_s + request.elapsed_s, sender, 0, 0, sent))
+        request.elapsed_s += spec.mults / self.speed[device]
+        request.held.append((request.arrival_s + request.elapsed_s, device, spec.mults, spec.weight_bytes, 0))
         if device < p:
             self.exposure[device, self.cnn_index(request.cnn), layer] = True
         return True
@@ -227,8 +235,11 @@ class SystemState:
         )
 
     def finish(self, request: Request) -> None:
-        """Hold the request's resources until it completes (or free them now if it failed)."""
+        """Schedule the give-back of everything the request holds (now, if it failed)."""
         if request.failed:
             self._release(request)
             return
-        heapq.heappush(self._releases, (request.arrival_s + self.latency(request), request.id, request))
+        for until, device, mults, weights, sent in request.held:
+            self._counter += 1
+            heapq.heappush(self._releases, (until, self._counter, request.generation, (device, mults, weights, sent)))
+        request.held.clear()
