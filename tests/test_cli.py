@@ -195,3 +195,34 @@ def test_plan_measures_leakage_for_similarity_policies(lenet, tmp_path, capsys) 
     exposed = doc["privacy"]["untrusted_inputs"]
     assert exposed and all(e["pearson"] < 0.5 for e in exposed)
     assert exposed[0]["cut"] > 3  # resolution:20 would have released LeNet's 10x10 maps at cut 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["schedule", "eval", "--workload", "mnist"], "unknown workload 'mnist'"),
+        (["schedule", "eval", "--mix", "1,2"], "must be three numbers"),
+        (["schedule", "eval", "--mix", "0,0,0"], "has no devices"),
+        (["schedule", "eval", "--privacy", "max"], "unknown privacy level"),
+        (["schedule", "eval", "--policy", "{tmp}/missing.zip"], "unknown policy"),
+    ],
+)
+def test_schedule_errors_are_one_line(args, message, capsys, tmp_path) -> None:
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in args]) == 2
+    assert message in _error_line(capsys)
+
+
+def test_schedule_train_then_eval_and_a_corrupt_policy(tmp_path, capsys) -> None:
+    policy = tmp_path / "p.zip"
+    assert main(["schedule", "train", "--out", str(policy), "--steps", "300", "--devices", "8"]) == 0
+    assert policy.exists() and json.loads(policy.with_suffix(".json").read_text())["masked"] is True
+    out = tmp_path / "eval.json"
+    assert main(["schedule", "eval", "--devices", "8", "--requests", "10", "--policy", "greedy", "--policy",
+                 str(policy), "--json", str(out)]) == 0  # fmt: skip
+    assert [r["policy"] for r in json.loads(out.read_text())["rows"]] == ["greedy", str(policy)]
+    capsys.readouterr()
+    assert main(["schedule", "eval", "--devices", "9", "--policy", str(policy)]) == 2
+    assert "was trained for 8 devices" in _error_line(capsys)
+    policy.write_bytes(b"corrupt")
+    assert main(["schedule", "eval", "--devices", "8", "--policy", str(policy)]) == 2
+    assert "is not a saved Serdab scheduling policy" in _error_line(capsys)

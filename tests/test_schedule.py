@@ -220,3 +220,27 @@ def run_stream_small(policy, config):
     from serdab.schedule import run_stream
 
     return run_stream(policy, config, workload("lenet"), 40, seed=2)
+
+
+def test_packing_bound_proves_what_the_search_cannot() -> None:
+    from serdab.schedule.evaluate import packing_infeasible
+
+    free = np.array([800.0, 800.0, 560.0])
+    assert packing_infeasible(np.array([604.0, 604.0, 604.0]), free)  # only two devices take a 604
+    assert not packing_infeasible(np.array([604.0, 604.0, 500.0]), free)
+    assert packing_infeasible(np.array([300.0] * 7), free)  # 2 + 2 + 1 places of size 300
+
+
+def test_tiny_benchmark_writes_the_json_contract(tmp_path) -> None:
+    from serdab.bench.rlpdnn_bench import plot_rlpdnn, run_rlpdnn_bench
+
+    result = run_rlpdnn_bench(True, workloads=["lenet"], steps=400, requests=15, sweeps=False)
+    assert {r["policy"] for r in result["rows"]} == {"static", "greedy", "search", "dqn", "dqn-masked"}
+    for row in result["rows"]:
+        assert {"workload", "privacy", "policy", "accuracy", "mean_latency_s", "shared_mb", "decision_ms",
+                "gap_to_optimal"} <= set(row)  # fmt: skip
+    search = [r for r in result["rows"] if r["policy"] == "search"]
+    assert all(r["accuracy_feasible"] >= 0.99 for r in search)
+    assert all(r["gap_to_optimal"] is not None and r["gap_to_optimal"] < 0.05 for r in search)
+    plot_rlpdnn(result, tmp_path / "rlpdnn.png")
+    assert (tmp_path / "rlpdnn.png").stat().st_size > 10_000

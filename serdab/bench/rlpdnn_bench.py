@@ -69,11 +69,20 @@ def gap_to_optimal(workload_name: str, privacy: str, instances: int) -> dict[str
     return {name: (statistics.mean(values) if values else None) for name, values in gaps.items()}
 
 
-def run_rlpdnn_bench(quick: bool, progress: Callable[[str], None] | None = None, seed: int = 0) -> dict[str, object]:
+def run_rlpdnn_bench(
+    quick: bool,
+    progress: Callable[[str], None] | None = None,
+    seed: int = 0,
+    workloads: list[str] | None = None,
+    steps: int | None = None,
+    requests: int | None = None,
+    sweeps: bool = True,
+) -> dict[str, object]:
+    """``quick``: three workloads, 4,000 training steps, 100 requests; the others override (tests use tiny values)."""
     say = progress or (lambda _: None)
-    steps = 4_000 if quick else 20_000
-    requests = 100 if quick else 200
-    workloads = ["lenet", "cifar", "hetero"] if quick else list(WORKLOADS)
+    steps = steps or (4_000 if quick else 20_000)
+    requests = requests or (100 if quick else 200)
+    workloads = workloads or (["lenet", "cifar", "hetero"] if quick else list(WORKLOADS))
     rows: list[dict[str, object]] = []
     curves: list[dict[str, object]] = []
     started = time.perf_counter()
@@ -88,7 +97,7 @@ def run_rlpdnn_bench(quick: bool, progress: Callable[[str], None] | None = None,
                 say(f"{name}/{privacy}: training {'masked ' if masked else ''}DQN ({steps} steps)")
                 env = PlacementEnv(config, cnns, seed=seed)
                 agent = make_agent(env, masked=masked, learning_rate=lr, seed=seed)
-                returns = train_agent(agent, steps, warm_episodes=100 if quick else 300, decay=decay)
+                returns = train_agent(agent, steps, warm_episodes=min(100 if quick else 300, steps // 40), decay=decay)
                 curves.append({"workload": name, "privacy": privacy, "masked": masked, "returns": returns})
                 policies.append(DqnPolicy(agent, masked, observe))
             for policy in policies:
@@ -110,7 +119,7 @@ def run_rlpdnn_bench(quick: bool, progress: Callable[[str], None] | None = None,
                     }
                 )
     sweep = []
-    for devices in (15, 30, 51, 60) if not quick else (15, 51):
+    for devices in ((15, 30, 51, 60) if not quick else (15, 51)) if sweeps else ():
         for policy in (GreedyPolicy(), SearchPolicy()):
             say(f"device sweep: {devices} devices, {policy.name}")
             result = run_stream(policy, SystemConfig(devices=devices, privacy="half"), workload("hetero"),
@@ -118,7 +127,8 @@ def run_rlpdnn_bench(quick: bool, progress: Callable[[str], None] | None = None,
             sweep.append({"devices": devices, "policy": policy.name, "accuracy": result.accuracy,
                           "mean_latency_s": result.mean_latency_s})  # fmt: skip
     mixes = []
-    for mix in ((1.0, 0.0, 0.0), (1 / 3, 1 / 3, 1 / 3), (0.0, 0.5, 0.5)) if not quick else ((1 / 3, 1 / 3, 1 / 3),):
+    mix_options = ((1.0, 0.0, 0.0), (1 / 3, 1 / 3, 1 / 3), (0.0, 0.5, 0.5)) if not quick else ((1 / 3, 1 / 3, 1 / 3),)
+    for mix in mix_options if sweeps else ():
         say(f"device mix {mix}")
         result = run_stream(SearchPolicy(), SystemConfig(mix=mix, privacy="none"), workload("vgg"), requests // 2,
                             seed=seed + 300, check_feasible=False)  # fmt: skip
@@ -134,6 +144,11 @@ def run_rlpdnn_bench(quick: bool, progress: Callable[[str], None] | None = None,
         "device_mix": mixes,
         "wall_s": time.perf_counter() - started,
     }
+
+
+def _legend(ax, **kwargs) -> None:  # noqa: ANN001
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
 
 
 def plot_rlpdnn(result: dict[str, object], path: Path) -> None:
@@ -155,7 +170,7 @@ def plot_rlpdnn(result: dict[str, object], path: Path) -> None:
         ax.set_ylabel(label)
         if key == "mean_latency_s":
             ax.set_yscale("log")
-    axes[0, 0].legend(fontsize=7, ncol=3)
+    _legend(axes[0, 0], fontsize=7, ncol=3)
     for curve in result["curves"]:
         if curve["privacy"] in ("none", "half"):
             returns = np.asarray(curve["returns"], dtype=float)
@@ -165,13 +180,13 @@ def plot_rlpdnn(result: dict[str, object], path: Path) -> None:
                 axes[1, 0].plot(smooth, label=tag, linewidth=0.8)
     axes[1, 0].set_xlabel("episode")
     axes[1, 0].set_ylabel("return (50-episode mean)")
-    axes[1, 0].legend(fontsize=6, ncol=2)
+    _legend(axes[1, 0], fontsize=6, ncol=2)
     for policy in dict.fromkeys(s["policy"] for s in result["device_sweep"]):
         points = [(s["devices"], s["accuracy"]) for s in result["device_sweep"] if s["policy"] == policy]
         axes[1, 1].plot(*zip(*points, strict=True), marker="o", label=policy)
     axes[1, 1].set_xlabel("participants (hetero, privacy half)")
     axes[1, 1].set_ylabel("accuracy")
-    axes[1, 1].legend(fontsize=7)
+    _legend(axes[1, 1], fontsize=7)
     fig.suptitle("Seed 003 (RL-PDNN) reproduction: simulated IoT system with the paper's device figures")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

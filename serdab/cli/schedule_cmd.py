@@ -129,7 +129,7 @@ def evaluate(
         chosen = _policy(name, config, cnns)
         with err_console.status(f"evaluating {name}"):
             result = run_stream(chosen, config, cnns, requests, seed=seed)
-        rows.append({"policy": name, **result.__dict__})
+        rows.append({**result.__dict__, "policy": name, "kind": result.policy})
         table.add_row(name, f"{result.accuracy:.3f}", f"{result.accuracy_feasible:.3f}", f"{result.mean_latency_s:.4f}",
                       f"{result.shared_mb:.3f}", f"{result.decision_ms:.3f}")  # fmt: skip
     console.print(table)
