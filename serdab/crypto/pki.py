@@ -45,6 +45,32 @@ def _name(common_name: str, organisation: str) -> x509.Name:
     )
 
 
+def _base(
+    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey, days: int, now: dt.datetime | None
+) -> x509.CertificateBuilder:
+    """Subject, issuer, key, serial and validity (from 5 minutes ago, to absorb clock skew)."""
+    now = now or dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+    )
+
+
+def _server_names(names: tuple[str, ...]) -> list[x509.GeneralName]:
+    sans: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
+    return sans
+
+
 def self_signed_ca(
     key: ec.EllipticCurvePrivateKey,
     common_name: str,
@@ -52,16 +78,9 @@ def self_signed_ca(
     days: int = 3650,
     now: dt.datetime | None = None,
 ) -> x509.Certificate:
-    now = now or dt.datetime.now(dt.UTC)
     name = _name(common_name, organisation)
     return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
+        _base(name, name, key.public_key(), days, now)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -73,25 +92,12 @@ def self_signed_server(
     key: ec.EllipticCurvePrivateKey, common_name: str, server_names: tuple[str, ...], days: int = 30
 ) -> x509.Certificate:
     """A self-signed TLS certificate a client can pin as its own trust anchor (attestation binds its hash)."""
-    now = dt.datetime.now(dt.UTC)
     name = _name(common_name, "Serdab")
-    sans: list[x509.GeneralName] = []
-    for server in server_names:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(server)))
-        except ValueError:
-            sans.append(x509.DNSName(server))
     return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
+        _base(name, name, key.public_key(), days, None)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(True, False, False, False, False, True, False, False, False), critical=True)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.SubjectAlternativeName(_server_names(server_names)), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA384())
     )
@@ -110,15 +116,8 @@ def issue_certificate(
     now: dt.datetime | None = None,
 ) -> x509.Certificate:
     """A certificate for ``public_key`` signed by ``issuer``; ``server_names`` become SANs (DNS or IP)."""
-    now = now or dt.datetime.now(dt.UTC)
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name, organisation))
-        .issuer_name(issuer.subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
+        _base(_name(common_name, organisation), issuer.subject, public_key, days, now)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
@@ -132,13 +131,7 @@ def issue_certificate(
             x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
         )
     if server_names:
-        sans: list[x509.GeneralName] = []
-        for name in server_names:
-            try:
-                sans.append(x509.IPAddress(ipaddress.ip_address(name)))
-            except ValueError:
-                sans.append(x509.DNSName(name))
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        builder = builder.add_extension(x509.SubjectAlternativeName(_server_names(server_names)), critical=False)
         builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     return builder.sign(issuer_key, hashes.SHA384())
 
