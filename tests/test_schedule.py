@@ -223,7 +223,7 @@ def run_stream_small(policy, config):
 
 
 def test_packing_bound_proves_what_the_search_cannot() -> None:
-    from serdab.schedule.evaluate import packing_infeasible
+    from serdab.schedule.search import packing_infeasible
 
     free = np.array([800.0, 800.0, 560.0])
     assert packing_infeasible(np.array([604.0, 604.0, 604.0]), free)  # only two devices take a 604

@@ -5,16 +5,10 @@ the paper, and masked), greedy/static/search baselines, stream evaluation and th
 optimum are here.
 """
 
-from serdab.schedule.evaluate import (
-    SearchPolicy,
-    StreamResult,
-    feasible_exists,
-    place_request,
-    run_stream,
-    search_placement,
-)
+from serdab.schedule.evaluate import StreamResult, feasible_exists, place_request, run_stream
 from serdab.schedule.exact import ExactResult, solve_exact
 from serdab.schedule.policies import GreedyPolicy, Policy, RandomPolicy, StaticPolicy
+from serdab.schedule.search import SearchPolicy, search_placement
 from serdab.schedule.system import DEVICE_TYPES, PRIVACY_LEVELS, Request, SystemConfig, SystemState
 from serdab.schedule.workload import WORKLOADS, CnnSpec, LayerSpec, cnn_spec, workload
 
