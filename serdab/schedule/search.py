@@ -136,9 +136,10 @@ class SearchPolicy(Policy):
 
     name = "search"
 
-    def __init__(self, budget: int = 300, solver_s: float = 2.0) -> None:
+    def __init__(self, budget: int = 300, solver_s: float = 2.0, quick_s: float = 0.3) -> None:
         self.budget = budget
         self.solver_s = solver_s  # CP-SAT for the requests the search cannot settle (0: never)
+        self.quick_s = quick_s  # first try: the best placement CP-SAT finds in this time
         self._plans: dict[int, list[int]] = {}
         self._last: dict[tuple[int, str], list[int]] = {}  # (participant generation, CNN) -> last placement
 
@@ -150,7 +151,9 @@ class SearchPolicy(Policy):
             if placement is None and not finished and self.solver_s > 0:
                 from serdab.schedule.exact import solve_exact
 
-                solved = solve_exact(state, [request], time_limit_s=self.solver_s)
+                solved = solve_exact(state, [request], time_limit_s=self.quick_s)  # best found quickly
+                if not solved.placements:  # none yet: look for any valid one
+                    solved = solve_exact(state, [request], time_limit_s=self.solver_s, feasibility_only=True)
                 placement = solved.placements[0] if solved.placements else None
             if placement is not None:
                 self._plans[request.id] = placement
