@@ -17,7 +17,6 @@ from serdab.bench.placement_bench import (
     tree_gap,
 )
 from serdab.bench.profile_bench import plot_profile_bench, run_profile_bench
-from serdab.bench.rlpdnn_bench import plot_rlpdnn, run_rlpdnn_bench
 from serdab.cli.common import console, err_console
 from serdab.cluster import load_cluster
 from serdab.models import ZOO
@@ -146,6 +145,8 @@ def bench_rlpdnn(
     ] = False,
 ) -> None:
     """Seed 003 (RL-PDNN): DQN (paper and masked), static, greedy and search placement vs the exact optimum."""
+    from serdab.bench.rlpdnn_bench import plot_rlpdnn, run_rlpdnn_bench  # imports SB3 and torch: only when asked
+
     with err_console.status("RL-PDNN benchmark") as status:
         result = run_rlpdnn_bench(quick, progress=status.update)
     json_path.parent.mkdir(parents=True, exist_ok=True)

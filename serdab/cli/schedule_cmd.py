@@ -22,8 +22,6 @@ from serdab.schedule import (
     run_stream,
     workload,
 )
-from serdab.schedule.agent import DqnPolicy, make_agent, train_agent
-from serdab.schedule.env import PlacementEnv, observe
 
 __all__ = ["schedule_app"]
 
@@ -61,6 +59,9 @@ def train(
     seed: int = 0,
 ) -> None:
     """Train the DQN agent (seed 003 Table 1) on a simulated stream of requests and save it."""
+    from serdab.schedule.agent import make_agent, train_agent
+    from serdab.schedule.env import PlacementEnv
+
     config = _config(devices, mix, privacy)
     cnns = workload(workload_name)
     env = PlacementEnv(config, cnns, seed=seed)
@@ -102,6 +103,9 @@ def _policy(name: str, config: SystemConfig, cnns) -> object:  # noqa: ANN001
     if (len(workload(settings["workload"])), settings["devices"]) != expected:
         raise SerdabError(f"{path} was trained for {settings['devices']} devices and workload {settings['workload']}; "
                           f"evaluate it on the same system")  # fmt: skip
+    from serdab.schedule.agent import DqnPolicy
+    from serdab.schedule.env import observe
+
     return DqnPolicy.load(path, settings["masked"], observe)
 
 

@@ -118,9 +118,20 @@ def search_placement(
     if compute[source] < first or bandwidth[source] < cnn.layers[0].out_bytes:
         return None, True
     middle = cnn.layers[1:last]
-    if packing_infeasible(np.array([x.mults for x in middle], dtype=float), compute[:p]) or packing_infeasible(
-        np.array([x.weight_bytes for x in middle], dtype=float), memory[:p]
-    ):
+    # Sound infeasibility proofs before searching: capacity only shrinks and exposure only grows as
+    # layers are placed, so a device unable to take a layer now never will within this request.
+    eligible = np.zeros(p, dtype=bool)
+    for layer, spec in enumerate(middle, start=1):
+        able = (compute[:p] >= spec.mults) & (memory[:p] >= spec.weight_bytes)
+        if state.config.privacy != "none":
+            seen = base[:, 1:layer].sum(axis=1)
+            able &= np.array([privacy_allows(state.config.privacy, layer, int(x)) for x in seen])
+        if not able.any():
+            return None, True
+        eligible |= able
+    mults = np.array([x.mults for x in middle], dtype=float)
+    weights = np.array([x.weight_bytes for x in middle], dtype=float)
+    if packing_infeasible(mults, compute[:p] * eligible) or packing_infeasible(weights, memory[:p] * eligible):
         return None, True
     compute[source] -= first
     dfs(1, source, cnn.layers[0].mults / state.speed[source])
