@@ -155,7 +155,7 @@ def plot_rlpdnn(result: dict[str, object], path: Path) -> None:
     rows = result["rows"]
     policies = list(dict.fromkeys(r["policy"] for r in rows))
     configs = list(dict.fromkeys((r["workload"], r["privacy"]) for r in rows))
-    fig, axes = plt.subplots(2, 2, figsize=(14, 9))
+    fig, axes = plt.subplots(2, 3, figsize=(19, 9), gridspec_kw={"width_ratios": [3, 3, 1.4]})
     width = 0.8 / len(policies)
     for ax, key, label in ((axes[0, 0], "accuracy", "accuracy (constraints met)"),
                            (axes[0, 1], "mean_latency_s", "mean latency (s, log)")):  # fmt: skip
@@ -187,6 +187,13 @@ def plot_rlpdnn(result: dict[str, object], path: Path) -> None:
     axes[1, 1].set_xlabel("participants (hetero, privacy half)")
     axes[1, 1].set_ylabel("accuracy")
     _legend(axes[1, 1], fontsize=7)
+    mixes = result["device_mix"]
+    labels = ["/".join(f"{share:.2f}" for share in m["mix"]) for m in mixes]
+    axes[0, 2].bar(range(len(mixes)), [m["accuracy"] for m in mixes])
+    axes[0, 2].set_xticks(range(len(mixes)), labels, fontsize=7)
+    axes[0, 2].set_xlabel("nexus5/rpi3/stm32h7 shares (VGG, no privacy, search)")
+    axes[0, 2].set_ylabel("accuracy")
+    axes[1, 2].axis("off")
     fig.suptitle("Seed 003 (RL-PDNN) reproduction: simulated IoT system with the paper's device figures")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

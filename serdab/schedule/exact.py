@@ -103,9 +103,12 @@ def solve_exact(
                             seen.append(1)
                             continue
                         sources = [assign[q, k, i] for q in earlier if (q, k, i) in assign]
-                        flag = model.new_bool_var(f"x{r}_{i}_{k}")
-                        model.add_max_equality(flag, sources) if sources else model.add(flag == 0)
-                        seen.append(flag)
+                        if len(sources) == 1:  # one request of this CNN so far: its own assignment
+                            seen.append(sources[0])
+                        elif sources:
+                            flag = model.new_bool_var(f"x{r}_{i}_{k}")
+                            model.add_max_equality(flag, sources)
+                            seen.append(flag)
                     model.add(sum(seen) <= bound).only_enforce_if(assign[r, layer, i])
     if not feasibility_only:
         model.minimize(sum(c if isinstance(c, int) else c[0] * c[1] for c in cost))

@@ -141,16 +141,17 @@ def search_placement(
 class SearchPolicy(Policy):
     """Branch and bound per request (``search_placement``), planned at its first middle layer.
 
-    When the search runs out of budget without a placement, CP-SAT (``solve_exact`` on this one
-    request, ``solver_s`` seconds) settles it; greedy only when neither finds one.
+    When the branch and bound runs out of budget without a placement, a deeper depth-first search
+    looks for any valid one, then CP-SAT (``solve_exact`` on this one request, ``solver_s``
+    seconds); greedy only when none finds one.
     """
 
     name = "search"
 
-    def __init__(self, budget: int = 300, solver_s: float = 2.0, quick_s: float = 0.3) -> None:
-        self.budget = budget
-        self.solver_s = solver_s  # CP-SAT for the requests the search cannot settle (0: never)
-        self.quick_s = quick_s  # first try: the best placement CP-SAT finds in this time
+    def __init__(self, budget: int = 150, deep_budget: int = 2_000, solver_s: float = 2.0) -> None:
+        self.budget = budget  # nodes of branch and bound for the best placement
+        self.deep_budget = deep_budget  # nodes of plain depth-first search when that found none
+        self.solver_s = solver_s  # CP-SAT for the requests neither settles (0: never)
         self._plans: dict[int, list[int]] = {}
         self._last: dict[tuple[int, str], list[int]] = {}  # (participant generation, CNN) -> last placement
 
@@ -159,12 +160,12 @@ class SearchPolicy(Policy):
             self._plans.clear()
             key = (state.generation, request.cnn.name)
             placement, finished = search_placement(state, request, self.budget, hint=self._last.get(key))
+            if placement is None and not finished:  # a deeper search for any valid placement
+                placement, finished = search_placement(state, request, self.deep_budget, optimise=False)
             if placement is None and not finished and self.solver_s > 0:
                 from serdab.schedule.exact import solve_exact
 
-                solved = solve_exact(state, [request], time_limit_s=self.quick_s)  # best found quickly
-                if not solved.placements:  # none yet: look for any valid one
-                    solved = solve_exact(state, [request], time_limit_s=self.solver_s, feasibility_only=True)
+                solved = solve_exact(state, [request], time_limit_s=self.solver_s, feasibility_only=True)
                 placement = solved.placements[0] if solved.placements else None
             if placement is not None:
                 self._plans[request.id] = placement
