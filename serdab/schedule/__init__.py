@@ -1,8 +1,7 @@
 """Online privacy-aware placement of CNN layers on IoT devices (seed 003, RL-PDNN).
 
-Work in progress (issue 6): the system model, the gymnasium environment, the SB3 DQN agent (as in
-the paper, and masked), greedy/static/search baselines, stream evaluation and the exact CP-SAT
-optimum are here.
+The system model, the gymnasium environment, the SB3 DQN agent (as in the paper, and masked),
+the static / greedy / search policies, stream evaluation and the exact CP-SAT optimum.
 """
 
 from serdab.schedule.evaluate import StreamResult, feasible_exists, place_request, run_stream
