@@ -191,7 +191,7 @@ def plot_rlpdnn(result: dict[str, object], path: Path) -> None:
     labels = ["/".join(f"{share:.2f}" for share in m["mix"]) for m in mixes]
     axes[0, 2].bar(range(len(mixes)), [m["accuracy"] for m in mixes])
     axes[0, 2].set_xticks(range(len(mixes)), labels, fontsize=7)
-    axes[0, 2].set_xlabel("nexus5/rpi3/stm32h7 shares (VGG, no privacy, search)")
+    axes[0, 2].set_xlabel("nexus5/rpi3/stm32h7 mix\n(VGG, no privacy, search)")
     axes[0, 2].set_ylabel("accuracy")
     axes[1, 2].axis("off")
     fig.suptitle("Seed 003 (RL-PDNN) reproduction: simulated IoT system with the paper's device figures")
