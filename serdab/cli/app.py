@@ -11,6 +11,7 @@ import typer
 
 from serdab.cli.bench_cmd import bench_app
 from serdab.cli.demo_cmd import demo
+from serdab.cli.he_cmd import he_app
 from serdab.cli.kms_cmd import kms_app
 from serdab.cli.leakage_cmd import leakage
 from serdab.cli.models_cmd import models
@@ -41,6 +42,7 @@ app.command()(measure)
 app.command()(attest)
 app.add_typer(kms_app, name="kms")
 app.add_typer(schedule_app, name="schedule")
+app.add_typer(he_app, name="he")
 app.add_typer(bench_app, name="bench")
 
 
