@@ -42,3 +42,40 @@ def test_he_train_command(tmp_path, capsys) -> None:
     assert (tmp_path / "he_cnn5-plain.pt").exists() and (tmp_path / "he_cnn5-approx.pt").exists()
     assert main(["he", "train", "--net", "lenet"]) == 2
     assert "unknown HE net 'lenet'" in capsys.readouterr().err
+
+
+def test_depth_counts_rescales_and_refuses_non_polynomial_layers() -> None:
+    import pytest
+
+    from serdab.errors import ModelError
+    from serdab.he.params import multiplicative_depth
+
+    assert multiplicative_depth(approximate(small.he_cnn5())) == 5  # conv, x^2, fc, x^2, fc
+    assert multiplicative_depth(approximate(small.he_cnn6())) == 7
+    with pytest.raises(ModelError, match="approximate the model first"):
+        multiplicative_depth(small.he_cnn5())
+
+
+def test_ckks_parameters_are_the_smallest_secure_ring_and_work_in_seal() -> None:
+    import pytest
+    import tenseal as ts
+
+    from serdab.errors import ModelError
+    from serdab.he.params import MAX_COEFF_BITS_128, choose_ckks
+
+    params = choose_ckks(5, slots_needed=784)  # 60 + 5 x 40 + 60 = 320 bits: more than N=8192 allows
+    assert params.poly_modulus_degree == 16384 and params.total_bits <= MAX_COEFF_BITS_128[16384]
+    assert choose_ckks(3).poly_modulus_degree == 16384  # 240 bits > 218
+    assert choose_ckks(2, scale_bits=30, integer_bits=10).poly_modulus_degree == 8192  # 40 + 60 + 40 = 140 > 109
+    assert choose_ckks(1, scale_bits=30, integer_bits=0, slots_needed=2048).poly_modulus_degree == 4096
+    assert choose_ckks(1, scale_bits=30, integer_bits=0, slots_needed=2049).poly_modulus_degree == 8192
+    with pytest.raises(ModelError, match="more than 128-bit security allows"):
+        choose_ckks(40)
+    # SEAL accepts the parameters at 128-bit security and evaluates depth-5 circuits correctly
+    context = ts.context(ts.SCHEME_TYPE.CKKS, params.poly_modulus_degree, -1, list(params.coeff_mod_bit_sizes))
+    context.global_scale = 2**params.scale_bits
+    vector = ts.ckks_vector(context, [0.5, -1.25, 2.0])
+    for _ in range(params.depth):
+        vector = vector * 1.1
+    expected = [x * 1.1**params.depth for x in (0.5, -1.25, 2.0)]
+    assert all(abs(a - b) < 1e-4 for a, b in zip(vector.decrypt()[:3], expected, strict=True))
