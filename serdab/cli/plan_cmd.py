@@ -20,6 +20,7 @@ from serdab.plan.simulate import simulate
 from serdab.privacy import LeakageReport, default_images, measure_leakage
 from serdab.privacy.policy import allowed_cuts, parse_policy
 from serdab.profile import Profile, cached_profile
+from serdab.validation import first_error
 
 __all__ = ["plan", "plan_table"]
 
@@ -58,8 +59,7 @@ def _leakage_file(path: Path) -> LeakageReport:
     except FileNotFoundError:
         raise PolicyError(f"leakage file not found: {path}") from None
     except ValidationError as exc:
-        where = ".".join(str(p) for p in exc.errors()[0]["loc"]) or "top level"
-        raise PolicyError(f"{path} is not a `serdab leakage --json` report: {where}") from None
+        raise PolicyError(f"{path} is not a `serdab leakage --json` report: {first_error(exc)}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError(f"cannot read leakage report {path}: {exc}") from None
 

@@ -26,7 +26,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from serdab.errors import AttestationError, KmsError, KmsRefusedError, SerdabError, UnknownServiceError
+from serdab.errors import AttestationError, KmsRefusedError, SerdabError, UnknownServiceError
 from serdab.kms.service import KeyService
 from serdab.kms.state import ServicePolicy
 
@@ -153,10 +153,7 @@ def create_app(
     @app.post("/v1/replica/storage-key")
     async def storage_key(request: Request) -> Response:
         body = await _cbor_body(request)
-        try:
-            envelope = share_storage_key(body["document"])
-        except KmsError:
-            raise
+        envelope = share_storage_key(body["document"])
         return Response(cbor2.dumps({"envelope": envelope}), media_type=CBOR)
 
     return app

@@ -28,6 +28,7 @@ from serdab.profile.counts import (
     block_peak_activation_bytes,
     initializer_bytes,
 )
+from serdab.validation import first_error
 
 __all__ = ["BlockProfile", "Profile", "ProfileFileError", "Progress", "latency_stats", "profile_chain"]
 
@@ -84,9 +85,7 @@ class Profile(BaseModel):
         except FileNotFoundError:
             raise ProfileFileError(f"profile file not found: {path}") from None
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "top level"
-            raise ProfileFileError(f"{path} is not a Serdab profile: {where}: {err['msg']}") from None
+            raise ProfileFileError(f"{path} is not a Serdab profile: {first_error(exc)}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ProfileFileError(f"cannot read profile {path}: {exc}") from None
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serdab.schedule.exact import solve_exact
 from serdab.schedule.policies import Policy
 from serdab.schedule.search import search_placement
 from serdab.schedule.system import Request, SystemConfig, SystemState
@@ -45,8 +46,6 @@ def feasible_exists(state: SystemState, request: Request, budget: int = 2_000, s
         return True
     if finished:
         return False
-    from serdab.schedule.exact import solve_exact
-
     status = solve_exact(state, [request], time_limit_s=solver_s, feasibility_only=True).status
     return {"infeasible": False, "unknown": None}.get(status, True)
 

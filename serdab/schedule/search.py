@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from serdab.schedule.exact import solve_exact
 from serdab.schedule.policies import GreedyPolicy, Policy
 from serdab.schedule.system import Request, SystemState, privacy_allows
 
@@ -163,8 +164,6 @@ class SearchPolicy(Policy):
             if placement is None and not finished:  # a deeper search for any valid placement
                 placement, finished = search_placement(state, request, self.deep_budget, optimise=False)
             if placement is None and not finished and self.solver_s > 0:
-                from serdab.schedule.exact import solve_exact
-
                 solved = solve_exact(state, [request], time_limit_s=self.solver_s, feasibility_only=True)
                 placement = solved.placements[0] if solved.placements else None
             if placement is not None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, ValidationError
 
 from serdab.errors import EnclaveImageError
+from serdab.validation import first_error
 
 __all__ = [
     "PCR_APP",
@@ -100,9 +101,7 @@ def load_manifest(image: Path) -> ImageManifest:
     except FileNotFoundError:
         raise EnclaveImageError(f"{image} is not an enclave image: no {MANIFEST}") from None
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "top level"
-        raise EnclaveImageError(f"{path}: {where}: {err['msg']}") from None
+        raise EnclaveImageError(f"{path}: {first_error(exc)}") from None
 
 
 def measure_image(image: Path) -> dict[int, bytes]:
