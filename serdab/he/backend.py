@@ -78,8 +78,9 @@ class HeBackend(ABC):
     def level(self, ct: Any) -> int: ...
 
     @abstractmethod
-    def encode_weights(self, values: np.ndarray | float, level: int) -> Any:
-        """Plaintext for multiply_plain at ``level``, scaled by the prime the next rescale drops."""
+    def encode_weights(self, values: np.ndarray | float, level: int, scale_level: int | None = None) -> Any:
+        """Plaintext for multiply_plain at ``level``, scaled by the prime the rescale drops that
+        leaves ``scale_level`` (default ``level``: the next one)."""
 
     @abstractmethod
     def encode_like(self, values: np.ndarray | float, ct: Any) -> Any:
@@ -87,6 +88,9 @@ class HeBackend(ABC):
 
     @abstractmethod
     def multiply_plain(self, ct: Any, pt: Any) -> Any: ...
+
+    @abstractmethod
+    def add(self, a: Any, b: Any) -> Any: ...
 
     @abstractmethod
     def add_inplace(self, acc: Any, ct: Any) -> None: ...
@@ -101,8 +105,17 @@ class HeBackend(ABC):
     def rescale_inplace(self, ct: Any) -> None: ...
 
     @abstractmethod
-    def square(self, ct: Any) -> Any:
-        """ct^2, relinearised and rescaled (one level)."""
+    def square(self, ct: Any, relinearize: bool = True) -> Any:
+        """ct^2, relinearised and rescaled (one level). With ``relinearize=False`` a raw square:
+        3 parts, not rescaled (rescaling a 3-part ciphertext multiplies its error by about 100,
+        measured), for a next layer that relinearises and rescales once per output."""
+
+    @abstractmethod
+    def relinearize_inplace(self, ct: Any) -> None:
+        """Back to 2 parts (a no-op when it is already); rotations need it."""
+
+    @abstractmethod
+    def parts(self, ct: Any) -> int: ...
 
 
 BACKENDS: dict[str, type[HeBackend]] = {}

@@ -39,10 +39,7 @@ def run_packed(encoded: EncodedProgram, backend: HeBackend, ct: Any, upto: int |
     """Run the first ``upto`` steps (all by default) on ``ct``; returns the output ciphertext."""
     steps = encoded.program.steps[:upto]
     for step, plaintexts in zip(steps, encoded.plaintexts, strict=False):
-        if isinstance(step, SquareStep):
-            ct = backend.square(ct)
-        else:
-            ct = _linear(step, plaintexts, backend, ct)
+        ct = backend.square(ct) if isinstance(step, SquareStep) else _linear(step, plaintexts, backend, ct)
     return ct
 
 

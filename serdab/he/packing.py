@@ -232,7 +232,7 @@ def _spatial(
             j = co * out_h * out_w + pixel
             p = replica * block + phases[group] + anchors[pixel]
             out_positions[j, 0] = p
-            for i in np.nonzero(rows[co, pixel])[0]:
+            for i in np.nonzero(np.abs(rows[co, pixel]) > 1e-12)[0]:
                 q = layout.positions[i, 0] + replica * block
                 baby = int(q - p - (-phases[group])) % slots
                 row = terms.setdefault(giant, {})
@@ -263,7 +263,7 @@ def _fold(
     baby_size = min(BABY, m)
     q = layout.positions[:, 0] % layout.period
     terms: dict[int, dict[int, np.ndarray]] = {}
-    js, iis = np.nonzero(weights)
+    js, iis = np.nonzero(np.abs(weights) > 1e-12)
     d = (q[iis] - js) % m
     k = (q[iis] - d) % period
     for value, dd, kk in zip(weights[js, iis], d, k, strict=True):

@@ -160,9 +160,9 @@ class TensealCkks(HeBackend):
             return array
         return np.concatenate([array, np.zeros(self.slots - array.size)])
 
-    def encode_weights(self, values: np.ndarray | float, level: int) -> Any:
+    def encode_weights(self, values: np.ndarray | float, level: int, scale_level: int | None = None) -> Any:
         plain = seal.Plaintext()
-        scale = float(self._primes[level])
+        scale = float(self._primes[level if scale_level is None else scale_level])
         if np.ndim(values) == 0:
             self.encoder.encode(float(values), self._parms_ids[level], scale, plain)
         else:
@@ -182,6 +182,11 @@ class TensealCkks(HeBackend):
         self.evaluator.multiply_plain(ct, pt, out)
         return out
 
+    def add(self, a: Any, b: Any) -> Any:
+        out = seal.Ciphertext()
+        self.evaluator.add(a, b, out)
+        return out
+
     def add_inplace(self, acc: Any, ct: Any) -> None:
         self.evaluator.add_inplace(acc, ct)
 
@@ -191,7 +196,7 @@ class TensealCkks(HeBackend):
     def rotate(self, ct: Any, step: int) -> Any:
         step %= self.slots
         if step == 0:
-            return seal.Ciphertext(ct)
+            return ct  # callers never modify a rotation's result in place
         if step not in self._steps:
             raise HeError(f"no Galois key for a rotation by {step}: the client must generate it")
         out = seal.Ciphertext()
@@ -201,9 +206,17 @@ class TensealCkks(HeBackend):
     def rescale_inplace(self, ct: Any) -> None:
         self.evaluator.rescale_to_next_inplace(ct)
 
-    def square(self, ct: Any) -> Any:
+    def square(self, ct: Any, relinearize: bool = True) -> Any:
         out = seal.Ciphertext()
         self.evaluator.square(ct, out)
-        self.evaluator.relinearize_inplace(out, self._relin)
-        self.evaluator.rescale_to_next_inplace(out)
+        if relinearize:
+            self.evaluator.relinearize_inplace(out, self._relin)
+            self.evaluator.rescale_to_next_inplace(out)
         return out
+
+    def parts(self, ct: Any) -> int:
+        return ct.size()
+
+    def relinearize_inplace(self, ct: Any) -> None:
+        if ct.size() > 2:
+            self.evaluator.relinearize_inplace(ct, self._relin)

@@ -21,9 +21,12 @@ from serdab.errors import ModelError
 from serdab.he.approx import approximate
 from serdab.models import small
 
-__all__ = ["NETS", "TrainResult", "digits_28", "train_net"]
+__all__ = ["NETS", "TRANSFER_LAYER", "TrainResult", "digits_28", "train_net", "trained"]
 
 NETS = {"he_cnn6": small.he_cnn6, "he_cnn5": small.he_cnn5}
+# transfer mode default: seed 004 Fig. 4 takes the first 4 layers of the 6-layer net; the
+# 5-layer net is cut after its first fully connected layer and its square (72 features)
+TRANSFER_LAYER = {"he_cnn6": 4, "he_cnn5": 6}
 
 
 @dataclass(frozen=True)
@@ -74,3 +77,25 @@ def train_net(net: str, approximated: bool, epochs: int = 30, seed: int = 0, lr:
     finally:
         torch.set_num_threads(threads)
     return TrainResult(net, approximated, model, accuracy, time.perf_counter() - started)
+
+
+def trained(net: str, approximated: bool = True, epochs: int = 30, seed: int = 0) -> nn.Module:
+    """The trained net from the cache ($SERDAB_CACHE_DIR/he), training it first (seconds) when absent."""
+    from serdab.models.load import cache_dir
+
+    kind = "approx" if approximated else "plain"
+    path = cache_dir() / "he" / f"{net}-{kind}-e{epochs}-s{seed}.pt"
+    if net not in NETS:
+        raise ModelError(f"unknown HE net {net!r}; choose one of {', '.join(NETS)}")
+    model = NETS[net]()
+    if approximated:
+        model = approximate(model)
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+    model = train_net(net, approximated, epochs=epochs, seed=seed).model
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    torch.save(model.state_dict(), partial)
+    partial.replace(path)
+    return model.eval()

@@ -1,0 +1,127 @@
+"""Batch mode: slot = image. One ciphertext per input value, each holding up to N/2 images.
+
+No rotations at all: a layer is a sparse linear combination of ciphertexts with plaintext
+scalars, so cost grows with the number of weights, not with the packing. Average pooling is a
+plain sum here (its 1/k^2 goes into the next layer's weights), so it costs no level and no
+product; convolutions are kept separate from the pooling that follows for the same reason. Squares are
+left raw (3 parts, not rescaled): the next layer's products and sums take them and relinearise,
+then rescale twice, once per output: 1296 squares but 72 relinearisations on the 5-layer net (a
+relinearisation costs ~15 squares here).
+For throughput jobs (many images, one client); a single image should use the packed mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from serdab.errors import ModelError
+from serdab.he.approx import Square
+from serdab.he.backend import HeBackend
+from serdab.he.packing import affine_map
+
+__all__ = ["BatchOp", "BatchProgram", "compile_batch", "run_batch"]
+
+
+@dataclass
+class BatchOp:
+    kind: str  # "affine", "sum" or "square"
+    rows: list[tuple[np.ndarray, np.ndarray]]  # per output: input indices and weights (affine, sum)
+    bias: np.ndarray
+    end: int  # modules of the Sequential consumed after this op
+    shape: tuple[int, ...]
+
+
+@dataclass
+class BatchProgram:
+    input_shape: tuple[int, ...]
+    ops: list[BatchOp]
+
+    @property
+    def depth(self) -> int:
+        return sum(op.kind != "sum" for op in self.ops)
+
+
+def compile_batch(model: nn.Sequential, in_shape: tuple[int, ...]) -> BatchProgram:
+    ops: list[BatchOp] = []
+    shape = tuple(in_shape)
+    factor = 1.0  # pending 1/k^2 of a pooling sum, applied by the next affine layer
+    for index, module in enumerate(model):
+        if isinstance(module, nn.Flatten | nn.Identity):
+            shape = (int(np.prod(shape)),) if isinstance(module, nn.Flatten) else shape
+            continue
+        if isinstance(module, Square):
+            ops.append(BatchOp("square", [], np.zeros(0), index + 1, shape))
+            continue
+        if not isinstance(module, nn.Conv2d | nn.Linear | nn.AvgPool2d):
+            raise ModelError(
+                f"{type(module).__name__} (layer {index}) cannot run under HE: approximate the model first"
+            )
+        weights, bias, shape = affine_map(module, shape)
+        if isinstance(module, nn.AvgPool2d):
+            values = np.unique(np.round(weights[weights != 0], 12))
+            if len(values) == 1 and not bias.any():
+                factor *= float(values[0])
+                rows = [(np.nonzero(row)[0], np.ones(np.count_nonzero(row))) for row in weights]
+                ops.append(BatchOp("sum", rows, bias, index + 1, shape))
+                continue
+        weights = weights * factor
+        factor = 1.0
+        rows = []
+        for row in weights:
+            used = np.nonzero(np.abs(row) > 1e-12)[0]
+            if used.size == 0:
+                raise ModelError(f"layer {index} has an output that depends on no input; HE cannot encrypt a constant")
+            rows.append((used, row[used]))
+        ops.append(BatchOp("affine", rows, bias, index + 1, shape))
+    if factor != 1.0:
+        raise ModelError("the model ends with average pooling; add a layer after it")
+    return BatchProgram(tuple(in_shape), ops)
+
+
+def run_batch(program: BatchProgram, backend: HeBackend, cts: list[Any], upto: int | None = None) -> list[Any]:
+    """Run the ops that end at or before module count ``upto`` (all by default)."""
+    ops = [op for op in program.ops if upto is None or op.end <= upto]
+    for number, op in enumerate(ops, start=1):
+        if op.kind == "square":  # raw unless it is the last op; the next affine op finishes it
+            cts = [backend.square(ct, relinearize=number == len(ops)) for ct in cts]
+        elif op.kind == "sum":
+            cts = [_sum([cts[i] for i in used], backend) for used, _ in op.rows]
+        else:
+            cts = [
+                _affine(cts, used, weights, bias, backend)
+                for (used, weights), bias in zip(op.rows, op.bias, strict=True)
+            ]
+    return cts
+
+
+def _sum(items: list[Any], backend: HeBackend) -> Any:
+    if len(items) == 1:
+        return items[0]
+    total = backend.add(items[0], items[1])
+    for item in items[2:]:
+        backend.add_inplace(total, item)
+    return total
+
+
+def _affine(cts: list[Any], used: np.ndarray, weights: np.ndarray, bias: float, backend: HeBackend) -> Any:
+    level = backend.level(cts[used[0]])
+    raw = backend.parts(cts[used[0]]) == 3  # a raw square: this layer also does its relin and rescale
+    scale_level = level - 1 if raw else level
+    total = None
+    for index, weight in zip(used, weights, strict=True):
+        product = backend.multiply_plain(cts[index], backend.encode_weights(float(weight), level, scale_level))
+        if total is None:
+            total = product
+        else:
+            backend.add_inplace(total, product)
+    backend.relinearize_inplace(total)  # once per output, not once per squared input
+    backend.rescale_inplace(total)
+    if raw:
+        backend.rescale_inplace(total)
+    if bias:
+        backend.add_plain_inplace(total, backend.encode_like(float(bias), total))
+    return total
