@@ -57,25 +57,35 @@ def test_depth_counts_rescales_and_refuses_non_polynomial_layers() -> None:
 
 
 def test_ckks_parameters_are_the_smallest_secure_ring_and_work_in_seal() -> None:
+    import numpy as np
     import pytest
-    import tenseal as ts
 
     from serdab.errors import ModelError
+    from serdab.he.backend import backend_for
     from serdab.he.params import MAX_COEFF_BITS_128, choose_ckks
 
-    params = choose_ckks(5, slots_needed=784)  # 60 + 5 x 40 + 60 = 320 bits: more than N=8192 allows
-    assert params.poly_modulus_degree == 16384 and params.total_bits <= MAX_COEFF_BITS_128[16384]
-    assert choose_ckks(3).poly_modulus_degree == 16384  # 240 bits > 218
-    assert choose_ckks(2, scale_bits=30, integer_bits=10).poly_modulus_degree == 8192  # 40 + 60 + 40 = 140 > 109
-    assert choose_ckks(1, scale_bits=30, integer_bits=0, slots_needed=2048).poly_modulus_degree == 4096
-    assert choose_ckks(1, scale_bits=30, integer_bits=0, slots_needed=2049).poly_modulus_degree == 8192
-    with pytest.raises(ModelError, match="more than 128-bit security allows"):
+    params = choose_ckks(5, slots_needed=784)  # the 5-layer net: 36 + 5 x 27 + 47 = 218 bits fit N=8192
+    assert params.poly_modulus_degree == 8192 and params.coeff_mod_bit_sizes == (36, 27, 27, 27, 27, 27, 47)
+    assert params.total_bits <= MAX_COEFF_BITS_128[8192]
+    six = choose_ckks(7, slots_needed=784)  # the 6-layer net: even 2^25 needs 34 + 175 + 44 > 218
+    assert six.poly_modulus_degree == 16384 and six.scale_bits == 40 and six.coeff_mod_bit_sizes[-1] == 60
+    assert choose_ckks(1).poly_modulus_degree == 4096
+    assert choose_ckks(1, slots_needed=2049).poly_modulus_degree == 8192
+    assert choose_ckks(5, poly_modulus_degree=16384).scale_bits == 40
+    for depth in range(1, 12):  # the special prime stays 10 bits above the first (rotation noise)
+        chosen = choose_ckks(depth)
+        assert chosen.coeff_mod_bit_sizes[-1] >= min(60, chosen.coeff_mod_bit_sizes[0] + 10)
+        assert chosen.total_bits <= MAX_COEFF_BITS_128[chosen.poly_modulus_degree]
+    with pytest.raises(ModelError, match="more coefficient bits than 128-bit security allows"):
         choose_ckks(40)
-    # SEAL accepts the parameters at 128-bit security and evaluates depth-5 circuits correctly
-    context = ts.context(ts.SCHEME_TYPE.CKKS, params.poly_modulus_degree, -1, list(params.coeff_mod_bit_sizes))
-    context.global_scale = 2**params.scale_bits
-    vector = ts.ckks_vector(context, [0.5, -1.25, 2.0])
+    with pytest.raises(ModelError, match="N=4096"):
+        choose_ckks(5, poly_modulus_degree=4096)
+    # SEAL accepts the parameters at 128-bit security and evaluates a depth-5 circuit correctly
+    backend = backend_for(params)
+    backend.generate_keys([])
+    ct = backend.encrypt(np.array([0.5, -1.25, 2.0]))
     for _ in range(params.depth):
-        vector = vector * 1.1
-    expected = [x * 1.1**params.depth for x in (0.5, -1.25, 2.0)]
-    assert all(abs(a - b) < 1e-4 for a, b in zip(vector.decrypt()[:3], expected, strict=True))
+        ct = backend.multiply_plain(ct, backend.encode_weights(1.1, backend.level(ct)))
+        backend.rescale_inplace(ct)
+    assert backend.level(ct) == 0
+    assert np.allclose(backend.decrypt(ct)[:3], np.array([0.5, -1.25, 2.0]) * 1.1**5, atol=1e-3)

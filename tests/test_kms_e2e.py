@@ -81,8 +81,14 @@ def test_two_replicas_two_enclaves_one_service(world) -> None:
             assert tls.recv(16) == b"frame"
     with pytest.raises(KmsError, match="not an enclave of echo"):  # fails closed on anything else
         connect_service(client, "echo", ("127.0.0.1", int(url_a.rsplit(":", 1)[1])))
-    with open_service(url_a, "echo", ("127.0.0.1", info[1]["port"]), expected_kms_pcrs=kms_pcrs,
-                      allow_simulated=True, simulated_roots=roots) as tls:  # the one-call form
+    with open_service(
+        url_a,
+        "echo",
+        ("127.0.0.1", info[1]["port"]),
+        expected_kms_pcrs=kms_pcrs,
+        allow_simulated=True,
+        simulated_roots=roots,
+    ) as tls:  # the one-call form
         tls.sendall(b"one call")
         assert tls.recv(16) == b"one call"
 

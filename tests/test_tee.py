@@ -41,7 +41,7 @@ from serdab.tee.sealing import seal, unseal
 from serdab.tee.verify import AWS_NITRO_ROOT_SHA256, aws_nitro_root
 from serdab.testing import craft_document
 
-APP = '''
+APP = """
 import time
 from serdab.tee import NsmClient
 
@@ -52,7 +52,7 @@ def main(args):
     nsm.resident(60 * 2**20)
     nsm.ready(unsealed=nsm.unseal(blob).decode(), pid_args=args, slowdown=nsm.access())
     time.sleep(60)
-'''
+"""
 
 
 @pytest.fixture

@@ -36,11 +36,18 @@ class CallStats:
 
 class Client:
     def __init__(
-        self, url: str = "http://127.0.0.1:8600", model: str = "he_cnn5", *, json: bool = False, timeout: float = 600
+        self,
+        url: str = "http://127.0.0.1:8600",
+        model: str = "he_cnn5",
+        *,
+        json: bool = False,
+        timeout: float = 600,
+        http: httpx.Client | None = None,
     ) -> None:
+        """Open a session on ``model``; ``http`` replaces the HTTP client (tests pass an in-process one)."""
         self.url = url.rstrip("/")
         self.json = json
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._http = http or httpx.Client(base_url=self.url, timeout=timeout)
         self.spec = ModelSpec.model_validate(self._call("GET", f"/v1/models/{model}").json())
         self.params = CkksParams.from_dict(self.spec.params)
         self.backend = backend_for(self.params, self.spec.backend)

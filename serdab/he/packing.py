@@ -209,6 +209,8 @@ def _spatial(
     for pixel in range(out_h * out_w):
         used = np.nonzero(np.abs(rows[:, pixel, :]).sum(axis=0))[0] % (height * width)
         anchors[pixel] = (used // width).min() * width + (used % width).min()
+    if len(set(anchors.tolist())) < len(anchors):  # zero padding clips border windows: no shared anchor grid
+        return None
     # one phase per channel group, placed in the holes between anchors
     taken: set[int] = set()
     phases: list[int] = []
@@ -217,7 +219,8 @@ def _spatial(
         for dy, dx in candidates:
             phase = dy * width + dx
             spots = {a * block + phase + int(p) for a in range(copies) for p in anchors}
-            if phase not in phases and not spots & taken and max(spots) < slots:
+            fits = len(spots) == copies * len(anchors) and max(spots) < slots
+            if phase not in phases and fits and not spots & taken:
                 phases.append(phase)
                 taken |= spots
                 break

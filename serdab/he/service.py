@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
+import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -128,6 +130,12 @@ def create_app(models: dict[str, HeModel], max_sessions: int = 4) -> FastAPI:
     async def _http_error(_: Request, error: HttpError) -> JSONResponse:
         return JSONResponse({"detail": error.detail}, status_code=error.status)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        return JSONResponse({"detail": f"{where}: {first['msg']}"}, status_code=422)
+
     @app.exception_handler(HeError)
     async def _he_error(_: Request, error: HeError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=400)
@@ -226,6 +234,9 @@ def create_app(models: dict[str, HeModel], max_sessions: int = 4) -> FastAPI:
                 raise HttpError(400, "body must be a CBOR list of ciphertext byte strings")
             model, backend = session.model, session.backend
             cut = model.program.cuts()[_steps(model, layer) - 1]
+            size = int(np.prod(model.input_shape))
+            if len(items) != size:
+                raise HttpError(400, f"batch mode takes one ciphertext per input value ({size}), got {len(items)}")
             cts = [backend.from_bytes(item, level=backend.top_level) for item in items]
             out = model.infer_batch(backend, cts, cut)
             return cbor2.dumps([backend.to_bytes(ct) for ct in out]), time.perf_counter() - started, cut
