@@ -92,11 +92,13 @@ def test_recall_round_trip_through_the_real_service(client: Client, reference: H
 def test_transfer_mode_returns_the_chosen_layers_features(client: Client, reference: HeModel) -> None:
     image = digits_28()[2][7].numpy()
     default = client.features(image)
-    assert default.shape == (72,)  # after the first fully connected layer and its square
-    assert np.abs(default - reference.reference(image, 6)[0]).max() < 1e-2
-    conv = client.features(image, layer=2)
+    assert default.shape == (144,)  # seed 004's first 4 layers: conv, x^2, pooling, flatten
+    assert np.abs(default - reference.reference(image, 4)[0]).max() < 1e-2
+    conv = client.features(image, layer=2)  # conv + x^2: part of the recall program, keys already there
     assert conv.shape == (16, 9, 9)
     assert np.abs(conv - reference.reference(image, 2)[0]).max() < 1e-3
+    fc1 = client.features(image, layer=5)  # the first fully connected layer alone
+    assert fc1.shape == (72,) and np.abs(fc1 - reference.reference(image, 5)[0]).max() < 1e-2
 
 
 def test_json_and_base64_endpoints(server: str, reference: HeModel) -> None:
@@ -129,7 +131,7 @@ def _bad_inputs(http: httpx.Client, client: Client) -> None:
     status(http.post("/v1/sessions/nope/infer", content=b"x", headers=binary), 404, "no session")
     status(http.get("/v1/models/resnet50"), 404, "no model")
     ct = client.backend.to_bytes(client.backend.encrypt(client.spec.pack(np.zeros(784), client.params.slots)))
-    status(http.post(infer, params={"layer": 3}, content=ct, headers=binary), 422, "cut points")
+    status(http.post(infer, params={"layer": 9}, content=ct, headers=binary), 422, "layers 1..6")
     squared = client.backend.to_bytes(client.backend.square(client.backend.encrypt(np.ones(4))))
     status(http.post(infer, content=squared, headers=binary), 400, "level")
     status(http.post(f"{infer}-json", json={"ciphertext": "***"}), 400, "base64")
@@ -137,7 +139,7 @@ def _bad_inputs(http: httpx.Client, client: Client) -> None:
     cbor = {"content-type": "application/cbor"}
     status(http.post("/v1/sessions", content=b"\xff\x00", headers=cbor), 400, "CBOR")
     status(http.post("/v1/sessions", content=cbor2.dumps({"model": "he_cnn5"}), headers=cbor), 400, "must be")
-    other = backend_for(choose_ckks(5, 784, poly_modulus_degree=16384))  # right depth, wrong ring
+    other = backend_for(choose_ckks(3, 784, poly_modulus_degree=16384))  # right depth, wrong ring
     other.generate_keys([1])
     body = encode_keys("he_cnn5", other.params.as_dict(), other.export_public())
     status(http.post("/v1/sessions", content=body, headers=cbor), 422, "runs under")
@@ -168,6 +170,19 @@ def test_batch_endpoint_slot_per_image_in_process() -> None:
         assert features.shape == (20, 2, 4, 4)
         with pytest.raises(HeError, match="at most"):
             c.predict_batch(np.zeros((c.params.slots + 1, 25)))
+
+
+def test_a_session_without_a_cuts_keys_is_told_so() -> None:
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Flatten(), nn.Linear(25, 20), nn.Linear(20, 3)).eval()
+    model = HeModel("tiny", module, (1, 5, 5))  # recall: one 25 -> 3 map; layer 2 alone folds 20 outputs
+    client, server = model.new_backend(), model.new_backend()
+    client.generate_keys(model.rotation_steps([None]))  # recall only
+    server.load_public(client.export_public())
+    ct = client.encrypt(model.program.input.pack(np.ones(25), model.params.slots))
+    assert model.infer(server, ct).size() == 2
+    with pytest.raises(HeError, match="lack rotation steps .* layer 2 needs"):
+        model.infer(server, ct, layer=2)
 
 
 def test_a_model_that_disagrees_with_its_plaintext_is_refused() -> None:

@@ -79,7 +79,7 @@ def serve(
         table.add_row(
             name,
             served.params.describe(),
-            str(len(served.program.rotation_steps())),
+            str(len(served.rotation_steps())),
             f"{check.max_error:.1e} (<= {check.tolerance:.1e}, same class)",
             f"{check.seconds:.1f}",
         )
@@ -137,7 +137,7 @@ def infer(
         raise HeError(f"mode must be recall or transfer, not {mode!r}")
     pixels, label = read_image(image)
     with err_console.status("generating keys and opening a session ..."):
-        client = Client(url, model, json=json_api)
+        client = Client(url, model, json=json_api, layers=[layer] if layer else None)
     with client:
         with err_console.status("encrypted inference ..."):
             values = client.predict(pixels) if mode == "recall" else client.features(pixels, layer)

@@ -8,9 +8,9 @@ or to batch mode (``batch``: slot = image), served over HTTP (``service``) to ``
 """
 
 from serdab.he.approx import Square, approximate
-from serdab.he.params import CkksParams, choose_ckks, multiplicative_depth
 from serdab.he.client import Client
 from serdab.he.model import HeModel
+from serdab.he.params import CkksParams, choose_ckks, multiplicative_depth
 from serdab.he.train import TrainResult, digits_28, train_net
 
 __all__ = [

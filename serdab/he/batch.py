@@ -61,7 +61,8 @@ def compile_batch(model: nn.Sequential, in_shape: tuple[int, ...]) -> BatchProgr
                 f"{type(module).__name__} (layer {index}) cannot run under HE: approximate the model first"
             )
         weights, bias, shape = affine_map(module, shape)
-        if isinstance(module, nn.AvgPool2d):
+        later = any(isinstance(m, nn.Conv2d | nn.Linear) for m in list(model)[index + 1 :])
+        if isinstance(module, nn.AvgPool2d) and later:
             values = np.unique(np.round(weights[weights != 0], 12))
             if len(values) == 1 and not bias.any():
                 factor *= float(values[0])
@@ -77,8 +78,6 @@ def compile_batch(model: nn.Sequential, in_shape: tuple[int, ...]) -> BatchProgr
                 raise ModelError(f"layer {index} has an output that depends on no input; HE cannot encrypt a constant")
             rows.append((used, row[used]))
         ops.append(BatchOp("affine", rows, bias, index + 1, shape))
-    if factor != 1.0:
-        raise ModelError("the model ends with average pooling; add a layer after it")
     return BatchProgram(tuple(in_shape), ops)
 
 

@@ -42,9 +42,11 @@ class Client:
         *,
         json: bool = False,
         timeout: float = 600,
+        layers: list[int] | None = None,
         http: httpx.Client | None = None,
     ) -> None:
-        """Open a session on ``model``; ``http`` replaces the HTTP client (tests pass an in-process one)."""
+        """Open a session on ``model`` with Galois keys for recall, the model's transfer layer and
+        ``layers`` (more transfer cut points); ``http`` replaces the HTTP client (tests pass one)."""
         self.url = url.rstrip("/")
         self.json = json
         self._http = http or httpx.Client(base_url=self.url, timeout=timeout)
@@ -52,7 +54,8 @@ class Client:
         self.params = CkksParams.from_dict(self.spec.params)
         self.backend = backend_for(self.params, self.spec.backend)
         started = time.perf_counter()
-        self.backend.generate_keys(self.spec.cut(None).rotation_steps)
+        wanted = [self.spec.recall_layer, self.spec.transfer_layer, *(layers or [])]
+        self.backend.generate_keys(set().union(*(self.spec.cut(layer).rotation_steps for layer in wanted)))
         self.keygen_s = time.perf_counter() - started
         keys = self.backend.export_public()
         self.key_bytes = sum(len(v) for v in keys.values())

@@ -8,6 +8,7 @@ A model that disagrees is refused, so a server never answers with silently wrong
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,8 @@ class SelfTest:
 
 
 class HeModel:
+    """One net under one CKKS parameter set; any prefix of it (transfer mode) compiles on demand."""
+
     def __init__(
         self,
         name: str,
@@ -55,12 +58,13 @@ class HeModel:
         depth = len(affine_segments(module))
         self.params = params or choose_ckks(depth, slots_needed=int(np.prod(input_shape)))
         self.backend_name = backend
-        self.program: PackedProgram = compile_packed(module, self.input_shape, self.params.slots, self.params.depth)
-        self.batch: BatchProgram = compile_batch(module, self.input_shape)
+        self.recall_layer = len(module)
+        self.transfer_layer = transfer_layer if transfer_layer and 0 < transfer_layer < len(module) else 1
         self._backend = backend_for(self.params, backend)
-        self._encoded: EncodedProgram | None = None
-        cuts = self.program.cuts()
-        self.transfer_layer = transfer_layer if transfer_layer in cuts else cuts[-2] if len(cuts) > 1 else cuts[-1]
+        self._packed: dict[int, PackedProgram] = {}
+        self._encoded: dict[int, EncodedProgram] = {}
+        self._batch: dict[int, BatchProgram] = {}
+        self.program = self.packed()  # the recall program; compiling it checks the model fits the parameters
 
     @classmethod
     def trained(cls, net: str, poly_modulus_degree: int | None = None, epochs: int = 30, seed: int = 0) -> HeModel:
@@ -71,16 +75,38 @@ class HeModel:
             params = choose_ckks(len(affine_segments(module)), 784, poly_modulus_degree=poly_modulus_degree)
         return cls(net, module, (1, 28, 28), params, transfer_layer=TRANSFER_LAYER.get(net))
 
+    # programs, one per cut point
+    def layer(self, layer: int | None) -> int:
+        layer = self.recall_layer if layer is None else layer
+        if not 1 <= layer <= self.recall_layer:
+            raise HeError(f"{self.name} has layers 1..{self.recall_layer}; cannot return its result after {layer}")
+        return layer
+
+    def packed(self, layer: int | None = None) -> PackedProgram:
+        layer = self.layer(layer)
+        if layer not in self._packed:
+            self._packed[layer] = compile_packed(
+                self.module[:layer], self.input_shape, self.params.slots, self.params.depth
+            )
+        return self._packed[layer]
+
+    def rotation_steps(self, layers: list[int | None] | None = None) -> set[int]:
+        """Galois keys for the recall program and the given cut points (default: the transfer one)."""
+        wanted = [None, self.transfer_layer] if layers is None else layers
+        return set().union(*(self.packed(layer).rotation_steps() for layer in wanted))
+
     # the contract with clients
     def spec(self) -> ModelSpec:
         cuts = []
-        for number, step in enumerate(self.program.steps, start=1):
+        for layer in range(1, self.recall_layer + 1):
+            program = self.packed(layer)
+            out = program.steps[-1].out
             cuts.append(
                 CutSpec(
-                    layer=step.end,
-                    shape=list(step.out.shape),
-                    positions=step.out.positions[:, 0].tolist(),
-                    rotation_steps=sorted(self.program.rotation_steps(number)),
+                    layer=layer,
+                    shape=list(out.shape),
+                    positions=out.positions[:, 0].tolist(),
+                    rotation_steps=sorted(program.rotation_steps()),
                 )
             )
         return ModelSpec(
@@ -90,48 +116,48 @@ class HeModel:
             input_shape=list(self.input_shape),
             input_positions=self.program.input.positions.tolist(),
             cuts=cuts,
-            recall_layer=cuts[-1].layer,
+            recall_layer=self.recall_layer,
             transfer_layer=self.transfer_layer,
-            batch_cuts=self.program.cuts(),
+            batch_cuts=list(range(1, self.recall_layer + 1)),
         )
 
-    def steps_until(self, layer: int | None) -> int:
-        layer = self.program.cuts()[-1] if layer is None else layer
-        if layer not in self.program.cuts():
-            raise HeError(
-                f"{self.name} cannot return its result after layer {layer}; cut points: "
-                + ", ".join(map(str, self.program.cuts()))
-            )
-        return self.program.cuts().index(layer) + 1
-
     # evaluation (server side)
-    def encoded(self) -> EncodedProgram:
-        if self._encoded is None:
-            self._encoded = encode_program(self.program, self._backend)
-        return self._encoded
+    def encoded(self, layer: int | None = None) -> EncodedProgram:
+        layer = self.layer(layer)
+        if layer not in self._encoded:
+            self._encoded[layer] = encode_program(self.packed(layer), self._backend)
+        return self._encoded[layer]
 
     def new_backend(self) -> HeBackend:
         return backend_for(self.params, self.backend_name)
 
     def infer(self, backend: HeBackend, ct: Any, layer: int | None = None) -> Any:
-        needed = self.program.rotation_steps(self.steps_until(layer))
-        missing = needed - backend.rotation_steps()
+        missing = self.packed(layer).rotation_steps() - backend.rotation_steps()
         if missing:
-            raise HeError(f"the session's Galois keys lack rotation steps {sorted(missing)[:8]}")
-        return run_packed(self.encoded(), backend, ct, self.steps_until(layer))
+            raise HeError(
+                f"the session's Galois keys lack rotation steps {sorted(missing)[:8]} that layer {self.layer(layer)} "
+                "needs: open a session with keys for it"
+            )
+        return run_packed(self.encoded(layer), backend, ct)
 
     def infer_batch(self, backend: HeBackend, cts: list[Any], layer: int | None = None) -> list[Any]:
-        if len(cts) != int(np.prod(self.input_shape)):
-            raise HeError(f"batch mode takes one ciphertext per input value ({int(np.prod(self.input_shape))})")
-        self.steps_until(layer)
-        return run_batch(self.batch, backend, cts, layer)
+        size = int(np.prod(self.input_shape))
+        if len(cts) != size:
+            raise HeError(f"batch mode takes one ciphertext per input value ({size}), got {len(cts)}")
+        layer = self.layer(layer)
+        if layer not in self._batch:
+            self._batch[layer] = compile_batch(self.module[:layer], self.input_shape)
+        return run_batch(self._batch[layer], backend, cts)
+
+    def output_shape(self, layer: int | None = None) -> tuple[int, ...]:
+        return self.packed(layer).steps[-1].out.shape
 
     def reference(self, images: np.ndarray | torch.Tensor, layer: int | None = None) -> np.ndarray:
         """The plaintext approximated net up to ``layer`` modules (float64)."""
-        block = self.module[: layer or len(self.module)]
+        block = copy.deepcopy(self.module[: self.layer(layer)]).double()
         x = torch.as_tensor(np.asarray(images), dtype=torch.float64).reshape(-1, *self.input_shape)
         with torch.no_grad():
-            return block.double()(x).numpy()
+            return block(x).numpy()
 
     def self_test(self, probe: np.ndarray | None = None) -> SelfTest:
         """Encrypt, evaluate, decrypt a probe and compare with plaintext; raise SelfTestError if off."""

@@ -105,7 +105,7 @@ class PackedProgram:
         return result
 
     def cuts(self) -> list[int]:
-        """Module counts after which the encrypted result can be returned (transfer mode)."""
+        """Module counts at which each step ends."""
         return [step.end for step in self.steps]
 
 

@@ -57,10 +57,7 @@ class ModelSpec(BaseModel):
         for cut in self.cuts:
             if cut.layer == wanted:
                 return cut
-        raise HeError(
-            f"{self.name} cannot return its result after layer {wanted}; cut points: "
-            + ", ".join(str(c.layer) for c in self.cuts)
-        )
+        raise HeError(f"{self.name} has layers 1..{self.recall_layer}; cannot return its result after {wanted}")
 
     def pack(self, image: np.ndarray, slots: int) -> np.ndarray:
         flat = np.asarray(image, dtype=np.float64).ravel()

@@ -155,7 +155,7 @@ def create_app(models: dict[str, HeModel], max_sessions: int = 4) -> FastAPI:
             raise HttpError(422, f"keys are for {theirs.describe()}; {name} runs under {model.params.describe()}")
         backend = model.new_backend()
         backend.load_public(keys)
-        missing = model.program.rotation_steps() - backend.rotation_steps()
+        missing = model.program.rotation_steps() - backend.rotation_steps()  # at least recall must work
         if missing:
             raise HttpError(422, f"Galois keys lack rotation steps {sorted(missing)[:10]} that {name} needs")
         session = Session(secrets.token_urlsafe(16), model, backend, sum(len(v) for v in keys.values()))
@@ -165,10 +165,10 @@ def create_app(models: dict[str, HeModel], max_sessions: int = 4) -> FastAPI:
     def infer(session: Session, data: bytes, layer: int | None) -> tuple[bytes, float, int]:
         started = time.perf_counter()
         model, backend = session.model, session.backend
-        steps = _steps(model, layer)
+        cut = _layer(model, layer)
         ct = backend.from_bytes(data, level=backend.top_level)
-        out = model.infer(backend, ct, model.program.cuts()[steps - 1])
-        return backend.to_bytes(out), time.perf_counter() - started, model.program.cuts()[steps - 1]
+        out = model.infer(backend, ct, cut)
+        return backend.to_bytes(out), time.perf_counter() - started, cut
 
     @app.get("/v1/health")
     def health() -> dict[str, Any]:
@@ -177,7 +177,7 @@ def create_app(models: dict[str, HeModel], max_sessions: int = 4) -> FastAPI:
     @app.get("/v1/models")
     def list_models() -> list[dict[str, Any]]:
         return [
-            {"name": m.name, "params": m.params.as_dict(), "describe": m.params.describe(), "cuts": m.program.cuts()}
+            {"name": m.name, "params": m.params.as_dict(), "describe": m.params.describe(), "layers": m.recall_layer}
             for m in models.values()
         ]
 
@@ -233,7 +233,7 @@ def create_app(models: dict[str, HeModel], max_sessions: int = 4) -> FastAPI:
             if not isinstance(items, list) or not all(isinstance(i, bytes) for i in items):
                 raise HttpError(400, "body must be a CBOR list of ciphertext byte strings")
             model, backend = session.model, session.backend
-            cut = model.program.cuts()[_steps(model, layer) - 1]
+            cut = _layer(model, layer)
             size = int(np.prod(model.input_shape))
             if len(items) != size:
                 raise HttpError(400, f"batch mode takes one ciphertext per input value ({size}), got {len(items)}")
@@ -248,8 +248,8 @@ def create_app(models: dict[str, HeModel], max_sessions: int = 4) -> FastAPI:
     return app
 
 
-def _steps(model: HeModel, layer: int | None) -> int:
+def _layer(model: HeModel, layer: int | None) -> int:
     try:
-        return model.steps_until(layer)
+        return model.layer(layer)
     except HeError as error:
         raise HttpError(422, str(error)) from None

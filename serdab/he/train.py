@@ -7,6 +7,7 @@ download. Adam, full determinism (one thread, seeded), a few seconds per net on 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 
@@ -24,9 +25,9 @@ from serdab.models import small
 __all__ = ["NETS", "TRANSFER_LAYER", "TrainResult", "digits_28", "train_net", "trained"]
 
 NETS = {"he_cnn6": small.he_cnn6, "he_cnn5": small.he_cnn5}
-# transfer mode default: seed 004 Fig. 4 takes the first 4 layers of the 6-layer net; the
-# 5-layer net is cut after its first fully connected layer and its square (72 features)
-TRANSFER_LAYER = {"he_cnn6": 4, "he_cnn5": 6}
+# transfer mode default: seed 004 Fig. 4 takes the first 4 layers of the net as the feature
+# extractor (6-layer: conv, x^2, pooling, conv; 5-layer: conv, x^2, pooling, flatten)
+TRANSFER_LAYER = {"he_cnn6": 4, "he_cnn5": 4}
 
 
 @dataclass(frozen=True)
@@ -83,13 +84,14 @@ def trained(net: str, approximated: bool = True, epochs: int = 30, seed: int = 0
     """The trained net from the cache ($SERDAB_CACHE_DIR/he), training it first (seconds) when absent."""
     from serdab.models.load import cache_dir
 
-    kind = "approx" if approximated else "plain"
-    path = cache_dir() / "he" / f"{net}-{kind}-e{epochs}-s{seed}.pt"
     if net not in NETS:
         raise ModelError(f"unknown HE net {net!r}; choose one of {', '.join(NETS)}")
     model = NETS[net]()
     if approximated:
         model = approximate(model)
+    kind = "approx" if approximated else "plain"
+    shape = hashlib.sha256(str(model).encode()).hexdigest()[:8]  # a changed architecture is retrained
+    path = cache_dir() / "he" / f"{net}-{kind}-{shape}-e{epochs}-s{seed}.pt"
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
