@@ -165,3 +165,40 @@ def bench_rlpdnn(
                       "-" if gap is None else f"{100 * gap:+.1f}%")  # fmt: skip
     console.print(table)
     err_console.print(f"wrote {json_path} and {png} in {result['wall_s']:.0f} s")
+
+
+@bench_app.command("he")
+def bench_he(
+    json_path: Annotated[Path, typer.Option("--json", help="Where to write the JSON result.")] = Path(
+        "bench/results/he.json"
+    ),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="40 + 10 images, one baseline image (about 3 minutes).")
+    ] = False,
+) -> None:
+    """Seed 004 (HE-DL): packed CKKS recall, transfer and batch modes vs one BFV ciphertext per pixel."""
+    from serdab.bench.he_bench import plot_he_bench, run_he_bench  # imports SEAL and torch: only when asked
+
+    with err_console.status("HE benchmark") as status:
+        result = run_he_bench(quick, progress=status.update)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    png = json_path.with_suffix(".png")
+    plot_he_bench(result, png)
+    table = Table(title=f"HE inference per image at {result['link_bits_per_s'] / 1e6:.1f} Mb/s (seed 004's link)")
+    for column in ("net", "mode", "N", "images", "client s", "upload KiB", "server s", "e2e s", "keys MiB",
+                   "acc plain", "acc approx", "acc encrypted"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("net", "mode") else "right")
+    for r in result["rows"]:
+        table.add_row(r["net"], r["mode"], str(r["params"]["poly_modulus_degree"]), str(r["images"]),
+                      f"{r['client_s']:.4f}", f"{r['upload_bytes'] / 1024:.0f}", f"{r['server_s']:.4f}",
+                      f"{r['e2e_s']:.4f}", f"{r['key_bytes'] / 2**20:.0f}", f"{r['acc_plain']:.3f}",
+                      f"{r['acc_approx']:.3f}", f"{r['acc_encrypted']:.3f}")  # fmt: skip
+    b = result["baseline"]
+    table.add_row(b["net"], "baseline BFV/pixel", str(b["params"]["poly_modulus_degree"]), str(b["images"]),
+                  f"{b['client_s']:.2f}", f"{b['upload_bytes'] / 1024:.0f}", f"{b['server_s']:.2f}",
+                  f"{b['e2e_s']:.2f}", "-", "-", "-", f"{b['acc_encrypted']:.3f}")  # fmt: skip
+    console.print(table)
+    console.print(f"packed he_cnn5 vs baseline: {result['speedup_e2e']:.0f}x end to end, "
+                  f"{result['speedup_server']:.0f}x server time")  # fmt: skip
+    err_console.print(f"wrote {json_path} and {png} in {result['wall_s']:.0f} s")

@@ -126,25 +126,31 @@ class BfvPerPixel:
         return BaselineRun(np.asarray(logits), client_s, server_s, upload, download, min(budget))
 
     def _sum(self, items: list[seal.Ciphertext]) -> seal.Ciphertext:
-        total = seal.Ciphertext()
-        self.evaluator.add(items[0], items[1], total) if len(items) > 1 else None
         if len(items) == 1:
             return items[0]
+        total = seal.Ciphertext()
+        self.evaluator.add(items[0], items[1], total)
         for item in items[2:]:
             self.evaluator.add_inplace(total, item)
         return total
 
     def _affine(self, cts: list, used: np.ndarray, weights: np.ndarray, bias: int) -> seal.Ciphertext:
+        # multiply by |w| and subtract for w < 0: BFV noise grows with the plaintext as stored in
+        # [0, t), so -5 stored as t - 5 would cost ~40 bits of budget instead of ~3
         total = None
         for index, weight in zip(used, weights, strict=True):
             if weight == 0:
                 continue
             product = seal.Ciphertext()
-            self.evaluator.multiply_plain(cts[index], self._plain(int(weight)), product)
+            self.evaluator.multiply_plain(cts[index], self._plain(abs(int(weight))), product)
             if total is None:
                 total = product
-            else:
+                if weight < 0:
+                    self.evaluator.negate_inplace(total)
+            elif weight > 0:
                 self.evaluator.add_inplace(total, product)
+            else:
+                self.evaluator.sub_inplace(total, product)
         if total is None:  # every weight rounded to zero: an encryption of 0 keeps the shape
             total = seal.Ciphertext()
             self.encryptor.encrypt(self._plain(0), total)

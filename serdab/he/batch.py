@@ -19,9 +19,8 @@ import numpy as np
 from torch import nn
 
 from serdab.errors import ModelError
-from serdab.he.approx import Square
 from serdab.he.backend import HeBackend
-from serdab.he.packing import affine_map
+from serdab.he.packing import affine_map, affine_segments
 
 __all__ = ["BatchOp", "BatchProgram", "compile_batch", "run_batch"]
 
@@ -46,38 +45,39 @@ class BatchProgram:
 
 
 def compile_batch(model: nn.Sequential, in_shape: tuple[int, ...]) -> BatchProgram:
+    """One op per square and per run of affine layers (composed, as in the packed mode, so the depth
+    is the same); a run's leading average pooling becomes a sum with its 1/k^2 in what follows."""
     ops: list[BatchOp] = []
     shape = tuple(in_shape)
-    factor = 1.0  # pending 1/k^2 of a pooling sum, applied by the next affine layer
-    for index, module in enumerate(model):
-        if isinstance(module, nn.Flatten | nn.Identity):
-            shape = (int(np.prod(shape)),) if isinstance(module, nn.Flatten) else shape
+    for kind, start, end in affine_segments(model):
+        if kind == "square":
+            ops.append(BatchOp("square", [], np.zeros(0), end, shape))
             continue
-        if isinstance(module, Square):
-            ops.append(BatchOp("square", [], np.zeros(0), index + 1, shape))
-            continue
-        if not isinstance(module, nn.Conv2d | nn.Linear | nn.AvgPool2d):
-            raise ModelError(
-                f"{type(module).__name__} (layer {index}) cannot run under HE: approximate the model first"
-            )
-        weights, bias, shape = affine_map(module, shape)
-        later = any(isinstance(m, nn.Conv2d | nn.Linear) for m in list(model)[index + 1 :])
-        if isinstance(module, nn.AvgPool2d) and later:
-            values = np.unique(np.round(weights[weights != 0], 12))
-            if len(values) == 1 and not bias.any():
+        modules = list(model[start:end])
+        factor, index = 1.0, 0
+        while index < len(modules) and isinstance(modules[index], nn.AvgPool2d | nn.Flatten | nn.Identity):
+            if not any(isinstance(m, nn.Conv2d | nn.Linear) for m in modules[index + 1 :]):
+                break
+            module = modules[index]
+            weights, bias, out_shape = affine_map(module, shape)
+            if isinstance(module, nn.AvgPool2d):
+                values = np.unique(np.round(weights[weights != 0], 12))
+                if len(values) != 1 or bias.any():
+                    break  # not a plain average (padding): leave it to the composed affine op
                 factor *= float(values[0])
                 rows = [(np.nonzero(row)[0], np.ones(np.count_nonzero(row))) for row in weights]
-                ops.append(BatchOp("sum", rows, bias, index + 1, shape))
-                continue
+                ops.append(BatchOp("sum", rows, bias, start + index + 1, out_shape))
+            shape = out_shape
+            index += 1
+        weights, bias, shape = affine_map(nn.Sequential(*modules[index:]), shape)
         weights = weights * factor
-        factor = 1.0
         rows = []
         for row in weights:
             used = np.nonzero(np.abs(row) > 1e-12)[0]
             if used.size == 0:
-                raise ModelError(f"layer {index} has an output that depends on no input; HE cannot encrypt a constant")
+                raise ModelError(f"layers {start}-{end - 1} have an output that depends on no input")
             rows.append((used, row[used]))
-        ops.append(BatchOp("affine", rows, bias, index + 1, shape))
+        ops.append(BatchOp("affine", rows, bias, end, shape))
     return BatchProgram(tuple(in_shape), ops)
 
 
