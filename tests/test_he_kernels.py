@@ -132,3 +132,15 @@ def test_malformed_ciphertexts_and_wrong_levels_are_refused() -> None:
     squared = backend.square(ct)
     with pytest.raises(HeError, match="level"):
         backend.from_bytes(backend.to_bytes(squared), level=backend.top_level)
+
+
+def test_bfv_per_pixel_baseline_computes_the_net() -> None:
+    from serdab.he.baseline import BfvPerPixel
+
+    model = _random(nn.Sequential(nn.Conv2d(1, 2, 2), Square(), nn.Flatten(), nn.Linear(2 * 3 * 3, 3)), 5)
+    image = np.random.default_rng(3).uniform(0, 1, (1, 4, 4))
+    run = BfvPerPixel(model, (1, 4, 4), input_bits=6, weight_bits=6).run(image)
+    with torch.no_grad():
+        expected = model.double()(torch.tensor(image[None])).numpy()[0]
+    assert run.noise_budget_bits > 0 and run.upload_bytes > 16 * 100_000  # one ciphertext per pixel
+    assert np.abs(run.logits - expected).max() < 0.05 * max(1.0, np.abs(expected).max())  # 6-bit fixed point

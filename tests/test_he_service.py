@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -196,3 +197,25 @@ def test_a_model_that_disagrees_with_its_plaintext_is_refused() -> None:
         module[1].weight.mul_(2)
     with pytest.raises(SelfTestError, match="refusing to serve"):
         model.self_test(np.ones((1, 5, 5)))
+
+
+def test_he_infer_command(server: str, tmp_path, capsys) -> None:
+    from serdab.cli.app import main
+
+    target = tmp_path / "answer.json"
+    assert main(["he", "infer", "digits:3", "--url", server, "--json", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert "class" in out and "true label" in out and "end to end" in out
+    answer = json.loads(target.read_text())
+    assert answer["class"] == int(np.argmax(answer["output"])) and answer["upload_bytes"] <= 1_000_000
+    np.save(tmp_path / "digit.npy", digits_28()[2][3].numpy().reshape(28, 28))
+    assert main(["he", "infer", str(tmp_path / "digit.npy"), "--url", server, "--mode", "transfer"]) == 0
+    assert "(144,)" in capsys.readouterr().out
+    np.save(tmp_path / "wrong.npy", np.zeros((5, 5)))
+    (tmp_path / "text.png").write_text("not an image")
+    for image, words in (("digits:4000", "0 <= N < 360"), (str(tmp_path / "wrong.npy"), "expected 28 x 28"),
+                         (str(tmp_path / "text.png"), "not a readable image"), ("nope.png", "no image")):  # fmt: skip
+        assert main(["he", "infer", image, "--url", server]) == 2
+        assert words in capsys.readouterr().err
+    assert main(["he", "infer", "digits:1", "--url", server, "--mode", "sideways"]) == 2
+    assert "recall or transfer" in capsys.readouterr().err

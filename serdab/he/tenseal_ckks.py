@@ -1,7 +1,7 @@
 """CKKS on Microsoft SEAL through ``tenseal.sealapi``.
 
 TenSEAL's high-level vectors hide the scale and the level, and their conv2d_im2col/mm were
-about 10x slower on the seed 004 nets; the packed kernels need rotations by chosen steps,
+measured about 10x slower on the seed 004 nets (issue 5); the packed kernels need rotations by chosen steps,
 plaintexts encoded at an exact level and scale, and one rescale per layer. So this backend
 talks to SEAL's own objects. SEAL serialises to file paths only: bytes go through a
 temporary file in memory-backed /dev/shm where there is one (zstd-compressed, SEAL's default).
