@@ -6,7 +6,8 @@ Values are fixed point: the input times 2^input_bits, each layer's weights times
 two that brings its largest weight to 2^weight_bits; the scale doubles at each square, and the
 plaintext modulus 2^plain_bits must hold the final logits (no rescaling in BFV). SEAL's default
 coefficient modulus for N at 128-bit security. The defaults (4-bit input and weights, t = 2^40)
-leave ~50 bits of noise budget on the 5-layer net; 2^52 left ~40 and 3-bit weights lost accuracy. The result is decrypted with the noise budget left,
+leave ~60 bits of noise budget on the 5-layer net; with 2^52 and 3 bits, 42 bits were left and
+one of three digits was misclassified. The result is decrypted with the noise budget left,
 so a parameter set that ran out of budget or range shows as wrong logits, not as a crash.
 """
 
