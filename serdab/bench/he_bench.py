@@ -35,8 +35,17 @@ __all__ = ["LINK_BITS_PER_S", "plot_he_bench", "run_he_bench"]
 LINK_BITS_PER_S = 72.2e6  # seed 004: IEEE 802.11n, one antenna, 64-QAM, 20 MHz
 
 
-def _transfer_s(upload: int, download: int) -> float:
-    return (upload + download) * 8 / LINK_BITS_PER_S
+def _costs(client_s: float, server_s: float, upload: int, download: int) -> dict[str, float | int]:
+    """One image's figures; the transfer is computed for the seed's link."""
+    transfer_s = (upload + download) * 8 / LINK_BITS_PER_S
+    return {
+        "client_s": client_s,
+        "server_s": server_s,
+        "upload_bytes": upload,
+        "download_bytes": download,
+        "transfer_s": transfer_s,
+        "e2e_s": client_s + server_s + transfer_s,
+    }
 
 
 def _accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
@@ -102,12 +111,7 @@ def _row(net: str, mode: str, session: _Session, stats: list[dict[str, float]], 
         "mode": mode,
         "params": session.model.params.as_dict() | {"describe": session.model.params.describe()},
         "images": images,
-        "client_s": client_s,
-        "server_s": server_s,
-        "upload_bytes": upload,
-        "download_bytes": download,
-        "transfer_s": _transfer_s(upload, download),
-        "e2e_s": client_s + server_s + _transfer_s(upload, download),
+        **_costs(client_s, server_s, upload, download),
         "key_bytes": session.key_bytes,
         "keygen_s": session.keygen_s,
         "rotation_keys": len(session.client.rotation_steps()),
@@ -205,12 +209,7 @@ def run_he_bench(quick: bool = False, progress: Callable[[str], None] = lambda _
         "scheme": "BFV, one ciphertext per pixel (PyCrCNN-style)",
         "params": baseline.params,
         "images": baseline_n,
-        "client_s": client_s,
-        "server_s": server_s,
-        "upload_bytes": upload,
-        "download_bytes": download,
-        "transfer_s": _transfer_s(upload, download),
-        "e2e_s": client_s + server_s + _transfer_s(upload, download),
+        **_costs(client_s, server_s, upload, download),
         "acc_encrypted": _accuracy([int(r.logits.argmax()) for r in runs], labels[:baseline_n]),
         "noise_budget_left_bits": min(r.noise_budget_bits for r in runs),
     }

@@ -34,18 +34,12 @@ from serdab.he.backend import HeBackend, HeError
 from serdab.he.model import HeModel
 from serdab.he.params import CkksParams
 from serdab.he.protocol import MAX_BATCH_BODY, MAX_INFER_BODY, MAX_KEYS_BODY, decode_keys
+from serdab.web import HttpError, install_http_error, read_body
 
 __all__ = ["create_app"]
 
 CBOR = "application/cbor"
 BINARY = "application/octet-stream"
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 @dataclass
@@ -100,21 +94,6 @@ class Sessions:
         return len(self._items)
 
 
-async def _body(request: Request, kinds: tuple[str, ...], limit: int) -> bytes:
-    kind = request.headers.get("content-type", "").split(";")[0].strip()
-    if kind not in kinds:
-        raise HttpError(415, f"content type must be {' or '.join(kinds)}, got {kind or 'none'}")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HttpError(413, f"body of {declared} bytes is over the {limit}-byte limit")
-    chunks = bytearray()
-    async for chunk in request.stream():
-        chunks += chunk
-        if len(chunks) > limit:
-            raise HttpError(413, f"body is over the {limit}-byte limit")
-    return bytes(chunks)
-
-
 def _b64(text: str, what: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
@@ -126,9 +105,7 @@ def create_app(models: dict[str, HeModel], max_sessions: int = 4) -> FastAPI:
     app = FastAPI(title="Serdab HE inference", version="1")
     sessions = Sessions(max_sessions)
 
-    @app.exception_handler(HttpError)
-    async def _http_error(_: Request, error: HttpError) -> JSONResponse:
-        return JSONResponse({"detail": error.detail}, status_code=error.status)
+    install_http_error(app)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -187,7 +164,7 @@ def create_app(models: dict[str, HeModel], max_sessions: int = 4) -> FastAPI:
 
     @app.post("/v1/sessions", status_code=201)
     async def create_session(request: Request) -> dict[str, Any]:
-        body = await _body(request, (CBOR,), MAX_KEYS_BODY)
+        body = await read_body(request, (CBOR,), MAX_KEYS_BODY)
         name, params, keys = decode_keys(body)
         return await run_in_threadpool(open_session, name, params, keys)
 
@@ -204,7 +181,7 @@ def create_app(models: dict[str, HeModel], max_sessions: int = 4) -> FastAPI:
     @app.post("/v1/sessions/{session_id}/infer")
     async def infer_binary(session_id: str, request: Request, layer: int | None = None) -> Response:
         session = sessions.get(session_id)
-        body = await _body(request, (BINARY,), MAX_INFER_BODY)
+        body = await read_body(request, (BINARY,), MAX_INFER_BODY)
         data, seconds, cut = await run_in_threadpool(infer, session, body, layer)
         headers = {"X-Serdab-Server-Seconds": f"{seconds:.6f}", "X-Serdab-Layer": str(cut)}
         return Response(data, media_type=BINARY, headers=headers)
@@ -222,7 +199,7 @@ def create_app(models: dict[str, HeModel], max_sessions: int = 4) -> FastAPI:
     @app.post("/v1/sessions/{session_id}/infer-batch")
     async def infer_batch(session_id: str, request: Request, layer: int | None = None) -> Response:
         session = sessions.get(session_id)
-        body = await _body(request, (CBOR,), MAX_BATCH_BODY)
+        body = await read_body(request, (CBOR,), MAX_BATCH_BODY)
 
         def run() -> tuple[bytes, float, int]:
             started = time.perf_counter()

@@ -29,18 +29,12 @@ from pydantic import BaseModel, Field
 from serdab.errors import AttestationError, KmsRefusedError, SerdabError, UnknownServiceError
 from serdab.kms.service import KeyService
 from serdab.kms.state import ServicePolicy
+from serdab.web import HttpError, install_http_error, read_body
 
 __all__ = ["MAX_BODY", "RegisterRequest", "create_app"]
 
 MAX_BODY = 64 * 1024
 CBOR = "application/cbor"
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 class RegisterRequest(BaseModel):
@@ -51,17 +45,7 @@ class RegisterRequest(BaseModel):
 
 
 async def _cbor_body(request: Request) -> dict[str, Any]:
-    kind = request.headers.get("content-type", "").split(";")[0].strip()
-    if kind != CBOR:
-        raise HttpError(415, f"content type must be {CBOR}, got {kind or 'none'}")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-        raise HttpError(413, f"body of {declared} bytes is over the {MAX_BODY}-byte limit")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise HttpError(413, f"body is over the {MAX_BODY}-byte limit")
+    body = await read_body(request, (CBOR,), MAX_BODY)
     try:
         item = cbor2.loads(body)
     except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError):
@@ -82,9 +66,7 @@ def create_app(
     """``attest(nonce)`` returns this KMS's own document; ``share_storage_key(document)`` an envelope."""
     app = FastAPI(title="Serdab key service", version="1", docs_url=None, redoc_url=None)
 
-    @app.exception_handler(HttpError)
-    async def _http_error(_: Request, exc: HttpError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+    install_http_error(app)
 
     @app.exception_handler(SerdabError)
     async def _serdab_error(_: Request, exc: SerdabError) -> JSONResponse:
