@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,16 @@ from serdab.models import ZOO
 
 __all__ = ["bench_app"]
 
+
+def _write(result: dict, json_path: Path, plot: Callable[[dict, Path], None]) -> Path:
+    """The JSON result and its PNG beside it; returns the PNG's path."""
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    png = json_path.with_suffix(".png")
+    plot(result, png)
+    return png
+
+
 bench_app = typer.Typer(help="Benchmarks: each writes JSON and a PNG under bench/results/.", no_args_is_help=True)
 
 
@@ -39,10 +50,7 @@ def bench_profile(
     models = ["lenet5", "cifar_cnn", "he_cnn6", "he_cnn5", "resnet18"] if quick else list(ZOO)
     with err_console.status("profiling") as status:
         result = run_profile_bench(models, repeat, threads, progress=lambda m: status.update(f"profiling {m}"))
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
-    png = json_path.with_suffix(".png")
-    plot_profile_bench(result, png)
+    png = _write(result, json_path, plot_profile_bench)
     table = Table(title=f"profiling cost (ONNX Runtime, {threads} thread(s), median of {repeat})")
     for column in ("model", "blocks", "load s", "profiling s", "whole ms", "sum of blocks ms", "error"):
         table.add_column(column, justify="left" if column == "model" else "right")
@@ -97,10 +105,7 @@ def bench_placement(
         "planner_speed": speed,
         "tree_gap": gaps,
     }
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
-    png = json_path.with_suffix(".png")
-    plot_placement_bench(rows, png)
+    png = _write(result, json_path, lambda _, path: plot_placement_bench(rows, path))
     table = Table(title=f"speedup over 1 TEE, {chunk} frames, policy {policy} (predicted from emulated speeds)")
     for column in ("cluster", "model", "strategy", "placement", "T(n) s", "simulated s", "speedup", "planner ms"):
         table.add_column(column, justify="left" if column in ("cluster", "model", "strategy", "placement") else "right")
@@ -149,10 +154,7 @@ def bench_rlpdnn(
 
     with err_console.status("RL-PDNN benchmark") as status:
         result = run_rlpdnn_bench(quick, progress=status.update)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
-    png = json_path.with_suffix(".png")
-    plot_rlpdnn(result, png)
+    png = _write(result, json_path, plot_rlpdnn)
     table = Table(title=f"RL-PDNN (simulated IoT system), {result['requests']} requests per row, "
                         f"DQN trained {result['train_steps']} steps")  # fmt: skip
     for column in ("workload", "privacy", "policy", "accuracy", "when feasible", "latency s", "shared MB",
@@ -181,10 +183,7 @@ def bench_he(
 
     with err_console.status("HE benchmark") as status:
         result = run_he_bench(quick, progress=status.update)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
-    png = json_path.with_suffix(".png")
-    plot_he_bench(result, png)
+    png = _write(result, json_path, plot_he_bench)
     table = Table(title=f"HE inference per image at {result['link_bits_per_s'] / 1e6:.1f} Mb/s (seed 004's link)")
     for column in ("net", "mode", "N", "images", "client s", "upload KiB", "server s", "e2e s", "keys MiB",
                    "acc plain", "acc approx", "acc encrypted"):  # fmt: skip
