@@ -75,6 +75,7 @@ def serve(
         with err_console.status(f"loading {name}: training if needed, compiling, self-test ..."):
             served = HeModel.trained(name, poly_modulus_degree)
             check = served.self_test()
+            served.spec()  # compiles every transfer cut now rather than in the first client's request
         models[name] = served
         table.add_row(
             name,

@@ -15,7 +15,9 @@ import cbor2
 import numpy as np
 from pydantic import BaseModel
 
+from serdab.errors import ModelError
 from serdab.he.backend import HeError
+from serdab.he.packing import Layout
 
 __all__ = [
     "MAX_BATCH_BODY",
@@ -60,18 +62,16 @@ class ModelSpec(BaseModel):
         raise HeError(f"{self.name} has layers 1..{self.recall_layer}; cannot return its result after {wanted}")
 
     def pack(self, image: np.ndarray, slots: int) -> np.ndarray:
-        flat = np.asarray(image, dtype=np.float64).ravel()
-        positions = np.asarray(self.input_positions)
-        if flat.size != positions.shape[0]:
-            raise HeError(f"{self.name} takes {positions.shape[0]} values {tuple(self.input_shape)}, got {flat.size}")
-        vector = np.zeros(slots)
-        for replica in range(positions.shape[1]):
-            vector[positions[:, replica]] = flat
-        return vector
+        """The slot vector the client encrypts: each input value in every replica the model wants."""
+        layout = Layout(tuple(self.input_shape), np.asarray(self.input_positions), slots)
+        try:
+            return layout.pack(image, slots)
+        except ModelError:
+            raise HeError(f"{self.name} takes {layout.positions.shape[0]} values {layout.shape}") from None
 
     def unpack(self, vector: np.ndarray, layer: int | None = None) -> np.ndarray:
         cut = self.cut(layer)
-        return np.asarray(vector)[cut.positions].reshape(cut.shape)
+        return Layout(tuple(cut.shape), np.asarray(cut.positions)[:, None], len(vector)).unpack(vector)
 
 
 def encode_keys(model: str, params: dict[str, Any], keys: dict[str, bytes]) -> bytes:
