@@ -118,7 +118,6 @@ class HeModel:
             cuts=cuts,
             recall_layer=self.recall_layer,
             transfer_layer=self.transfer_layer,
-            batch_cuts=list(range(1, self.recall_layer + 1)),
         )
 
     # evaluation (server side)
@@ -148,9 +147,6 @@ class HeModel:
         if layer not in self._batch:
             self._batch[layer] = compile_batch(self.module[:layer], self.input_shape)
         return run_batch(self._batch[layer], backend, cts)
-
-    def output_shape(self, layer: int | None = None) -> tuple[int, ...]:
-        return self.packed(layer).steps[-1].out.shape
 
     def reference(self, images: np.ndarray | torch.Tensor, layer: int | None = None) -> np.ndarray:
         """The plaintext approximated net up to ``layer`` modules (float64)."""

@@ -93,13 +93,9 @@ class PackedProgram:
     input: Layout
     steps: list[LinearStep | SquareStep]
 
-    @property
-    def depth(self) -> int:
-        return len(self.steps)
-
-    def rotation_steps(self, upto: int | None = None) -> set[int]:
+    def rotation_steps(self) -> set[int]:
         result: set[int] = set()
-        for step in self.steps[:upto]:
+        for step in self.steps:
             if isinstance(step, LinearStep):
                 result |= step.steps()
         return result
@@ -161,7 +157,7 @@ def compile_packed(model: nn.Sequential, in_shape: tuple[int, ...], slots: int, 
         else:
             weights, bias, shape = affine_map(model[start:end], layout.shape)
             step = None
-            if number == 0 and layout.positions.shape[1] >= 1 and len(shape) == 3 and len(in_shape) == 3:
+            if number == 0 and len(shape) == 3 and len(in_shape) == 3:
                 step = _spatial(weights, bias, layout, shape, slots, level, end)
             if step is None:
                 step = _fold(weights, bias, layout, shape, slots, level, end)

@@ -51,8 +51,7 @@ class ModelSpec(BaseModel):
     input_positions: list[list[int]]  # per input value, its slot in each replica
     cuts: list[CutSpec]
     recall_layer: int
-    transfer_layer: int
-    batch_cuts: list[int]  # cut points batch mode can return
+    transfer_layer: int  # any layer 1..recall_layer is a cut point, in packed and batch mode
 
     def cut(self, layer: int | None) -> CutSpec:
         wanted = self.recall_layer if layer is None else layer

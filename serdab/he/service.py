@@ -19,7 +19,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import cbor2
@@ -48,7 +48,6 @@ class Session:
     model: HeModel
     backend: HeBackend
     key_bytes: int
-    created: float = field(default_factory=time.time)
 
 
 class JsonInfer(BaseModel):
