@@ -12,73 +12,54 @@ is the input frame); sizes are bytes, times carry their unit in the name (``late
 ``chunk_time_s``).
 """
 
-from serdab.cluster import Cluster, load_cluster
-from serdab.errors import (
-    ClusterError,
-    CutError,
-    CutOutOfRangeError,
-    ImageSetError,
-    InfeasibleError,
-    InputShapeError,
-    ModelError,
-    ModelNotFoundError,
-    NotACleanCutError,
-    NotOnnxError,
-    PlanError,
-    PolicyError,
-    SerdabError,
-)
-from serdab.graph import Block, Chain, NamedChain, StageSpec, extract_stage, open_chain, stage_ranges, write_stages
-from serdab.models import ZOO, build_module, load_model
-from serdab.plan import PLANNERS, CostModel, Placement, PlanRequest, Workload, get_planner
-from serdab.plan.simulate import simulate
-from serdab.privacy import LeakageReport, default_images, load_image_dir, measure_leakage
-from serdab.privacy.policy import parse_policy
-from serdab.profile import BlockProfile, Profile, profile_chain
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Block",
-    "BlockProfile",
-    "Chain",
-    "Cluster",
-    "ClusterError",
-    "CostModel",
-    "CutError",
-    "CutOutOfRangeError",
-    "ImageSetError",
-    "InfeasibleError",
-    "InputShapeError",
-    "LeakageReport",
-    "ModelError",
-    "ModelNotFoundError",
-    "NamedChain",
-    "NotACleanCutError",
-    "NotOnnxError",
-    "PLANNERS",
-    "Placement",
-    "PlanError",
-    "PlanRequest",
-    "PolicyError",
-    "Profile",
-    "SerdabError",
-    "StageSpec",
-    "Workload",
-    "ZOO",
-    "__version__",
-    "build_module",
-    "default_images",
-    "extract_stage",
-    "get_planner",
-    "load_cluster",
-    "load_image_dir",
-    "load_model",
-    "measure_leakage",
-    "open_chain",
-    "parse_policy",
-    "profile_chain",
-    "simulate",
-    "stage_ranges",
-    "write_stages",
-]
+# name -> module that defines it; resolved on first attribute access, so `import serdab` (and every
+# enclave worker that imports a leaf such as serdab.tee) loads neither torch nor onnxruntime.
+_EXPORTS: dict[str, str] = {
+    "Cluster": "serdab.cluster",
+    "load_cluster": "serdab.cluster",
+    **{
+        name: "serdab.errors"
+        for name in (
+            "ClusterError", "CutError", "CutOutOfRangeError", "ImageSetError", "InfeasibleError",
+            "InputShapeError", "ModelError", "ModelNotFoundError", "NotACleanCutError", "NotOnnxError",
+            "PlanError", "PolicyError", "SerdabError",
+        )
+    },
+    **{
+        name: "serdab.graph"
+        for name in ("Block", "Chain", "NamedChain", "StageSpec", "extract_stage", "open_chain", "stage_ranges",
+                     "write_stages")
+    },
+    "ZOO": "serdab.models",
+    "build_module": "serdab.models",
+    "load_model": "serdab.models",
+    **{name: "serdab.plan" for name in ("PLANNERS", "CostModel", "Placement", "PlanRequest", "Workload", "get_planner")},
+    "simulate": "serdab.plan.simulate",
+    **{name: "serdab.privacy" for name in ("LeakageReport", "default_images", "load_image_dir", "measure_leakage")},
+    "parse_policy": "serdab.privacy.policy",
+    "BlockProfile": "serdab.profile",
+    "Profile": "serdab.profile",
+    "profile_chain": "serdab.profile",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'serdab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

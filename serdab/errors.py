@@ -28,10 +28,14 @@
     │   ├── NonceError               nonce missing, different from the one asked for, or replayed
     │   ├── StaleDocumentError       the document is older than the maximum age (or from the future)
     │   └── UserDataMismatchError    user_data is not what the caller binds (e.g. a TLS certificate hash)
-    └── KmsError                     the key service refused or could not be reached
-        ├── KmsRefusedError          the attested enclave does not satisfy the service's policy
-        ├── KmsUnreachableError      no KMS answered at that address
-        └── UnknownServiceError      no service registered under that name
+    ├── KmsError                     the key service refused or could not be reached
+    │   ├── KmsRefusedError          the attested enclave does not satisfy the service's policy
+    │   ├── KmsUnreachableError      no KMS answered at that address
+    │   └── UnknownServiceError      no service registered under that name
+    └── RunError                     the pipeline runtime cannot run or finish a stream
+        ├── FrameSourceError         a video, image directory or synthetic source cannot supply frames
+        ├── WorkerError              a stage worker failed to start, or kept failing after restarts
+        └── LinkIntegrityError       a frame on a link was tampered with, replayed, dropped or reordered
 
 Messages say what was wrong and show a valid example, so they can be printed on one line.
 """
@@ -47,12 +51,14 @@ __all__ = [
     "CutOutOfRangeError",
     "DebugEnclaveError",
     "EnclaveImageError",
+    "FrameSourceError",
     "ImageSetError",
     "InfeasibleError",
     "InputShapeError",
     "KmsError",
     "KmsRefusedError",
     "KmsUnreachableError",
+    "LinkIntegrityError",
     "MalformedDocumentError",
     "ModelError",
     "ModelNotFoundError",
@@ -62,6 +68,7 @@ __all__ = [
     "PcrMismatchError",
     "PlanError",
     "PolicyError",
+    "RunError",
     "SealingError",
     "SerdabError",
     "SimulatedRootError",
@@ -71,6 +78,7 @@ __all__ = [
     "UnknownRootError",
     "UnknownServiceError",
     "UserDataMismatchError",
+    "WorkerError",
 ]
 
 
@@ -200,3 +208,27 @@ class KmsUnreachableError(KmsError):
 
 class UnknownServiceError(KmsError):
     """No service of that name is registered with the key service."""
+
+
+class RunError(SerdabError):
+    """The pipeline runtime cannot run or finish a stream."""
+
+
+class FrameSourceError(RunError):
+    """A video file, image directory or synthetic source cannot supply frames."""
+
+
+class WorkerError(RunError):
+    """A stage worker failed to start, or kept failing after the allowed restarts."""
+
+
+class LinkIntegrityError(RunError):
+    """A frame on a link failed authentication or arrived out of sequence; ``kind`` says which.
+
+    kind: "tampered" (tag fails), "replayed" (sequence number seen before), "dropped" (a sequence
+    number was skipped: dropped or reordered).
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind

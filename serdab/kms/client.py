@@ -94,9 +94,11 @@ class AttestedKms:
         return self.request("GET", f"/v1/services/{name}/certificate").json()
 
     def register(self, name: str, admin_token: str, pcrs: Mapping[int, bytes], allow_simulated: bool = False,
-                 allow_debug: bool = False) -> dict[str, Any]:  # fmt: skip
-        body = {"name": name, "pcrs": {str(i): v.hex() for i, v in pcrs.items()},
-                "allow_simulated": allow_simulated, "allow_debug": allow_debug}  # fmt: skip
+                 allow_debug: bool = False, model_key: bytes | None = None) -> dict[str, Any]:  # fmt: skip
+        body: dict[str, Any] = {"name": name, "pcrs": {str(i): v.hex() for i, v in pcrs.items()},
+                                "allow_simulated": allow_simulated, "allow_debug": allow_debug}  # fmt: skip
+        if model_key is not None:
+            body["model_key"] = model_key.hex()
         return self.request("POST", "/v1/services", json=body, headers=_bearer(admin_token)).json()
 
     def rotate(self, name: str, admin_token: str) -> dict[str, Any]:

@@ -5,7 +5,7 @@ Endpoints (JSON unless marked CBOR)::
     GET  /v1/health                         liveness, replica id, number of services
     GET  /v1/attestation?nonce=HEX          CBOR: this KMS's document, user_data = SHA-384 of its TLS cert
     GET  /v1/nonce                          a single-use nonce to put in an attestation document
-    POST /v1/services                       (admin) register a service and its policy -> PKI generated here
+    POST /v1/services                       (admin) register a service, its policy and optionally the owner's model key -> PKI generated here
     POST /v1/services/{name}/rotate         (admin) new PKI generation
     GET  /v1/services/{name}/certificate    the service CA and certificate (public)
     POST /v1/services/{name}/keys           CBOR {document} -> CBOR {envelope}: keys for an attested enclave
@@ -42,6 +42,7 @@ class RegisterRequest(BaseModel):
     pcrs: dict[int, str] = Field(default_factory=dict)
     allow_simulated: bool = False
     allow_debug: bool = False
+    model_key: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="the owner's AES-256 key, hex")
 
 
 async def _cbor_body(request: Request) -> dict[str, Any]:
@@ -107,7 +108,7 @@ def create_app(
             policy.expected()
         except ValueError:
             raise HttpError(422, "pcrs must map PCR indices to hex strings") from None
-        record = service.register(body.name, policy)
+        record = service.register(body.name, policy, bytes.fromhex(body.model_key) if body.model_key else None)
         return {"name": record.name, "generation": record.generation, "policy": record.policy.model_dump()}
 
     @app.post("/v1/services/{name}/rotate")

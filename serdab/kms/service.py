@@ -85,14 +85,20 @@ class KeyService:
     def issue_nonce(self) -> bytes:
         return self.nonces.issue()
 
-    def register(self, name: str, policy: ServicePolicy) -> ServiceRecord:
-        """Create the service (new PKI) or, when it exists, replace only its policy."""
+    def register(self, name: str, policy: ServicePolicy, model_key: bytes | None = None) -> ServiceRecord:
+        """Create the service (new PKI) or, when it exists, replace its policy (and its model key if given).
+
+        ``model_key`` is the owner's key for the weights the service's enclaves decrypt (for example
+        a pipeline stage file); without one the KMS generates it.
+        """
 
         def change(state: KmsState) -> KmsState:
             if name in state.services:
                 state.services[name].policy = policy
+                if model_key is not None:
+                    state.services[name].model_key_hex = model_key.hex()
             else:
-                state.services[name] = new_service_record(name, policy)
+                state.services[name] = new_service_record(name, policy, model_key_hex=model_key.hex() if model_key else None)
             return state
 
         return self.state.update(change).services[name]

@@ -1,0 +1,367 @@
+"""One placement deployed: a worker per device, wired by encrypted links, with the manager at both ends.
+
+The manager's process is the stream's source (it sends frames to the first stage over the
+source device's link) and its sink (the last stage sends results back). Each worker dials
+the deployment's control port; an enclave must answer a fresh nonce with an attestation
+document whose PCRs are its stage image's before it is sent its configuration (link keys
+included), sealed to the public key in that document. Every deployment gets new link keys,
+so sequence numbers restart without ever reusing a nonce under a key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import queue
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+import numpy as np
+
+from serdab.cluster import Cluster
+from serdab.errors import AttestationError, LinkIntegrityError, SerdabError, WorkerError
+from serdab.plan import CostModel, Placement
+from serdab.runtime.executor import Executor, WorkerHandle, WorkerSpec
+from serdab.runtime.link import LinkReceiver, LinkSender, LinkSpec, decode_tensors, encode_tensors
+from serdab.runtime.resources import ResourceManager
+from serdab.runtime.stages import StageArtifact
+from serdab.runtime.wire import Channel, WireError, connect, recv_message, send_message
+
+__all__ = ["Deployment", "FrameResult", "WorkerLost"]
+
+SOURCE, SINK = "source", "sink"
+
+
+class WorkerLost(WorkerError):
+    """A worker exited, broke a link or went silent mid-stream."""
+
+    def __init__(self, device: str, message: str) -> None:
+        super().__init__(message)
+        self.device = device
+
+
+@dataclass
+class FrameResult:
+    frame: int
+    outputs: list[np.ndarray]
+    records: list[dict[str, Any]]
+    sent_s: float
+    done_s: float
+
+
+@dataclass
+class _Worker:
+    id: str
+    device: str
+    stage: int
+    artifact: StageArtifact
+    config: dict[str, Any]
+    handle: WorkerHandle | None = None
+    port: int | None = None
+    wired: bool = False
+    channel: Channel | None = None
+    load_s: float = 0.0
+
+
+@dataclass
+class DeploymentContext:
+    """What every deployment of one run shares."""
+
+    executor: Executor
+    resources: ResourceManager
+    cluster: Cluster  # physical: the speeds the workers are padded to
+    kms_view: Callable[[str], dict[str, Any]]
+    run_dir: Any
+    native: bool
+    dilation: float
+    slowdowns: dict[str, tuple[float, int]] = field(default_factory=dict)
+    allow_simulated: bool = True
+    start_timeout_s: float = 120.0
+
+
+class Deployment:
+    def __init__(self, ctx: DeploymentContext, placement: Placement, artifacts: list[StageArtifact], epoch: int,
+                 physical: CostModel) -> None:  # fmt: skip
+        self.ctx = ctx
+        self.placement = placement
+        self.epoch = epoch
+        self.stream = f"{os.getpid()}-{epoch}-{secrets.token_hex(4)}"
+        self.events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self.results: queue.Queue[FrameResult] = queue.Queue()
+        self._token = secrets.token_hex(16)
+        self._stopping = False
+        self._sent: dict[int, float] = {}
+        self._ingress: list[LinkSender] = []
+        self._receivers: list[LinkReceiver] = []
+        self._control = socket.create_server(("127.0.0.1", 0))
+        self._sink = socket.create_server(("127.0.0.1", 0))
+        self.workers = self._plan_workers(artifacts, physical)
+        self._by_id = {w.id: w for w in self.workers}
+
+    # --- wiring ----------------------------------------------------------------------------------
+    def _link(self, src: _Worker | None, dst: _Worker | None) -> LinkSpec:
+        a = src.device if src else self.ctx.cluster.source
+        b = dst.device if dst else None
+        bandwidth, rtt = None, 0.0
+        if not self.ctx.native and b is not None and a != b:
+            da, db = self.ctx.cluster.device(a), self.ctx.cluster.device(b)
+            link = self.ctx.cluster.link(da.host, db.host)
+            if link is None:
+                raise WorkerError(f"no link between {a} and {b} in cluster {self.ctx.cluster.name}")
+            bandwidth, rtt = link.bandwidth_bps, link.rtt_s
+        return LinkSpec(self.stream, src.id if src else SOURCE, dst.id if dst else SINK, os.urandom(32), bandwidth,
+                        rtt, self.ctx.dilation)  # fmt: skip
+
+    def _plan_workers(self, artifacts: list[StageArtifact], physical: CostModel) -> list[_Worker]:
+        cost = physical.evaluate(self.placement, 1)
+        stages: list[list[_Worker]] = []
+        for k, (stage, artifact) in enumerate(zip(self.placement.stages, artifacts, strict=True)):
+            group = []
+            for device in stage.devices:
+                slow = self.ctx.slowdowns.get(device)
+                config = {
+                    "worker": f"e{self.epoch}-s{k}-{device}", "device": device, "stage": k,
+                    "stage_file": artifact.stage_file, "native": self.ctx.native, "dilation": self.ctx.dilation,
+                    "compute_emulated_s": cost.stages[k].compute_s, "slowdowns": [list(slow)] if slow else [],
+                    "memory_bytes": cost.stages[k].memory_bytes, "threads": 1, "queue_depth": 2,
+                }  # fmt: skip
+                if artifact.trusted:
+                    config["kms"] = self.ctx.kms_view(artifact.service or "")
+                group.append(_Worker(config["worker"], device, k, artifact, config))
+            stages.append(group)
+        self._links: dict[tuple[str, str], LinkSpec] = {}
+        ups: list[_Worker | None] = [None]
+        for group in [*stages, [None]]:
+            for dst in group:
+                for src in ups:
+                    spec = self._link(src, dst)
+                    self._links[(spec.src, spec.dst)] = spec
+            ups = list(group)  # type: ignore[arg-type]
+        for k, group in enumerate(stages):
+            downstream = stages[k + 1] if k + 1 < len(stages) else [None]
+            upstream = stages[k - 1] if k > 0 else [None]
+            for w in group:
+                w.config["inbound"] = [self._links[(u.id if u else SOURCE, w.id)].to_wire() for u in upstream]
+                w.config["outbound"] = [self._links[(w.id, d.id if d else SINK)].to_wire() for d in downstream]
+        self._stages = stages
+        return [w for g in stages for w in g]
+
+    # --- start -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        threading.Thread(target=self._accept_control, daemon=True, name="control").start()
+        threading.Thread(target=self._accept_sink, daemon=True, name="sink").start()
+        address = self._control.getsockname()
+        for w in self.workers:
+            spec = WorkerSpec(w.id, w.device, address, self._token, self.ctx.run_dir / "logs" / f"{w.id}.log",
+                              w.artifact.image if w.artifact.trusted else None)  # fmt: skip
+            w.handle = self.ctx.executor.start(spec)
+        self._await(lambda: all(w.port for w in self.workers), "ready")
+        for k, group in enumerate(self._stages):
+            if k + 1 < len(self._stages):
+                downstream = [("127.0.0.1", d.port) for d in self._stages[k + 1]]
+            else:
+                downstream = [self._sink.getsockname()]
+            for w in group:
+                assert w.channel is not None
+                w.channel.send(op="wire", downstream=downstream)
+        self._await(lambda: all(w.wired for w in self.workers), "wired")
+        for w in self._stages[0]:
+            sock = connect(("127.0.0.1", w.port or 0))
+            send_message(sock, {"link": SOURCE})
+            self._ingress.append(LinkSender(sock, self._links[(SOURCE, w.id)], self._ingress_broken, depth=2))
+        for w in self.workers:
+            self.ctx.resources.heartbeat(w.device)
+
+    def _await(self, done: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + self.ctx.start_timeout_s
+        while not done():
+            try:
+                worker_id, message = self.events.get(timeout=0.1)
+            except queue.Empty:
+                worker_id, message = "", {}
+            if message:
+                self._handle_setup(worker_id, message)
+            for w in self.workers:
+                if w.handle is not None and not w.handle.alive():
+                    raise WorkerError(f"the worker for {w.device} exited before it was {what}{self._log_tail(w)}")
+            if time.monotonic() > deadline:
+                late = [w.device for w in self.workers if not (w.port if what == "ready" else w.wired)]
+                raise WorkerError(f"workers on {', '.join(late)} not {what} after {self.ctx.start_timeout_s:.0f} s")
+
+    def _handle_setup(self, worker_id: str, message: dict[str, Any]) -> None:
+        w = self._by_id.get(worker_id)
+        op = message.get("op")
+        if op == "ready" and w:
+            w.port, w.load_s = int(message["port"]), float(message.get("load_s", 0.0))
+        elif op == "wired" and w:
+            w.wired = True
+        elif op in ("error", "refused"):
+            raise WorkerError(str(message.get("message")))
+        elif op == "closed" and w:
+            raise WorkerError(f"the worker for {w.device} hung up during set-up{self._log_tail(w)}")
+
+    def _log_tail(self, w: _Worker) -> str:
+        path = self.ctx.run_dir / "logs" / f"{w.id}.log"
+        try:
+            lines = [line for line in path.read_text().splitlines() if line.strip()]
+        except OSError:
+            return ""
+        return f": {lines[-1].strip()}" if lines else ""
+
+    def _accept_control(self) -> None:
+        while True:
+            try:
+                sock, _ = self._control.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve_worker, args=(sock,), daemon=True).start()
+
+    def _serve_worker(self, sock: socket.socket) -> None:
+        channel = Channel(sock)
+        nonce = secrets.token_bytes(32)
+        try:
+            channel.send(op="challenge", nonce=nonce)
+            hello = channel.recv() or {}
+        except (OSError, SerdabError):
+            channel.close()
+            return
+        w = self._by_id.get(str(hello.get("worker")))
+        if w is None or not hmac.compare_digest(str(hello.get("token", "")), self._token):
+            channel.close()  # not one of ours
+            return
+        try:
+            if w.artifact.trusted:
+                channel.send(op="configure", envelope=self._sealed_config(w, hello, nonce))
+            else:
+                channel.send(op="configure", config=w.config)
+        except AttestationError as exc:
+            self.events.put((w.id, {"op": "refused", "message": f"the enclave for {w.device} is not the stage "
+                                    f"image it should run, refused: {type(exc).__name__}: {exc}"}))  # fmt: skip
+            channel.close()
+            return
+        except OSError:
+            channel.close()
+            return
+        w.channel = channel
+        while True:
+            try:
+                message = channel.recv()
+            except (OSError, SerdabError):
+                message = None
+            if message is None:
+                self.events.put((w.id, {"op": "closed"}))
+                return
+            self.events.put((w.id, message))
+
+    def _sealed_config(self, w: _Worker, hello: dict[str, Any], nonce: bytes) -> bytes:
+        from serdab.crypto import public_from_der, seal_envelope
+        from serdab.errors import MalformedDocumentError
+        from serdab.tee.verify import verify_attestation
+
+        document = hello.get("document")
+        if not isinstance(document, bytes):
+            raise MalformedDocumentError("the worker sent no attestation document")
+        verified = verify_attestation(
+            document, expected_pcrs=w.artifact.pcrs, allow_simulated=self.ctx.allow_simulated, nonce=nonce,
+            simulated_roots=self.ctx.executor.simulated_roots(),
+        )  # fmt: skip
+        if not verified.public_key:
+            raise MalformedDocumentError("the attestation document carries no public key for the configuration")
+        return seal_envelope(
+            cbor2.dumps(w.config), public_from_der(verified.public_key), context=b"serdab-stage-config"
+        )
+
+    def _accept_sink(self) -> None:
+        last = {w.id for w in self._stages[-1]}
+        while True:
+            try:
+                sock, _ = self._sink.accept()
+            except OSError:
+                return
+            try:
+                hello = recv_message(sock, max_bytes=4096) or {}
+            except (OSError, WireError):
+                sock.close()
+                continue
+            src = str(hello.get("link"))
+            if src not in last:
+                sock.close()
+                continue
+            spec = self._links[(src, SINK)]
+            self._receivers.append(LinkReceiver(sock, spec, self._result, self._integrity, self._sink_closed))
+
+    def _result(self, frame: int, payload: bytes) -> None:
+        outputs, records = decode_tensors(payload)
+        self.results.put(FrameResult(frame, outputs, list(records or []), self._sent.get(frame, 0.0), time.monotonic()))
+
+    def _integrity(self, exc: LinkIntegrityError) -> None:
+        self.events.put((SINK, {"op": "integrity", "kind": exc.kind, "message": str(exc)}))
+
+    def _sink_closed(self, message: str) -> None:
+        if not self._stopping:
+            self.events.put((SINK, {"op": "link-closed", "message": message}))
+
+    def _ingress_broken(self, message: str) -> None:
+        if not self._stopping:
+            self.events.put((SOURCE, {"op": "error", "message": message}))
+
+    # --- streaming -------------------------------------------------------------------------------
+    def feed(self, frames: list[tuple[int, np.ndarray]], stop: threading.Event) -> None:
+        """Send frames to the first stage (replica ``frame % r``), blocking on back-pressure."""
+        for frame, tensor in frames:
+            payload = encode_tensors([tensor], [])
+            sender = self._ingress[frame % len(self._ingress)]
+            self._sent[frame] = time.monotonic()
+            while not sender.put(frame, payload, timeout_s=0.2):
+                if stop.is_set():
+                    return
+
+    def check(self) -> None:
+        """Raise for anything that went wrong since the last call (lost worker, integrity event)."""
+        while True:
+            try:
+                worker_id, message = self.events.get_nowait()
+            except queue.Empty:
+                break
+            op = message.get("op")
+            w = self._by_id.get(worker_id)
+            device = w.device if w else worker_id
+            if op == "heartbeat":
+                self.ctx.resources.heartbeat(device)
+            elif op == "integrity":
+                raise LinkIntegrityError(str(message.get("kind")), f"{message.get('message')} (reported by {device})")
+            elif op in ("error", "closed", "link-closed"):
+                raise WorkerLost(device, str(message.get("message") or f"the worker for {device} hung up"))
+        for w in self.workers:
+            if w.handle is not None and not w.handle.alive():
+                raise WorkerLost(w.device, f"the worker for {w.device} (pid {w.handle.pid}) exited")
+        silent = [d for d in self.ctx.resources.silent() if d in {w.device for w in self.workers}]
+        if silent:
+            raise WorkerLost(silent[0], f"no heartbeat from {silent[0]} for {self.ctx.resources.lost_after_s:.0f} s")
+
+    def stop(self) -> None:
+        self._stopping = True
+        for w in self.workers:
+            if w.channel is not None:
+                with contextlib.suppress(OSError):
+                    w.channel.send(op="stop")
+        for sender in self._ingress:
+            sender.close()
+        for w in self.workers:
+            if w.handle is not None:
+                self.ctx.executor.stop(w.handle)
+            if w.channel is not None:
+                w.channel.close()
+            self.ctx.resources.forget(w.device)
+        for sock in (self._control, self._sink):
+            sock.close()
+        for receiver in self._receivers:
+            with contextlib.suppress(OSError):
+                receiver.sock.close()

@@ -1,0 +1,55 @@
+"""Device emulation at run time: how much slower than real time a run goes, and the native alternative.
+
+The cluster file says how fast each device is relative to this host (a TEE 0.25, a GPU 8). A
+worker cannot run faster than this host, so the whole run is dilated: one emulated second lasts
+``dilation`` host seconds, every stage is padded to ``dilation x`` its device's emulated time,
+and every link is shaped to ``dilation x`` its emulated transfer time. The dilation is chosen so
+that the fastest device used still has headroom on this host (``headroom`` x its speed) and the
+padded workers together leave CPU to spare on this host's cores. Reports divide host times by
+the dilation and say "emulated". ``native`` runs every worker at this host's speed, unshaped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from serdab.cluster import Cluster, Device
+from serdab.cluster.spec import LocalLink
+
+__all__ = ["Emulation", "choose_dilation", "native_cluster"]
+
+HEADROOM = 1.6  # a stage's host time may exceed its profile by 60% (jitter, crypto, 2 shared cores)
+CPU_SHARE = 0.6  # padded workers may keep at most this share of the host's cores busy
+
+
+@dataclass(frozen=True)
+class Emulation:
+    native: bool
+    dilation: float
+
+    def describe(self) -> str:
+        if self.native:
+            return "native: every worker at this host's speed, links unshaped"
+        return (
+            f"emulated: device speeds and links from the cluster file, time dilated {self.dilation:.2f}x "
+            f"(1 emulated s = {self.dilation:.2f} host s)"
+        )
+
+
+def choose_dilation(devices: Iterable[Device], cores: int | None = None) -> float:
+    """The smallest dilation at which every device in ``devices`` can be emulated on this host."""
+    speeds = [d.speed for d in devices]
+    cores = cores or os.cpu_count() or 1
+    return max(1.0, HEADROOM * max(speeds, default=1.0), sum(speeds) / (CPU_SHARE * cores))
+
+
+def native_cluster(cluster: Cluster) -> Cluster:
+    """The same devices at this host's speed with unlimited memory and free links: what --native predicts."""
+    devices = [
+        d.model_copy(update={"speed": 1.0, "paging_factor": None, "memory_bytes": 2**50}) for d in cluster.devices
+    ]
+    free = LocalLink(bandwidth=1e15, rtt=0.0)
+    links = [link.model_copy(update={"bandwidth_bps": free.bandwidth_bps, "rtt_s": 0.0}) for link in cluster.links]
+    return cluster.model_copy(update={"devices": devices, "links": links, "local": free})

@@ -1,0 +1,280 @@
+"""The dataflow engine (seed 000 Fig. 2): one long-running worker process per device, running one stage.
+
+Started by an executor as ``python -m serdab.runtime.engine --control HOST:PORT --worker ID`` (an
+untrusted device) or as the entrypoint of a measured stage image inside an enclave. It dials the
+application manager, proves what it is (an enclave answers the manager's nonce with an
+attestation document carrying a fresh public key; the manager sends the configuration, link
+keys included, in an envelope to that key), then:
+
+1. loads its stage into ONNX Runtime: an enclave asks the key service for its stage key (the
+   KMS attests the enclave's image first) and decrypts the weights only in its own memory;
+2. listens for its upstream links, dials its downstream links (``serdab.runtime.link``);
+3. runs frames: open, infer, pad to the device's emulated time, seal, send to replica
+   ``frame % r`` of the next stage; reports heartbeats and any integrity event to the manager.
+
+Loads only numpy, onnxruntime, cryptography and cbor2 (and httpx in an enclave, for the KMS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cbor2
+
+from serdab.errors import SerdabError
+from serdab.runtime.link import LinkIntegrityError, LinkReceiver, LinkSender, LinkSpec, decode_tensors, encode_tensors
+from serdab.runtime.wire import Channel, connect, recv_message, send_message
+
+__all__ = ["TOKEN_ENV", "enclave_main", "main"]
+
+TOKEN_ENV = "SERDAB_WORKER_TOKEN"
+HEARTBEAT_S = 0.5
+WEIGHTS_AAD = b"serdab-stage-weights-v1|"
+
+
+def _session(model: bytes, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def decrypt_weights(blob: bytes, key: bytes, name: str) -> bytes:
+    """Stage weights as shipped: 12-byte nonce || AES-GCM(ONNX bytes), bound to the file name."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    try:
+        return AESGCM(key).decrypt(blob[:12], blob[12:], WEIGHTS_AAD + name.encode())
+    except InvalidTag:
+        raise SerdabError(f"stage weights {name} do not decrypt with the released key") from None
+
+
+def encrypt_weights(data: bytes, key: bytes, name: str) -> bytes:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    nonce = os.urandom(12)
+    return nonce + AESGCM(key).encrypt(nonce, data, WEIGHTS_AAD + name.encode())
+
+
+class _Worker:
+    def __init__(self, control: Channel, config: dict[str, Any], nsm: Any | None) -> None:
+        self.control = control
+        self.config = config
+        self.nsm = nsm
+        self.inputs: queue.Queue[tuple[int, bytes, float]] = queue.Queue(maxsize=int(config.get("queue_depth", 2)))
+        self.frames = 0
+        self.busy_s = 0.0
+        self.stopping = threading.Event()
+        self.senders: list[LinkSender] = []
+        self._inbound = {spec["src"]: LinkSpec.from_wire(spec) for spec in config["inbound"]}
+        self._receivers: list[LinkReceiver] = []
+
+    # --- set-up ---------------------------------------------------------------------------------
+    def load(self) -> float:
+        started = time.monotonic()
+        cfg = self.config
+        if self.nsm is not None:
+            model = self._enclave_weights()
+            self.nsm.resident(int(cfg.get("memory_bytes", 0)))
+        else:
+            model = Path(cfg["stage_file"]).read_bytes()
+        self.session = _session(model, int(cfg.get("threads", 1)))
+        self.input_name = self.session.get_inputs()[0].name
+        return time.monotonic() - started
+
+    def _enclave_weights(self) -> bytes:
+        from serdab.kms.client import attest_kms
+        from serdab.tee.host import HostIdentity
+
+        kms_cfg = self.config["kms"]
+        roots = [HostIdentity.load_or_create().root_cert] if kms_cfg["allow_simulated"] else []
+        kms = attest_kms(
+            kms_cfg["url"],
+            expected_pcrs={int(i): v for i, v in kms_cfg["pcrs"].items()},
+            allow_simulated=kms_cfg["allow_simulated"],
+            simulated_roots=roots,
+        )
+        try:
+            keys = kms.release_keys(kms_cfg["service"], self.nsm)
+        finally:
+            kms.close()
+        name = self.config["stage_file"]
+        return decrypt_weights((Path("models") / name).read_bytes(), keys.model_key, name)
+
+    def listen(self) -> socket.socket:
+        listener = socket.create_server((self.config.get("bind", "127.0.0.1"), 0))
+        threading.Thread(target=self._accept, args=(listener,), daemon=True, name="accept").start()
+        return listener
+
+    def _accept(self, listener: socket.socket) -> None:
+        while not self.stopping.is_set():
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                hello = recv_message(sock, max_bytes=4096)
+            except (OSError, SerdabError):
+                sock.close()
+                continue
+            spec = self._inbound.get(str((hello or {}).get("link")))
+            if spec is None:
+                sock.close()  # not one of our upstreams; its frames would not authenticate anyway
+                continue
+            self._receivers.append(LinkReceiver(sock, spec, self._enqueue, self._integrity, on_closed=None))
+
+    def wire(self, downstream: list[tuple[str, int]]) -> None:
+        specs = [LinkSpec.from_wire(s) for s in self.config["outbound"]]
+        for spec, address in zip(specs, downstream, strict=True):
+            sock = connect(tuple(address))
+            send_message(sock, {"link": spec.src})
+            self.senders.append(LinkSender(sock, spec, self._link_broken, depth=int(self.config.get("queue_depth", 2))))
+
+    # --- events ---------------------------------------------------------------------------------
+    def _enqueue(self, frame: int, payload: bytes) -> None:
+        self.inputs.put((frame, payload, time.monotonic()))
+
+    def _integrity(self, exc: LinkIntegrityError) -> None:
+        self._report(op="integrity", kind=exc.kind, message=str(exc))
+
+    def _link_broken(self, message: str) -> None:
+        self._report(op="error", message=message)
+
+    def _report(self, **message: Any) -> None:
+        with contextlib.suppress(OSError):
+            self.control.send(**message)
+
+    # --- the stream -----------------------------------------------------------------------------
+    def compute(self) -> None:
+        cfg = self.config
+        native = bool(cfg["native"])
+        dilation = float(cfg["dilation"])
+        emulated_s = float(cfg.get("compute_emulated_s") or 0.0)
+        slowdowns = [(float(f), int(start)) for f, start in cfg.get("slowdowns", [])]
+        replicas = len(self.senders)
+        while not self.stopping.is_set():
+            try:
+                frame, payload, arrived = self.inputs.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            started = time.monotonic()
+            arrays, meta = decode_tensors(payload)
+            outputs = self.session.run(None, {self.input_name: arrays[0]})
+            host_s = time.monotonic() - started
+            if not native:
+                factor = 1.0
+                for f, first in slowdowns:
+                    if frame >= first:
+                        factor *= f
+                target = emulated_s * dilation * factor
+                if target > host_s:
+                    time.sleep(target - host_s)
+            busy = time.monotonic() - started
+            record = {"stage": cfg["stage"], "device": cfg["device"], "worker": cfg["worker"],
+                      "queue_ms": 1000 * (started - arrived), "host_ms": 1000 * host_s,
+                      "emulated_ms": 1000 * busy / dilation}  # fmt: skip
+            out = encode_tensors(outputs, [*(meta or []), record])
+            self.busy_s += time.monotonic() - started
+            self.frames += 1
+            self.senders[frame % replicas].put(frame, out)
+
+    def heartbeat(self) -> None:
+        while not self.stopping.wait(HEARTBEAT_S):
+            self._report(op="heartbeat", frames=self.frames, busy_s=self.busy_s,
+                         link_busy_s=[s.busy_s for s in self.senders])  # fmt: skip
+
+
+def run(control_address: tuple[str, int], worker_id: str, nsm: Any | None) -> int:
+    sock = connect(control_address)
+    control = Channel(sock)
+    challenge = control.recv() or {}
+    hello: dict[str, Any] = {"op": "hello", "worker": worker_id, "token": os.environ.get(TOKEN_ENV, ""),
+                             "pid": os.getpid()}  # fmt: skip
+    key = None
+    if nsm is not None:
+        from serdab.crypto import new_key, public_der
+
+        key = new_key()
+        hello["document"] = nsm.attest(nonce=challenge.get("nonce"), public_key=public_der(key.public_key()))
+    control.send(**hello)
+    reply = control.recv()
+    if not reply or reply.get("op") != "configure":
+        return 2
+    if key is not None:
+        from serdab.crypto import open_envelope
+
+        config = cbor2.loads(open_envelope(reply["envelope"], key, context=b"serdab-stage-config"))
+    else:
+        config = reply["config"]
+    worker = _Worker(control, config, nsm)
+    try:
+        load_s = worker.load()
+        listener = worker.listen()
+    except (SerdabError, OSError) as exc:
+        control.send(op="error", message=f"{config['device']}: {exc}")
+        return 2
+    except Exception as exc:  # an ONNX Runtime load failure names the stage, not a traceback
+        control.send(op="error", message=f"{config['device']}: cannot load stage: {type(exc).__name__}: {exc}")
+        return 2
+    control.send(op="ready", port=listener.getsockname()[1], load_s=load_s)
+    wiring = control.recv()
+    if not wiring or wiring.get("op") != "wire":
+        return 0
+    try:
+        worker.wire([tuple(a) for a in wiring["downstream"]])
+    except OSError as exc:
+        control.send(op="error", message=f"{config['device']}: cannot reach the next stage: {exc}")
+        return 2
+    threading.Thread(target=worker.compute, daemon=True, name="compute").start()
+    threading.Thread(target=worker.heartbeat, daemon=True, name="heartbeat").start()
+    control.send(op="wired")
+    try:
+        while (message := control.recv()) is not None and message.get("op") != "stop":
+            pass
+    except (OSError, SerdabError):
+        pass
+    worker.stopping.set()
+    listener.close()
+    return 0
+
+
+def _parse(argv: list[str]) -> tuple[tuple[str, int], str]:
+    parser = argparse.ArgumentParser(prog="serdab-stage-worker")
+    parser.add_argument("--control", required=True, help="HOST:PORT of the application manager")
+    parser.add_argument("--worker", required=True)
+    args = parser.parse_args(argv)
+    host, _, port = args.control.rpartition(":")
+    return (host, int(port)), args.worker
+
+
+def main(argv: list[str] | None = None) -> int:
+    """An untrusted device's worker: a plain process."""
+    address, worker_id = _parse(sys.argv[1:] if argv is None else argv)
+    return run(address, worker_id, None)
+
+
+def enclave_main(argv: list[str]) -> int:
+    """A trusted device's worker: the entrypoint of a measured stage image, talking to its NSM."""
+    from serdab.tee.nsm import NsmClient
+
+    address, worker_id = _parse(argv)
+    return run(address, worker_id, NsmClient.from_env())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

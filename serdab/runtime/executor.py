@@ -1,0 +1,162 @@
+"""Executors start and stop dataflow engines; the application manager never touches processes itself.
+
+An executor knows how to put a worker on a device: ``start`` returns a handle the manager can
+poll and stop. Workers dial the manager's control address themselves, so an executor only
+launches (locally, or on another node in a later Ray executor). ``LocalExecutor`` is the
+embedded default: enclave stages through a ``serdab.tee`` backend, untrusted ones as plain
+processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from cryptography import x509
+
+from serdab.errors import TeeError
+from serdab.runtime.engine import TOKEN_ENV
+
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "WorkerHandle", "WorkerSpec", "get_executor"]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One dataflow engine to start: which worker, on which device, from which image (None: untrusted)."""
+
+    worker: str
+    device: str
+    control: tuple[str, int]
+    token: str
+    log_path: Path
+    enclave_image: Path | None = None
+
+    @property
+    def args(self) -> list[str]:
+        return ["--control", f"{self.control[0]}:{self.control[1]}", "--worker", self.worker]
+
+
+class WorkerHandle(ABC):
+    spec: WorkerSpec
+
+    @property
+    @abstractmethod
+    def pid(self) -> int | None:
+        """The OS process id where there is one (tests kill workers by it)."""
+
+    @abstractmethod
+    def alive(self) -> bool:
+        """True while the worker's process runs."""
+
+
+class Executor(ABC):
+    name: ClassVar[str]
+
+    @abstractmethod
+    def start(self, spec: WorkerSpec) -> WorkerHandle:
+        """Launch the worker; it dials ``spec.control`` when up. Raises TeeError when it cannot start."""
+
+    @abstractmethod
+    def stop(self, handle: WorkerHandle) -> None:
+        """Stop the worker and release what it held; safe to call twice and on a dead worker."""
+
+    def simulated_roots(self) -> list[x509.Certificate]:
+        """Roots of simulated enclaves this executor launches (empty for real TEEs)."""
+        return []
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most executors hold nothing
+        """Release the executor itself (after every worker is stopped)."""
+
+
+@dataclass
+class _ProcessHandle(WorkerHandle):
+    spec: WorkerSpec
+    process: subprocess.Popen | None = None
+    enclave: Any = None
+
+    @property
+    def pid(self) -> int | None:
+        if self.enclave is not None:
+            return self.enclave.pid
+        return self.process.pid if self.process else None
+
+    def alive(self) -> bool:
+        if self.enclave is not None:
+            return bool(self.enclave.alive())
+        return self.process is not None and self.process.poll() is None
+
+
+class LocalExecutor(Executor):
+    """Workers as processes on this host; enclaves through a TEE backend (``simulated`` by default)."""
+
+    name = "local"
+
+    def __init__(self, tee_backend: str = "simulated") -> None:
+        self.tee_backend = tee_backend
+        self._tee: Any = None
+
+    @property
+    def tee(self) -> Any:
+        if self._tee is None:
+            from serdab.tee import get_backend
+
+            self._tee = get_backend(self.tee_backend)
+        return self._tee
+
+    def simulated_roots(self) -> list[x509.Certificate]:
+        host = getattr(self.tee, "host", None)
+        return [host.root_cert] if self.tee_backend == "simulated" and host is not None else []
+
+    def start(self, spec: WorkerSpec) -> WorkerHandle:
+        env = {TOKEN_ENV: spec.token, "OMP_NUM_THREADS": "1"}
+        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if spec.enclave_image is not None:
+            enclave = self.tee.launch(spec.enclave_image, spec.args, env=env, log_path=spec.log_path)
+            return _ProcessHandle(spec, enclave=enclave)
+        with open(spec.log_path, "ab") as log:
+            try:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "serdab.runtime.engine", *spec.args],
+                    env={**os.environ, **env}, stdout=log, stderr=log, start_new_session=True,
+                )  # fmt: skip
+            except OSError as exc:
+                raise TeeError(f"cannot start the worker for {spec.device}: {exc}") from None
+        return _ProcessHandle(spec, process=process)
+
+    def stop(self, handle: WorkerHandle) -> None:
+        assert isinstance(handle, _ProcessHandle)
+        if handle.enclave is not None:
+            self.tee.terminate(handle.enclave)
+            return
+        process = handle.process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def close(self) -> None:
+        if self._tee is not None and hasattr(self._tee, "close"):
+            self._tee.close()
+
+
+EXECUTORS: dict[str, type[Executor]] = {LocalExecutor.name: LocalExecutor}
+
+
+def get_executor(name: str, **options: Any) -> Executor:
+    """An executor by registered name; an unknown name lists the valid ones."""
+    kind = EXECUTORS.get(name)
+    if kind is None:
+        from serdab.errors import PlanError
+
+        raise PlanError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
+    return kind(**options)

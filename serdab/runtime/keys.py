@@ -1,0 +1,95 @@
+"""The key service a run uses: an embedded KMS enclave started for the run, or one already running.
+
+The application manager is the data owner's process: it verifies the KMS's attestation (and
+its TLS certificate) before it uploads any stage key, then registers one service per trusted
+stage whose policy is that stage image's PCRs. Stage enclaves fetch their key themselves; the
+manager never hands a stage key to a worker.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from cryptography import x509
+
+from serdab.errors import KmsError, KmsUnreachableError
+from serdab.kms import AttestedKms, attest_kms, kms_image
+from serdab.runtime.stages import MEASURED_PCRS, StageArtifact
+from serdab.tee import get_backend, measure_image
+
+__all__ = ["RunKms"]
+
+
+class RunKms:
+    """An attested, admin-authenticated session with the run's key service."""
+
+    def __init__(self, kms: AttestedKms, token: str, pcrs: dict[int, bytes], allow_simulated: bool,
+                 stop: object | None = None) -> None:  # fmt: skip
+        self.kms = kms
+        self.token = token
+        self.pcrs = pcrs
+        self.allow_simulated = allow_simulated
+        self._stop = stop
+
+    @property
+    def url(self) -> str:
+        return self.kms.url
+
+    @classmethod
+    def embedded(cls, directory: Path, roots: list[x509.Certificate], images: Path, timeout_s: float = 60.0) -> RunKms:
+        """Start a KMS replica in a simulated enclave with a fresh SQLite store under ``directory``."""
+        backend = get_backend("simulated")
+        image = kms_image(images)
+        token = secrets.token_hex(24)
+        directory.mkdir(parents=True, exist_ok=True)
+        args = ["--store", f"sqlite:{directory / 'kms.db'}", "--data", str(directory / "replica"), "--allow-simulated"]
+        enclave = backend.launch(image, args, env={"SERDAB_KMS_ADMIN_TOKEN": token}, log_path=directory / "kms.log")
+        try:
+            info = backend.wait_ready(enclave, timeout_s)
+            pcrs = {i: v for i, v in measure_image(image).items() if i in MEASURED_PCRS}
+            roots = [*roots, backend.host.root_cert]
+            kms = attest_kms(f"https://127.0.0.1:{info['port']}", expected_pcrs=pcrs, allow_simulated=True,
+                             simulated_roots=roots)  # fmt: skip
+        except BaseException:
+            backend.terminate(enclave)
+            backend.close()
+            raise
+
+        def stop() -> None:
+            backend.terminate(enclave)
+            backend.close()
+
+        return cls(kms, token, pcrs, True, stop)
+
+    @classmethod
+    def external(cls, url: str, token_file: Path, roots: list[x509.Certificate], pcrs: dict[int, bytes],
+                 allow_simulated: bool, timeout_s: float = 10.0) -> RunKms:  # fmt: skip
+        """A running KMS (``serdab kms start``): verified before anything is sent to it."""
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise KmsError(f"cannot read the KMS admin token {token_file}: {exc.strerror}") from None
+        try:
+            kms = attest_kms(url, expected_pcrs=pcrs or None, allow_simulated=allow_simulated, simulated_roots=roots,
+                             timeout_s=timeout_s)  # fmt: skip
+        except KmsUnreachableError as exc:
+            raise KmsUnreachableError(f"the key service is down, so no enclave stage can get its key: {exc}") from None
+        return cls(kms, token, pcrs if pcrs else dict(kms.attestation.pcrs), allow_simulated)
+
+    def register(self, artifact: StageArtifact) -> None:
+        """Upload a trusted stage's key under a policy that names its image's PCRs."""
+        if artifact.service is None or artifact.key is None or artifact.pcrs is None:
+            raise KmsError(f"stage {artifact.index} runs untrusted: it has no key to register")
+        self.kms.register(artifact.service, self.token, artifact.pcrs, allow_simulated=self.allow_simulated,
+                          model_key=artifact.key)  # fmt: skip
+
+    def worker_view(self, service: str) -> dict[str, object]:
+        """What a stage enclave needs to find and verify this KMS."""
+        return {"url": self.url, "service": service, "pcrs": {i: v for i, v in self.pcrs.items() if i in MEASURED_PCRS},
+                "allow_simulated": self.allow_simulated}  # fmt: skip
+
+    def close(self) -> None:
+        self.kms.close()
+        if callable(self._stop):
+            self._stop()

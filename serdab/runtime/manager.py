@@ -1,0 +1,348 @@
+"""The application manager (seed 000 Fig. 2): plan, check, deploy, stream in chunks, re-plan, recover.
+
+It asks a registered planner for a placement (or takes one given by hand) and checks it against
+the privacy policy itself before anything is deployed. Frames go in chunks of n; within a chunk
+they stream through the stages as a pipeline; at each chunk boundary the measured stage times
+are compared with the prediction (``Repartitioner``) and the placement may change. A worker
+that dies mid-chunk takes its deployment down: the manager redeploys (or re-plans without the
+device once it has failed ``max_restarts`` times) and re-sends the chunk's frames that have no
+result yet; results are kept once per frame id, so every frame yields exactly one result.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serdab.cluster import Cluster
+from serdab.errors import InfeasibleError, PlanError, PolicyError, RunError, WorkerError
+from serdab.graph import Chain
+from serdab.plan import CostModel, Placement, PlanRequest, Workload, get_planner, violation
+from serdab.plan.placement import PlanCost, Stage
+from serdab.plan.report import why_infeasible
+from serdab.privacy.policy import allowed_cuts, parse_policy
+from serdab.profile import Profile
+from serdab.runtime.deployment import Deployment, DeploymentContext, FrameResult, WorkerLost
+from serdab.runtime.emulation import Emulation, choose_dilation, native_cluster
+from serdab.runtime.executor import Executor, LocalExecutor
+from serdab.runtime.frames import Frame, chunks
+from serdab.runtime.keys import RunKms
+from serdab.runtime.repartition import Repartitioner, StageObservation
+from serdab.runtime.report import ChunkReport, RunSummary, StageReport, top_k
+from serdab.runtime.resources import ResourceManager
+from serdab.runtime.stages import StageArtifact, package_stages
+
+__all__ = ["ApplicationManager", "RunOptions", "parse_placement"]
+
+_STAGE = re.compile(r"^\s*([A-Za-z0-9_.+-]+?)\s*\[\s*(\d+)\s*-\s*(\d+)\s*\]\s*$")
+
+
+def parse_placement(text: str) -> Placement:
+    """``tee1[0-11] -> gpu2[12-21]`` (replicas joined with +), as ``Placement.describe`` prints it."""
+    stages = []
+    for part in text.split("->"):
+        match = _STAGE.match(part)
+        if not match:
+            raise PlanError(f"cannot read placement stage {part.strip()!r}; write e.g. 'tee1[0-11] -> gpu2[12-21]'")
+        devices, first, last = match.groups()
+        stages.append(Stage(tuple(devices.split("+")), int(first), int(last)))
+    return Placement("manual", tuple(stages))
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    chunk: int = 10
+    strategy: str = "optimal"
+    privacy: str = "resolution:20"
+    trusted_tail: bool = False
+    replicate: bool = False
+    native: bool = False
+    dilation: float | None = None
+    placement: str | None = None
+    slowdowns: dict[str, tuple[float, int]] = field(default_factory=dict)
+    repartition: Repartitioner | None = field(default_factory=Repartitioner)
+    max_restarts: int = 2
+    kms_url: str | None = None
+    kms_token: Path | None = None
+    keep_outputs: bool = False
+    chunk_timeout_s: float = 600.0
+    lost_after_s: float = 5.0
+
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+class ApplicationManager:
+    def __init__(self, chain: Chain, model: str, profile: Profile, cluster: Cluster, options: RunOptions,
+                 executor: Executor | None = None, leakage: Any = None) -> None:  # fmt: skip
+        self.chain = chain
+        self.model = model
+        self.profile = profile
+        self.options = options
+        self.executor = executor or LocalExecutor()
+        self.resources = ResourceManager(cluster, lost_after_s=options.lost_after_s)
+        self.cluster = cluster
+        self.workload = Workload.from_profile(profile)
+        self.policy = parse_policy(options.privacy)
+        if self.policy.needs_leakage and leakage is None:
+            raise PolicyError(f"policy {options.privacy} needs a leakage report")
+        self._allowed = tuple(allowed_cuts(self.policy, self.workload.cut_resolution, leakage))
+        self.speeds: dict[str, float] = {}  # measured speeds that replace the cluster file's for planning
+        self.summary = RunSummary(model=model, cluster=cluster.name, policy=self.policy.spec, chunk=options.chunk)
+        self._artifacts: dict[str, list[StageArtifact]] = {}
+        self._epoch = 0
+        self.deployment: Deployment | None = None
+
+    # --- planning -------------------------------------------------------------------------------
+    def _request(self, cluster: Cluster) -> PlanRequest:
+        o = self.options
+        return PlanRequest(CostModel(self.workload, cluster), self._allowed, o.chunk, self.policy.spec, o.trusted_tail,
+                           o.replicate)  # fmt: skip
+
+    def belief(self) -> Cluster:
+        cluster = self.resources.cluster(self.speeds)
+        return native_cluster(cluster) if self.options.native else cluster
+
+    def plan(self) -> Placement:
+        """The strategy's placement on the devices still available (or the hand-made one), checked."""
+        request = self._request(self.belief())
+        if self.options.placement and not self.summary.placements:
+            placement = parse_placement(self.options.placement)
+        else:
+            # a hand-made placement that lost a device falls back to the optimal planner
+            strategy = "optimal" if self.options.placement else self.options.strategy
+            placement = get_planner(strategy).plan(request)
+            if placement is None:
+                raise InfeasibleError(why_infeasible(request, strategy))
+        self.check(placement, request)
+        return placement
+
+    def check(self, placement: Placement, request: PlanRequest | None = None) -> None:
+        """Refuse a placement that breaks the policy, memory or links: repeated here, whoever planned it."""
+        request = request or self._request(self.belief())
+        error = violation(request, placement)
+        if error:
+            raise PlanError(f"refusing to deploy {placement.describe()}: {error}")
+
+    # --- running --------------------------------------------------------------------------------
+    def run(self, frames: Iterator[Frame], total: int | None = None, on_result: Callable[[dict], None] | None = None,
+            progress: Progress | None = None) -> RunSummary:  # fmt: skip
+        o = self.options
+        run_dir = Path(tempfile.mkdtemp(prefix="serdab-run-"))
+        run_id = f"run-{secrets.token_hex(4)}"
+        kms: RunKms | None = None
+        started = time.monotonic()
+        try:
+            placement = self.plan()
+            used = [self.cluster.device(d) for d in (self.cluster.names if not o.placement else placement.devices)]
+            dilation = 1.0 if o.native else (o.dilation or choose_dilation(used))
+            self.emulation = Emulation(o.native, dilation)
+            self.summary.emulation = self.emulation.describe()
+            self.summary.dilation = dilation
+            if any(self.cluster.device(d).trusted for d in self.cluster.names):
+                kms = self._kms(run_dir)
+            ctx = DeploymentContext(
+                self.executor, self.resources, self.cluster, kms.worker_view if kms else (lambda s: {}), run_dir,
+                o.native, dilation, dict(o.slowdowns), allow_simulated=True,
+            )  # fmt: skip
+            self._deploy(ctx, placement, kms, run_dir, run_id)
+            streak: dict[tuple[str, ...], int] = {}
+            done = 0
+            for index, chunk in enumerate(chunks(frames, o.chunk)):
+                results, interrupted = self._run_chunk(ctx, chunk, kms, run_dir, run_id)
+                report = self._report(index, chunk, results, interrupted)
+                self.summary.chunks.append(report)
+                for frame in chunk:
+                    line = self._line(frame, results[frame.id], index)
+                    if on_result:
+                        on_result(line)
+                done += len(chunk)
+                if progress:
+                    progress({"done": done, "total": total, "chunk": report, "placement": self.deployment.placement})
+                if o.repartition and not interrupted:
+                    streak = self._maybe_replan(ctx, report, streak, kms, run_dir, run_id, index)
+            self.summary.frames = done
+            self.summary.wall_s = time.monotonic() - started
+            return self.summary
+        finally:
+            if self.deployment is not None:
+                self.deployment.stop()
+            if kms is not None:
+                kms.close()
+            self.executor.close()
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    def _kms(self, run_dir: Path) -> RunKms:
+        roots = self.executor.simulated_roots()
+        if self.options.kms_url:
+            from serdab.tee.host import serdab_home
+
+            token = self.options.kms_token or serdab_home() / "kms" / "admin.token"
+            return RunKms.external(self.options.kms_url, token, roots, {}, allow_simulated=True)
+        from serdab.tee.host import serdab_home
+
+        return RunKms.embedded(run_dir / "kms", roots, serdab_home() / "images")
+
+    def _deploy(self, ctx: DeploymentContext, placement: Placement, kms: RunKms | None, run_dir: Path,
+                run_id: str) -> None:  # fmt: skip
+        key = placement.describe()
+        if key not in self._artifacts:
+            trusted = {d.name: d.trusted for d in self.cluster.devices}
+            artifacts = package_stages(
+                self.chain, placement, trusted, run_dir / f"deploy{len(self._artifacts)}", run_id
+            )
+            for artifact in artifacts:
+                if artifact.trusted:
+                    if kms is None:
+                        raise RunError("a trusted stage needs the key service, and none is running")
+                    kms.register(artifact)
+            self._artifacts[key] = artifacts
+        self._epoch += 1
+        physical = CostModel(self.workload, native_cluster(self.cluster) if self.options.native else self.cluster)
+        deployment = Deployment(ctx, placement, self._artifacts[key], self._epoch, physical)
+        self.deployment = deployment
+        try:
+            deployment.start()
+        except BaseException:
+            deployment.stop()
+            self.deployment = None
+            raise
+        self.current_cost = self._request(self.belief()).evaluate(placement)
+        if not self.summary.placements or self.summary.placements[-1] != key:
+            self.summary.placements.append(key)
+
+    def _run_chunk(self, ctx: DeploymentContext, chunk: list[Frame], kms: RunKms | None, run_dir: Path,
+                   run_id: str) -> tuple[dict[int, FrameResult], bool]:  # fmt: skip
+        results: dict[int, FrameResult] = {}
+        interrupted = False
+        restarts: dict[str, int] = {}
+        while len(results) < len(chunk):
+            deployment = self.deployment
+            assert deployment is not None
+            stop = threading.Event()
+            pending = [(f.id, f.tensor) for f in chunk if f.id not in results]
+            feeder = threading.Thread(target=deployment.feed, args=(pending, stop), daemon=True)
+            feeder.start()
+            deadline = time.monotonic() + self.options.chunk_timeout_s
+            try:
+                while len(results) < len(chunk):
+                    try:
+                        result = deployment.results.get(timeout=0.1)
+                        if result.frame not in results and any(f.id == result.frame for f in chunk):
+                            results[result.frame] = result
+                    except Exception:  # queue.Empty
+                        pass
+                    deployment.check()
+                    if time.monotonic() > deadline:
+                        missing = sorted({f.id for f in chunk} - set(results))
+                        raise RunError(f"frames {missing[:5]} never came out of the pipeline within "
+                                       f"{self.options.chunk_timeout_s:.0f} s")  # fmt: skip
+            except WorkerLost as lost:
+                stop.set()
+                interrupted = True
+                restarts[lost.device] = restarts.get(lost.device, 0) + 1
+                deployment.stop()
+                self.deployment = None
+                first_missing = min((f.id for f in chunk if f.id not in results), default=None)
+                if restarts[lost.device] > self.options.max_restarts:
+                    self.resources.deregister(lost.device, str(lost))
+                    action = f"re-planned without {lost.device}"
+                    placement = self.plan()
+                else:
+                    action = f"restarted the workers (attempt {restarts[lost.device]})"
+                    placement = deployment.placement
+                self.summary.faults.append({"device": lost.device, "reason": str(lost), "action": action,
+                                            "frame": first_missing})  # fmt: skip
+                try:
+                    self._deploy(ctx, placement, kms, run_dir, run_id)
+                except WorkerError as exc:
+                    if restarts[lost.device] <= self.options.max_restarts:
+                        restarts[lost.device] = self.options.max_restarts
+                        self.resources.deregister(lost.device, str(exc))
+                        self._deploy(ctx, self.plan(), kms, run_dir, run_id)
+                    else:
+                        raise
+            finally:
+                stop.set()
+                feeder.join(timeout=5)
+        return results, interrupted
+
+    def _report(
+        self, index: int, chunk: list[Frame], results: dict[int, FrameResult], interrupted: bool
+    ) -> ChunkReport:
+        d = self.emulation.dilation
+        ordered = [results[f.id] for f in chunk]
+        first = ordered[0]
+        done = sorted(r.done_s for r in ordered)
+        n = len(ordered)
+        cost: PlanCost = self.current_cost
+        stages = []
+        for k, stage in enumerate(cost.placement.stages):
+            times = [rec["emulated_ms"] / 1000 for r in ordered for rec in r.records if rec["stage"] == k]
+            span = (done[-1] - min(r.sent_s for r in ordered)) / d
+            stages.append(StageReport(
+                stage=k, devices=list(stage.devices), blocks=f"{stage.first}-{stage.last}",
+                predicted_ms=1000 * cost.stages[k].compute_s,
+                measured_ms=1000 * float(np.median(times)) if times else 0.0,
+                utilisation=(sum(times) / (span * stage.replicas)) if span > 0 else 0.0,
+            ))  # fmt: skip
+        measured_t = (done[-1] - min(r.sent_s for r in ordered)) / d
+        predicted = self._request(self.belief()).costs.evaluate(cost.placement, n)
+        return ChunkReport(
+            index=index, frames=n, first_frame=chunk[0].id, placement=cost.placement.describe(),
+            interrupted=interrupted,
+            measured_chunk_s=measured_t, measured_latency_s=(first.done_s - first.sent_s) / d,
+            measured_period_s=((done[-1] - done[0]) / (n - 1) / d) if n > 1 else 0.0,
+            predicted_chunk_s=predicted.chunk_time_s, predicted_latency_s=predicted.latency_s,
+            predicted_period_s=predicted.period_s, predicted_bottleneck=predicted.bottleneck, stages=stages,
+        )  # fmt: skip
+
+    def _line(self, frame: Frame, result: FrameResult, chunk: int) -> dict[str, Any]:
+        d = self.emulation.dilation
+        line: dict[str, Any] = {
+            "frame": frame.id, "source": frame.name, "chunk": chunk,
+            "top5": top_k(result.outputs[-1], 5),
+            "latency_ms": 1000 * (result.done_s - result.sent_s) / d,
+            "stages": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in result.records],
+        }  # fmt: skip
+        if self.options.keep_outputs:
+            line["outputs"] = result.outputs
+        return line
+
+    def _maybe_replan(self, ctx: DeploymentContext, report: ChunkReport, streak: dict, kms: RunKms | None,
+                      run_dir: Path, run_id: str, index: int) -> dict:  # fmt: skip
+        rule = self.options.repartition
+        assert rule is not None and self.deployment is not None
+        belief = self.belief()
+        observations = [
+            StageObservation(
+                tuple(s.devices), belief.device(s.devices[0]).speed, s.predicted_ms / 1000, s.measured_ms / 1000
+            )  # fmt: skip
+            for s in report.stages
+        ]
+        speeds, streak, reason = rule.decide(observations, streak)
+        if speeds is None:
+            return streak
+        self.speeds.update(speeds)
+        old = self.deployment.placement
+        new = self.plan() if not self.options.placement else old
+        self.summary.switches.append({"after_chunk": index, "before_frame": report.first_frame + report.frames,
+                                      "reason": reason, "from": old.describe(), "to": new.describe(),
+                                      "speeds": {k: round(v, 4) for k, v in speeds.items()}})  # fmt: skip
+        if new.describe() != old.describe():
+            self.deployment.stop()
+            self.deployment = None
+            self._deploy(ctx, new, kms, run_dir, run_id)
+        else:
+            self.current_cost = self._request(self.belief()).evaluate(old)
+        return streak

@@ -1,0 +1,88 @@
+"""What a run reports: per chunk, measured L, P and T(n) beside the cost model's prediction.
+
+Measured times are host seconds divided by the run's dilation (emulated seconds; host seconds
+in native mode). ``T(n)`` runs from the first frame of the chunk leaving the source to the last
+result arriving; ``L`` is the chunk's first frame end to end (an empty pipeline, as in eq. 1);
+``P`` is the mean gap between results after the first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+__all__ = ["ChunkReport", "RunSummary", "StageReport", "top_k"]
+
+
+class StageReport(BaseModel):
+    stage: int
+    devices: list[str]
+    blocks: str
+    predicted_ms: float
+    measured_ms: float  # median per frame on one replica
+    utilisation: float  # busy share of the chunk's span, per replica
+
+
+class ChunkReport(BaseModel):
+    index: int
+    frames: int
+    first_frame: int
+    placement: str
+    interrupted: bool = Field(description="a worker failed during the chunk: its times include the recovery")
+    measured_chunk_s: float
+    measured_latency_s: float
+    measured_period_s: float
+    predicted_chunk_s: float
+    predicted_latency_s: float
+    predicted_period_s: float
+    predicted_bottleneck: str
+    stages: list[StageReport]
+
+    @property
+    def measured_bottleneck(self) -> str:
+        busiest = max(self.stages, key=lambda s: s.utilisation)
+        return "+".join(busiest.devices)
+
+
+class RunSummary(BaseModel):
+    model: str
+    cluster: str
+    policy: str
+    chunk: int
+    emulation: str = ""
+    dilation: float = 1.0
+    frames: int = 0
+    wall_s: float = 0.0
+    placements: list[str] = Field(default_factory=list)
+    chunks: list[ChunkReport] = Field(default_factory=list)
+    switches: list[dict] = Field(default_factory=list)
+    faults: list[dict] = Field(default_factory=list)
+
+    def steady(self) -> list[ChunkReport]:
+        """Full-size, uninterrupted chunks of the last placement: what measured-vs-predicted compares."""
+        last = self.placements[-1] if self.placements else None
+        full = [c for c in self.chunks if c.placement == last and not c.interrupted and c.frames == self.chunk]
+        return full or [c for c in self.chunks if c.placement == last and not c.interrupted] or self.chunks[-1:]
+
+    def measured_vs_predicted(self) -> dict[str, dict[str, float]]:
+        """Means over the steady chunks: {"L": {"measured": s, "predicted": s}, "P": ..., "T": ...}."""
+        chunks = self.steady()
+        if not chunks:
+            return {}
+
+        def mean(attr: str) -> float:
+            return float(np.mean([getattr(c, attr) for c in chunks]))
+
+        return {
+            name: {"measured": mean(f"measured_{attr}_s"), "predicted": mean(f"predicted_{attr}_s")}
+            for name, attr in (("L", "latency"), ("P", "period"), ("T", "chunk"))
+        }
+
+
+def top_k(logits: np.ndarray, k: int = 5) -> list[dict[str, float]]:
+    """The k best classes with softmax scores."""
+    flat = np.asarray(logits, dtype=np.float64).reshape(-1)
+    shifted = np.exp(flat - flat.max())
+    probs = shifted / shifted.sum()
+    best = np.argsort(-probs)[:k]
+    return [{"class": int(i), "score": round(float(probs[i]), 6)} for i in best]

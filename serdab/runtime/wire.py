@@ -1,0 +1,92 @@
+"""Length-prefixed CBOR messages over a stream socket: the control channel and the data links share it.
+
+A message is a 4-byte big-endian length and a CBOR map. Sizes above ``max_bytes`` are refused
+before anything is allocated, so a peer cannot make a worker buffer without bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+from typing import Any
+
+import cbor2
+
+from serdab.errors import SerdabError
+
+__all__ = ["MAX_MESSAGE_BYTES", "Channel", "WireError", "connect", "recv_message", "send_message"]
+
+MAX_MESSAGE_BYTES = 256 * 2**20  # a 4x3x1024x1024 float tensor fits; nothing a stage sends is near it
+_HEAD = struct.Struct(">I")
+
+
+class WireError(SerdabError):
+    """A peer closed the connection mid-message or sent something that is not a message."""
+
+
+def _read_exact(sock: socket.socket, size: int) -> bytes | None:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:], size - got)
+        if n == 0:
+            if got == 0:
+                return None
+            raise WireError(f"connection closed after {got} of {size} bytes")
+        got += n
+    return bytes(buffer)
+
+
+def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
+    data = cbor2.dumps(message)
+    sock.sendall(_HEAD.pack(len(data)) + data)
+
+
+def recv_message(sock: socket.socket, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any] | None:
+    """The next message, or None when the peer closed cleanly between messages."""
+    head = _read_exact(sock, _HEAD.size)
+    if head is None:
+        return None
+    (size,) = _HEAD.unpack(head)
+    if size > max_bytes:
+        raise WireError(f"message of {size} bytes is over the {max_bytes}-byte limit")
+    body = _read_exact(sock, size)
+    if body is None:
+        raise WireError("connection closed before the message body")
+    try:
+        message = cbor2.loads(body)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError) as exc:
+        raise WireError(f"not a CBOR message: {exc}") from None
+    if not isinstance(message, dict):
+        raise WireError("a message must be a CBOR map")
+    return message
+
+
+def connect(address: tuple[str, int], timeout_s: float = 10.0) -> socket.socket:
+    sock = socket.create_connection(address, timeout=timeout_s)
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+class Channel:
+    """A socket with a send lock, so several threads may send whole messages on it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._lock = threading.Lock()
+
+    def send(self, **message: Any) -> None:
+        with self._lock:
+            send_message(self.sock, message)
+
+    def recv(self) -> dict[str, Any] | None:
+        return recv_message(self.sock)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
