@@ -1,4 +1,4 @@
-"""Test doubles that ship with the package: synthetic workloads, random planning problems, crafted documents.
+"""Test doubles that ship with the package: synthetic workloads, planning problems, documents, a link attacker.
 
 Used by the test suite (planner vs brute force, verifier failures) and by `serdab bench
 placement` (planner speed at M = 100 blocks), so both exercise the same generators.
@@ -17,7 +17,7 @@ from serdab.plan import CostModel, PlanRequest, Workload
 from serdab.tee.document import AttestationDocument, sign_document
 from serdab.tee.host import HostIdentity
 
-__all__ = ["craft_document", "random_request", "synthetic_workload"]
+__all__ = ["TamperingProxy", "craft_document", "random_request", "synthetic_workload"]
 
 
 def synthetic_workload(blocks: int, seed: int = 0, side: int = 224) -> Workload:
@@ -110,3 +110,57 @@ def craft_document(
         nonce=nonce,
     )
     return sign_document(document, key)
+
+
+class TamperingProxy:
+    """A man in the middle on one pipeline link: forwards messages, and does one bad thing to one of them.
+
+    ``action`` is "tamper" (flip a ciphertext byte), "replay" (send it twice) or "drop" (never send
+    it), applied to data message number ``at`` (0-based, after the link's hello). Stop with ``close``.
+    """
+
+    def __init__(self, target: tuple[str, int], action: str, at: int = 2) -> None:
+        import socket
+        import threading
+
+        if action not in ("tamper", "replay", "drop"):
+            raise ValueError(f"action must be tamper, replay or drop, not {action!r}")
+        self.target, self.action, self.at = target, action, at
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()
+        self.done = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        from serdab.runtime.wire import connect, recv_message, send_message
+
+        try:
+            inbound, _ = self.listener.accept()
+        except OSError:
+            return
+        outbound = connect(self.target)
+        try:
+            send_message(outbound, recv_message(inbound) or {})  # the hello
+            index = 0
+            while (message := recv_message(inbound)) is not None:
+                if index == self.at:
+                    self.done.set()
+                    if self.action == "drop":
+                        index += 1
+                        continue
+                    if self.action == "tamper":
+                        ct = bytearray(message["ct"])
+                        ct[len(ct) // 2] ^= 0x01
+                        message = {**message, "ct": bytes(ct)}
+                    if self.action == "replay":
+                        send_message(outbound, message)
+                send_message(outbound, message)
+                index += 1
+        except OSError:
+            pass
+        finally:
+            inbound.close()
+            outbound.close()
+
+    def close(self) -> None:
+        self.listener.close()

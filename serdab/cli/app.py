@@ -18,6 +18,7 @@ from serdab.cli.models_cmd import models
 from serdab.cli.partition_cmd import partition
 from serdab.cli.plan_cmd import plan
 from serdab.cli.profile_cmd import profile
+from serdab.cli.run_cmd import run
 from serdab.cli.schedule_cmd import schedule_app
 from serdab.cli.tee_cmd import attest, build_image_cmd, measure
 from serdab.errors import SerdabError
@@ -36,6 +37,7 @@ app.command()(profile)
 app.command()(partition)
 app.command()(leakage)
 app.command()(plan)
+app.command()(run)
 app.command()(demo)
 app.command("build-image")(build_image_cmd)
 app.command()(measure)

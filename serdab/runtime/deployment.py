@@ -84,6 +84,8 @@ class DeploymentContext:
     slowdowns: dict[str, tuple[float, int]] = field(default_factory=dict)
     allow_simulated: bool = True
     start_timeout_s: float = 120.0
+    # (sender worker, receiver worker, address) -> address to dial: lets tests put a proxy on a link
+    route: Callable[[str, str, tuple[str, int]], tuple[str, int]] | None = None
 
 
 class Deployment:
@@ -164,11 +166,11 @@ class Deployment:
             w.handle = self.ctx.executor.start(spec)
         self._await(lambda: all(w.port for w in self.workers), "ready")
         for k, group in enumerate(self._stages):
-            if k + 1 < len(self._stages):
-                downstream = [("127.0.0.1", d.port) for d in self._stages[k + 1]]
-            else:
-                downstream = [self._sink.getsockname()]
             for w in group:
+                if k + 1 < len(self._stages):
+                    downstream = [self._address(w.id, d.id, ("127.0.0.1", d.port or 0)) for d in self._stages[k + 1]]
+                else:
+                    downstream = [self._sink.getsockname()]
                 assert w.channel is not None
                 w.channel.send(op="wire", downstream=downstream)
         self._await(lambda: all(w.wired for w in self.workers), "wired")
@@ -178,6 +180,9 @@ class Deployment:
             self._ingress.append(LinkSender(sock, self._links[(SOURCE, w.id)], self._ingress_broken, depth=2))
         for w in self.workers:
             self.ctx.resources.heartbeat(w.device)
+
+    def _address(self, src: str, dst: str, address: tuple[str, int]) -> tuple[str, int]:
+        return self.ctx.route(src, dst, address) if self.ctx.route else address
 
     def _await(self, done: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self.ctx.start_timeout_s

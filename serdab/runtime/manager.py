@@ -30,6 +30,7 @@ from serdab.graph import Chain
 from serdab.plan import CostModel, Placement, PlanRequest, Workload, get_planner, violation
 from serdab.plan.placement import PlanCost, Stage
 from serdab.plan.report import why_infeasible
+from serdab.plan.simulate import simulate
 from serdab.privacy.policy import allowed_cuts, parse_policy
 from serdab.profile import Profile
 from serdab.runtime.deployment import Deployment, DeploymentContext, FrameResult, WorkerLost
@@ -297,14 +298,16 @@ class ApplicationManager:
                 utilisation=(sum(times) / (span * stage.replicas)) if span > 0 else 0.0,
             ))  # fmt: skip
         measured_t = (done[-1] - min(r.sent_s for r in ordered)) / d
-        predicted = self._request(self.belief()).costs.evaluate(cost.placement, n)
+        costs = self._request(self.belief()).costs
+        predicted = costs.evaluate(cost.placement, n)
+        simulated = simulate(costs, cost.placement, n).chunk_time_s
         return ChunkReport(
             index=index, frames=n, first_frame=chunk[0].id, placement=cost.placement.describe(),
             interrupted=interrupted,
             measured_chunk_s=measured_t, measured_latency_s=(first.done_s - first.sent_s) / d,
             measured_period_s=((done[-1] - done[0]) / (n - 1) / d) if n > 1 else 0.0,
             predicted_chunk_s=predicted.chunk_time_s, predicted_latency_s=predicted.latency_s,
-            predicted_period_s=predicted.period_s, predicted_bottleneck=predicted.bottleneck, stages=stages,
+            predicted_period_s=predicted.period_s, predicted_bottleneck=predicted.bottleneck, simulated_chunk_s=simulated, stages=stages,
         )  # fmt: skip
 
     def _line(self, frame: Frame, result: FrameResult, chunk: int) -> dict[str, Any]:

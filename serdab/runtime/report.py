@@ -36,6 +36,7 @@ class ChunkReport(BaseModel):
     predicted_latency_s: float
     predicted_period_s: float
     predicted_bottleneck: str
+    simulated_chunk_s: float = Field(description="the event simulator's T(n): discrete frames, shared links")
     stages: list[StageReport]
 
     @property
@@ -76,7 +77,7 @@ class RunSummary(BaseModel):
         return {
             name: {"measured": mean(f"measured_{attr}_s"), "predicted": mean(f"predicted_{attr}_s")}
             for name, attr in (("L", "latency"), ("P", "period"), ("T", "chunk"))
-        }
+        } | {"T_simulated": {"measured": mean("measured_chunk_s"), "predicted": mean("simulated_chunk_s")}}
 
 
 def top_k(logits: np.ndarray, k: int = 5) -> list[dict[str, float]]:

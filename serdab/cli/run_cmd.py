@@ -1,0 +1,187 @@
+"""`serdab run MODEL --cluster FILE`: a placement run for real, frames streaming through enclaves and accelerators."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from serdab.cli.common import InputShapeOpt, JsonOpt, console, err_console, open_model, progress_bar, write_json
+from serdab.errors import PlanError
+
+__all__ = ["parse_slowdown", "run"]
+
+
+def parse_slowdown(text: str) -> tuple[str, tuple[float, int]]:
+    """``gpu2=3`` or ``gpu2=3@40``: the device runs 3x slower from frame 40 on (emulated)."""
+    device, _, rest = text.partition("=")
+    factor, _, frame = rest.partition("@")
+    try:
+        value, first = float(factor), int(frame or 0)
+    except ValueError:
+        value, first = 0.0, -1
+    if not device or value <= 0 or first < 0:
+        raise PlanError(f"--slowdown {text!r}: write DEVICE=FACTOR[@FRAME], e.g. tee1=3@40")
+    return device, (value, first)
+
+
+def _progress_text(update: dict[str, Any]) -> str:
+    chunk = update["chunk"]
+    fps = chunk.frames / chunk.measured_chunk_s if chunk.measured_chunk_s > 0 else 0.0
+    stages = " ".join(f"{'+'.join(s.devices)} {100 * s.utilisation:.0f}%" for s in chunk.stages)
+    return f"{fps:.2f} frames/s (emulated) | busy: {stages} | bottleneck {chunk.measured_bottleneck}"
+
+
+def _summary_table(summary: Any) -> Table:
+    table = Table(title=f"measured vs predicted ({summary.emulation.split(':')[0]}; means over steady chunks)")
+    for column in ("", "measured", "predicted", "gap"):
+        table.add_column(column, justify="left" if not column else "right")
+    rows = summary.measured_vs_predicted()
+    names = {"L": "frame latency L", "P": "period P", "T": f"chunk time T({summary.chunk})",
+             "T_simulated": f"T({summary.chunk}) vs event simulation"}  # fmt: skip
+    for key, value in rows.items():
+        gap = value["measured"] / value["predicted"] - 1 if value["predicted"] > 0 else 0.0
+        unit = 1000.0 if key in ("L", "P") else 1.0
+        suffix = " ms" if unit == 1000.0 else " s"
+        table.add_row(names[key], f"{unit * value['measured']:.3f}{suffix}", f"{unit * value['predicted']:.3f}{suffix}",
+                      f"{100 * gap:+.1f}%")  # fmt: skip
+    return table
+
+
+def _stage_table(summary: Any) -> Table:
+    last = summary.steady()[-1]
+    table = Table(title=f"stages of {last.placement}")
+    for column in ("stage", "devices", "blocks", "measured ms/frame", "predicted ms/frame", "busy"):
+        table.add_column(column, justify="left" if column in ("devices", "blocks") else "right")
+    for s in last.stages:
+        table.add_row(str(s.stage), "+".join(s.devices), s.blocks, f"{s.measured_ms:.2f}", f"{s.predicted_ms:.2f}",
+                      f"{100 * s.utilisation:.0f}%")  # fmt: skip
+    return table
+
+
+def run(
+    cluster: Annotated[
+        str, typer.Option(help="Cluster YAML or a shipped example: paper, single-tee, edge-cloud.", show_default=False)
+    ],
+    model: Annotated[str, typer.Argument(help="Zoo model name or path to an .onnx file.")],
+    input: Annotated[
+        str, typer.Option("--input", help="A video file, a directory of images, or synthetic:N generated frames.")
+    ] = "synthetic:30",
+    chunk: Annotated[
+        int, typer.Option(min=1, help="Frames per chunk (seed 000): placement changes only between chunks.")
+    ] = 10,
+    strategy: Annotated[str, typer.Option(help="Planner (see `serdab plan --help`).")] = "optimal",
+    privacy: Annotated[
+        str,
+        typer.Option(
+            help="What an untrusted device may receive: trusted-only, resolution:20, pearson:D, ssim:D, mse:D."
+        ),
+    ] = "resolution:20",
+    trusted_tail: Annotated[
+        bool,
+        typer.Option("--trusted-tail", help="The last stage runs on a trusted device: labels never leave enclaves."),
+    ] = False,
+    replicate: Annotated[
+        bool, typer.Option("--replicate", help="Let a stage run round robin on identical devices.")
+    ] = False,
+    native: Annotated[
+        bool, typer.Option("--native", help="Every worker at this host's real speed, links unshaped (no emulation).")
+    ] = False,
+    placement: Annotated[
+        str | None, typer.Option(help="Run this placement instead of planning, e.g. 'tee1[0-11] -> gpu2[12-21]'.")
+    ] = None,
+    dilation: Annotated[
+        float | None, typer.Option(min=1.0, help="Host seconds per emulated second (default: chosen from the devices).")
+    ] = None,
+    slowdown: Annotated[
+        list[str] | None,
+        typer.Option(help="Emulate a device getting slower mid-stream: DEVICE=FACTOR[@FRAME] (repeatable)."),
+    ] = None,
+    repartition_threshold: Annotated[
+        float, typer.Option(min=0.01, help="Re-plan when a stage's time is off its prediction by more than this...")
+    ] = 0.2,
+    repartition_chunks: Annotated[int, typer.Option(min=1, help="...for this many chunks in a row.")] = 3,
+    no_repartition: Annotated[bool, typer.Option("--no-repartition", help="Keep the first placement.")] = False,
+    kms: Annotated[
+        str | None, typer.Option(help="Use a running key service (`serdab kms start`) instead of an embedded one.")
+    ] = None,
+    frames: Annotated[int | None, typer.Option(min=1, help="Stop after this many frames of the input.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Results as JSON Lines, one line per frame.")] = None,
+    input_shape: InputShapeOpt = None,
+    json_path: JsonOpt = None,
+) -> None:
+    """Run MODEL as a pipeline on the cluster: enclaves first, untrusted accelerators once the tensor is private.
+
+    Plans (or takes --placement), refuses a placement that breaks the privacy policy, starts a key
+    service and one worker per device (trusted stages in attested enclaves, their weights
+    released only to them), streams the input in chunks through links encrypted per hop, and
+    prints measured frame latency, period and chunk time beside the cost model's prediction.
+    Device speeds and links are emulated from the cluster file unless --native (docs/runtime.md).
+    """
+    from serdab.cluster import load_cluster
+    from serdab.profile import cached_profile
+    from serdab.runtime.frames import open_source
+    from serdab.runtime.manager import ApplicationManager, RunOptions
+    from serdab.runtime.repartition import Repartitioner
+
+    spec = load_cluster(cluster)
+    slowdowns = dict(parse_slowdown(s) for s in slowdown or [])
+    for device in slowdowns:
+        if device not in spec.names:
+            raise PlanError(f"--slowdown names {device!r}, not a device of {spec.name} ({', '.join(spec.names)})")
+    opened = open_model(model, input_shape)
+    source = open_source(input, opened.chain.input_shape, limit=frames)
+    with progress_bar(f"profiling {opened.name}", len(opened.chain.blocks) + 1) as update:
+        prof, _ = cached_profile(opened.chain, opened.name, progress=update)
+    leakage = None
+    from serdab.privacy.policy import parse_policy
+
+    if parse_policy(privacy).needs_leakage:
+        from serdab.privacy import default_images, measure_leakage
+
+        images = default_images(grey_digits=opened.chain.input_shape[1] == 1)
+        with progress_bar(f"leakage of {opened.name}", len(images)) as update:
+            leakage = measure_leakage(opened.chain, opened.name, images, progress=update)
+    options = RunOptions(
+        chunk=chunk, strategy=strategy, privacy=privacy, trusted_tail=trusted_tail, replicate=replicate, native=native,
+        dilation=dilation, placement=placement, slowdowns=slowdowns, kms_url=kms,
+        repartition=None if no_repartition else Repartitioner(repartition_threshold, repartition_chunks),
+    )  # fmt: skip
+    manager = ApplicationManager(opened.chain, opened.name, prof, spec, options, leakage=leakage)
+    first = manager.plan()  # fails here, before any process starts, on a bad or refused placement
+    console.print(f"[bold]{opened.name}[/bold] on {spec.name}: {first.describe()} (policy {manager.policy.spec}); "
+                  f"input {source.describe()}, chunks of {chunk}")  # fmt: skip
+    sink = out.open("w") if out else None
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[info]}"))  # fmt: skip
+    try:
+        with Progress(*columns, console=err_console, transient=False) as bar:
+            task = bar.add_task("starting key service and workers", total=source.count, info="")
+
+            def on_result(line: dict[str, Any]) -> None:
+                if sink:
+                    sink.write(json.dumps(line) + "\n")
+                    sink.flush()
+
+            def on_progress(update: dict[str, Any]) -> None:
+                bar.update(task, completed=update["done"], description="frames", info=_progress_text(update))
+
+            summary = manager.run(source.frames(), total=source.count, on_result=on_result, progress=on_progress)
+    finally:
+        if sink:
+            sink.close()
+    console.print(f"{summary.frames} frames in {summary.wall_s:.1f} s host time; {summary.emulation}")
+    for switch in summary.switches:
+        console.print(f"re-partitioned after chunk {switch['after_chunk']} (before frame {switch['before_frame']}): "
+                      f"{switch['from']} -> {switch['to']}: {switch['reason']}")  # fmt: skip
+    for fault in summary.faults:
+        console.print(f"fault at frame {fault['frame']}: {fault['reason']}; {fault['action']}")
+    console.print(_summary_table(summary))
+    console.print(_stage_table(summary))
+    if out:
+        err_console.print(f"wrote {out}")
+    write_json(json_path, summary)
