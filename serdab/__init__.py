@@ -40,7 +40,10 @@ _EXPORTS: dict[str, str] = {
     "ZOO": "serdab.models",
     "build_module": "serdab.models",
     "load_model": "serdab.models",
-    **{name: "serdab.plan" for name in ("PLANNERS", "CostModel", "Placement", "PlanRequest", "Workload", "get_planner")},
+    **{
+        name: "serdab.plan"
+        for name in ("PLANNERS", "CostModel", "Placement", "PlanRequest", "Workload", "get_planner")
+    },
     "simulate": "serdab.plan.simulate",
     **{name: "serdab.privacy" for name in ("LeakageReport", "default_images", "load_image_dir", "measure_leakage")},
     "parse_policy": "serdab.privacy.policy",

@@ -5,7 +5,7 @@ Endpoints (JSON unless marked CBOR)::
     GET  /v1/health                         liveness, replica id, number of services
     GET  /v1/attestation?nonce=HEX          CBOR: this KMS's document, user_data = SHA-384 of its TLS cert
     GET  /v1/nonce                          a single-use nonce to put in an attestation document
-    POST /v1/services                       (admin) register a service, its policy and optionally the owner's model key -> PKI generated here
+    POST /v1/services                       (admin) register a service + policy [+ owner's model key]; PKI made here
     POST /v1/services/{name}/rotate         (admin) new PKI generation
     GET  /v1/services/{name}/certificate    the service CA and certificate (public)
     POST /v1/services/{name}/keys           CBOR {document} -> CBOR {envelope}: keys for an attested enclave

@@ -98,7 +98,8 @@ class KeyService:
                 if model_key is not None:
                     state.services[name].model_key_hex = model_key.hex()
             else:
-                state.services[name] = new_service_record(name, policy, model_key_hex=model_key.hex() if model_key else None)
+                key_hex = model_key.hex() if model_key else None
+                state.services[name] = new_service_record(name, policy, model_key_hex=key_hex)
             return state
 
         return self.state.update(change).services[name]

@@ -307,7 +307,8 @@ class ApplicationManager:
             measured_chunk_s=measured_t, measured_latency_s=(first.done_s - first.sent_s) / d,
             measured_period_s=((done[-1] - done[0]) / (n - 1) / d) if n > 1 else 0.0,
             predicted_chunk_s=predicted.chunk_time_s, predicted_latency_s=predicted.latency_s,
-            predicted_period_s=predicted.period_s, predicted_bottleneck=predicted.bottleneck, simulated_chunk_s=simulated, stages=stages,
+            predicted_period_s=predicted.period_s, predicted_bottleneck=predicted.bottleneck,
+            simulated_chunk_s=simulated, stages=stages,
         )  # fmt: skip
 
     def _line(self, frame: Frame, result: FrameResult, chunk: int) -> dict[str, Any]:
