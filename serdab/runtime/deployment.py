@@ -300,7 +300,8 @@ class Deployment:
                 sock.close()
                 continue
             spec = self._links[(src, SINK)]
-            self._receivers.append(LinkReceiver(sock, spec, self._result, self._integrity, self._sink_closed))
+            closed = self._sink_closed(src)
+            self._receivers.append(LinkReceiver(sock, spec, self._result, self._integrity, closed))
 
     def _result(self, frame: int, payload: bytes) -> None:
         outputs, records = decode_tensors(payload)
@@ -309,9 +310,12 @@ class Deployment:
     def _integrity(self, exc: LinkIntegrityError) -> None:
         self.events.put((SINK, {"op": "integrity", "kind": exc.kind, "message": str(exc)}))
 
-    def _sink_closed(self, message: str) -> None:
-        if not self._stopping:
-            self.events.put((SINK, {"op": "link-closed", "message": message}))
+    def _sink_closed(self, src: str) -> Callable[[str], None]:
+        def closed(message: str) -> None:
+            if not self._stopping:
+                self.events.put((src, {"op": "link-closed", "message": message}))
+
+        return closed
 
     def _ingress_broken(self, message: str) -> None:
         if not self._stopping:
@@ -343,13 +347,22 @@ class Deployment:
             elif op == "integrity":
                 raise LinkIntegrityError(str(message.get("kind")), f"{message.get('message')} (reported by {device})")
             elif op in ("error", "closed", "link-closed"):
+                self._raise_for_dead(grace_s=0.5)  # a dead process explains a broken link best
                 raise WorkerLost(device, str(message.get("message") or f"the worker for {device} hung up"))
-        for w in self.workers:
-            if w.handle is not None and not w.handle.alive():
-                raise WorkerLost(w.device, f"the worker for {w.device} (pid {w.handle.pid}) exited")
+        self._raise_for_dead()
         silent = [d for d in self.ctx.resources.silent() if d in {w.device for w in self.workers}]
         if silent:
             raise WorkerLost(silent[0], f"no heartbeat from {silent[0]} for {self.ctx.resources.lost_after_s:.0f} s")
+
+    def _raise_for_dead(self, grace_s: float = 0.0) -> None:
+        deadline = time.monotonic() + grace_s
+        while True:
+            for w in self.workers:
+                if w.handle is not None and not w.handle.alive():
+                    raise WorkerLost(w.device, f"the worker for {w.device} (pid {w.handle.pid}) exited")
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.02)
 
     def stop(self) -> None:
         self._stopping = True

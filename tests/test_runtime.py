@@ -1,0 +1,256 @@
+"""The pipeline runtime: links, emulation rules, stage equality, exactly-once, tampering, faults, re-planning."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serdab.cluster import load_cluster
+from serdab.errors import LinkIntegrityError, PlanError, WorkerError
+from serdab.onnxrt import make_session
+from serdab.profile import cached_profile
+from serdab.runtime.deployment import DeploymentContext
+from serdab.runtime.frames import open_source
+from serdab.runtime.link import LinkOpener, LinkSealer, LinkShaper, LinkSpec, decode_tensors, encode_tensors
+from serdab.runtime.manager import ApplicationManager, RunOptions, parse_placement
+from serdab.runtime.repartition import Repartitioner, StageObservation
+from serdab.runtime.resources import ResourceManager
+from serdab.testing import TamperingProxy
+from tests.conftest import chain_of
+
+THREE = """
+source: tee1
+devices:
+  - {name: tee1, kind: tee, trusted: true,  host: h1, speed: 0.5, memory: 93MiB, paging_factor: 5.0}
+  - {name: tee2, kind: tee, trusted: true,  host: h2, speed: 0.5, memory: 93MiB, paging_factor: 5.0}
+  - {name: cpu3, kind: cpu, trusted: false, host: h2, speed: 1.0, memory: 8GiB}
+links:
+  - {a: h1, b: h2, bandwidth: 1Gbit, rtt: 1ms}
+"""
+
+
+def _spec(**kw) -> LinkSpec:
+    return LinkSpec(kw.get("stream", "s"), "a", "b", b"k" * 32)
+
+
+# --- links ----------------------------------------------------------------------------------------
+def test_link_round_trip_and_each_attack_is_detected() -> None:
+    sealer, opener = LinkSealer(_spec()), LinkOpener(_spec())
+    payload = encode_tensors([np.arange(6, dtype=np.float32).reshape(2, 3)], [{"stage": 0}])
+    first = sealer.seal(7, payload)
+    frame, body, _ = opener.open(first)
+    arrays, meta = decode_tensors(body)
+    assert frame == 7 and arrays[0].tolist() == [[0, 1, 2], [3, 4, 5]] and meta == [{"stage": 0}]
+
+    with pytest.raises(LinkIntegrityError) as replayed:
+        opener.open(first)
+    assert replayed.value.kind == "replayed"
+
+    second = sealer.seal(8, payload)
+    tampered = {**second, "ct": second["ct"][:-1] + bytes([second["ct"][-1] ^ 1])}
+    with pytest.raises(LinkIntegrityError) as bad:
+        opener.open(tampered)
+    assert bad.value.kind == "tampered"
+    relabelled = {**second, "frame": 9}  # the frame id is bound too
+    with pytest.raises(LinkIntegrityError, match="tampered"):
+        opener.open(relabelled)
+
+    sealer.seal(9, payload)  # lost on the way
+    with pytest.raises(LinkIntegrityError) as dropped:
+        opener.open(sealer.seal(10, payload))
+    assert dropped.value.kind == "dropped" and "never arrived" in str(dropped.value)
+
+
+def test_a_link_key_of_another_stream_does_not_open() -> None:
+    message = LinkSealer(_spec(stream="one")).seal(0, b"x")
+    with pytest.raises(LinkIntegrityError, match="tampered"):
+        LinkOpener(_spec(stream="two")).open(message)
+
+
+def test_shaper_charges_bytes_over_bandwidth_plus_rtt_dilated() -> None:
+    now = [0.0]
+    slept = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    shaper = LinkShaper(1000.0, 0.01, dilation=2.0, clock=lambda: now[0], sleep=sleep)
+    arrive = shaper.depart(500)  # 0.5 s on the wire, dilated to 1 s, then 2 x 10 ms rtt
+    assert slept == [pytest.approx(1.0)] and arrive == pytest.approx(1.02)
+    arrive = shaper.depart(500)  # FIFO: the second frame waits for the first
+    assert arrive == pytest.approx(2.02)
+
+
+# --- pure rules -----------------------------------------------------------------------------------
+def test_repartitioner_needs_patience_and_estimates_speed() -> None:
+    rule = Repartitioner(threshold=0.2, patience=2)
+    slow = [StageObservation(("tee1",), 0.25, 0.1, 0.3), StageObservation(("e1",), 1.0, 0.05, 0.051)]
+    speeds, streak, _ = rule.decide(slow, {})
+    assert speeds is None and streak == {("tee1",): 1}
+    speeds, streak, reason = rule.decide(slow, streak)
+    assert speeds == {"tee1": pytest.approx(0.25 / 3)} and streak == {} and "tee1" in reason
+    back_in_line = [StageObservation(("tee1",), 0.25, 0.1, 0.11)]
+    assert rule.decide(back_in_line, {("tee1",): 1})[1] == {}  # the streak must be consecutive
+
+
+def test_resource_manager_marks_silent_devices_and_keeps_the_source() -> None:
+    now = [0.0]
+    resources = ResourceManager(load_cluster("paper"), lost_after_s=3.0, clock=lambda: now[0])
+    resources.heartbeat("e1")
+    resources.heartbeat("gpu2")
+    now[0] = 2.0
+    resources.heartbeat("gpu2")
+    now[0] = 4.0
+    assert resources.silent() == ["e1"]
+    resources.deregister("e1", "gone")
+    assert "e1" not in resources.cluster().names and resources.lost() == {"e1": "gone"}
+    with pytest.raises(Exception, match="source"):
+        resources.deregister("tee1")
+    assert resources.cluster({"gpu2": 2.0}).device("gpu2").speed == 2.0
+
+
+def test_parse_placement() -> None:
+    placement = parse_placement("tee1+tee2[0-11] -> e1[12-21]")
+    assert placement.describe() == "tee1+tee2[0-11] -> e1[12-21]"
+    with pytest.raises(PlanError, match="cannot read placement"):
+        parse_placement("tee1[0-11] -> e1")
+
+
+# --- the runtime, for real ------------------------------------------------------------------------
+def _manager(model: str, cluster, **options) -> ApplicationManager:
+    chain = chain_of(model)
+    profile, _ = cached_profile(chain, model, repeat=3, warmup=1)
+    return ApplicationManager(chain, model, profile, cluster, RunOptions(**options))
+
+
+@pytest.fixture
+def three(tmp_path: Path):
+    path = tmp_path / "three.yaml"
+    path.write_text(THREE)
+    return load_cluster(path)
+
+
+def test_three_stage_dag_pipeline_equals_the_whole_model(three) -> None:
+    chain = chain_of("resnet18")
+    manager = _manager("resnet18", three, chunk=3, native=True, keep_outputs=True,
+                       placement="tee1[0-7] -> tee2[8-11] -> cpu3[12-21]")  # fmt: skip
+    lines: list[dict] = []
+    summary = manager.run(open_source("synthetic:5", chain.input_shape).frames(), on_result=lines.append)
+    whole = make_session(chain.model)
+    for frame, line in zip(open_source("synthetic:5", chain.input_shape).frames(), lines, strict=True):
+        expected = whole.run(None, {chain.input_name: frame.tensor})[0]
+        assert line["frame"] == frame.id
+        assert float(np.abs(line["outputs"][-1] - expected).max()) <= 1e-4
+        assert [s["device"] for s in line["stages"]] == ["tee1", "tee2", "cpu3"]
+    assert [c.frames for c in summary.chunks] == [3, 2]
+    assert summary.placements == ["tee1[0-7] -> tee2[8-11] -> cpu3[12-21]"]
+
+
+def test_manager_refuses_a_placement_that_sends_56x56_to_an_untrusted_device() -> None:
+    manager = _manager("resnet18", load_cluster("paper"), placement="tee1[0-2] -> e1[3-21]")
+    with pytest.raises(PlanError, match="e1 is untrusted and may not receive the tensor at cut 3"):
+        manager.plan()
+
+
+@pytest.mark.parametrize("action", ["tamper", "replay", "drop"])
+def test_an_attack_on_a_link_is_detected_and_stops_the_run(action: str) -> None:
+    manager = _manager("lenet5", load_cluster("paper"), chunk=6, placement="tee1[0-2] -> e1[3-11]", dilation=4.0)
+    proxies: list[TamperingProxy] = []
+
+    def route(src: str, dst: str, address: tuple[str, int]) -> tuple[str, int]:
+        proxies.append(TamperingProxy(address, action, at=2))
+        return proxies[-1].address
+
+    original = DeploymentContext.__init__
+
+    def with_route(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.route = route
+
+    try:
+        DeploymentContext.__init__ = with_route  # type: ignore[method-assign]
+        with pytest.raises(LinkIntegrityError) as caught:
+            manager.run(open_source("synthetic:12", (1, 1, 28, 28)).frames())
+    finally:
+        DeploymentContext.__init__ = original  # type: ignore[method-assign]
+        for proxy in proxies:
+            proxy.close()
+    assert caught.value.kind == {"tamper": "tampered", "replay": "replayed", "drop": "dropped"}[action]
+    assert "e1" in str(caught.value)
+
+
+@pytest.mark.parametrize("victim", ["tee1", "e1"])
+def test_killing_a_worker_mid_stream_loses_no_frame(victim: str) -> None:
+    manager = _manager("lenet5", load_cluster("paper"), chunk=10, placement="tee1[0-2] -> e1[3-11]", dilation=300.0)
+    killed: list[int] = []
+
+    def killer() -> None:
+        while not killed:
+            d = manager.deployment
+            if d is not None and len(d._sent) >= 5:
+                worker = next(w for w in d.workers if w.device == victim)
+                if worker.handle and worker.handle.pid:
+                    import os
+                    import signal
+
+                    os.kill(worker.handle.pid, signal.SIGKILL)
+                    killed.append(worker.handle.pid)
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    lines: list[dict] = []
+    summary = manager.run(open_source("synthetic:20", (1, 1, 28, 28)).frames(), on_result=lines.append)
+    assert killed and [line["frame"] for line in lines] == list(range(20))
+    assert len(summary.faults) == 1 and summary.faults[0]["device"] == victim
+    assert summary.chunks[0].interrupted and not summary.chunks[1].interrupted
+
+
+def test_an_injected_slowdown_triggers_repartitioning_without_losing_frames() -> None:
+    manager = _manager("lenet5", load_cluster("paper"), chunk=4, placement=None, dilation=40.0,
+                       slowdowns={"e1": (20.0, 0)}, repartition=Repartitioner(0.2, 2))  # fmt: skip
+    lines: list[dict] = []
+    summary = manager.run(open_source("synthetic:24", (1, 1, 28, 28)).frames(), on_result=lines.append)
+    assert [line["frame"] for line in lines] == list(range(24))
+    assert summary.switches, summary.chunks
+    switch = summary.switches[0]
+    assert switch["after_chunk"] == 1 and "e1" in switch["reason"] and switch["from"] != switch["to"]
+    assert "e1" not in parse_placement(switch["to"]).devices
+    assert len(summary.placements) == 2
+
+
+def test_an_enclave_from_other_code_is_refused_by_the_manager_and_by_the_kms(monkeypatch, tmp_path) -> None:
+    import serdab.runtime.stages as stages
+
+    manager = _manager("lenet5", load_cluster("paper"), chunk=4, placement="tee1[0-2] -> e1[3-11]")
+    genuine = stages.package_stages
+
+    def rogue_images(chain, placement, trusted, out_dir, run_id):
+        artifacts = genuine(chain, placement, trusted, out_dir, run_id)
+        for a in artifacts:
+            if a.trusted:  # the same encrypted weights in an image whose code differs by a comment
+                rogue = out_dir / "rogue"
+                code = stages.ENTRYPOINT + "# one changed line\n"
+                stages.stage_image(rogue, next((a.image / "models").iterdir()), a.stage_file, code)
+                object.__setattr__(a, "image", rogue)
+        return artifacts
+
+    monkeypatch.setattr("serdab.runtime.manager.package_stages", rogue_images)
+    with pytest.raises(WorkerError, match="not the stage image.*PcrMismatchError"):
+        manager.run(open_source("synthetic:4", (1, 1, 28, 28)).frames())
+
+    # a manager that skipped its own check: the KMS still refuses the stage key
+    import serdab.tee.verify as verify
+
+    real = verify.verify_attestation
+    monkeypatch.setattr(verify, "verify_attestation",
+                        lambda doc, **kw: real(doc, **{**kw, "expected_pcrs": None}))  # fmt: skip
+    manager = _manager("lenet5", load_cluster("paper"), chunk=4, placement="tee1[0-2] -> e1[3-11]")
+    monkeypatch.setattr("serdab.kms.service.verify_attestation", real)
+    with pytest.raises(WorkerError, match="refused: PcrMismatchError"):
+        manager.run(open_source("synthetic:4", (1, 1, 28, 28)).frames())
