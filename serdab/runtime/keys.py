@@ -67,14 +67,15 @@ class RunKms:
                  allow_simulated: bool, timeout_s: float = 10.0) -> RunKms:  # fmt: skip
         """A running KMS (``serdab kms start``): verified before anything is sent to it."""
         try:
-            token = token_file.read_text().strip()
-        except OSError as exc:
-            raise KmsError(f"cannot read the KMS admin token {token_file}: {exc.strerror}") from None
-        try:
             kms = attest_kms(url, expected_pcrs=pcrs or None, allow_simulated=allow_simulated, simulated_roots=roots,
                              timeout_s=timeout_s)  # fmt: skip
         except KmsUnreachableError as exc:
             raise KmsUnreachableError(f"the key service is down, so no enclave stage can get its key: {exc}") from None
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            kms.close()
+            raise KmsError(f"cannot read the KMS admin token {token_file}: {exc.strerror}") from None
         return cls(kms, token, pcrs if pcrs else dict(kms.attestation.pcrs), allow_simulated)
 
     def register(self, artifact: StageArtifact) -> None:
