@@ -121,11 +121,12 @@ def test_console_script_reports_errors_without_traceback(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(capsys) -> None:
-    assert main(["demo", "--repeat", "5"]) == 0
+    assert main(["demo", "--repeat", "5", "--frames", "8", "--chunk", "4"]) == 0
     out = capsys.readouterr().out
     assert "first cut at or below 20x20: after block 11" in out
     assert "reproduce the whole model" in out
     assert "placement of resnet18 on paper" in out and "faster (predicted from emulated" in out
+    assert "every one answered once" in out and "measured vs predicted" in out
 
 
 @pytest.fixture

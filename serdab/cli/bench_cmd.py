@@ -201,3 +201,53 @@ def bench_he(
     console.print(f"packed he_cnn5 vs baseline: {result['speedup_e2e']:.0f}x end to end, "
                   f"{result['speedup_server']:.0f}x server time")  # fmt: skip
     err_console.print(f"wrote {json_path} and {png} in {result['wall_s']:.0f} s")
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(
+    json_path: Annotated[Path, typer.Option("--json", help="Where to write the JSON result.")] = Path(
+        "bench/results/pipeline.json"
+    ),
+    quick: Annotated[bool, typer.Option("--quick", help="ResNet-18 only, 12 frames (about 3 minutes).")] = False,
+    frames: Annotated[int | None, typer.Option(min=2, help="Frames per run (default 24; 12 with --quick).")] = None,
+    cluster: Annotated[str, typer.Option(help="Cluster file or shipped example.")] = "paper",
+) -> None:
+    """Seed 000 Fig. 12 measured: each strategy's placement run by the pipeline runtime, beside its prediction."""
+    from serdab.bench.pipeline_bench import hop_overhead, plot_pipeline_bench, run_pipeline_bench, worker_overhead
+
+    spec = load_cluster(cluster)
+    models = ["resnet18"] if quick else FIG12_MODELS
+    count = frames or (12 if quick else 24)
+    with err_console.status("running placements") as status:
+        rows = run_pipeline_bench(spec, models, count, progress=lambda m: status.update(m))
+        status.update("per-hop overhead")
+        hops = hop_overhead([4_096, 65_536, 204_800, 802_816, 3_211_264])
+        status.update("worker overhead")
+        worker = worker_overhead(spec)
+    result = {"cluster": spec.name, "frames": count, "quick": quick, "rows": rows, "hops": hops, "worker": worker,
+              "emulated": "device speeds and links from the cluster file, time-dilated per row"}  # fmt: skip
+    png = _write(result, json_path, plot_pipeline_bench)
+    table = Table(title=f"measured pipeline on {spec.name}, {count} frames per run (emulated speeds)")
+    for column in ("model", "strategy", "placement", "T meas s", "T pred s", "gap", "P meas ms", "P pred ms", "gap",
+                   "L gap", "speedup T", "speedup P", "pred T(10800)"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("model", "strategy", "placement") else "right")
+    for r in rows:
+        if not r.get("feasible"):
+            table.add_row(r["model"], r["strategy"], "infeasible", *[""] * 10)
+            continue
+        table.add_row(
+            r["model"], r["strategy"], r["placement"], f"{r['measured_chunk_s']:.3f}", f"{r['predicted_chunk_s']:.3f}",
+            f"{100 * (r['measured_chunk_s'] / r['predicted_chunk_s'] - 1):+.1f}%",
+            f"{1000 * r['measured_period_s']:.1f}", f"{1000 * r['predicted_period_s']:.1f}",
+            f"{100 * (r['measured_period_s'] / r['predicted_period_s'] - 1):+.1f}%",
+            f"{100 * (r['measured_latency_s'] / r['predicted_latency_s'] - 1):+.1f}%",
+            f"{r.get('speedup_measured_chunk', 0):.2f}x", f"{r.get('speedup_measured_period', 0):.2f}x",
+            f"{r.get('speedup_predicted_10800', 0):.2f}x",
+        )  # fmt: skip
+    console.print(table)
+    for h in hops:
+        console.print(f"one encrypted hop, {h['bytes'] / 1024:.0f} KiB on loopback: median {h['median_ms']:.3f} ms, "
+                      f"p95 {h['p95_ms']:.3f} ms")  # fmt: skip
+    console.print(f"worker vs ONNX Runtime directly ({worker['model']}, native): {worker['pipeline_period_ms']:.2f} ms "
+                  f"per frame vs {worker['direct_ms']:.2f} ms ({worker['overhead_per_frame_ms']:+.2f} ms)")  # fmt: skip
+    err_console.print(f"wrote {json_path} and {png}")

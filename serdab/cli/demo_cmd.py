@@ -2,8 +2,10 @@
 
 Profile a zoo model, find the first cut whose tensor is no longer recognisable (seed 000's
 20x20 rule), measure leakage at every cut, split the model there and check that the stages
-reproduce the whole model, then plan it on seed 000's two edge devices (two enclaves, a CPU and
-a GPU) and compare the optimal placement with one enclave.
+reproduce the whole model, plan it on seed 000's two edge devices (two enclaves, a CPU and a
+GPU), and finally run that placement for real: a key service and one worker per device
+(enclaves for the trusted stages) stream a short synthetic camera feed, and the measured
+frame latency, period and chunk time are printed beside the prediction.
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ from serdab.cli.common import console, open_model, progress_bar
 from serdab.cli.leakage_cmd import leakage_table
 from serdab.cli.plan_cmd import plan_table
 from serdab.cli.profile_cmd import profile_table
-from serdab.cluster import load_cluster
-from serdab.graph import write_stages
+from serdab.cluster import Cluster, load_cluster
+from serdab.graph import NamedChain, write_stages
 from serdab.onnxrt import make_session
 from serdab.plan import CostModel, PlanRequest, Workload, get_planner
 from serdab.privacy import default_images, measure_leakage
 from serdab.privacy.metrics import within_resolution
 from serdab.privacy.policy import allowed_cuts, parse_policy
-from serdab.profile import cached_profile
+from serdab.profile import Profile, cached_profile
 
 __all__ = ["demo", "first_private_cut"]
 
@@ -46,8 +48,12 @@ def demo(
     ] = None,
     repeat: Annotated[int, typer.Option(min=1, help="Timed runs per block.")] = 30,
     cluster: Annotated[str, typer.Option(help="Cluster file or shipped example to plan on.")] = "paper",
+    frames: Annotated[
+        int, typer.Option(min=0, help="Synthetic frames to stream through the plan (0: plan only).")
+    ] = 24,
+    chunk: Annotated[int, typer.Option(min=1, help="Frames per chunk of the run.")] = 8,
 ) -> None:
-    """Profile, measure leakage, partition at the first private cut, verify the stages, plan on a cluster."""
+    """Profile, measure leakage, partition at the first private cut, plan on a cluster, then run the plan."""
     opened = open_model(model, None)
     chain = opened.chain
     console.rule(f"[bold]1. profile {opened.name}")
@@ -109,3 +115,25 @@ def demo(
         f"{single.chunk_time_s / best.chunk_time_s:.2f}x faster (predicted from emulated enclave/GPU speeds; "
         f"`serdab plan {opened.name} --cluster {cluster}` for more)"
     )
+
+    if frames:
+        _run_step(opened, prof, spec, frames, chunk)
+
+
+def _run_step(opened: NamedChain, prof: Profile, spec: Cluster, frames: int, chunk: int) -> None:
+    from serdab.cli.run_cmd import _stage_table, _summary_table
+    from serdab.runtime.frames import open_source
+    from serdab.runtime.manager import ApplicationManager, RunOptions
+
+    console.rule(
+        f"[bold]5. run it: {frames} synthetic frames in chunks of {chunk} (`serdab run` does this for any input)"
+    )
+    options = RunOptions(chunk=chunk, privacy=f"resolution:{THRESHOLD}", replicate=True)
+    manager = ApplicationManager(opened.chain, opened.name, prof, spec, options)
+    source = open_source(f"synthetic:{frames}", opened.chain.input_shape)
+    with progress_bar("streaming (key service, enclaves and workers start first)", frames) as update:
+        summary = manager.run(source.frames(), total=frames, progress=lambda u: update(u["done"], frames, ""))
+    console.print(f"{summary.placements[-1]}: {summary.frames} frames, every one answered once, in "
+                  f"{summary.wall_s:.1f} s host time; {summary.emulation}")  # fmt: skip
+    console.print(_summary_table(summary))
+    console.print(_stage_table(summary))

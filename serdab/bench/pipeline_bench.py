@@ -1,0 +1,203 @@
+"""Seed 000 Fig. 12 measured: every strategy's placement run for real on the paper cluster, beside its prediction.
+
+Each model is profiled (cached) and planned by each strategy for seed 000's 10,800-frame stream
+under the 20x20 rule; the placement is then run by ``serdab.runtime`` on a synthetic stream of
+``frames`` frames, one chunk, emulated speeds (time dilated so the fastest device it uses still
+has headroom on this host). The speedup over one enclave is given twice: on the measured T(n)
+of the short stream, and on the measured period P, which is what T(10,800) converges to. Also
+the runtime's own cost, without emulation: one encrypted hop against tensor size on loopback,
+and a stage worker's per-frame time against calling ONNX Runtime directly.
+"""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from serdab.bench.placement_bench import _request  # noqa: E402
+from serdab.cluster import Cluster  # noqa: E402
+from serdab.graph import open_chain  # noqa: E402
+from serdab.onnxrt import make_session  # noqa: E402
+from serdab.plan import Workload, get_planner  # noqa: E402
+from serdab.profile import cached_profile  # noqa: E402
+from serdab.runtime.emulation import choose_dilation  # noqa: E402
+from serdab.runtime.frames import open_source  # noqa: E402
+from serdab.runtime.link import LinkOpener, LinkSealer, LinkSpec, decode_tensors, encode_tensors  # noqa: E402
+from serdab.runtime.manager import ApplicationManager, RunOptions  # noqa: E402
+from serdab.runtime.wire import recv_message, send_message  # noqa: E402
+
+__all__ = ["hop_overhead", "plot_pipeline_bench", "run_pipeline_bench", "worker_overhead"]
+
+STRATEGIES = [
+    ("1 TEE", "single-tee", False),
+    ("2 TEEs", "two-tees", False),
+    ("1 TEE & 1 GPU", "tee-gpu", False),
+    ("Serdab proposed", "serdab", False),
+    ("optimal", "optimal", False),
+    ("optimal+replication", "optimal", True),
+]
+PLAN_CHUNK = 10_800
+
+
+def _measure(chain: Any, name: str, profile: Any, cluster: Cluster, placement: Any, frames: int, native: bool = False):
+    devices = [cluster.device(d) for d in placement.devices]
+    options = RunOptions(chunk=frames, placement=placement.describe(), native=native, repartition=None,
+                         dilation=None if native else choose_dilation(devices), replicate=True)  # fmt: skip
+    manager = ApplicationManager(chain, name, profile, cluster, options)
+    summary = manager.run(open_source(f"synthetic:{frames}", chain.input_shape).frames())
+    return summary, summary.chunks[-1]
+
+
+def run_pipeline_bench(cluster: Cluster, models: list[str], frames: int,
+                       progress: Callable[[str], None] = lambda _: None) -> list[dict[str, Any]]:  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    for model in models:
+        progress(f"profiling {model}")
+        opened = open_chain(model)
+        profile, _ = cached_profile(opened.chain, opened.name)
+        workload = Workload.from_profile(profile)
+        base: dict[str, float] = {}
+        for label, planner, replicate in STRATEGIES:
+            request = _request(workload, cluster, PLAN_CHUNK, "resolution:20", replicate)
+            placement = get_planner(planner).plan(request)
+            row: dict[str, Any] = {"model": model, "strategy": label, "planner": planner, "frames": frames}
+            if placement is None:
+                rows.append({**row, "feasible": False})
+                continue
+            progress(f"{model}: {label} {placement.describe()}")
+            summary, chunk = _measure(opened.chain, opened.name, profile, cluster, placement, frames)
+            long_run = request.evaluate(placement)
+            row.update(
+                feasible=True, placement=placement.describe(), dilation=summary.dilation,
+                measured_chunk_s=chunk.measured_chunk_s, predicted_chunk_s=chunk.predicted_chunk_s,
+                simulated_chunk_s=chunk.simulated_chunk_s,
+                measured_latency_s=chunk.measured_latency_s, predicted_latency_s=chunk.predicted_latency_s,
+                measured_period_s=chunk.measured_period_s, predicted_period_s=chunk.predicted_period_s,
+                predicted_bottleneck=chunk.predicted_bottleneck, measured_bottleneck=chunk.measured_bottleneck,
+                throughput_ratio=(chunk.predicted_period_s / chunk.measured_period_s) if chunk.measured_period_s else 0,
+                predicted_chunk_10800_s=long_run.chunk_time_s, wall_s=summary.wall_s,
+                stages=[s.model_dump() for s in chunk.stages],
+            )  # fmt: skip
+            if planner == "single-tee":
+                base = {"T": chunk.measured_chunk_s, "P": chunk.measured_period_s, "T_pred": chunk.predicted_chunk_s,
+                        "P_pred": long_run.chunk_time_s}  # fmt: skip
+            if base:
+                row["speedup_measured_chunk"] = base["T"] / chunk.measured_chunk_s
+                row["speedup_measured_period"] = base["P"] / chunk.measured_period_s
+                row["speedup_predicted_chunk"] = base["T_pred"] / chunk.predicted_chunk_s
+                row["speedup_predicted_10800"] = base["P_pred"] / long_run.chunk_time_s
+            rows.append(row)
+    return rows
+
+
+def _receive(opener: LinkOpener, sock: socket.socket, count: int, times: list[float], done: threading.Event) -> None:
+    for _ in range(count):
+        _, payload, sent = opener.open(recv_message(sock) or {})
+        decode_tensors(payload)
+        times.append(time.perf_counter() - sent)
+    done.set()
+
+
+def hop_overhead(sizes: list[int], repeats: int = 200) -> list[dict[str, float]]:
+    """One encrypted hop on loopback (encode + AES-GCM seal + TCP + open + decode), no emulated link time."""
+    rows = []
+    for size in sizes:
+        tensor = np.random.default_rng(0).standard_normal(size // 4).astype(np.float32)
+        spec = LinkSpec("bench", "a", "b", bytes(32))
+        sealer = LinkSealer(spec)
+        server = socket.create_server(("127.0.0.1", 0))
+        sender = socket.create_connection(server.getsockname())
+        receiver, _ = server.accept()
+        for sock in (sender, receiver):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        times: list[float] = []
+        done = threading.Event()
+        args = (LinkOpener(spec), receiver, repeats, times, done)
+        threading.Thread(target=_receive, args=args, daemon=True).start()
+        for _ in range(repeats):
+            start = time.perf_counter()
+            send_message(sender, sealer.seal(0, encode_tensors([tensor]), start))  # 'at' carries the start time
+            time.sleep(0.001)  # one frame at a time: the hop's latency, not a throughput burst
+        done.wait(60)
+        for sock in (sender, receiver, server):
+            sock.close()
+        rows.append({"bytes": size, "median_ms": 1000 * statistics.median(times),
+                     "p95_ms": 1000 * float(np.percentile(times, 95))})  # fmt: skip
+    return rows
+
+
+def worker_overhead(cluster: Cluster, model: str = "resnet18", frames: int = 30) -> dict[str, float]:
+    """Per-frame period of a one-stage native pipeline (an enclave worker) against ONNX Runtime called directly."""
+    opened = open_chain(model)
+    profile, _ = cached_profile(opened.chain, opened.name)
+    single = get_planner("single-tee").plan(_request(Workload.from_profile(profile), cluster, PLAN_CHUNK,
+                                                     "resolution:20", False))  # fmt: skip
+    session = make_session(opened.chain.model)
+    x = next(open_source("synthetic:1", opened.chain.input_shape).frames()).tensor
+    direct = []
+    for _ in range(frames):
+        start = time.perf_counter()
+        session.run(None, {opened.chain.input_name: x})
+        direct.append(time.perf_counter() - start)
+    _, chunk = _measure(opened.chain, opened.name, profile, cluster, single, frames, native=True)
+    host = [s.measured_ms for s in chunk.stages]
+    return {"model": model, "direct_ms": 1000 * statistics.median(direct), "stage_ms": host[0],
+            "pipeline_period_ms": 1000 * chunk.measured_period_s,
+            "overhead_per_frame_ms": 1000 * chunk.measured_period_s - 1000 * statistics.median(direct)}  # fmt: skip
+
+
+def plot_pipeline_bench(result: dict[str, Any], path: Path) -> None:
+    rows = [r for r in result["rows"] if r.get("feasible")]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    labels = [label for label, _, _ in STRATEGIES]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    width = 0.8 / len(labels)
+    for i, label in enumerate(labels):
+        measured = [next((r.get("speedup_measured_period") or 0 for r in rows
+                          if r["model"] == m and r["strategy"] == label), 0) for m in models]  # fmt: skip
+        predicted = [next((r.get("speedup_predicted_10800") or 0 for r in rows
+                           if r["model"] == m and r["strategy"] == label), 0) for m in models]  # fmt: skip
+        xs = np.arange(len(models)) + i * width
+        axes[0].bar(xs, measured, width, label=label)
+        axes[0].scatter(xs, predicted, color="black", marker="_", s=80, zorder=3)
+    axes[0].set_xticks(np.arange(len(models)) + 0.4 - width / 2, models, rotation=15)
+    axes[0].set_ylabel("speedup over 1 TEE (measured P; ticks: predicted T(10800))")
+    axes[0].set_title("seed 000 Fig. 12, measured (emulated speeds)")
+    axes[0].legend(fontsize=7)
+    for key, marker in (("chunk", "o"), ("period", "s"), ("latency", "^")):
+        xs = [r[f"predicted_{key}_s"] for r in rows]
+        ys = [r[f"measured_{key}_s"] for r in rows]
+        axes[1].scatter(xs, ys, marker=marker, label=f"{key}", alpha=0.7)
+    top = max([r["predicted_chunk_s"] for r in rows] + [1e-3])
+    axes[1].plot([1e-3, top], [1e-3, top], color="grey", lw=0.8)
+    axes[1].plot([1e-3, top], [1.1e-3, 1.1 * top], color="grey", lw=0.5, ls="--")
+    axes[1].set_xscale("log")
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel("predicted (s, emulated)")
+    axes[1].set_ylabel("measured (s, emulated)")
+    axes[1].set_title("measured vs cost model (dashed: +10%)")
+    axes[1].legend()
+    hops = result.get("hops", [])
+    if hops:
+        axes[2].plot([h["bytes"] / 1024 for h in hops], [h["median_ms"] for h in hops], marker="o", label="median")
+        axes[2].plot([h["bytes"] / 1024 for h in hops], [h["p95_ms"] for h in hops], marker="x", label="p95")
+        axes[2].axhline(1.0, color="grey", lw=0.8, ls="--")
+        axes[2].set_xscale("log")
+        axes[2].set_xlabel("tensor KiB")
+        axes[2].set_ylabel("ms per hop (loopback, no emulation)")
+        axes[2].set_title("runtime cost of one encrypted hop")
+        axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
