@@ -15,6 +15,7 @@ from serdab.plan import PLANNERS, CostModel, Placement, PlanRequest, Stage, Work
 from serdab.plan.report import plan_document, why_infeasible
 from serdab.privacy.leakage import CutLeakage, LeakageReport
 from serdab.privacy.policy import allowed_cuts, parse_policy
+from serdab.profile import Profile
 from serdab.testing import random_request, synthetic_workload
 
 HAND = Workload(
@@ -274,3 +275,24 @@ def test_plan_document_follows_the_json_contract(resnet18_profile, clusters_dir)
     assert doc["chunk_time_s"] == pytest.approx(doc["latency_s"] + (doc["chunk"] - 1) * doc["period_s"])
     assert doc["privacy"]["policy"] == "resolution:20"
     assert all(max(e["resolution"]) <= 20 for e in doc["privacy"]["untrusted_inputs"])
+
+
+def test_a_profile_with_only_the_contract_fields_plans(resnet18_profile, clusters_dir, tmp_path) -> None:
+    import json
+
+    from serdab.cli.app import main
+
+    contract = ("index", "name", "out_shape", "out_bytes", "resolution", "macs", "params_bytes", "latency_ms",
+                "latency_p95_ms")  # fmt: skip
+    full = json.loads(resnet18_profile.model_dump_json())
+    minimal = {k: full[k] for k in ("model", "input_shape", "input_bytes", "whole_ms")}
+    minimal["blocks"] = [{k: b[k] for k in contract} for b in full["blocks"]]
+    path = tmp_path / "contract.json"
+    path.write_text(json.dumps(minimal))
+    out = tmp_path / "plan.json"
+    assert (
+        main(["plan", "--profile", str(path), "--cluster", str(clusters_dir / "paper.yaml"), "--json", str(out)]) == 0
+    )
+    loaded = Profile.load(path)
+    assert [b.peak_activation_bytes for b in loaded.blocks] == [b["out_bytes"] for b in full["blocks"]]
+    assert json.loads(out.read_text())["stages"][0]["device"] == "tee1"

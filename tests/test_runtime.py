@@ -82,8 +82,8 @@ def test_shaper_charges_bytes_over_bandwidth_plus_rtt_dilated() -> None:
     shaper = LinkShaper(1000.0, 0.01, dilation=2.0, clock=lambda: now[0], sleep=sleep)
     arrive = shaper.depart(500)  # 0.5 s on the wire, dilated to 1 s, then 2 x 10 ms rtt
     assert slept == [pytest.approx(1.0)] and arrive == pytest.approx(1.02)
-    arrive = shaper.depart(500)  # FIFO: the second frame waits for the first
-    assert arrive == pytest.approx(2.02)
+    arrive = shaper.depart(500)  # one frame at a time: the second leaves once the first has arrived
+    assert arrive == pytest.approx(2.04)
 
 
 # --- pure rules -----------------------------------------------------------------------------------

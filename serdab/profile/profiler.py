@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from serdab.errors import SerdabError
 from serdab.graph.chain import Chain
@@ -41,17 +41,30 @@ class ProfileFileError(SerdabError):
 
 
 class BlockProfile(BaseModel):
+    """One block of the profile contract; ``ops`` and ``peak_activation_bytes`` are optional extras.
+
+    Defaults when absent: ``ops`` 1 (a block has at least one node) and ``peak_activation_bytes``
+    equal to ``out_bytes`` (the block's output must fit at least), so a profile written to the
+    documented contract alone plans (memory checks then rest on weights + outputs).
+    """
+
     index: int
     name: str
-    ops: int
+    ops: int = 1
     out_shape: list[int]
     out_bytes: int
     resolution: list[int] | None
     macs: int
     params_bytes: int
-    peak_activation_bytes: int
+    peak_activation_bytes: int = -1
     latency_ms: float
     latency_p95_ms: float
+
+    @model_validator(mode="after")
+    def _peak_defaults_to_output(self) -> BlockProfile:
+        if self.peak_activation_bytes < 0:
+            self.peak_activation_bytes = self.out_bytes
+        return self
 
 
 class Profile(BaseModel):

@@ -127,11 +127,13 @@ class LinkOpener:
 
 
 class LinkShaper:
-    """Emulates a link's bandwidth and round-trip time, ``dilation`` times slower than the cluster file says.
+    """Emulates a link as the cost model sees it, ``dilation`` times slower than the cluster file says.
 
-    The link is one FIFO resource (a token bucket one frame deep): a frame occupies it for
-    ``dilation * bytes / bandwidth`` after the previous one left, and arrives ``dilation * rtt``
-    later, so one hop costs ``bytes / bandwidth + rtt`` emulated seconds as in the cost model.
+    A hop costs ``bytes / bandwidth + rtt`` (DESIGN.md) and that whole time counts towards the
+    period: the link carries one frame at a time, its bytes leave after ``bytes / bandwidth`` and
+    arrive ``rtt`` later, and only then is the link free for the next frame (as a transport that
+    waits for each frame's acknowledgement). A streaming transport could overlap the rtt of
+    consecutive frames; the model does not credit that, so neither does the emulation.
     """
 
     def __init__(
@@ -154,11 +156,11 @@ class LinkShaper:
         now = self._clock()
         if self.bandwidth is None:
             return now
-        self._free_at = max(now, self._free_at) + self.dilation * nbytes / self.bandwidth
-        wait = self._free_at - now
-        if wait > 0:
-            self._sleep(wait)
-        return self._free_at + self.dilation * self.rtt_s
+        leave = max(now, self._free_at) + self.dilation * nbytes / self.bandwidth
+        self._free_at = leave + self.dilation * self.rtt_s
+        if leave > now:
+            self._sleep(leave - now)
+        return self._free_at
 
 
 def encode_tensors(arrays: Sequence[np.ndarray], meta: Any = None) -> bytes:
