@@ -32,7 +32,7 @@ from serdab.runtime.executor import Executor, WorkerHandle, WorkerSpec
 from serdab.runtime.link import LinkReceiver, LinkSender, LinkSpec, decode_tensors, encode_tensors
 from serdab.runtime.resources import ResourceManager
 from serdab.runtime.stages import StageArtifact
-from serdab.runtime.wire import Channel, WireError, connect, recv_message, send_message
+from serdab.runtime.wire import Channel, WireError, connect, listen, recv_message, send_message
 
 __all__ = ["Deployment", "FrameResult", "WorkerLost"]
 
@@ -103,7 +103,7 @@ class Deployment:
         self._ingress: list[LinkSender] = []
         self._receivers: list[LinkReceiver] = []
         self._control = socket.create_server(("127.0.0.1", 0))
-        self._sink = socket.create_server(("127.0.0.1", 0))
+        self._sink = listen()
         self.workers = self._plan_workers(artifacts, physical)
         self._by_id = {w.id: w for w in self.workers}
 

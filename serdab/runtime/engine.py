@@ -33,12 +33,13 @@ import numpy as np
 
 from serdab.errors import SerdabError
 from serdab.runtime.link import LinkIntegrityError, LinkReceiver, LinkSender, LinkSpec, decode_tensors, encode_tensors
-from serdab.runtime.wire import Channel, connect, recv_message, send_message
+from serdab.runtime.wire import Channel, connect, listen, recv_message, send_message, tune
 
 __all__ = ["TOKEN_ENV", "enclave_main", "main"]
 
 TOKEN_ENV = "SERDAB_WORKER_TOKEN"
 HEARTBEAT_S = 0.5
+SWITCH_INTERVAL_S = 0.0005
 WEIGHTS_AAD = b"serdab-stage-weights-v1|"
 
 
@@ -121,7 +122,7 @@ class _Worker:
         return decrypt_weights((Path("models") / name).read_bytes(), keys.model_key, name)
 
     def listen(self) -> socket.socket:
-        listener = socket.create_server((self.config.get("bind", "127.0.0.1"), 0))
+        listener = listen(self.config.get("bind", "127.0.0.1"))
         threading.Thread(target=self._accept, args=(listener,), daemon=True, name="accept").start()
         return listener
 
@@ -131,7 +132,7 @@ class _Worker:
                 sock, _ = listener.accept()
             except OSError:
                 return
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tune(sock)
             try:
                 hello = recv_message(sock, max_bytes=4096)
             except (OSError, SerdabError):
@@ -205,6 +206,9 @@ class _Worker:
 
 
 def run(control_address: tuple[str, int], worker_id: str, nsm: Any | None) -> int:
+    # receive, compute and send threads hand frames on: a thread waiting for the GIL should not
+    # wait Python's default 5 ms, which would add up to a frame's latency at every hop
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     sock = connect(control_address)
     control = Channel(sock)
     challenge = control.recv() or {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import secrets
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -35,6 +36,7 @@ from serdab.privacy.policy import allowed_cuts, parse_policy
 from serdab.profile import Profile
 from serdab.runtime.deployment import Deployment, DeploymentContext, FrameResult, WorkerLost
 from serdab.runtime.emulation import Emulation, choose_dilation, native_cluster
+from serdab.runtime.engine import SWITCH_INTERVAL_S
 from serdab.runtime.executor import Executor, LocalExecutor
 from serdab.runtime.frames import Frame, chunks
 from serdab.runtime.keys import RunKms
@@ -143,6 +145,8 @@ class ApplicationManager:
         run_id = f"run-{secrets.token_hex(4)}"
         kms: RunKms | None = None
         started = time.monotonic()
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)  # feeder, sink and control threads (see engine.run)
         try:
             placement = self.plan()
             used = [self.cluster.device(d) for d in (self.cluster.names if not o.placement else placement.devices)]
@@ -176,6 +180,7 @@ class ApplicationManager:
             self.summary.wall_s = time.monotonic() - started
             return self.summary
         finally:
+            sys.setswitchinterval(switch_interval)
             if self.deployment is not None:
                 self.deployment.stop()
             if kms is not None:

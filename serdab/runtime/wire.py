@@ -16,10 +16,11 @@ import cbor2
 
 from serdab.errors import SerdabError
 
-__all__ = ["MAX_MESSAGE_BYTES", "Channel", "WireError", "connect", "recv_message", "send_message"]
+__all__ = ["MAX_MESSAGE_BYTES", "Channel", "WireError", "connect", "recv_message", "listen", "send_message", "tune"]
 
 MAX_MESSAGE_BYTES = 256 * 2**20  # a 4x3x1024x1024 float tensor fits; nothing a stage sends is near it
 _HEAD = struct.Struct(">I")
+SOCKET_BUFFER_BYTES = 4 * 2**20
 
 
 class WireError(SerdabError):
@@ -31,7 +32,7 @@ def _read_exact(sock: socket.socket, size: int) -> bytes | None:
     view = memoryview(buffer)
     got = 0
     while got < size:
-        n = sock.recv_into(view[got:], size - got)
+        n = sock.recv_into(view[got:], size - got, socket.MSG_WAITALL)  # one wake-up per message, not per segment
         if n == 0:
             if got == 0:
                 return None
@@ -42,7 +43,8 @@ def _read_exact(sock: socket.socket, size: int) -> bytes | None:
 
 def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
     data = cbor2.dumps(message)
-    sock.sendall(_HEAD.pack(len(data)) + data)
+    sock.sendall(_HEAD.pack(len(data)))
+    sock.sendall(data)  # no concatenation: a frame is copied once, into the socket
 
 
 def recv_message(sock: socket.socket, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any] | None:
@@ -65,11 +67,23 @@ def recv_message(sock: socket.socket, max_bytes: int = MAX_MESSAGE_BYTES) -> dic
     return message
 
 
+def tune(sock: socket.socket) -> socket.socket:
+    """No Nagle delay, and buffers that hold a whole frame so a send rarely waits for the reader."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+    return sock
+
+
+def listen(host: str = "127.0.0.1") -> socket.socket:
+    """A listener on a free port; accepted sockets inherit its tuning."""
+    return tune(socket.create_server((host, 0)))
+
+
 def connect(address: tuple[str, int], timeout_s: float = 10.0) -> socket.socket:
     sock = socket.create_connection(address, timeout=timeout_s)
     sock.settimeout(None)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+    return tune(sock)
 
 
 class Channel:
