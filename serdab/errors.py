@@ -1,4 +1,7 @@
-"""Serdab's one exception tree; the CLI maps every ``SerdabError`` to exit code 2 and one line.
+"""Serdab's one exception tree: every exception the package raises on purpose is one of these.
+
+The CLI prints one line and exits with ``exit_code(exc)``: 3 for a security refusal (marked [3]
+below), 4 for an unavailable backend or service ([4]), 2 for everything else the user can fix.
 
     SerdabError                      anything the user can cause and fix
     ├── ModelError                   the model cannot be used as given
@@ -9,15 +12,19 @@
     │   ├── CutOutOfRangeError       the block index does not exist
     │   └── NotACleanCutError        more than one tensor would cross the cut
     ├── ImageSetError                an image directory is missing, empty or unreadable
+    ├── ProfileFileError             a saved profile JSON is missing or not a profile
     ├── ClusterError                 a cluster YAML is missing or invalid (names the field)
     ├── PolicyError                  a privacy policy string cannot be parsed or applied
     ├── PlanError                    a planning request is malformed (unknown strategy, chunk < 1)
     │   └── InfeasibleError          no placement satisfies memory limits and the privacy policy
+    ├── CryptoError                  a cryptographic structure is malformed or does not verify
+    │   ├── CoseError                not a well-formed COSE_Sign1, or its signature does not verify
+    │   └── EnvelopeError            an envelope is malformed, for another key, or tampered with
     ├── TeeError                     enclaves: backends, images, sealing
-    │   ├── TeeUnavailableError      this backend needs hardware or tools this machine lacks
+    │   ├── TeeUnavailableError  [4] this backend needs hardware or tools this machine lacks
     │   ├── EnclaveImageError        an enclave image is missing, malformed or does not match its manifest
-    │   └── SealingError             a sealed blob is tampered with or sealed for another enclave
-    ├── AttestationError             an attestation document must not be trusted (one subclass per reason)
+    │   └── SealingError         [3] a sealed blob is tampered with or sealed for another enclave
+    ├── AttestationError         [3] an attestation document must not be trusted (one subclass per reason)
     │   ├── MalformedDocumentError   not COSE_Sign1 / not a Nitro-format payload
     │   ├── BadSignatureError        the COSE signature does not verify
     │   ├── UnknownRootError         the certificate chain does not end at a pinned root
@@ -29,13 +36,16 @@
     │   ├── StaleDocumentError       the document is older than the maximum age (or from the future)
     │   └── UserDataMismatchError    user_data is not what the caller binds (e.g. a TLS certificate hash)
     ├── KmsError                     the key service refused or could not be reached
-    │   ├── KmsRefusedError          the attested enclave does not satisfy the service's policy
-    │   ├── KmsUnreachableError      no KMS answered at that address
+    │   ├── KmsRefusedError      [3] the attested enclave does not satisfy the service's policy
+    │   ├── KmsUnreachableError  [4] no KMS answered at that address
     │   └── UnknownServiceError      no service registered under that name
+    ├── HeError                      homomorphic-encryption input or state is unusable
+    │   └── SelfTestError            the encrypted path disagrees with the plaintext net: not served
     └── RunError                     the pipeline runtime cannot run or finish a stream
         ├── FrameSourceError         a video, image directory or synthetic source cannot supply frames
         ├── WorkerError              a stage worker failed to start, or kept failing after restarts
-        └── LinkIntegrityError       a frame on a link was tampered with, replayed, dropped or reordered
+        ├── WireError                a peer sent something that is not a message, or hung up mid-message
+        └── LinkIntegrityError   [3] a frame on a link was tampered with, replayed, dropped or reordered
 
 Messages say what was wrong and show a valid example, so they can be printed on one line.
 """
@@ -47,11 +57,15 @@ __all__ = [
     "BadSignatureError",
     "CertificateExpiredError",
     "ClusterError",
+    "CoseError",
+    "CryptoError",
     "CutError",
     "CutOutOfRangeError",
     "DebugEnclaveError",
     "EnclaveImageError",
+    "EnvelopeError",
     "FrameSourceError",
+    "HeError",
     "ImageSetError",
     "InfeasibleError",
     "InputShapeError",
@@ -68,8 +82,10 @@ __all__ = [
     "PcrMismatchError",
     "PlanError",
     "PolicyError",
+    "ProfileFileError",
     "RunError",
     "SealingError",
+    "SelfTestError",
     "SerdabError",
     "SimulatedRootError",
     "StaleDocumentError",
@@ -78,7 +94,9 @@ __all__ = [
     "UnknownRootError",
     "UnknownServiceError",
     "UserDataMismatchError",
+    "WireError",
     "WorkerError",
+    "exit_code",
 ]
 
 
@@ -232,3 +250,45 @@ class LinkIntegrityError(RunError):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class ProfileFileError(SerdabError):
+    """A saved profile JSON cannot be read."""
+
+
+class CryptoError(SerdabError):
+    """A cryptographic structure is malformed or does not verify."""
+
+
+class CoseError(CryptoError, ValueError):
+    """Not a well-formed COSE_Sign1 structure, or its signature does not verify."""
+
+
+class EnvelopeError(CryptoError, ValueError):
+    """The envelope is malformed, for another key, or was tampered with."""
+
+
+class HeError(SerdabError):
+    """Homomorphic-encryption input or state is unusable (bad ciphertext, keys, parameters)."""
+
+
+class SelfTestError(HeError):
+    """The encrypted path disagrees with the plaintext net: the model must not be served."""
+
+
+class WireError(RunError):
+    """A peer closed the connection mid-message or sent something that is not a message."""
+
+
+EXIT_BAD_INPUT, EXIT_REFUSED, EXIT_UNAVAILABLE = 2, 3, 4
+_REFUSALS = (AttestationError, KmsRefusedError, LinkIntegrityError, SealingError)
+_UNAVAILABLE = (TeeUnavailableError, KmsUnreachableError)
+
+
+def exit_code(exc: SerdabError) -> int:
+    """3 for a security refusal, 4 for an unavailable backend or service, 2 for other bad input."""
+    if isinstance(exc, _REFUSALS):
+        return EXIT_REFUSED
+    if isinstance(exc, _UNAVAILABLE):
+        return EXIT_UNAVAILABLE
+    return EXIT_BAD_INPUT

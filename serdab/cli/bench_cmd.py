@@ -34,7 +34,9 @@ def _write(result: dict, json_path: Path, plot: Callable[[dict, Path], None]) ->
     return png
 
 
-bench_app = typer.Typer(help="Benchmarks: each writes JSON and a PNG under bench/results/.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks: each writes JSON and a PNG under bench/results/.", no_args_is_help=True, add_completion=False
+)
 
 
 @bench_app.command("profile")

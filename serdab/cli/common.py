@@ -6,13 +6,14 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from serdab.graph import NamedChain, open_chain, parse_shape
+if TYPE_CHECKING:
+    from serdab.graph import NamedChain
 
 __all__ = ["InputShapeOpt", "JsonOpt", "ModelArg", "console", "open_model", "progress_bar", "write_json"]
 
@@ -31,6 +32,8 @@ JsonOpt = Annotated[Path | None, typer.Option("--json", help="Also write the res
 
 def open_model(model: str, input_shape: str | None, batch: int | None = None) -> NamedChain:
     """Open a model for a command, with a spinner while exporting or binding shapes."""
+    from serdab.graph import open_chain, parse_shape
+
     shape = parse_shape(input_shape) if input_shape else None
     with err_console.status(f"loading {model} ..."):
         return open_chain(model, shape, batch)

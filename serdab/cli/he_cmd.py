@@ -18,6 +18,7 @@ from serdab.he.train import NETS, digits_28, train_net
 __all__ = ["he_app", "read_image"]
 
 he_app = typer.Typer(
+    add_completion=False,
     help="Homomorphic-encryption mode (seed 004): the server computes on CKKS ciphertexts only.",
     no_args_is_help=True,
 )

@@ -22,7 +22,9 @@ from serdab.tee.image import PCR_APP, PCR_IMAGE, PCR_RUNTIME
 
 __all__ = ["kms_app"]
 
-kms_app = typer.Typer(help="The key service: releases keys only to attested enclaves.", no_args_is_help=True)
+kms_app = typer.Typer(
+    help="The key service: releases keys only to attested enclaves.", no_args_is_help=True, add_completion=False
+)
 
 
 def _token(path: Path) -> str:

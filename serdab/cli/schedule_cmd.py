@@ -25,8 +25,11 @@ from serdab.schedule import (
 
 __all__ = ["schedule_app"]
 
-schedule_app = typer.Typer(help="Online privacy-aware placement of CNN layers on IoT devices (RL-PDNN).",
-                           no_args_is_help=True)  # fmt: skip
+schedule_app = typer.Typer(
+    help="Online privacy-aware placement of CNN layers on IoT devices (RL-PDNN).",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 WorkloadOpt = Annotated[str, typer.Option("--workload", help=f"Requests: {', '.join(WORKLOADS)}.")]
 PrivacyOpt = Annotated[str, typer.Option(help=f"Exposure limit: {', '.join(PRIVACY_LEVELS)}.")]

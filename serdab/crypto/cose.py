@@ -14,15 +14,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
+from serdab.errors import CoseError
+
 __all__ = ["ALG_ES384", "CoseError", "cose_sign1", "cose_verify1", "decode_sign1"]
 
 ALG_ES384 = -35
 _TAG = 18
 _COORD = 48  # bytes per P-384 coordinate
-
-
-class CoseError(ValueError):
-    """Not a well-formed COSE_Sign1 structure, or its signature does not verify."""
 
 
 def _sig_structure(protected: bytes, payload: bytes) -> bytes:

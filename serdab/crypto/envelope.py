@@ -17,14 +17,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from serdab.crypto.pki import public_der, public_from_der
+from serdab.errors import EnvelopeError
 
 __all__ = ["EnvelopeError", "open_envelope", "seal_envelope"]
 
 _INFO = b"serdab-envelope-v1"
-
-
-class EnvelopeError(ValueError):
-    """The envelope is malformed, for another key, or was tampered with."""
 
 
 def _key(shared: bytes, salt: bytes) -> bytes:

@@ -13,14 +13,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from serdab.errors import SerdabError
+from serdab.errors import HeError
 from serdab.he.params import CkksParams
 
 __all__ = ["BACKENDS", "HeBackend", "HeError", "backend_for"]
-
-
-class HeError(SerdabError):
-    """Homomorphic-encryption input or state is unusable (bad ciphertext, keys, parameters)."""
 
 
 class HeBackend(ABC):

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from serdab.he.backend import HeBackend, HeError, backend_for
+from serdab.errors import HeError, SelfTestError
+from serdab.he.backend import HeBackend, backend_for
 from serdab.he.batch import BatchProgram, compile_batch, run_batch
 from serdab.he.kernels import EncodedProgram, encode_program, run_packed
 from serdab.he.packing import PackedProgram, affine_segments, compile_packed
@@ -26,10 +27,6 @@ from serdab.he.protocol import CutSpec, ModelSpec
 from serdab.he.train import TRANSFER_LAYER, digits_28, trained
 
 __all__ = ["HeModel", "SelfTest", "SelfTestError"]
-
-
-class SelfTestError(HeError):
-    """The encrypted path disagrees with the plaintext net: the model must not be served."""
 
 
 @dataclass(frozen=True)

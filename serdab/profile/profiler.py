@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from serdab.errors import SerdabError
+from serdab.errors import ProfileFileError
 from serdab.graph.chain import Chain
 from serdab.graph.stages import extract_stage
 from serdab.onnxrt import make_session
@@ -34,10 +34,6 @@ __all__ = ["BlockProfile", "Profile", "ProfileFileError", "Progress", "latency_s
 
 Progress = Callable[[int, int, str], None]
 """progress(done, total, label): called after each timed unit (blocks, then the whole model)."""
-
-
-class ProfileFileError(SerdabError):
-    """A saved profile JSON cannot be read."""
 
 
 class BlockProfile(BaseModel):

@@ -14,17 +14,13 @@ from typing import Any
 
 import cbor2
 
-from serdab.errors import SerdabError
+from serdab.errors import WireError
 
 __all__ = ["MAX_MESSAGE_BYTES", "Channel", "WireError", "connect", "recv_message", "listen", "send_message", "tune"]
 
 MAX_MESSAGE_BYTES = 256 * 2**20  # a 4x3x1024x1024 float tensor fits; nothing a stage sends is near it
 _HEAD = struct.Struct(">I")
 SOCKET_BUFFER_BYTES = 4 * 2**20
-
-
-class WireError(SerdabError):
-    """A peer closed the connection mid-message or sent something that is not a message."""
 
 
 def _read_exact(sock: socket.socket, size: int) -> bytes | None:
