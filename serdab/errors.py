@@ -28,6 +28,7 @@ below), 4 for an unavailable backend or service ([4]), 2 for everything else the
     │   ├── MalformedDocumentError   not COSE_Sign1 / not a Nitro-format payload
     │   ├── BadSignatureError        the COSE signature does not verify
     │   ├── UnknownRootError         the certificate chain does not end at a pinned root
+    │   ├── CertificateChainError    the chain is not a valid X.509 path (a non-CA signs, names, usage)
     │   ├── SimulatedRootError       a simulated document without allow_simulated
     │   ├── CertificateExpiredError  a certificate in the chain is outside its validity
     │   ├── PcrMismatchError         a PCR differs from the policy's expected value
@@ -55,6 +56,7 @@ from __future__ import annotations
 __all__ = [
     "AttestationError",
     "BadSignatureError",
+    "CertificateChainError",
     "CertificateExpiredError",
     "ClusterError",
     "CoseError",
@@ -182,6 +184,11 @@ class BadSignatureError(AttestationError):
 
 class UnknownRootError(AttestationError):
     """The certificate chain does not lead to a pinned root."""
+
+
+class CertificateChainError(AttestationError):
+    """The chain is not a valid X.509 path: a non-CA signs, a path length or key usage is exceeded,
+    an issuer is not its signer's subject, or a signature algorithm is not ECDSA."""
 
 
 class SimulatedRootError(AttestationError):

@@ -36,7 +36,7 @@ def test_build_image_and_measure(tmp_path, capsys) -> None:
 
 
 def test_attest_unreachable_and_bad_pcr_option(capsys) -> None:
-    assert main(["attest", "https://127.0.0.1:1"]) == 2
+    assert main(["attest", "https://127.0.0.1:1"]) == 4  # unavailable: nothing answers there
     assert "no KMS at https://127.0.0.1:1" in _error_line(capsys)
     assert main(["attest", "https://127.0.0.1:1", "--pcr", "2=xyz"]) == 2
     assert "must look like 2=<96 hex digits>" in _error_line(capsys)
@@ -76,12 +76,12 @@ def test_kms_start_attest_register_stop(kms_process, tmp_path, monkeypatch, caps
     monkeypatch.setenv("SERDAB_HOME", env["SERDAB_HOME"])
     assert "NOT A TEE" in banner and "storage key" in banner
     pcr2 = re.search(r"PCR2\s+│\s+([0-9a-f]{96})", banner).group(1)
-    assert main(["attest", url]) == 2
+    assert main(["attest", url]) == 3  # a security refusal: simulated root not allowed
     assert "simulated root" in _error_line(capsys)
     assert main(["attest", url, "--allow-simulated", "--pcr", f"2={pcr2}", "--nonce", "ab" * 16]) == 0
     out = capsys.readouterr().out
     assert "verified (simulated)" in out and "ab" * 16 in out
-    assert main(["attest", url, "--allow-simulated", "--pcr", f"2={'00' * 48}"]) == 2
+    assert main(["attest", url, "--allow-simulated", "--pcr", f"2={'00' * 48}"]) == 3  # refused: PCR mismatch
     assert "PCR2 is" in _error_line(capsys)
     image = tmp_path / "echo"
     main(["build-image", tls_echo.__file__, "--out", str(image), "--entrypoint", "tls_echo:main"])

@@ -8,6 +8,9 @@ come untagged; both forms are accepted.
 
 from __future__ import annotations
 
+import io
+from collections.abc import Mapping
+
 import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -16,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from serdab.errors import CoseError
 
-__all__ = ["ALG_ES384", "CoseError", "cose_sign1", "cose_verify1", "decode_sign1"]
+__all__ = ["ALG_ES384", "CoseError", "cose_sign1", "cose_verify1", "decode_sign1", "loads_exact"]
 
 ALG_ES384 = -35
 _TAG = 18
@@ -36,27 +39,43 @@ def cose_sign1(payload: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
     return cbor2.dumps(cbor2.CBORTag(_TAG, [protected, {}, payload, signature]))
 
 
-def decode_sign1(data: bytes) -> tuple[bytes, bytes, bytes]:
-    """(protected, payload, signature) of a COSE_Sign1, tagged or not; CoseError if malformed."""
+def loads_exact(data: bytes, what: str) -> object:
+    """One CBOR item that spans all of ``data``; anything else (trailing bytes included) is CoseError."""
+    if not isinstance(data, bytes | bytearray):
+        raise CoseError(f"{what} must be bytes")
+    stream = io.BytesIO(data)
     try:
-        item = cbor2.loads(data)
-    except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError) as exc:
-        raise CoseError(f"not CBOR: {exc}") from None
+        item = cbor2.CBORDecoder(stream).decode()
+    except Exception as exc:  # a parser boundary: cbor2 raises many kinds on hostile input
+        raise CoseError(f"{what} is not CBOR: {type(exc).__name__}: {exc}") from None
+    if stream.tell() != len(data):
+        raise CoseError(f"{what} has {len(data) - stream.tell()} trailing bytes after its CBOR item")
+    return item
+
+
+def decode_sign1(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """(protected, payload, signature) of a COSE_Sign1, tagged or not; CoseError if malformed.
+
+    RFC 9052: the unprotected header is a map and shares no label with the protected one.
+    """
+    item = loads_exact(data, "COSE_Sign1")
     if isinstance(item, cbor2.CBORTag):
         if item.tag != _TAG:
             raise CoseError(f"CBOR tag {item.tag} is not COSE_Sign1 (18)")
         item = item.value
     if not (isinstance(item, list | tuple) and len(item) == 4):
         raise CoseError("COSE_Sign1 must be an array of 4 items")
-    protected, _unprotected, payload, signature = item
+    protected, unprotected, payload, signature = item
     if not all(isinstance(x, bytes) for x in (protected, payload, signature)):
         raise CoseError("COSE_Sign1 protected header, payload and signature must be byte strings")
-    try:
-        header = cbor2.loads(protected) if protected else {}
-    except (cbor2.CBORDecodeError, ValueError, EOFError):
-        raise CoseError("protected header is not CBOR") from None
-    if not isinstance(header, dict) or header.get(1) != ALG_ES384:
-        raise CoseError(f"algorithm {header.get(1) if isinstance(header, dict) else '?'} is not ES384 (-35)")
+    if not isinstance(unprotected, Mapping):
+        raise CoseError("COSE_Sign1 unprotected header must be a map")
+    header = loads_exact(protected, "protected header") if protected else {}
+    if not isinstance(header, Mapping) or header.get(1) != ALG_ES384:
+        raise CoseError(f"algorithm {header.get(1) if isinstance(header, Mapping) else '?'} is not ES384 (-35)")
+    shared = sorted(map(str, set(header) & set(unprotected)))
+    if shared:
+        raise CoseError(f"header label(s) {', '.join(shared)} appear in both the protected and unprotected header")
     return protected, payload, signature
 
 

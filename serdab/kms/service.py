@@ -145,6 +145,10 @@ class KeyService:
             raise KmsRefusedError(f"refused: {type(exc).__name__}: {exc}") from None
         if not verified.public_key:
             raise KmsRefusedError("refused: the document carries no public_key to encrypt the keys to")
+        try:
+            public_from_der(verified.public_key)
+        except ValueError:
+            raise KmsRefusedError("refused: the public_key in the document is not an EC key") from None
         return verified
 
     def release(self, name: str, document: bytes) -> bytes:

@@ -8,17 +8,23 @@ certificates from the root down), and the optional public_key, user_data and non
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import cbor2
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from serdab.crypto import cose_sign1
+from serdab.crypto import CoseError, cose_sign1
+from serdab.crypto.cose import loads_exact
 from serdab.errors import MalformedDocumentError
 
 __all__ = ["AttestationDocument", "decode_payload", "sign_document"]
 
 MAX_FIELD = 1024  # Nitro caps user_data, nonce and public_key at 1 KiB each
+MAX_CERTIFICATES = 8  # a Nitro chain is root, zonal, instance, leaf: 4 deep
+MAX_CERTIFICATE_BYTES = 4096
+MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31: datetime's range
+MAX_PCR_INDEX = 31
 
 
 @dataclass(frozen=True)
@@ -72,12 +78,15 @@ def _optional_bytes(payload: dict, name: str) -> bytes | None:
 def decode_payload(payload: bytes) -> AttestationDocument:
     """Parse and type-check a Nitro payload; MalformedDocumentError names the bad field."""
     try:
-        item = cbor2.loads(payload)
-    except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError) as exc:
-        raise MalformedDocumentError(f"attestation payload is not CBOR: {exc}") from None
-    if not isinstance(item, dict):
+        item = loads_exact(payload, "attestation payload")
+    except CoseError as exc:
+        raise MalformedDocumentError(str(exc)) from None
+    if not isinstance(item, Mapping):
         raise MalformedDocumentError("attestation payload must be a CBOR map")
-    expected = {"module_id": str, "digest": str, "timestamp": int, "pcrs": dict, "certificate": bytes, "cabundle": list}
+    item = dict(item)
+    expected = {
+        "module_id": str, "digest": str, "timestamp": int, "pcrs": Mapping, "certificate": bytes, "cabundle": list
+    }  # fmt: skip
     for name, kind in expected.items():
         value = item.get(name)
         if kind is list and isinstance(value, tuple):
@@ -87,11 +96,24 @@ def decode_payload(payload: bytes) -> AttestationDocument:
             raise MalformedDocumentError(f"attestation field {name} is missing or not {kind.__name__}")
     if item["digest"] != "SHA384":
         raise MalformedDocumentError(f"digest {item['digest']!r} is not SHA384")
+    if isinstance(item["timestamp"], bool) or not 0 <= item["timestamp"] <= MAX_TIMESTAMP_MS:
+        raise MalformedDocumentError(f"timestamp {item['timestamp']} is not a time in milliseconds since 1970")
     pcrs = item["pcrs"]
-    if not all(isinstance(k, int) and isinstance(v, bytes) and len(v) in (32, 48, 64) for k, v in pcrs.items()):
-        raise MalformedDocumentError("pcrs must map integers to 32/48/64-byte values")
-    if not item["cabundle"] or not all(isinstance(c, bytes) for c in item["cabundle"]):
-        raise MalformedDocumentError("cabundle must be a non-empty list of DER certificates")
+    if not pcrs or not all(
+        isinstance(k, int) and not isinstance(k, bool) and 0 <= k <= MAX_PCR_INDEX and isinstance(v, bytes)
+        and len(v) in (32, 48, 64)
+        for k, v in pcrs.items()
+    ):  # fmt: skip
+        raise MalformedDocumentError(f"pcrs must map indices 0..{MAX_PCR_INDEX} to 32/48/64-byte values")
+    bundle = item["cabundle"]
+    if not bundle or len(bundle) >= MAX_CERTIFICATES or not all(isinstance(c, bytes) for c in bundle):
+        raise MalformedDocumentError(f"cabundle must list 1..{MAX_CERTIFICATES - 1} DER certificates")
+    if any(len(c) > MAX_CERTIFICATE_BYTES for c in [*bundle, item["certificate"]]):
+        raise MalformedDocumentError(f"a certificate is over {MAX_CERTIFICATE_BYTES} bytes")
+    for name in ("public_key", "user_data", "nonce"):
+        value = item.get(name)
+        if isinstance(value, bytes) and len(value) > MAX_FIELD:
+            raise MalformedDocumentError(f"{name} is {len(value)} bytes; attestation fields are at most {MAX_FIELD}")
     return AttestationDocument(
         module_id=item["module_id"],
         digest=item["digest"],
