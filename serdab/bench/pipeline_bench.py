@@ -5,13 +5,12 @@ under the 20x20 rule; the placement is then run by ``serdab.runtime`` on a synth
 ``frames`` frames, one chunk, emulated speeds (time dilated so the fastest device it uses still
 has headroom on this host). The speedup over one enclave is given twice: on the measured T(n)
 of the short stream, and on the measured period P, which is what T(10,800) converges to. Also
-the runtime's own cost, without emulation: one encrypted hop against tensor size on loopback,
-and a stage worker's per-frame time against calling ONNX Runtime directly.
+the runtime's own cost, without emulation: one encrypted hop between two processes against
+tensor size on loopback, and a stage worker's per-frame time against calling ONNX Runtime directly.
 """
 
 from __future__ import annotations
 
-import socket
 import statistics
 import threading
 import time
@@ -33,9 +32,9 @@ from serdab.plan import Workload, get_planner  # noqa: E402
 from serdab.profile import cached_profile  # noqa: E402
 from serdab.runtime.emulation import choose_dilation  # noqa: E402
 from serdab.runtime.frames import open_source  # noqa: E402
-from serdab.runtime.link import LinkOpener, LinkSealer, LinkSpec, decode_tensors, encode_tensors  # noqa: E402
+from serdab.runtime.link import LinkSealer, LinkSpec, encode_tensors  # noqa: E402
 from serdab.runtime.manager import ApplicationManager, RunOptions  # noqa: E402
-from serdab.runtime.wire import recv_message, send_message  # noqa: E402
+from serdab.runtime.wire import connect, send_message  # noqa: E402
 
 __all__ = ["hop_overhead", "plot_pipeline_bench", "run_pipeline_bench", "worker_overhead"]
 
@@ -101,38 +100,40 @@ def run_pipeline_bench(cluster: Cluster, models: list[str], frames: int,
     return rows
 
 
-def _receive(opener: LinkOpener, sock: socket.socket, count: int, times: list[float], done: threading.Event) -> None:
-    for _ in range(count):
-        _, payload, sent = opener.open(recv_message(sock) or {})
-        decode_tensors(payload)
-        times.append(time.perf_counter() - sent)
-    done.set()
+def hop_overhead(
+    sizes: list[int], repeats: int = 200, gap_s: float = 0.005, processes: bool = True
+) -> list[dict[str, float]]:
+    """One encrypted hop on loopback (AES-GCM seal + CBOR + TCP + open + decode), a frame every
+    ``gap_s`` as in a pipeline, no emulated link time; between two processes (as stages are) or,
+    with ``processes=False``, two threads of one process (the same work without an OS wake-up)."""
+    import multiprocessing
+    import queue as queues
 
+    from serdab.bench.hop_probe import receive
 
-def hop_overhead(sizes: list[int], repeats: int = 200) -> list[dict[str, float]]:
-    """One encrypted hop on loopback (encode + AES-GCM seal + TCP + open + decode), no emulated link time."""
+    context = multiprocessing.get_context("spawn")  # a clean child: only the link code, as in a worker
     rows = []
     for size in sizes:
         tensor = np.random.default_rng(0).standard_normal(size // 4).astype(np.float32)
         spec = LinkSpec("bench", "a", "b", bytes(32))
+        if processes:
+            ports, results = context.Queue(), context.Queue()
+            child: Any = context.Process(target=receive, args=(spec, repeats, ports, results))
+        else:
+            ports, results = queues.Queue(), queues.Queue()
+            child = threading.Thread(target=receive, args=(spec, repeats, ports, results), daemon=True)
+        child.start()
+        sock = connect(("127.0.0.1", ports.get(timeout=60)))
         sealer = LinkSealer(spec)
-        server = socket.create_server(("127.0.0.1", 0))
-        sender = socket.create_connection(server.getsockname())
-        receiver, _ = server.accept()
-        for sock in (sender, receiver):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        times: list[float] = []
-        done = threading.Event()
-        args = (LinkOpener(spec), receiver, repeats, times, done)
-        threading.Thread(target=_receive, args=args, daemon=True).start()
         for _ in range(repeats):
-            start = time.perf_counter()
-            send_message(sender, sealer.seal(0, encode_tensors([tensor]), start))  # 'at' carries the start time
-            time.sleep(0.001)  # one frame at a time: the hop's latency, not a throughput burst
-        done.wait(60)
-        for sock in (sender, receiver, server):
-            sock.close()
-        rows.append({"bytes": size, "median_ms": 1000 * statistics.median(times),
+            payload = encode_tensors([tensor])
+            start = time.monotonic()
+            send_message(sock, sealer.seal(0, payload, start))  # 'at' carries the start time
+            time.sleep(gap_s)
+        times = results.get(timeout=60)
+        child.join(timeout=10)
+        sock.close()
+        rows.append({"bytes": size, "processes": processes, "median_ms": 1000 * statistics.median(times),
                      "p95_ms": 1000 * float(np.percentile(times, 95))})  # fmt: skip
     return rows
 
@@ -188,16 +189,19 @@ def plot_pipeline_bench(result: dict[str, Any], path: Path) -> None:
     axes[1].set_ylabel("measured (s, emulated)")
     axes[1].set_title("measured vs cost model (dashed: +10%)")
     axes[1].legend()
-    hops = result.get("hops", [])
-    if hops:
-        axes[2].plot([h["bytes"] / 1024 for h in hops], [h["median_ms"] for h in hops], marker="o", label="median")
-        axes[2].plot([h["bytes"] / 1024 for h in hops], [h["p95_ms"] for h in hops], marker="x", label="p95")
-        axes[2].axhline(1.0, color="grey", lw=0.8, ls="--")
-        axes[2].set_xscale("log")
-        axes[2].set_xlabel("tensor KiB")
-        axes[2].set_ylabel("ms per hop (loopback, no emulation)")
-        axes[2].set_title("runtime cost of one encrypted hop")
-        axes[2].legend()
+    for processes, label in ((True, "processes"), (False, "threads")):
+        hops = [h for h in result.get("hops", []) if h.get("processes", True) == processes]
+        if not hops:
+            continue
+        kib = [h["bytes"] / 1024 for h in hops]
+        axes[2].plot(kib, [h["median_ms"] for h in hops], marker="o", label=f"median, two {label}")
+        axes[2].plot(kib, [h["p95_ms"] for h in hops], marker="x", ls=":", label=f"p95, two {label}")
+    axes[2].axhline(1.0, color="grey", lw=0.8, ls="--")
+    axes[2].set_xscale("log")
+    axes[2].set_xlabel("tensor KiB")
+    axes[2].set_ylabel("ms per hop (loopback, no emulation)")
+    axes[2].set_title("runtime cost of one encrypted hop")
+    axes[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -223,7 +223,8 @@ def bench_pipeline(
     with err_console.status("running placements") as status:
         rows = run_pipeline_bench(spec, models, count, progress=lambda m: status.update(m))
         status.update("per-hop overhead")
-        hops = hop_overhead([4_096, 65_536, 204_800, 802_816, 3_211_264])
+        sizes = [4_096, 65_536, 204_800, 602_112, 3_211_264]
+        hops = hop_overhead(sizes) + hop_overhead(sizes, processes=False)
         status.update("worker overhead")
         worker = worker_overhead(spec)
     result = {"cluster": spec.name, "frames": count, "quick": quick, "rows": rows, "hops": hops, "worker": worker,
@@ -248,8 +249,9 @@ def bench_pipeline(
         )  # fmt: skip
     console.print(table)
     for h in hops:
-        console.print(f"one encrypted hop, {h['bytes'] / 1024:.0f} KiB on loopback: median {h['median_ms']:.3f} ms, "
-                      f"p95 {h['p95_ms']:.3f} ms")  # fmt: skip
+        where = "between two processes" if h["processes"] else "between two threads"
+        console.print(f"one encrypted hop, {h['bytes'] / 1024:.0f} KiB on loopback {where}: median "
+                      f"{h['median_ms']:.3f} ms, p95 {h['p95_ms']:.3f} ms")  # fmt: skip
     console.print(f"worker vs ONNX Runtime directly ({worker['model']}, native): {worker['pipeline_period_ms']:.2f} ms "
                   f"per frame vs {worker['direct_ms']:.2f} ms ({worker['overhead_per_frame_ms']:+.2f} ms)")  # fmt: skip
     err_console.print(f"wrote {json_path} and {png}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
 import time
@@ -19,6 +18,7 @@ from serdab.kms import attest_kms, kms_image
 from serdab.tee import get_backend, measure_image
 from serdab.tee.host import local_simulated_roots, serdab_home
 from serdab.tee.image import PCR_APP, PCR_IMAGE, PCR_RUNTIME
+from serdab.validation import write_private
 
 __all__ = ["kms_app"]
 
@@ -30,9 +30,7 @@ kms_app = typer.Typer(
 def _token(path: Path) -> str:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(24) + "\n")
+        write_private(path, (secrets.token_hex(24) + "\n").encode())
     return path.read_text().strip()
 
 

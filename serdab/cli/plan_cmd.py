@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.table import Table
 
 from serdab.cli.common import InputShapeOpt, JsonOpt, console, human_bytes, open_model, progress_bar, write_json
@@ -20,7 +19,7 @@ from serdab.plan.simulate import simulate
 from serdab.privacy import LeakageReport, default_images, measure_leakage
 from serdab.privacy.policy import allowed_cuts, parse_policy
 from serdab.profile import Profile, cached_profile
-from serdab.validation import first_error
+from serdab.validation import load_json_model
 
 __all__ = ["plan", "plan_table"]
 
@@ -54,14 +53,7 @@ def plan_table(cost: PlanCost, request: PlanRequest) -> Table:
 
 
 def _leakage_file(path: Path) -> LeakageReport:
-    try:
-        return LeakageReport.model_validate_json(path.read_text())
-    except FileNotFoundError:
-        raise PolicyError(f"leakage file not found: {path}") from None
-    except ValidationError as exc:
-        raise PolicyError(f"{path} is not a `serdab leakage --json` report: {first_error(exc)}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"cannot read leakage report {path}: {exc}") from None
+    return load_json_model(LeakageReport, path, "a `serdab leakage --json` report", PolicyError)
 
 
 def plan(

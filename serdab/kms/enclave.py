@@ -41,18 +41,13 @@ from serdab.kms.store import Store, open_store
 from serdab.tee.host import HostIdentity
 from serdab.tee.image import PCR_TLS
 from serdab.tee.nsm import NsmClient
+from serdab.validation import write_private
 
 __all__ = ["MEASURED_PCRS", "main", "obtain_storage_key"]
 
 MEASURED_PCRS = (0, 1, 2, 16)  # what a twin KMS must share with us (PCR17 differs: each has its own TLS cert)
 SEALED_FILE = "storage-key.sealed"
 ADMIN_TOKEN_ENV = "SERDAB_KMS_ADMIN_TOKEN"
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 def _from_peer(peer: str, nsm: NsmClient, own: dict[int, bytes], allow_simulated: bool, roots: Sequence) -> bytes:
@@ -85,7 +80,7 @@ def obtain_storage_key(
         key = os.urandom(32)
         claim = cbor2.dumps({"key_id": key_id(key), "creator": os.environ.get("SERDAB_ENCLAVE_ID", "?")})
         if store.compare_and_swap(BOOTSTRAP_KEY, 0, claim):
-            _write_private(sealed, nsm.seal(key))
+            write_private(sealed, nsm.seal(key))
             return key, "created"
         expected_id = cbor2.loads(store.get(BOOTSTRAP_KEY).value)["key_id"]  # lost the race
     own = {i: v for i, v in nsm.describe().items() if i in MEASURED_PCRS}
@@ -99,7 +94,7 @@ def obtain_storage_key(
         if key_id(key) != expected_id:
             errors.append(f"{peer}: its storage key is not the one this store was initialised with")
             continue
-        _write_private(sealed, nsm.seal(key))
+        write_private(sealed, nsm.seal(key))
         return key, f"from {peer}"
     detail = "; ".join(errors) if errors else "no --peer given"
     raise KmsError(
@@ -151,7 +146,7 @@ def main(argv: list[str]) -> int:
         replica_id=replica,
     )
     secrets_dir = Path(tempfile.mkdtemp(prefix="serdab-kms-tls-"))
-    _write_private(secrets_dir / "key.pem", key_pem(tls_key))
+    write_private(secrets_dir / "key.pem", key_pem(tls_key))
     (secrets_dir / "cert.pem").write_bytes(cert_pem(tls_cert))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

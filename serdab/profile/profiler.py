@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from serdab.errors import ProfileFileError
 from serdab.graph.chain import Chain
@@ -28,7 +28,7 @@ from serdab.profile.counts import (
     block_peak_activation_bytes,
     initializer_bytes,
 )
-from serdab.validation import first_error
+from serdab.validation import load_json_model
 
 __all__ = ["BlockProfile", "Profile", "ProfileFileError", "Progress", "latency_stats", "profile_chain"]
 
@@ -88,15 +88,7 @@ class Profile(BaseModel):
     @classmethod
     def load(cls, path: str | Path) -> Profile:
         """Read a profile JSON, with a one-line error naming the first bad field."""
-        path = Path(path)
-        try:
-            return cls.model_validate_json(path.read_text())
-        except FileNotFoundError:
-            raise ProfileFileError(f"profile file not found: {path}") from None
-        except ValidationError as exc:
-            raise ProfileFileError(f"{path} is not a Serdab profile: {first_error(exc)}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ProfileFileError(f"cannot read profile {path}: {exc}") from None
+        return load_json_model(cls, path, "a Serdab profile", ProfileFileError)
 
 
 def latency_stats(samples_s: list[float]) -> tuple[float, float]:

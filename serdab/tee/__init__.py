@@ -1,6 +1,7 @@
 """Trusted execution: enclave images, backends, attestation documents, verification, sealing, EPC.
 
-A leaf of the package tree: it imports only ``serdab.crypto`` and ``serdab.errors``.
+A leaf of the package tree: it imports only the leaves ``serdab.crypto``, ``serdab.errors`` and
+``serdab.validation`` (tested in tests/test_imports.py), and neither torch nor onnxruntime.
 """
 
 from serdab.tee.backend import BACKENDS, Enclave, TeeBackend, get_backend

@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from serdab.crypto import cert_from_pem, cert_pem, issue_certificate, key_from_pem, key_pem, new_key, self_signed_ca
+from serdab.validation import write_private
 
 __all__ = ["SIMULATED_ROOT_CN", "HostIdentity", "local_simulated_roots", "serdab_home"]
 
@@ -28,12 +29,6 @@ SIMULATED_ROOT_CN = "SIMULATED-NOT-A-TEE"
 
 def serdab_home() -> Path:
     return Path(os.environ.get("SERDAB_HOME") or Path.home() / ".serdab")
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 @dataclass(frozen=True)
@@ -70,10 +65,10 @@ class HostIdentity:
             organisation="Serdab simulated TEE (NOT A TEE)", ca=True, days=3650,
         )  # fmt: skip
         (directory / "root.pem").write_bytes(cert_pem(root))
-        _write_private(directory / "root.key", key_pem(root_key))
+        write_private(directory / "root.key", key_pem(root_key))
         (directory / "host.pem").write_bytes(cert_pem(host))
-        _write_private(directory / "sealing.secret", secrets.token_bytes(32))
-        _write_private(directory / "host.key", key_pem(host_key))  # written last: its presence means complete
+        write_private(directory / "sealing.secret", secrets.token_bytes(32))
+        write_private(directory / "host.key", key_pem(host_key))  # written last: its presence means complete
 
 
 def local_simulated_roots(create: bool = False) -> list[x509.Certificate]:

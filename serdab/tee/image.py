@@ -22,10 +22,10 @@ import shutil
 from importlib import metadata
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from serdab.errors import EnclaveImageError
-from serdab.validation import first_error
+from serdab.validation import load_json_model
 
 __all__ = [
     "PCR_APP",
@@ -82,9 +82,7 @@ def _tree_hash(root: Path) -> bytes:
 
 def runtime_lock() -> str:
     """The runtime this process would give an enclave: Python, Serdab's own source, package versions."""
-    import serdab
-
-    source = _tree_hash(Path(serdab.__file__).parent).hex()
+    source = _tree_hash(Path(__file__).resolve().parents[1]).hex()  # the serdab package directory
     lines = [f"python=={platform.python_version()}", f"serdab-source=={source}"]
     for name in _RUNTIME_PACKAGES:
         try:
@@ -96,12 +94,9 @@ def runtime_lock() -> str:
 
 def load_manifest(image: Path) -> ImageManifest:
     path = Path(image) / MANIFEST
-    try:
-        return ImageManifest.model_validate_json(path.read_text())
-    except FileNotFoundError:
-        raise EnclaveImageError(f"{image} is not an enclave image: no {MANIFEST}") from None
-    except ValidationError as exc:
-        raise EnclaveImageError(f"{path}: {first_error(exc)}") from None
+    if not path.exists():
+        raise EnclaveImageError(f"{image} is not an enclave image: no {MANIFEST}")
+    return load_json_model(ImageManifest, path, "an enclave image manifest", EnclaveImageError)
 
 
 def measure_image(image: Path) -> dict[int, bytes]:

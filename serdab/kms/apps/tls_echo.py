@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import socket
 import ssl
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 from serdab.kms.client import attest_kms
 from serdab.tee.host import HostIdentity
 from serdab.tee.nsm import NsmClient
+from serdab.validation import write_private
 
 
 def _serve(conn: ssl.SSLSocket) -> None:
@@ -42,9 +42,7 @@ def main(argv: list[str]) -> int:
     kms.close()
     secrets_dir = Path(tempfile.mkdtemp(prefix="serdab-svc-"))
     key_file = secrets_dir / "key.pem"
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(keys.key_pem)
+    write_private(key_file, keys.key_pem.encode())
     (secrets_dir / "cert.pem").write_text(keys.cert_pem)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(secrets_dir / "cert.pem", key_file)
