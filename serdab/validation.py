@@ -24,15 +24,15 @@ def first_error(exc: ValidationError) -> str:
     return f"{where}: {err['msg'].removeprefix('Value error, ')}"
 
 
-def load_json_model(kind: type[M], path: str | Path, what: str, error: type[Exception]) -> M:
+def load_json_model(kind: type[M], path: str | Path, noun: str, what: str, error: type[Exception]) -> M:
     """``kind`` from the JSON file at ``path``; a missing, unreadable or invalid file raises ``error``
-    with one line naming the file and (for invalid content) the first bad field. ``what`` says what
-    the file should be, e.g. "a Serdab profile"."""
+    with one line naming the file and (for invalid content) the first bad field. ``noun`` names the
+    file ("profile"), ``what`` says what it should be ("a Serdab profile")."""
     path = Path(path)
     try:
         return kind.model_validate_json(path.read_bytes())
     except FileNotFoundError:
-        raise error(f"{what} not found: {path}") from None
+        raise error(f"{noun} file not found: {path}") from None
     except IsADirectoryError:
         raise error(f"{path} is a directory, not {what}") from None
     except ValidationError as exc:

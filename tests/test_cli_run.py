@@ -45,7 +45,6 @@ def test_run_a_video_through_the_paper_cluster(tmp_path: Path, capsys) -> None:
         (["--placement", "tee1[0-1] -> e1[2-11]"], "e1 is untrusted and may not receive the tensor at cut 2"),
         (["--cluster", "{tmp}/tiny.yaml"], "nothing can hold the first stage"),
         (["--slowdown", "tee1=fast"], "DEVICE=FACTOR"),
-        (["--kms", "https://127.0.0.1:1"], "no KMS at https://127.0.0.1:1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path, capsys) -> None:
@@ -60,3 +59,13 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_pat
     assert code == 2
     assert err[-1].startswith("serdab: error: ") and message in err[-1], err
     assert "Traceback" not in "\n".join(err)
+
+
+def test_a_key_service_that_is_down_is_exit_4_at_once(capsys) -> None:
+    import time
+
+    started = time.monotonic()
+    code = main(["run", "lenet5", "--cluster", "paper", "--input", "synthetic:3", "--kms", "https://127.0.0.1:1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 4 and "the key service is down" in err[-1] and "no KMS at https://127.0.0.1:1" in err[-1]
+    assert time.monotonic() - started < 60  # a clear error, not a hang (generous: the model opens first)

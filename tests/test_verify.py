@@ -239,13 +239,15 @@ def genuine(host) -> tuple[bytes, dict, ec.EllipticCurvePrivateKey]:
     return document, cbor2.loads(cbor2.loads(document).value[2]), key
 
 
-def _outcome(document: bytes, host: HostIdentity, original: dict) -> None:
-    """Either an AttestationError, or success with exactly the genuine payload's content."""
+def _outcome(document: bytes, host: HostIdentity, original: dict | None) -> None:
+    """An AttestationError, or success: with exactly the genuine payload's content when ``original``
+    is given (a forger without the key changed it), with any content otherwise (signed by the key)."""
     try:
         verified = _verify(document, host)
     except AttestationError:
         return
-    assert verified.document.payload() == AttestationDocument(**_as_fields(original)).payload()
+    if original is not None:
+        assert verified.document.payload() == AttestationDocument(**_as_fields(original)).payload()
 
 
 def _as_fields(f: dict) -> dict:
@@ -283,8 +285,8 @@ def test_fuzz_fields_headers_and_certificates(host, genuine, data) -> None:
     if target.startswith("field"):
         changed[data.draw(st.sampled_from(FIELDS))] = data.draw(VALUES)
         payload = cbor2.dumps(changed)
-        if target == "field-resigned":  # what a holder of a leaked leaf key could sign
-            _outcome(cose_sign1(payload, key), host, fields)
+        if target == "field-resigned":  # what a holder of a leaked leaf key could sign: never a crash
+            _outcome(cose_sign1(payload, key), host, None)
             return
     elif target == "header":
         unprotected = data.draw(st.one_of(VALUES, st.dictionaries(st.integers(-2, 6), VALUES, max_size=2)))

@@ -53,7 +53,7 @@ def plan_table(cost: PlanCost, request: PlanRequest) -> Table:
 
 
 def _leakage_file(path: Path) -> LeakageReport:
-    return load_json_model(LeakageReport, path, "a `serdab leakage --json` report", PolicyError)
+    return load_json_model(LeakageReport, path, "leakage", "a `serdab leakage --json` report", PolicyError)
 
 
 def plan(

@@ -88,7 +88,7 @@ class Profile(BaseModel):
     @classmethod
     def load(cls, path: str | Path) -> Profile:
         """Read a profile JSON, with a one-line error naming the first bad field."""
-        return load_json_model(cls, path, "a Serdab profile", ProfileFileError)
+        return load_json_model(cls, path, "profile", "a Serdab profile", ProfileFileError)
 
 
 def latency_stats(samples_s: list[float]) -> tuple[float, float]:

@@ -96,7 +96,7 @@ def load_manifest(image: Path) -> ImageManifest:
     path = Path(image) / MANIFEST
     if not path.exists():
         raise EnclaveImageError(f"{image} is not an enclave image: no {MANIFEST}")
-    return load_json_model(ImageManifest, path, "an enclave image manifest", EnclaveImageError)
+    return load_json_model(ImageManifest, path, "manifest", "an enclave image manifest", EnclaveImageError)
 
 
 def measure_image(image: Path) -> dict[int, bytes]:
