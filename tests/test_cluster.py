@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from serdab.cluster import load_cluster, parse_bandwidth_bps, parse_bytes, parse_seconds
+from serdab.cluster import load_cluster, parse_bandwidth_bytes_per_s, parse_bytes, parse_seconds
 from serdab.errors import ClusterError
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples" / "clusters").glob("*.yaml"))
@@ -32,7 +32,7 @@ def test_sizes(text, expected) -> None:
     [("100Mbit", 12.5e6), ("30Mbps", 3.75e6), ("1Gbit", 1.25e8), ("12.5MB/s", 12.5e6), (1000, 1000.0)],
 )
 def test_bandwidths_are_bytes_per_second(text, expected) -> None:
-    assert parse_bandwidth_bps(text) == pytest.approx(expected)
+    assert parse_bandwidth_bytes_per_s(text) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(("text", "expected"), [("5ms", 0.005), ("0.2s", 0.2), ("100us", 1e-4), (0, 0.0)])
@@ -61,7 +61,7 @@ def test_good_cluster(tmp_path) -> None:
     cluster = load_cluster(path)
     assert cluster.name == "c"
     assert cluster.device("tee1").memory_bytes == 93 * 2**20
-    assert cluster.link("e1", "e2").bandwidth_bps == pytest.approx(12.5e6)
+    assert cluster.link("e1", "e2").bandwidth_bytes_per_s == pytest.approx(12.5e6)
     assert cluster.link("e2", "e1").rtt_s == pytest.approx(0.005)
     assert cluster.link("e1", "e1") is cluster.local
 

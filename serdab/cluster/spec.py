@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from serdab.cluster.units import parse_bandwidth_bps, parse_bytes, parse_seconds
+from serdab.cluster.units import parse_bandwidth_bytes_per_s, parse_bytes, parse_seconds
 from serdab.errors import ClusterError
 
 __all__ = ["EXAMPLES_DIR", "Cluster", "Device", "Link", "LocalLink", "load_cluster", "resolve_cluster"]
@@ -22,7 +22,7 @@ __all__ = ["EXAMPLES_DIR", "Cluster", "Device", "Link", "LocalLink", "load_clust
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples" / "clusters"  # in a source checkout
 
 Bytes = Annotated[int, BeforeValidator(parse_bytes)]
-BytesPerSecond = Annotated[float, BeforeValidator(parse_bandwidth_bps)]
+BytesPerSecond = Annotated[float, BeforeValidator(parse_bandwidth_bytes_per_s)]
 Seconds = Annotated[float, BeforeValidator(parse_seconds)]
 
 
@@ -57,7 +57,7 @@ class Device(BaseModel):
 class LocalLink(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    bandwidth_bps: BytesPerSecond = Field(alias="bandwidth", gt=0)
+    bandwidth_bytes_per_s: BytesPerSecond = Field(alias="bandwidth", gt=0)
     rtt_s: Seconds = Field(0.0, alias="rtt")
 
 

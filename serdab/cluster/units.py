@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["parse_bandwidth_bps", "parse_bytes", "parse_seconds"]
+__all__ = ["parse_bandwidth_bytes_per_s", "parse_bytes", "parse_seconds"]
 
 _NUMBER = r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*"
 
@@ -47,7 +47,7 @@ def parse_bytes(value: object) -> int:
     return int(_parse(value, _SIZE, "93MiB or 16GiB", "size"))
 
 
-def parse_bandwidth_bps(value: object) -> float:
+def parse_bandwidth_bytes_per_s(value: object) -> float:
     """'100Mbit' -> 12.5e6 bytes per second (bit units: Mbit, Mbps; byte units: MB/s)."""
     return _parse(value, _RATE, "100Mbit or 1Gbit or 12.5MB/s", "bandwidth")
 

@@ -41,7 +41,7 @@ class Client:
         model: str = "he_cnn5",
         *,
         json: bool = False,
-        timeout: float = 600,
+        timeout_s: float = 600,
         layers: list[int] | None = None,
         http: httpx.Client | None = None,
     ) -> None:
@@ -49,7 +49,7 @@ class Client:
         ``layers`` (more transfer cut points); ``http`` replaces the HTTP client (tests pass one)."""
         self.url = url.rstrip("/")
         self.json = json
-        self._http = http or httpx.Client(base_url=self.url, timeout=timeout)
+        self._http = http or httpx.Client(base_url=self.url, timeout=timeout_s)
         self.spec = ModelSpec.model_validate(self._call("GET", f"/v1/models/{model}").json())
         self.params = CkksParams.from_dict(self.spec.params)
         self.backend = backend_for(self.params, self.spec.backend)

@@ -124,7 +124,7 @@ class CostModel:
         link = self.cluster.link(da.host, db.host)
         if link is None:
             return nbytes * 0.0 + math.inf
-        return nbytes / link.bandwidth_bps + link.rtt_s
+        return nbytes / link.bandwidth_bytes_per_s + link.rtt_s
 
     def hop_vectors(self, src: Sequence[int], dst: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """(latency, period) of a hop src -> dst for the tensor at every cut c = 0..M.

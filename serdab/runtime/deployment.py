@@ -117,7 +117,7 @@ class Deployment:
             link = self.ctx.cluster.link(da.host, db.host)
             if link is None:
                 raise WorkerError(f"no link between {a} and {b} in cluster {self.ctx.cluster.name}")
-            bandwidth, rtt = link.bandwidth_bps, link.rtt_s
+            bandwidth, rtt = link.bandwidth_bytes_per_s, link.rtt_s
         return LinkSpec(self.stream, src.id if src else SOURCE, dst.id if dst else SINK, os.urandom(32), bandwidth,
                         rtt, self.ctx.dilation)  # fmt: skip
 

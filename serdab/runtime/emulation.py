@@ -51,5 +51,6 @@ def native_cluster(cluster: Cluster) -> Cluster:
         d.model_copy(update={"speed": 1.0, "paging_factor": None, "memory_bytes": 2**50}) for d in cluster.devices
     ]
     free = LocalLink(bandwidth=1e15, rtt=0.0)
-    links = [link.model_copy(update={"bandwidth_bps": free.bandwidth_bps, "rtt_s": 0.0}) for link in cluster.links]
+    unlimited = {"bandwidth_bytes_per_s": free.bandwidth_bytes_per_s, "rtt_s": 0.0}
+    links = [link.model_copy(update=unlimited) for link in cluster.links]
     return cluster.model_copy(update={"devices": devices, "links": links, "local": free})
