@@ -56,7 +56,7 @@ class _LazyGroup(typer.core.TyperGroup):
         if isinstance(target, typer.Typer):
             command = typer.main.get_command(target)
         else:
-            single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+            single = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
             single.command(name)(target)
             command = typer.main.get_command(single)
         command.name = name

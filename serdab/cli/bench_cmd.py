@@ -255,3 +255,28 @@ def bench_pipeline(
     console.print(f"worker vs ONNX Runtime directly ({worker['model']}, native): {worker['pipeline_period_ms']:.2f} ms "
                   f"per frame vs {worker['direct_ms']:.2f} ms ({worker['overhead_per_frame_ms']:+.2f} ms)")  # fmt: skip
     err_console.print(f"wrote {json_path} and {png}")
+
+
+@bench_app.command("startup")
+def bench_startup(
+    json_path: Annotated[Path, typer.Option("--json", help="Where to write the JSON result.")] = Path(
+        "bench/results/startup.json"
+    ),
+    repeat: Annotated[int, typer.Option(min=1, help="Runs per command (median).")] = 7,
+) -> None:
+    """CLI start-up time and the heavy packages each entry point imports."""
+    from serdab.bench.startup_bench import plot_startup_bench, run_startup_bench
+
+    with err_console.status("timing fresh interpreters"):
+        result = run_startup_bench(repeat)
+    png = _write(result, json_path, plot_startup_bench)
+    table = Table(title=f"start-up, median of {repeat} fresh interpreters")
+    for column in ("command", "wall s", "CPU s"):
+        table.add_column(column, justify="left" if column == "command" else "right")
+    for r in result["rows"]:
+        table.add_row(r["command"], f"{r['wall_s']:.3f}", f"{r['cpu_s']:.3f}")
+    console.print(table)
+    for label, heavy in result["heavy_imports"].items():
+        loaded = ", ".join(heavy) if heavy else "none of torch, onnxruntime, onnx, scikit-image, scikit-learn"
+        console.print(f"{label}: loads {loaded}")
+    err_console.print(f"wrote {json_path} and {png}")

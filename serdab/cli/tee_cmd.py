@@ -11,7 +11,6 @@ from rich.table import Table
 from serdab.cli.common import JsonOpt, console, write_json
 from serdab.crypto import cert_from_der
 from serdab.errors import EnclaveImageError, PolicyError
-from serdab.kms import attest_kms
 from serdab.tee import build_image, load_manifest, measure_image
 from serdab.tee.host import local_simulated_roots
 from serdab.tee.image import PCR_APP, PCR_IMAGE, PCR_MODELS, PCR_RUNTIME, PCR_SIGNER, PCR_TLS
@@ -91,6 +90,8 @@ def attest(
     json_path: JsonOpt = None,
 ) -> None:
     """Fetch and verify an attestation document: signature, chain, age, nonce, PCRs, TLS binding."""
+    from serdab.kms import attest_kms  # HTTP client stack: only when a document is fetched
+
     try:
         raw_nonce = bytes.fromhex(nonce) if nonce else None
     except ValueError:

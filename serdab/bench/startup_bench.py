@@ -1,0 +1,80 @@
+"""How fast the CLI starts and what each entry point imports (issue 11: a light import graph).
+
+Each command runs in a fresh interpreter, ``repeat`` times; wall and CPU seconds are medians. The
+import check lists which heavy packages each entry point loads.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["COMMANDS", "plot_startup_bench", "run_startup_bench"]
+
+COMMANDS = {
+    "serdab --help": ["-m", "serdab.cli.app", "--help"],
+    "serdab attest --help": ["-m", "serdab.cli.app", "attest", "--help"],
+    "serdab run --help": ["-m", "serdab.cli.app", "run", "--help"],
+    "serdab plan --help": ["-m", "serdab.cli.app", "plan", "--help"],
+    "import serdab": ["-c", "import serdab"],
+}
+HEAVY = ("torch", "onnxruntime", "onnx", "skimage", "sklearn", "matplotlib", "tenseal")
+ENTRY_POINTS = {
+    "import serdab": "import serdab",
+    "serdab.crypto + serdab.tee": "import serdab.crypto, serdab.tee",
+    "stage worker (engine, KMS client, NSM)": "import serdab.runtime.engine, serdab.kms.client, serdab.tee.nsm",
+    "key service enclave": "import serdab.kms.enclave",
+    "CLI app (serdab --help)": "from serdab.cli.app import cli",
+}
+
+
+def _timed(args: list[str]) -> tuple[float, float]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, *args], capture_output=True, check=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def run_startup_bench(repeat: int = 7) -> dict[str, Any]:
+    rows = []
+    for label, args in COMMANDS.items():
+        _timed(args)  # warm the file cache
+        samples = [_timed(args) for _ in range(repeat)]
+        rows.append({"command": label, "wall_s": statistics.median(s[0] for s in samples),
+                     "cpu_s": statistics.median(s[1] for s in samples)})  # fmt: skip
+    imports = {}
+    for label, code in ENTRY_POINTS.items():
+        probe = f"import sys, json\n{code}\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))"
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+        loaded = set(json.loads(out.strip().splitlines()[-1]))
+        imports[label] = sorted(loaded & set(HEAVY))
+    return {"repeat": repeat, "rows": rows, "heavy_imports": imports}
+
+
+def plot_startup_bench(result: dict[str, Any], path: Path) -> None:
+    rows = result["rows"]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ys = range(len(rows))
+    ax.barh([y + 0.2 for y in ys], [r["wall_s"] for r in rows], height=0.4, label="wall")
+    ax.barh([y - 0.2 for y in ys], [r["cpu_s"] for r in rows], height=0.4, label="CPU")
+    ax.axvline(0.5, color="grey", ls="--", lw=0.8)
+    ax.set_yticks(list(ys), [r["command"] for r in rows])
+    ax.set_xlabel("seconds (median, fresh interpreter)")
+    ax.set_title("CLI start-up (dashed: the 0.5 s target)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,53 @@
+"""The import graph stays light: leaves and enclave processes load no ML stack (fresh interpreters)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "onnxruntime", "onnx", "skimage", "sklearn", "matplotlib", "tenseal", "stable_baselines3")
+
+
+def _loaded(code: str) -> set[str]:
+    probe = f"import sys, json\n{code}\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    return set(json.loads(out.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize(
+    ("code", "allowed"),
+    [
+        ("import serdab", ()),
+        ("import serdab.crypto", ()),
+        ("import serdab.tee", ()),
+        ("import serdab.errors, serdab.validation", ()),
+        ("import serdab.runtime.engine, serdab.kms.client, serdab.tee.nsm", ()),  # a stage enclave, before its stage
+        ("import serdab.kms.enclave", ()),  # the key service enclave
+        ("from serdab.cli.app import cli", ()),  # `serdab --help`
+        ("import serdab.cli.tee_cmd", ()),  # `serdab attest`
+    ],
+)
+def test_light_modules_load_no_ml_stack(code: str, allowed: tuple[str, ...]) -> None:
+    heavy = _loaded(code) & set(HEAVY) - set(allowed)
+    assert not heavy, f"{code!r} loads {sorted(heavy)}"
+
+
+def test_a_stage_worker_loads_onnxruntime_but_not_torch() -> None:
+    loaded = _loaded("import serdab.runtime.engine as e\ne._session")
+    assert "torch" not in loaded and "onnx" not in loaded
+
+
+def test_the_public_api_resolves_lazily() -> None:
+    loaded = _loaded("import serdab\nserdab.SerdabError\nserdab.load_cluster")
+    assert "torch" not in loaded and "onnxruntime" not in loaded
+    assert "torch" in _loaded("import serdab\nserdab.open_chain")
+
+
+def test_tee_imports_only_leaves() -> None:
+    probe = "import sys, json, serdab.tee\nprint(json.dumps(sorted(m for m in sys.modules if m.startswith('serdab.'))))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    modules = set(json.loads(out.strip().splitlines()[-1]))
+    assert all(m.split(".")[1] in ("tee", "crypto", "errors", "validation") for m in modules), modules
