@@ -27,22 +27,39 @@ _EXPORTS: dict[str, str] = {
     **{
         name: "serdab.errors"
         for name in (
-            "ClusterError", "CutError", "CutOutOfRangeError", "ImageSetError", "InfeasibleError",
-            "InputShapeError", "ModelError", "ModelNotFoundError", "NotACleanCutError", "NotOnnxError",
-            "PlanError", "PolicyError", "SerdabError",
+            "ClusterError",
+            "CutError",
+            "CutOutOfRangeError",
+            "ImageSetError",
+            "InfeasibleError",
+            "InputShapeError",
+            "ModelError",
+            "ModelNotFoundError",
+            "NotACleanCutError",
+            "NotOnnxError",
+            "PlanError",
+            "PolicyError",
+            "SerdabError",
         )
     },
     **{
         name: "serdab.graph"
-        for name in ("Block", "Chain", "NamedChain", "StageSpec", "extract_stage", "open_chain", "stage_ranges",
-                     "write_stages")
+        for name in (
+            "Block",
+            "Chain",
+            "NamedChain",
+            "StageSpec",
+            "extract_stage",
+            "open_chain",
+            "stage_ranges",
+            "write_stages",
+        )
     },
     "ZOO": "serdab.models",
     "build_module": "serdab.models",
     "load_model": "serdab.models",
     **{
-        name: "serdab.plan"
-        for name in ("PLANNERS", "CostModel", "Placement", "PlanRequest", "Workload", "get_planner")
+        name: "serdab.plan" for name in ("PLANNERS", "CostModel", "Placement", "PlanRequest", "Workload", "get_planner")
     },
     "simulate": "serdab.plan.simulate",
     **{name: "serdab.privacy" for name in ("LeakageReport", "default_images", "load_image_dir", "measure_leakage")},
