@@ -4,8 +4,9 @@ The public API follows the data flow: a model (zoo name, .onnx path or torch mod
 chain of blocks between clean cuts (``open_chain``), each block is profiled (``profile_chain``)
 and its output's leakage measured (``measure_leakage``), and the chain is cut into runnable
 stages (``write_stages``). A profile on a ``Cluster`` (``load_cluster``) under a privacy policy
-(``parse_policy``) is planned by a registered planner (``get_planner``) into a ``Placement``,
-judged by the one ``CostModel`` and checked by the event simulator (``simulate``).
+(``parse_policy``) is planned by a registered planner (``get_planner``; ``plan_model`` does it in
+one call) into a ``Placement``, judged by the one ``CostModel`` and checked by the event
+simulator (``simulate``).
 
 Block ranges are inclusive and 0-based everywhere; cut c is the boundary before block c (cut 0
 is the input frame); sizes are bytes, times carry their unit in the name (``latency_ms``,
@@ -62,6 +63,7 @@ _EXPORTS: dict[str, str] = {
         name: "serdab.plan" for name in ("PLANNERS", "CostModel", "Placement", "PlanRequest", "Workload", "get_planner")
     },
     "simulate": "serdab.plan.simulate",
+    "plan_model": "serdab.plan.model",
     **{name: "serdab.privacy" for name in ("LeakageReport", "default_images", "load_image_dir", "measure_leakage")},
     "parse_policy": "serdab.privacy.policy",
     "BlockProfile": "serdab.profile",

@@ -14,6 +14,7 @@ EXPECTED = {
     "get_planner",
     "load_cluster",
     "parse_policy",
+    "plan_model",
     "simulate",
     "ZOO",
     "Block",

@@ -20,9 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from serdab.cluster import Cluster  # noqa: E402
 from serdab.graph import open_chain  # noqa: E402
-from serdab.plan import CostModel, PlanRequest, Workload, get_planner  # noqa: E402
+from serdab.plan import PlanRequest, Workload, get_planner  # noqa: E402
+from serdab.plan.model import plan_request  # noqa: E402
 from serdab.plan.simulate import simulate  # noqa: E402
-from serdab.privacy.policy import allowed_cuts, parse_policy  # noqa: E402
 from serdab.profile import cached_profile  # noqa: E402
 from serdab.testing import synthetic_workload  # noqa: E402
 
@@ -49,9 +49,7 @@ STRATEGIES = [
 
 
 def _request(workload: Workload, cluster: Cluster, chunk: int, policy: str, replicate: bool) -> PlanRequest:
-    rule = parse_policy(policy)
-    allowed = tuple(allowed_cuts(rule, workload.cut_resolution))
-    return PlanRequest(CostModel(workload, cluster), allowed, chunk, rule.spec, replicate=replicate)
+    return plan_request(workload, cluster, policy=policy, chunk=chunk, replicate=replicate)
 
 
 def _timed_plan(request: PlanRequest, planner: str) -> tuple[object, float]:

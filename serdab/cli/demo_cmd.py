@@ -24,10 +24,9 @@ from serdab.cli.profile_cmd import profile_table
 from serdab.cluster import Cluster, load_cluster
 from serdab.graph import NamedChain, write_stages
 from serdab.onnxrt import make_session
-from serdab.plan import CostModel, PlanRequest, Workload, get_planner
+from serdab.plan.model import plan_model
 from serdab.privacy import default_images, measure_leakage
 from serdab.privacy.metrics import within_resolution
-from serdab.privacy.policy import allowed_cuts, parse_policy
 from serdab.profile import Profile, cached_profile
 
 __all__ = ["demo", "first_private_cut"]
@@ -103,12 +102,9 @@ def demo(
 
     console.rule(f"[bold]4. plan on the {cluster} cluster ({CHUNK:,} frames, policy resolution:{THRESHOLD})")
     spec = load_cluster(cluster)
-    workload = Workload.from_profile(prof)
-    costs = CostModel(workload, spec)
-    allowed = tuple(allowed_cuts(parse_policy(f"resolution:{THRESHOLD}"), workload.cut_resolution))
-    request = PlanRequest(costs, allowed, CHUNK, f"resolution:{THRESHOLD}", replicate=True)
-    best = request.evaluate(get_planner("optimal").plan(request))
-    single = request.evaluate(get_planner("single-tee").plan(request))
+    planned = plan_model(prof, spec, policy=f"resolution:{THRESHOLD}", chunk=CHUNK, replicate=True)
+    request, best = planned.request, planned.cost
+    single = plan_model(prof, spec, strategy="single-tee", policy=f"resolution:{THRESHOLD}", chunk=CHUNK).cost
     console.print(plan_table(best, request))
     console.print(
         f"T({CHUNK}) = {best.chunk_time_s:.0f} s vs {single.chunk_time_s:.0f} s in one enclave: "

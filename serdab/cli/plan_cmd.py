@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -11,13 +10,14 @@ from rich.table import Table
 
 from serdab.cli.common import InputShapeOpt, JsonOpt, console, human_bytes, open_model, progress_bar, write_json
 from serdab.cluster import load_cluster
-from serdab.errors import InfeasibleError, PlanError, PolicyError
-from serdab.plan import PLANNERS, CostModel, PlanRequest, Workload, get_planner
+from serdab.errors import PlanError, PolicyError
+from serdab.plan import PLANNERS, PlanRequest, get_planner
+from serdab.plan.model import plan_model
 from serdab.plan.placement import PlanCost
-from serdab.plan.report import plan_document, why_infeasible
+from serdab.plan.report import plan_document
 from serdab.plan.simulate import simulate
 from serdab.privacy import LeakageReport, default_images, measure_leakage
-from serdab.privacy.policy import allowed_cuts, parse_policy
+from serdab.privacy.policy import parse_policy
 from serdab.profile import Profile, cached_profile
 from serdab.validation import load_json_model
 
@@ -98,7 +98,7 @@ def plan(
     event simulation of the same chunk as a check.
     """
     policy = parse_policy(privacy)
-    planner = get_planner(strategy)
+    get_planner(strategy)  # an unknown name fails before any profiling
     spec = load_cluster(cluster)
     if replicate and strategy not in ("optimal", "brute-force"):
         raise PlanError(f"--replicate applies to the optimal and brute-force strategies, not {strategy}")
@@ -116,16 +116,10 @@ def plan(
         images = default_images(grey_digits=opened.chain.input_shape[1] == 1)
         with progress_bar(f"leakage of {opened.name}", len(images)) as update:
             report = measure_leakage(opened.chain, opened.name, images, progress=update)
-    workload = Workload.from_profile(prof)
-    costs = CostModel(workload, spec)
-    allowed = tuple(allowed_cuts(policy, workload.cut_resolution, report))
-    request = PlanRequest(costs, allowed, chunk, policy.spec, trusted_tail, replicate)
-    started = time.perf_counter()
-    placement = planner.plan(request)
-    planner_s = time.perf_counter() - started
-    if placement is None:
-        raise InfeasibleError(why_infeasible(request, strategy))
-    cost = request.evaluate(placement)
+    planned = plan_model(prof, spec, strategy=strategy, policy=policy, chunk=chunk, trusted_tail=trusted_tail,
+                         replicate=replicate, leakage=report)  # fmt: skip
+    request, placement, cost, planner_s = planned.request, planned.placement, planned.cost, planned.planner_s
+    costs = request.costs
     console.print(plan_table(cost, request))
     document = plan_document(request, cost, report)
     document["planner_s"] = planner_s

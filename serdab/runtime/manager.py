@@ -29,10 +29,11 @@ from serdab.cluster import Cluster
 from serdab.errors import InfeasibleError, PlanError, PolicyError, RunError, WorkerError
 from serdab.graph import Chain
 from serdab.plan import CostModel, Placement, PlanRequest, Workload, get_planner, violation
+from serdab.plan.model import plan_request
 from serdab.plan.placement import PlanCost, Stage
 from serdab.plan.report import why_infeasible
 from serdab.plan.simulate import simulate
-from serdab.privacy.policy import allowed_cuts, parse_policy
+from serdab.privacy.policy import parse_policy
 from serdab.profile import Profile
 from serdab.runtime.deployment import Deployment, DeploymentContext, FrameResult, WorkerLost
 from serdab.runtime.emulation import Emulation, choose_dilation, native_cluster
@@ -99,7 +100,7 @@ class ApplicationManager:
         self.policy = parse_policy(options.privacy)
         if self.policy.needs_leakage and leakage is None:
             raise PolicyError(f"policy {options.privacy} needs a leakage report")
-        self._allowed = tuple(allowed_cuts(self.policy, self.workload.cut_resolution, leakage))
+        self.leakage = leakage
         self.speeds: dict[str, float] = {}  # measured speeds that replace the cluster file's for planning
         self.summary = RunSummary(model=model, cluster=cluster.name, policy=self.policy.spec, chunk=options.chunk)
         self._artifacts: dict[str, list[StageArtifact]] = {}
@@ -109,8 +110,8 @@ class ApplicationManager:
     # --- planning -------------------------------------------------------------------------------
     def _request(self, cluster: Cluster) -> PlanRequest:
         o = self.options
-        return PlanRequest(CostModel(self.workload, cluster), self._allowed, o.chunk, self.policy.spec, o.trusted_tail,
-                           o.replicate)  # fmt: skip
+        return plan_request(self.workload, cluster, policy=self.policy, chunk=o.chunk, trusted_tail=o.trusted_tail,
+                            replicate=o.replicate, leakage=self.leakage)  # fmt: skip
 
     def belief(self) -> Cluster:
         cluster = self.resources.cluster(self.speeds)
