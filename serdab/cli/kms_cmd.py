@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import signal
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +12,8 @@ from rich.table import Table
 from serdab.cli.common import console, err_console
 from serdab.cli.tee_cmd import parse_pcr_options
 from serdab.errors import KmsError
-from serdab.kms import attest_kms, kms_image
+from serdab.kms import attest_kms
+from serdab.kms.replica import start_kms_replica
 from serdab.tee import get_backend, measure_image
 from serdab.tee.host import local_simulated_roots, serdab_home
 from serdab.tee.image import PCR_APP, PCR_IMAGE, PCR_RUNTIME
@@ -60,22 +59,10 @@ def start(
     token = _token(token_path)
     store = store or f"sqlite:{home / 'kms' / 'kms.db'}"
     data = data or home / "kms" / "replica"
-    image = kms_image(home / "images")
-    pcrs = measure_image(image)
-    args = ["--store", store, "--data", str(data), "--host", host, "--port", str(port)]
-    args += [f"--peer={p}" for p in peer or []]
-    if backend == "simulated":
-        args.append("--allow-simulated")
-    log = data.parent / f"{data.name}.log"
-    data.mkdir(parents=True, exist_ok=True)
     with err_console.status("starting the key service enclave ..."):
-        enclave = tee.launch(image, args, env={"SERDAB_KMS_ADMIN_TOKEN": token}, log_path=log)
-        try:
-            info = tee.wait_ready(enclave)  # type: ignore[attr-defined]
-        except Exception:
-            tee.terminate(enclave)
-            raise
-    url = f"https://{host}:{info['port']}"
+        replica = start_kms_replica(tee, home / "images", store=store, data=data, admin_token=token, host=host,
+                                    port=port, peers=peer, allow_simulated=backend == "simulated")  # fmt: skip
+    enclave, info, pcrs, log, url = replica.enclave, replica.info, replica.pcrs, replica.log_path, replica.url
     table = Table(title=f"Serdab key service at {url}", show_header=False)
     table.add_column("")
     table.add_column("")
@@ -90,22 +77,7 @@ def start(
     console.print(table)
     console.print(f"verify it: serdab attest {url}" + (" --allow-simulated" if backend == "simulated" else "")
                   + f" --pcr {PCR_APP}={pcrs[PCR_APP].hex()}")  # fmt: skip
-    stop = {"now": False}
-
-    def _stop(*_: object) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        while not stop["now"] and enclave.alive():
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        alive = enclave.alive()
-        tee.terminate(enclave)
-    if not alive and not stop["now"]:
-        raise KmsError(f"the key service enclave exited; see {log}")
+    replica.serve_until_stopped()
     err_console.print("key service stopped")
 
 

@@ -110,8 +110,7 @@ class LocalExecutor(Executor):
         return self._tee
 
     def simulated_roots(self) -> list[x509.Certificate]:
-        host = getattr(self.tee, "host", None)
-        return [host.root_cert] if self.tee_backend == "simulated" and host is not None else []
+        return list(self.tee.simulated_roots())
 
     def start(self, spec: WorkerSpec) -> WorkerHandle:
         env = {TOKEN_ENV: spec.token, "OMP_NUM_THREADS": "1"}
@@ -145,7 +144,7 @@ class LocalExecutor(Executor):
             process.wait()
 
     def close(self) -> None:
-        if self._tee is not None and hasattr(self._tee, "close"):
+        if self._tee is not None:
             self._tee.close()
 
 

@@ -14,9 +14,10 @@ from pathlib import Path
 from cryptography import x509
 
 from serdab.errors import KmsError, KmsUnreachableError
-from serdab.kms import AttestedKms, attest_kms, kms_image
+from serdab.kms import AttestedKms, attest_kms
+from serdab.kms.replica import start_kms_replica
 from serdab.runtime.stages import MEASURED_PCRS, StageArtifact
-from serdab.tee import get_backend, measure_image
+from serdab.tee import get_backend
 
 __all__ = ["RunKms"]
 
@@ -40,24 +41,26 @@ class RunKms:
     def embedded(cls, directory: Path, roots: list[x509.Certificate], images: Path, timeout_s: float = 60.0) -> RunKms:
         """Start a KMS replica in a simulated enclave with a fresh SQLite store under ``directory``."""
         backend = get_backend("simulated")
-        image = kms_image(images)
         token = secrets.token_hex(24)
         directory.mkdir(parents=True, exist_ok=True)
-        args = ["--store", f"sqlite:{directory / 'kms.db'}", "--data", str(directory / "replica"), "--allow-simulated"]
-        enclave = backend.launch(image, args, env={"SERDAB_KMS_ADMIN_TOKEN": token}, log_path=directory / "kms.log")
         try:
-            info = backend.wait_ready(enclave, timeout_s)
-            pcrs = {i: v for i, v in measure_image(image).items() if i in MEASURED_PCRS}
-            roots = [*roots, backend.host.root_cert]
-            kms = attest_kms(f"https://127.0.0.1:{info['port']}", expected_pcrs=pcrs, allow_simulated=True,
-                             simulated_roots=roots)  # fmt: skip
+            replica = start_kms_replica(backend, images, store=f"sqlite:{directory / 'kms.db'}",
+                                        data=directory / "replica", admin_token=token, allow_simulated=True,
+                                        timeout_s=timeout_s)  # fmt: skip
         except BaseException:
-            backend.terminate(enclave)
+            backend.close()
+            raise
+        try:
+            pcrs = {i: v for i, v in replica.pcrs.items() if i in MEASURED_PCRS}
+            roots = [*roots, *backend.simulated_roots()]
+            kms = attest_kms(replica.url, expected_pcrs=pcrs, allow_simulated=True, simulated_roots=roots)
+        except BaseException:
+            replica.stop()
             backend.close()
             raise
 
         def stop() -> None:
-            backend.terminate(enclave)
+            replica.stop()
             backend.close()
 
         return cls(kms, token, pcrs, True, stop)

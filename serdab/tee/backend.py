@@ -52,8 +52,20 @@ class TeeBackend(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def launch(self, image: Path, args: list[str] | None = None, env: dict[str, str] | None = None) -> Enclave:
-        """Measure ``image`` and start it as an enclave process running its entrypoint with ``args``."""
+    def launch(
+        self,
+        image: Path,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> Enclave:
+        """Measure ``image`` and start it as an enclave process running its entrypoint with ``args``;
+        its output goes to ``log_path`` (``Enclave.log_path``) when given."""
+
+    @abstractmethod
+    def wait_ready(self, enclave: Enclave, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Block until the enclave reports it is serving; its ready info (e.g. ``port``). Raises
+        TeeError (with the last log line) if it exits first or is not ready within ``timeout_s``."""
 
     @abstractmethod
     def nsm(self, enclave: Enclave) -> Nsm:
@@ -78,6 +90,13 @@ class TeeBackend(ABC):
     def unseal(self, enclave: Enclave, blob: bytes) -> bytes:
         return self.nsm(enclave).unseal(blob)
 
+    def simulated_roots(self) -> list[Any]:
+        """The roots of simulated documents this backend's enclaves produce (none for real TEEs)."""
+        return []
+
+    def close(self) -> None:  # noqa: B027 - optional: most backends hold nothing between enclaves
+        """Release what the backend holds once its enclaves are terminated."""
+
 
 class _Unavailable(TeeBackend):
     """A real backend this machine cannot run; constructing it says what is missing."""
@@ -93,7 +112,11 @@ class _Unavailable(TeeBackend):
                                       f"(missing: {', '.join(missing)})")  # fmt: skip
         raise TeeUnavailableError(f"{self.name}: hardware found, but Serdab has no driver for it yet")
 
-    def launch(self, image: Path, args: list[str] | None = None, env: dict[str, str] | None = None) -> Enclave:
+    def launch(self, image: Path, args: list[str] | None = None, env: dict[str, str] | None = None,
+               log_path: Path | None = None) -> Enclave:  # fmt: skip
+        raise TeeError("unreachable")
+
+    def wait_ready(self, enclave: Enclave, timeout_s: float = 60.0) -> dict[str, Any]:
         raise TeeError("unreachable")
 
     def nsm(self, enclave: Enclave) -> Nsm:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from serdab.errors import EnclaveImageError, TeeError
 from serdab.tee.backend import Enclave, TeeBackend
@@ -74,13 +75,16 @@ class SimulatedBackend(TeeBackend):
         self._servers[enclave_id] = server
         return Enclave(enclave_id, self.name, image, device.describe(), manifest.debug, process, log_path)
 
+    def simulated_roots(self) -> list[Any]:
+        return [self.host.root_cert]
+
     def nsm(self, enclave: Enclave) -> NsmDevice:
         try:
             return self._devices[enclave.id]
         except KeyError:
             raise TeeError(f"enclave {enclave.id} is not running on this backend") from None
 
-    def wait_ready(self, enclave: Enclave, timeout_s: float = 60.0) -> dict:
+    def wait_ready(self, enclave: Enclave, timeout_s: float = 60.0) -> dict[str, Any]:
         """Block until the enclave calls ``NsmClient.ready``; its info (e.g. port). Fails if it exits first."""
         device = self.nsm(enclave)
         waited = 0.0
