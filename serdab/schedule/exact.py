@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
-from serdab.schedule.system import Request, SystemState
+from serdab.schedule.system import Request, SystemState, exposure_bound
 
 __all__ = ["ExactResult", "solve_exact"]
 
@@ -28,15 +28,6 @@ class ExactResult:
     status: str  # "optimal", "feasible" (time limit, or feasibility_only), "infeasible", "unknown" (time limit)
     latency_s: float  # summed latency of the batch (eq. 4)
     placements: list[list[int]]  # per request, device per layer
-
-
-def _bound(level: str, layer: int) -> int | None:
-    preceding = max(layer - 1, 0)
-    if level == "none":
-        return None
-    if level == "hidden2":
-        return preceding - min(2, preceding)
-    return math.floor((layer + 1) * 0.5)
 
 
 def solve_exact(
@@ -95,7 +86,7 @@ def solve_exact(
             c = state.cnn_index(request.cnn)
             earlier = [q for q in range(r + 1) if requests[q].cnn.name == request.cnn.name]
             for layer in range(1, request.cnn.depth - 1):
-                bound = _bound(level, layer)
+                bound = exposure_bound(level, layer)
                 for i in range(p):
                     seen = []
                     for k in range(1, layer):

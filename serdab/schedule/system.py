@@ -21,6 +21,7 @@ Assumptions where the paper is silent (also in docs/schedule.md):
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,14 +79,24 @@ class Request:
     generation: int = 0  # participant set it was placed on
 
 
-def privacy_allows(level: str, layer: int, seen: int) -> bool:
-    """May a device that has seen ``seen`` of the layers preceding ``layer`` (0-based) compute it?"""
+def exposure_bound(level: str, layer: int) -> int | None:
+    """The most preceding layers a device may have seen and still compute ``layer`` (0-based); None = no limit.
+
+    The one statement of seed 003's privacy rule (eq. 6); the search, the policies and the exact
+    CP-SAT model all use it.
+    """
     if level == "none":
-        return True
+        return None
     preceding = max(layer - 1, 0)  # layers 2..l-1 in the paper's 1-based numbering
     if level == "hidden2":
-        return preceding - seen >= min(2, preceding)
-    return seen <= (layer + 1) * 0.5
+        return preceding - min(2, preceding)
+    return math.floor((layer + 1) * 0.5)
+
+
+def privacy_allows(level: str, layer: int, seen: int) -> bool:
+    """May a device that has seen ``seen`` of the layers preceding ``layer`` (0-based) compute it?"""
+    bound = exposure_bound(level, layer)
+    return bound is None or seen <= bound
 
 
 class SystemState:
