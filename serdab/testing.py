@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ def random_request(rng: random.Random, replicate: bool, max_blocks: int = 5, max
          "memory": rng.choice([100, 1000, 10**9]), "paging_factor": rng.choice([None, 3.0]) if kind == "tee" else None}
         for kind in ("tee", "tee", "cpu", "gpu")
     ]  # fmt: skip
-    devices = []
+    devices: list[dict[str, Any]] = []
     for i in range(k):
         template = templates[0] if i == 0 else rng.choice(templates)
         devices.append({"name": f"d{i}", "host": rng.choice(host_names), **template})

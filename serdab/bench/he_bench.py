@@ -48,7 +48,7 @@ def _costs(client_s: float, server_s: float, upload: int, download: int) -> dict
     }
 
 
-def _accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
+def _accuracy(predicted: np.ndarray | list[int], labels: np.ndarray) -> float:
     return float((np.asarray(predicted) == np.asarray(labels)).mean())
 
 
@@ -186,13 +186,13 @@ def run_he_bench(quick: bool = False, progress: Callable[[str], None] = lambda _
             tiled = np.resize(x_test.numpy(), (slots, *x_test.shape[1:]))
             logits, stat = session.batch(tiled, None)
             distinct = logits[: len(labels)]
-            agree = float(np.mean(distinct.argmax(1) == model.reference(x_test.numpy()).argmax(1)))
+            agreement = float(np.mean(distinct.argmax(1) == model.reference(x_test.numpy()).argmax(1)))
             accuracy = {
                 "acc_plain": _plain_accuracy(net, False, x_test, y_test),
                 "acc_approx": _plain_accuracy(net, True, x_test, y_test),
                 "acc_encrypted": _accuracy(distinct.argmax(1), labels),
             }
-            rows.append(_row(net, "batch", session, [stat], slots, **accuracy, agree_with_approx=agree))
+            rows.append(_row(net, "batch", session, [stat], slots, **accuracy, agree_with_approx=agreement))
     # the baseline: one BFV ciphertext per pixel, seed 004's way
     baseline_n = 1 if quick else 3
     baseline = BfvPerPixel(trained("he_cnn5"))

@@ -116,6 +116,8 @@ def hop_overhead(
     for size in sizes:
         tensor = np.random.default_rng(0).standard_normal(size // 4).astype(np.float32)
         spec = LinkSpec("bench", "a", "b", bytes(32))
+        ports: Any
+        results: Any
         if processes:
             ports, results = context.Queue(), context.Queue()
             child: Any = context.Process(target=receive, args=(spec, repeats, ports, results))
@@ -177,9 +179,9 @@ def plot_pipeline_bench(result: dict[str, Any], path: Path) -> None:
     axes[0].set_title("seed 000 Fig. 12, measured (emulated speeds)")
     axes[0].legend(fontsize=7)
     for key, marker in (("chunk", "o"), ("period", "s"), ("latency", "^")):
-        xs = [r[f"predicted_{key}_s"] for r in rows]
-        ys = [r[f"measured_{key}_s"] for r in rows]
-        axes[1].scatter(xs, ys, marker=marker, label=f"{key}", alpha=0.7)
+        predicted = [r[f"predicted_{key}_s"] for r in rows]
+        measured = [r[f"measured_{key}_s"] for r in rows]
+        axes[1].scatter(predicted, measured, marker=marker, label=f"{key}", alpha=0.7)
     top = max([r["predicted_chunk_s"] for r in rows] + [1e-3])
     axes[1].plot([1e-3, top], [1e-3, top], color="grey", lw=0.8)
     axes[1].plot([1e-3, top], [1.1e-3, 1.1 * top], color="grey", lw=0.5, ls="--")

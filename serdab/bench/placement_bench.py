@@ -12,6 +12,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -20,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from serdab.cluster import Cluster  # noqa: E402
 from serdab.graph import open_chain  # noqa: E402
-from serdab.plan import PlanRequest, Workload, get_planner  # noqa: E402
+from serdab.plan import Placement, PlanRequest, Workload, get_planner  # noqa: E402
 from serdab.plan.model import plan_request  # noqa: E402
 from serdab.plan.simulate import simulate  # noqa: E402
 from serdab.profile import cached_profile  # noqa: E402
@@ -52,7 +53,7 @@ def _request(workload: Workload, cluster: Cluster, chunk: int, policy: str, repl
     return plan_request(workload, cluster, policy=policy, chunk=chunk, replicate=replicate)
 
 
-def _timed_plan(request: PlanRequest, planner: str) -> tuple[object, float]:
+def _timed_plan(request: PlanRequest, planner: str) -> tuple[Placement | None, float]:
     started = time.perf_counter()
     placement = get_planner(planner).plan(request)
     return placement, time.perf_counter() - started
@@ -64,8 +65,8 @@ def run_placement_bench(
     chunk: int = 10_800,
     policy: str = "resolution:20",
     progress: Callable[[str], None] | None = None,
-) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = []
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
     for model in models:
         if progress:
             progress(f"profiling {model}")
@@ -111,7 +112,7 @@ def planner_speed(
     blocks: int = 100,
     repeat: int = 5,
     policies: tuple[str, ...] = ("resolution:20", "resolution:224"),
-) -> list[dict[str, object]]:
+) -> list[dict[str, Any]]:
     """Median wall time of the optimal planner on synthetic chains (the < 100 ms target)."""
     workload = synthetic_workload(blocks)
     rows = []
@@ -133,12 +134,15 @@ def planner_speed(
     return rows
 
 
-def tree_gap(cluster: Cluster, blocks: int = 40, seeds: int = 10, chunk: int = 10_800) -> list[dict[str, object]]:
+def tree_gap(cluster: Cluster, blocks: int = 40, seeds: int = 10, chunk: int = 10_800) -> list[dict[str, Any]]:
     """How much slower seed 000's placement tree is than the optimum on synthetic chains."""
     rows = []
     for seed in range(seeds):
         request = _request(synthetic_workload(blocks, seed=seed), cluster, chunk, "resolution:20", False)
-        tree, optimal = (request.evaluate(get_planner(name).plan(request)) for name in ("serdab", "optimal"))
+        tree_placement, optimal_placement = (get_planner(name).plan(request) for name in ("serdab", "optimal"))
+        if tree_placement is None or optimal_placement is None:
+            continue  # nothing fits this synthetic chain: no gap to measure
+        tree, optimal = request.evaluate(tree_placement), request.evaluate(optimal_placement)
         rows.append(
             {
                 "cluster": cluster.name,
@@ -152,7 +156,7 @@ def tree_gap(cluster: Cluster, blocks: int = 40, seeds: int = 10, chunk: int = 1
     return rows
 
 
-def plot_placement_bench(rows: list[dict[str, object]], path: Path) -> None:
+def plot_placement_bench(rows: list[dict[str, Any]], path: Path) -> None:
     """One panel per cluster: grouped bars of speedup over 1 TEE, one group per model."""
     clusters = list(dict.fromkeys(str(r["cluster"]) for r in rows))
     labels = [label for label, _, _ in STRATEGIES]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -29,7 +30,7 @@ def deep_plain_cnn(layers: int = 30) -> nn.Module:
 
 def run_profile_bench(
     models: list[str], repeat: int, threads: int, progress: Callable[[str], None] | None = None
-) -> dict[str, object]:
+) -> dict[str, Any]:
     rows = []
     targets = [(name, name, None) for name in models] + [("deep_plain_cnn_60", deep_plain_cnn(30), (3, 112, 112))]
     for label, model, shape in targets:
@@ -54,7 +55,7 @@ def run_profile_bench(
     return {"repeat": repeat, "threads": threads, "rows": rows, "zoo": list(ZOO)}
 
 
-def plot_profile_bench(result: dict[str, object], path: Path) -> None:
+def plot_profile_bench(result: dict[str, Any], path: Path) -> None:
     rows = result["rows"]
     assert isinstance(rows, list)
     names = [r["model"] for r in rows]

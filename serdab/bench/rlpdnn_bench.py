@@ -15,6 +15,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -77,14 +78,14 @@ def run_rlpdnn_bench(
     steps: int | None = None,
     requests: int | None = None,
     sweeps: bool = True,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """``quick``: three workloads, 4,000 training steps, 100 requests; the others override (tests use tiny values)."""
     say = progress or (lambda _: None)
     steps = steps or (4_000 if quick else 20_000)
     requests = requests or (100 if quick else 200)
     workloads = workloads or (["lenet", "cifar", "hetero"] if quick else list(WORKLOADS))
-    rows: list[dict[str, object]] = []
-    curves: list[dict[str, object]] = []
+    rows: list[dict[str, Any]] = []
+    curves: list[dict[str, Any]] = []
     started = time.perf_counter()
     for name in workloads:
         cnns = workload(name)
@@ -151,7 +152,7 @@ def _legend(ax, **kwargs) -> None:  # noqa: ANN001
         ax.legend(**kwargs)
 
 
-def plot_rlpdnn(result: dict[str, object], path: Path) -> None:
+def plot_rlpdnn(result: dict[str, Any], path: Path) -> None:
     rows = result["rows"]
     policies = list(dict.fromkeys(r["policy"] for r in rows))
     configs = list(dict.fromkeys((r["workload"], r["privacy"]) for r in rows))

@@ -101,10 +101,10 @@ def demo(
         )
 
     console.rule(f"[bold]4. plan on the {cluster} cluster ({CHUNK:,} frames, policy resolution:{THRESHOLD})")
-    spec = load_cluster(cluster)
-    planned = plan_model(prof, spec, policy=f"resolution:{THRESHOLD}", chunk=CHUNK, replicate=True)
+    cluster_spec = load_cluster(cluster)
+    planned = plan_model(prof, cluster_spec, policy=f"resolution:{THRESHOLD}", chunk=CHUNK, replicate=True)
     request, best = planned.request, planned.cost
-    single = plan_model(prof, spec, strategy="single-tee", policy=f"resolution:{THRESHOLD}", chunk=CHUNK).cost
+    single = plan_model(prof, cluster_spec, strategy="single-tee", policy=f"resolution:{THRESHOLD}", chunk=CHUNK).cost
     console.print(plan_table(best, request))
     console.print(
         f"T({CHUNK}) = {best.chunk_time_s:.0f} s vs {single.chunk_time_s:.0f} s in one enclave: "
@@ -113,7 +113,7 @@ def demo(
     )
 
     if frames:
-        _run_step(opened, prof, spec, frames, chunk)
+        _run_step(opened, prof, cluster_spec, frames, chunk)
 
 
 def _run_step(opened: NamedChain, prof: Profile, spec: Cluster, frames: int, chunk: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -144,7 +144,7 @@ def infer(
         with err_console.status("encrypted inference ..."):
             values = client.predict(pixels) if mode == "recall" else client.features(pixels, layer)
         stats = client.last
-    result = {
+    result: dict[str, Any] = {
         "image": image,
         "model": model,
         "mode": mode,

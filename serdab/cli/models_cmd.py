@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import typer
@@ -44,7 +44,7 @@ def models(
     if names_only:
         console.print("\n".join(ZOO))
         return
-    rows = []
+    rows: list[dict[str, Any]] = []
     for entry in ZOO.values():
         params, macs = count_module(build_module(entry.name), entry.input_chw)
         rows.append(

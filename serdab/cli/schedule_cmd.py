@@ -15,6 +15,7 @@ from serdab.schedule import (
     PRIVACY_LEVELS,
     WORKLOADS,
     GreedyPolicy,
+    Policy,
     RandomPolicy,
     SearchPolicy,
     StaticPolicy,
@@ -88,7 +89,7 @@ def train(
     )
 
 
-def _policy(name: str, config: SystemConfig, cnns) -> object:  # noqa: ANN001
+def _policy(name: str, config: SystemConfig, cnns) -> Policy:  # noqa: ANN001
     fixed = {"greedy": GreedyPolicy, "static": StaticPolicy, "search": SearchPolicy, "random": RandomPolicy}
     if name in fixed:
         return fixed[name]()

@@ -9,7 +9,7 @@ Links join hosts; devices on one host talk over ``local`` (shared memory or vsoc
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -68,7 +68,7 @@ class Link(LocalLink):
 
 def _default_local() -> LocalLink:
     # Same-host hand-over: enclave <-> host over shared memory or vsock, a few GB/s.
-    return LocalLink(bandwidth="8Gbit", rtt="0.05ms")
+    return LocalLink.model_validate({"bandwidth": "8Gbit", "rtt": "0.05ms"})
 
 
 class Cluster(BaseModel):
@@ -130,19 +130,20 @@ class Cluster(BaseModel):
 def _where(loc: tuple[object, ...], data: object) -> str:
     """'devices[1].memory' from pydantic's location, naming the device when it has a name."""
     parts: list[str] = []
-    node = data
+    node: Any = data
     for item in loc:
         if isinstance(item, int):
-            name = node[item].get("name") if isinstance(node, list) and isinstance(node[item], dict) else None
+            name = node[item].get("name") if isinstance(node, list) and isinstance(node[int(item)], dict) else None
             parts[-1] += f"[{item}]" + (f" ({name})" if name else "")
         else:
             parts.append(str(item))
-        node = node[item] if isinstance(node, dict | list) and _has(node, item) else None
+        if isinstance(node, dict):
+            node = node.get(item)
+        elif isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node):
+            node = node[item]
+        else:
+            node = None
     return ".".join(parts) or "top level"
-
-
-def _has(node: dict | list, key: object) -> bool:
-    return key in node if isinstance(node, dict) else isinstance(key, int) and 0 <= key < len(node)
 
 
 def resolve_cluster(name_or_path: str | Path) -> Path:

@@ -54,7 +54,7 @@ def _resolve_shape(value: onnx.ValueInfoProto, requested: tuple[int, ...] | None
             raise InputShapeError(
                 f"input {value.name!r} has dynamic size [{', '.join(shown)}]; pass --input-shape, e.g. 1,3,224,224"
             )
-        requested = tuple(int(d) for d in declared[1:])
+        requested = tuple(int(d) for d in declared[1:] if d is not None)  # none is None: checked above
     if len(requested) == len(declared) - 1:
         requested = (batch or declared[0] or 1, *requested)
     elif batch is not None:

@@ -53,7 +53,7 @@ def compile_batch(model: nn.Sequential, in_shape: tuple[int, ...]) -> BatchProgr
         if kind == "square":
             ops.append(BatchOp("square", [], np.zeros(0), end, shape))
             continue
-        modules = list(model[start:end])
+        modules = list(model)[start:end]
         factor, index = 1.0, 0
         while index < len(modules) and isinstance(modules[index], nn.AvgPool2d | nn.Flatten | nn.Identity):
             if not any(isinstance(m, nn.Conv2d | nn.Linear) for m in modules[index + 1 :]):

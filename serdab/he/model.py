@@ -50,7 +50,8 @@ class HeModel:
         transfer_layer: int | None = None,
     ) -> None:
         self.name = name
-        self.module = module.eval()
+        self.module = module
+        module.eval()
         self.input_shape = tuple(input_shape)
         depth = len(affine_segments(module))
         self.params = params or choose_ckks(depth, slots_needed=int(np.prod(input_shape)))
@@ -62,6 +63,10 @@ class HeModel:
         self._encoded: dict[int, EncodedProgram] = {}
         self._batch: dict[int, BatchProgram] = {}
         self.program = self.packed()  # the recall program; compiling it checks the model fits the parameters
+
+    def _prefix(self, layer: int | None) -> nn.Sequential:
+        """The first ``layer`` modules (all when None) as a Sequential of their own."""
+        return nn.Sequential(*list(self.module)[:layer])
 
     @classmethod
     def trained(cls, net: str, poly_modulus_degree: int | None = None, epochs: int = 30, seed: int = 0) -> HeModel:
@@ -83,7 +88,7 @@ class HeModel:
         layer = self.layer(layer)
         if layer not in self._packed:
             self._packed[layer] = compile_packed(
-                self.module[:layer], self.input_shape, self.params.slots, self.params.depth
+                self._prefix(layer), self.input_shape, self.params.slots, self.params.depth
             )
         return self._packed[layer]
 
@@ -142,7 +147,7 @@ class HeModel:
             raise HeError(f"batch mode takes one ciphertext per input value ({size}), got {len(cts)}")
         layer = self.layer(layer)
         if layer not in self._batch:
-            self._batch[layer] = compile_batch(self.module[:layer], self.input_shape)
+            self._batch[layer] = compile_batch(self._prefix(layer), self.input_shape)
         return run_batch(self._batch[layer], backend, cts)
 
     def reference(self, images: np.ndarray | torch.Tensor, layer: int | None = None) -> np.ndarray:

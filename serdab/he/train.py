@@ -80,7 +80,13 @@ def train_net(net: str, approximated: bool, epochs: int = 30, seed: int = 0, lr:
     return TrainResult(net, approximated, model, accuracy, time.perf_counter() - started)
 
 
-def trained(net: str, approximated: bool = True, epochs: int = 30, seed: int = 0) -> nn.Module:
+def _sequential(model: nn.Module) -> nn.Sequential:
+    if not isinstance(model, nn.Sequential):
+        raise ModelError(f"HE nets are nn.Sequential (layer by layer), got {type(model).__name__}")
+    return model
+
+
+def trained(net: str, approximated: bool = True, epochs: int = 30, seed: int = 0) -> nn.Sequential:
     """The trained net from the cache ($SERDAB_CACHE_DIR/he), training it first (seconds) when absent."""
     from serdab.models.load import cache_dir
 
@@ -94,10 +100,10 @@ def trained(net: str, approximated: bool = True, epochs: int = 30, seed: int = 0
     path = cache_dir() / "he" / f"{net}-{kind}-{shape}-e{epochs}-s{seed}.pt"
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval()
+        return _sequential(model.eval())
     model = train_net(net, approximated, epochs=epochs, seed=seed).model
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".tmp")
     torch.save(model.state_dict(), partial)
     partial.replace(path)
-    return model.eval()
+    return _sequential(model.eval())

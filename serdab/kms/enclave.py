@@ -82,7 +82,10 @@ def obtain_storage_key(
         if store.compare_and_swap(BOOTSTRAP_KEY, 0, claim):
             write_private(sealed, nsm.seal(key))
             return key, "created"
-        expected_id = cbor2.loads(store.get(BOOTSTRAP_KEY).value)["key_id"]  # lost the race
+        winner = store.get(BOOTSTRAP_KEY)  # lost the race: the record exists now
+        if winner is None:
+            raise KmsError("the store lost the bootstrap record another replica just wrote")
+        expected_id = cbor2.loads(winner.value)["key_id"]
     own = {i: v for i, v in nsm.describe().items() if i in MEASURED_PCRS}
     errors = []
     for peer in peers:
@@ -135,6 +138,7 @@ def main(argv: list[str]) -> int:
     def share_storage_key(document: bytes) -> bytes:
         policy = ServicePolicy(allow_simulated=args.allow_simulated)
         verified = service.verify(document, policy, expected_pcrs=own)
+        assert verified.public_key is not None  # verify() refuses a document without one
         return seal_envelope(storage_key, public_from_der(verified.public_key), context=b"storage-key")
 
     replica = os.environ.get("SERDAB_ENCLAVE_ID", "kms")

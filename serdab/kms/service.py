@@ -165,4 +165,5 @@ class KeyService:
                 "model_key": bytes.fromhex(record.model_key_hex),
             }
         )
+        assert verified.public_key is not None  # verify() refuses a document without one
         return seal_envelope(bundle, public_from_der(verified.public_key), context=name.encode())

@@ -40,7 +40,7 @@ def alexnet(num_classes: int = 1000) -> nn.Module:
     )
 
 
-_VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+_VGG16_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
 def vgg16(num_classes: int = 1000, input_size: int = 224) -> nn.Module:

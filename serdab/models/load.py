@@ -13,6 +13,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -48,7 +49,7 @@ def export_module(module: nn.Module, input_chw: tuple[int, ...]) -> onnx.ModelPr
     """Export a torch module to ONNX with a dynamic batch axis."""
     module = module.eval()
     example = torch.zeros(1, *input_chw)
-    buffer = io.BytesIO()
+    buffer: Any = io.BytesIO()  # torch accepts a file object; its stubs name only paths
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(

@@ -34,7 +34,7 @@ class ZooEntry:
 
 
 def _entries() -> dict[str, ZooEntry]:
-    rows = [
+    rows: list[tuple[str, Callable[[], nn.Module], tuple[int, int, int], str, str]] = [
         ("alexnet", imagenet.alexnet, (3, 224, 224), "000", "AlexNet (ImageNet)"),
         ("vgg16", imagenet.vgg16, (3, 224, 224), "000,002", "VGG16 (ImageNet)"),
         ("resnet18", imagenet.resnet18, (3, 224, 224), "000,001,002", "ResNet-18 (ImageNet)"),

@@ -54,7 +54,7 @@ class Workload:
             cut_bytes=np.array([profile.input_bytes] + [b.out_bytes for b in blocks], dtype=np.int64),
             cut_resolution=(
                 (int(shape[2]), int(shape[3])) if len(shape) == 4 else None,
-                *(tuple(b.resolution) if b.resolution else None for b in blocks),
+                *((int(b.resolution[0]), int(b.resolution[1])) if b.resolution else None for b in blocks),
             ),
         )
 
@@ -147,7 +147,7 @@ class CostModel:
             a, b = src[i % len(src)], dst[i % len(dst)]
             channel = link_key(self.devices[a], self.devices[b])
             if channel is not None:
-                busy[channel] = busy.get(channel, 0.0) + self.transfer_s(a, b, nbytes)
+                busy[channel] = busy.get(channel, np.zeros_like(nbytes)) + np.asarray(self.transfer_s(a, b, nbytes))
         period = np.max(np.stack(list(busy.values())), axis=0) / cycle if busy else nbytes * 0.0
         return np.asarray(latency, dtype=float), period
 

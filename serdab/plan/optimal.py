@@ -36,7 +36,7 @@ def device_groups(request: PlanRequest) -> list[tuple[int, ...]]:
     """
     costs = request.costs
     devices = costs.devices
-    groups = [(i,) for i in range(len(devices))]
+    groups: list[tuple[int, ...]] = [(i,) for i in range(len(devices))]
     if not request.replicate:
         return groups
     classes: list[list[int]] = []
@@ -128,9 +128,9 @@ def _solve(t: _Tables, cap: float) -> _Solution | None:
     cols = np.arange(m + 1)
     states: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for g in range(len(t.groups)):
-        lat, per = t.entry[g]
-        if t.trusted[g] and per <= cap and math.isfinite(lat):
-            row = lat + compute[g][0]
+        entry_lat, entry_per = t.entry[g]
+        if t.trusted[g] and entry_per <= cap and math.isfinite(entry_lat):
+            row = entry_lat + compute[g][0]
             if np.isfinite(row).any():
                 states[(t.masks[g], g)] = (row, np.full(m + 1, -1), np.zeros(m + 1, dtype=np.int64))
     levels = max(len(t.request.costs.devices), 1)
@@ -186,9 +186,9 @@ def _min_period(t: _Tables) -> float:
     m = t.m
     states: dict[tuple[int, int], np.ndarray] = {}
     for g in range(len(t.groups)):
-        lat, per = t.entry[g]
-        if t.trusted[g] and math.isfinite(lat):
-            states[(t.masks[g], g)] = np.maximum(per, t.compute_period[g][0])
+        entry_lat, entry_per = t.entry[g]
+        if t.trusted[g] and math.isfinite(entry_lat):
+            states[(t.masks[g], g)] = np.maximum(entry_per, t.compute_period[g][0])
     best = math.inf
     levels = max(len(t.request.costs.devices), 1)
     for level in range(1, levels + 1):

@@ -128,7 +128,7 @@ class Deployment:
             group = []
             for device in stage.devices:
                 slow = self.ctx.slowdowns.get(device)
-                config = {
+                config: dict[str, Any] = {
                     "worker": f"e{self.epoch}-s{k}-{device}", "device": device, "stage": k,
                     "stage_file": artifact.stage_file, "native": self.ctx.native, "dilation": self.ctx.dilation,
                     "compute_emulated_s": cost.stages[k].compute_s, "slowdowns": [list(slow)] if slow else [],
@@ -140,12 +140,13 @@ class Deployment:
             stages.append(group)
         self._links: dict[tuple[str, str], LinkSpec] = {}
         ups: list[_Worker | None] = [None]
-        for group in [*stages, [None]]:
-            for dst in group:
+        groups: list[list[_Worker | None]] = [list[_Worker | None](g) for g in stages] + [[None]]
+        for receivers in groups:
+            for dst in receivers:
                 for src in ups:
                     spec = self._link(src, dst)
                     self._links[(spec.src, spec.dst)] = spec
-            ups = list(group)  # type: ignore[arg-type]
+            ups = receivers
         for k, group in enumerate(stages):
             downstream = stages[k + 1] if k + 1 < len(stages) else [None]
             upstream = stages[k - 1] if k > 0 else [None]

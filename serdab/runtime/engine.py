@@ -114,6 +114,7 @@ class _Worker:
             allow_simulated=kms_cfg["allow_simulated"],
             simulated_roots=roots,
         )
+        assert self.nsm is not None  # only enclaves fetch weights from the KMS
         try:
             keys = kms.release_keys(kms_cfg["service"], self.nsm)
         finally:
@@ -147,7 +148,7 @@ class _Worker:
     def wire(self, downstream: list[tuple[str, int]]) -> None:
         specs = [LinkSpec.from_wire(s) for s in self.config["outbound"]]
         for spec, address in zip(specs, downstream, strict=True):
-            sock = connect(tuple(address))
+            sock = connect((str(address[0]), int(address[1])))
             send_message(sock, {"link": spec.src})
             self.senders.append(LinkSender(sock, spec, self._link_broken, depth=int(self.config.get("queue_depth", 2))))
 

@@ -133,10 +133,10 @@ def open_source(spec: str, input_shape: tuple[int, ...], limit: int | None = Non
         return FrameSource("image directory", spec, len(files), _image_dir(files), input_shape)
     if path.suffix.lower() in _IMAGE_SUFFIXES:
         return FrameSource("image", spec, 1, _image_dir([path]), input_shape)
-    count = _check_video(path)
+    known = _check_video(path)
     frames = _video(path) if limit is None else islice(_video(path), limit)
-    count = min(count, limit) if count is not None and limit is not None else count
-    return FrameSource("video", spec, count, frames, input_shape)
+    known = min(known, limit) if known is not None and limit is not None else known
+    return FrameSource("video", spec, known, frames, input_shape)
 
 
 def chunks(frames: Iterator[Frame], n: int) -> Iterator[list[Frame]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -88,7 +89,7 @@ class RunKms:
         self.kms.register(artifact.service, self.token, artifact.pcrs, allow_simulated=self.allow_simulated,
                           model_key=artifact.key)  # fmt: skip
 
-    def worker_view(self, service: str) -> dict[str, object]:
+    def worker_view(self, service: str) -> dict[str, Any]:
         """What a stage enclave needs to find and verify this KMS."""
         return {"url": self.url, "service": service, "pcrs": {i: v for i, v in self.pcrs.items() if i in MEASURED_PCRS},
                 "allow_simulated": self.allow_simulated}  # fmt: skip

@@ -125,9 +125,10 @@ class ApplicationManager:
         else:
             # a hand-made placement that lost a device falls back to the optimal planner
             strategy = "optimal" if self.options.placement else self.options.strategy
-            placement = get_planner(strategy).plan(request)
-            if placement is None:
+            planned = get_planner(strategy).plan(request)
+            if planned is None:
                 raise InfeasibleError(why_infeasible(request, strategy))
+            placement = planned
         self.check(placement, request)
         return placement
 
@@ -173,7 +174,7 @@ class ApplicationManager:
                     if on_result:
                         on_result(line)
                 done += len(chunk)
-                if progress:
+                if progress and self.deployment is not None:
                     progress({"done": done, "total": total, "chunk": report, "placement": self.deployment.placement})
                 if o.repartition and not interrupted:
                     streak = self._maybe_replan(ctx, report, streak, kms, run_dir, run_id, index)

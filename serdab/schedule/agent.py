@@ -27,7 +27,10 @@ __all__ = ["DqnPolicy", "EpsilonPerEpisode", "MaskedDQN", "make_agent", "train_a
 
 class MaskedDQN(DQN):
     def _masks(self) -> np.ndarray:
-        return np.asarray(self.env.env_method("action_masks"))
+        env = self.env
+        if env is None:
+            raise RuntimeError("MaskedDQN needs an environment to read action masks from")
+        return np.asarray(env.env_method("action_masks"))
 
     def _sample_action(self, learning_starts: int, action_noise=None, n_envs: int = 1):  # noqa: ANN001, ANN201
         masks = self._masks()
@@ -56,7 +59,7 @@ class EpsilonPerEpisode(BaseCallback):
 
     def _on_step(self) -> bool:
         self._running += float(self.locals["rewards"][0])
-        self.model.exploration_rate = self.epsilon
+        self.model.__dict__["exploration_rate"] = self.epsilon  # DQN's attribute; BaseAlgorithm does not declare it
         if self.locals["dones"][0]:
             self.episodes += 1
             self.returns.append(self._running)

@@ -62,11 +62,18 @@ class PlacementEnv(gym.Env):
         self.layer = 0
         self.results: list[tuple[bool, float]] = []  # (valid, latency) per finished request
 
+    @property
+    def current(self) -> Request:
+        """The request being placed (there is one after ``reset``)."""
+        if self.request is None:
+            raise RuntimeError("call reset() before step()")
+        return self.request
+
     def _observe(self) -> np.ndarray:
-        return observe(self.state, self.request, self.layer)
+        return observe(self.state, self.current, self.layer)
 
     def action_masks(self) -> np.ndarray:
-        allowed = self.state.feasible(self.request, self.layer)
+        allowed = self.state.feasible(self.current, self.layer)
         return allowed if allowed.any() else np.ones(self.p, dtype=bool)
 
     def _next_request(self) -> float:
@@ -87,7 +94,7 @@ class PlacementEnv(gym.Env):
         return self._observe(), {}
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
-        s, request, layer = self.state, self.request, self.layer
+        s, request, layer = self.state, self.current, self.layer
         device = int(action)
         previous = request.devices[layer - 1]
         penalty = request.cnn.layers[layer].mults / s.speed[device]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ortools.sat.python import cp_model
 
@@ -40,9 +41,9 @@ def solve_exact(
     assign: dict[tuple[int, int, int], cp_model.IntVar] = {}
     moved: dict[tuple[int, int, int], cp_model.IntVar] = {}
     cost = []
-    use_compute = {i: [] for i in range(len(state.speed))}
-    use_memory = {i: [] for i in range(len(state.speed))}
-    use_bandwidth = {i: [] for i in range(len(state.speed))}
+    use_compute: dict[int, list[Any]] = {i: [] for i in range(len(state.speed))}
+    use_memory: dict[int, list[Any]] = {i: [] for i in range(len(state.speed))}
+    use_bandwidth: dict[int, list[Any]] = {i: [] for i in range(len(state.speed))}
     for r, request in enumerate(requests):
         layers = request.cnn.layers
         last = len(layers) - 1
@@ -87,8 +88,10 @@ def solve_exact(
             earlier = [q for q in range(r + 1) if requests[q].cnn.name == request.cnn.name]
             for layer in range(1, request.cnn.depth - 1):
                 bound = exposure_bound(level, layer)
+                if bound is None:
+                    continue
                 for i in range(p):
-                    seen = []
+                    seen: list[Any] = []
                     for k in range(1, layer):
                         if state.exposure[i, c, k]:
                             seen.append(1)

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
 
 import numpy as np
 
@@ -22,7 +21,7 @@ __all__ = ["GreedyPolicy", "Policy", "RandomPolicy", "StaticPolicy"]
 
 
 class Policy(ABC):
-    name: ClassVar[str]
+    name: str  # set by the class (or, for a trained agent, per instance)
 
     @abstractmethod
     def choose(self, state: SystemState, request: Request, layer: int) -> int:

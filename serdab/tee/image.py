@@ -162,6 +162,7 @@ def build_image(
     lock = runtime_lock().encode()
     (out / LOCK).write_bytes(lock)
     manifest = ImageManifest(
+        signer=None,
         name=name or out.name,
         entrypoint=entrypoint,
         runtime_lock=hashlib.sha384(lock).hexdigest(),

@@ -92,7 +92,8 @@ class SimulatedBackend(TeeBackend):
             waited += 0.1
             if not enclave.alive():
                 tail = enclave.log_path.read_text()[-800:] if enclave.log_path and enclave.log_path.exists() else ""
-                raise TeeError(f"enclave {enclave.id} exited with code {enclave.process.returncode} before it was "
+                code = enclave.process.returncode if enclave.process else None
+                raise TeeError(f"enclave {enclave.id} exited with code {code} before it was "
                                f"ready{': ' + tail.strip().splitlines()[-1] if tail.strip() else ''}")  # fmt: skip
             if waited > timeout_s:
                 raise TeeError(f"enclave {enclave.id} not ready after {timeout_s:.0f} s")

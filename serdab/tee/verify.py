@@ -125,10 +125,10 @@ class NonceRegistry:
             raise NonceError(f"nonce {nonce[:8].hex()}... expired ({self.ttl_s:.0f} s to use it)")
 
 
-_ECDSA = {
-    x509.oid.SignatureAlgorithmOID.ECDSA_WITH_SHA256: hashes.SHA256,
-    x509.oid.SignatureAlgorithmOID.ECDSA_WITH_SHA384: hashes.SHA384,
-    x509.oid.SignatureAlgorithmOID.ECDSA_WITH_SHA512: hashes.SHA512,
+_ECDSA: dict[x509.ObjectIdentifier, hashes.HashAlgorithm] = {
+    x509.oid.SignatureAlgorithmOID.ECDSA_WITH_SHA256: hashes.SHA256(),
+    x509.oid.SignatureAlgorithmOID.ECDSA_WITH_SHA384: hashes.SHA384(),
+    x509.oid.SignatureAlgorithmOID.ECDSA_WITH_SHA512: hashes.SHA512(),
 }
 _CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 
@@ -184,7 +184,7 @@ def _check_chain(chain: list[x509.Certificate], at: dt.datetime) -> None:
         key = parent.public_key()
         assert isinstance(key, ec.EllipticCurvePublicKey)  # _parse checked it
         try:
-            key.verify(child.signature, child.tbs_certificate_bytes, ec.ECDSA(algorithm()))
+            key.verify(child.signature, child.tbs_certificate_bytes, ec.ECDSA(algorithm))
         except InvalidSignature:
             raise UnknownRootError(
                 f"certificate chain broken: {_name(child)} is not signed by {_name(parent)}"
