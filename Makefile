@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench clean postgres
+.PHONY: install demo test test-slow check lint bench clean postgres
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/serdab demo
 
 lint: $(STAMP)
+	$(VENV)/bin/ruff format --check serdab tests bench
 	$(VENV)/bin/ruff check serdab tests bench
 
 # The PostgreSQL store tests start their own server; install it when missing (root only).
@@ -26,8 +27,12 @@ postgres:
 	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	    else echo "PostgreSQL missing and not root: its store tests will be skipped"; fi; }
 
-test: $(STAMP) lint postgres
-	$(PY) -m pytest -q -m "not slow"
+# One command runs every check: format, lint, types, the tests with warnings as errors (README examples included).
+check: $(STAMP) lint postgres
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -q -m "not slow"  # warnings are errors: [tool.pytest.ini_options] filterwarnings
+
+test: check
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,34 +28,30 @@ from serdab.he.service import create_app
 from serdab.he.train import digits_28
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`serdab he serve --model he_cnn5` as a process (trains, compiles, self-tests), stopped by PID."""
-    port = _free_port()
     log = tmp_path_factory.mktemp("he-serve") / "serve.log"
-    with log.open("wb") as sink:
+    with log.open("wb") as sink:  # --port 0: the server binds a free port and prints it
         process = subprocess.Popen(
-            [sys.executable, "-m", "serdab.cli.app", "he", "serve", "--model", "he_cnn5", "--port", str(port)],
+            [sys.executable, "-m", "serdab.cli.app", "he", "serve", "--model", "he_cnn5", "--port", "0"],
             stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy(),
         )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
+        url = None
+        for _ in range(1800):  # the printed URL, then /v1/health (training and self-test come first)
             assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+            found = re.search(r"--url (http://127\.0\.0\.1:\d+)", log.read_text())
+            if found:
+                url = found.group(1)
+                try:
+                    if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.1)
         else:
-            pytest.fail("the HE service did not come up in 180 s")
+            pytest.fail(f"the HE service did not come up: {log.read_text()[-500:]}")
         yield url
     finally:
         process.send_signal(signal.SIGINT)

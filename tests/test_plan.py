@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 
 import numpy as np
 import pytest
@@ -254,13 +253,11 @@ def test_brute_force_refuses_big_problems(resnet18_profile, clusters_dir) -> Non
         get_planner("brute-force").plan(_request(resnet18_profile, load_cluster(clusters_dir / "paper.yaml")))
 
 
-def test_optimal_is_fast_at_100_blocks_and_6_devices(clusters_dir) -> None:
-    # target (benchmark, docs/benchmarks.md): < 100 ms; the bound here leaves room for a slow CI box
+def test_optimal_plans_100_blocks_on_6_devices(clusters_dir) -> None:
+    # its speed (< 100 ms) is a benchmark target: `serdab bench placement`, docs/benchmarks.md
     request = _request(synthetic_workload(100), load_cluster(clusters_dir / "edge-cloud.yaml"), policy="resolution:60")
-    get_planner("optimal").plan(request)
-    started = time.perf_counter()
     placement = get_planner("optimal").plan(request)
-    assert time.perf_counter() - started < 0.5
+    assert placement is not None and violation(request, placement) is None
     assert len(placement.stages) >= 2
 
 

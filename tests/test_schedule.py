@@ -55,8 +55,10 @@ def test_bad_configurations(kwargs, message) -> None:
 
 
 @pytest.mark.parametrize("privacy", ["none", "hidden2", "half"])
-@pytest.mark.parametrize("policy", [GreedyPolicy(), StaticPolicy(), RandomPolicy(seed=2)])
-def test_stream_invariants(policy, privacy) -> None:
+@pytest.mark.parametrize("make_policy", [GreedyPolicy, StaticPolicy, lambda: RandomPolicy(seed=2)],
+                         ids=["greedy", "static", "random"])  # fmt: skip
+def test_stream_invariants(make_policy, privacy) -> None:
+    policy = make_policy()  # a fresh instance per case: no state shared between parametrised runs
     config = SystemConfig(devices=12, sources=3, privacy=privacy)
     cnns = workload("hetero")
     state = SystemState(config, cnns, np.random.default_rng(0))
@@ -210,7 +212,8 @@ def test_masked_dqn_never_picks_a_masked_device_and_training_runs(tmp_path) -> N
     result = run_stream_small(policy, config)
     assert result.accuracy_feasible == 1.0
     agent.save(tmp_path / "policy.zip")
-    assert DqnPolicy.load(tmp_path / "policy.zip", True, observe).choose is not None
+    loaded = DqnPolicy.load(tmp_path / "policy.zip", True, observe)
+    assert run_stream_small(loaded, config).accuracy_feasible == 1.0
     (tmp_path / "bad.zip").write_bytes(b"not a zip")
     with pytest.raises(SerdabError, match="is not a saved Serdab scheduling policy"):
         DqnPolicy.load(tmp_path / "bad.zip", True, observe)

@@ -54,18 +54,25 @@ def train(
 def serve(
     model: Annotated[list[str] | None, typer.Option(help=f"Nets to serve: {', '.join(NETS)} (default: both).")] = None,
     host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless you mean it.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")] = 8600,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="HTTP port (0: any free port, printed).")] = 8600,
     max_sessions: Annotated[int, typer.Option(min=1, help="Live sessions (each holds ~120 MB of keys).")] = 4,
     poly_modulus_degree: Annotated[
         int | None, typer.Option(help="Force a ring size N (default: the smallest that gives the depth).")
     ] = None,
 ) -> None:
     """Serve HE inference: load (training if needed), compile, self-test each model, then listen."""
+    import socket
+
     import uvicorn
 
     from serdab.he.model import HeModel
     from serdab.he.service import create_app
 
+    try:
+        listener = socket.create_server((host, port))  # bound before loading, so a busy port fails at once
+    except OSError as exc:
+        raise HeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    port = listener.getsockname()[1]
     models = {}
     table = Table(title=f"Serdab HE service on http://{host}:{port} (no secret key held)")
     for column in ("model", "parameters", "rotation keys", "self-test error", "self-test s"):
@@ -86,8 +93,9 @@ def serve(
             f"{check.seconds:.1f}",
         )
     console.print(table)
-    console.print(f"try: serdab he infer digits:0 --url http://{host}:{port}")
-    uvicorn.run(create_app(models, max_sessions), host=host, port=port, log_level="warning")
+    console.print(f"try: serdab he infer digits:0 --url http://{host}:{port}", soft_wrap=True)
+    server = uvicorn.Server(uvicorn.Config(create_app(models, max_sessions), log_level="warning", lifespan="off"))
+    server.run(sockets=[listener])
 
 
 def read_image(spec: str) -> tuple[np.ndarray, int | None]:
