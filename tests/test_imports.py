@@ -51,3 +51,23 @@ def test_tee_imports_only_leaves() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     modules = set(json.loads(out.strip().splitlines()[-1]))
     assert all(m.split(".")[1] in ("tee", "crypto", "errors", "validation") for m in modules), modules
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import serdab.runtime.engine as e, serdab.kms.client, serdab.tee.nsm\nimport onnxruntime",  # a stage enclave
+        "import serdab.kms.enclave",  # the key service enclave
+    ],
+)
+def test_the_runtime_measurement_lists_every_package_an_enclave_loads(code: str) -> None:
+    import importlib.metadata as metadata
+    import re
+
+    from serdab.tee.image import runtime_packages
+
+    measured = {name for name, _ in runtime_packages()}
+    owners = metadata.packages_distributions()
+    loaded = {re.sub(r"[-_.]+", "-", d).lower() for m in _loaded(code) for d in owners.get(m, [])}
+    # serdab itself is measured by its source digest; setuptools only by the venv's _distutils_hack .pth
+    assert loaded - measured - {"serdab", "setuptools"} == set()

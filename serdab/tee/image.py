@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import re
 import shutil
 from importlib import metadata
 from pathlib import Path
@@ -40,6 +41,7 @@ __all__ = [
     "load_manifest",
     "measure_image",
     "runtime_lock",
+    "runtime_packages",
 ]
 
 PCR_IMAGE, PCR_RUNTIME, PCR_APP, PCR_SIGNER, PCR_MODELS, PCR_TLS = 0, 1, 2, 8, 16, 17
@@ -47,7 +49,10 @@ PCR_COUNT = 18  # 0..15 as on Nitro, 16..17 our extendable registers
 ZERO = bytes(48)
 MANIFEST = "enclave.json"
 LOCK = "runtime.lock"
-_RUNTIME_PACKAGES = ("cryptography", "cbor2", "fastapi", "uvicorn", "httpx", "numpy", "onnxruntime", "pydantic")
+# what stage workers and the key service import (and httpx's optional command line, which it loads
+# whenever click and rich are installed); their requirements are added by ``runtime_packages``
+_RUNTIME_PACKAGES = ("cryptography", "cbor2", "fastapi", "uvicorn", "httpx", "numpy", "onnxruntime", "pydantic",
+                     "psycopg", "click", "rich", "pygments")  # fmt: skip
 
 
 class ImageManifest(BaseModel):
@@ -84,12 +89,34 @@ def runtime_lock() -> str:
     """The runtime this process would give an enclave: Python, Serdab's own source, package versions."""
     source = _tree_hash(Path(__file__).resolve().parents[1]).hex()  # the serdab package directory
     lines = [f"python=={platform.python_version()}", f"serdab-source=={source}"]
-    for name in _RUNTIME_PACKAGES:
-        try:
-            lines.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            lines.append(f"{name}==absent")
+    lines += [f"{name}=={version}" for name, version in runtime_packages()]
     return "\n".join(lines) + "\n"
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def runtime_packages() -> list[tuple[str, str]]:
+    """(distribution, version) of what enclave processes load: the runtime packages and their
+    requirements, transitively, so PCR1 changes when code an enclave imports changes (a test checks
+    that a stage worker and the key service load nothing outside this list)."""
+    versions: dict[str, str] = {}
+    todo = list(_RUNTIME_PACKAGES)
+    while todo:
+        name = _canonical(todo.pop())
+        if name in versions:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+            continue
+        versions[name] = dist.version
+        for requirement in dist.requires or []:
+            if "extra ==" not in requirement:
+                todo.append(re.split(r"[\s;<>=!~\[(]", requirement, maxsplit=1)[0])
+    return sorted(versions.items())
 
 
 def load_manifest(image: Path) -> ImageManifest:
