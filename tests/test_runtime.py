@@ -254,3 +254,49 @@ def test_an_enclave_from_other_code_is_refused_by_the_manager_and_by_the_kms(mon
     monkeypatch.setattr("serdab.kms.service.verify_attestation", real)
     with pytest.raises(WorkerError, match="refused: PcrMismatchError"):
         manager.run(open_source("synthetic:4", (1, 1, 28, 28)).frames())
+
+
+def test_a_device_that_stays_gone_is_planned_around(monkeypatch) -> None:
+    from serdab.errors import TeeError
+    from serdab.runtime.executor import LocalExecutor
+
+    class Vanishing(LocalExecutor):
+        """e1's worker dies once mid-stream and its device never comes back."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.gone = False
+
+        def start(self, spec):
+            if spec.device == "e1" and self.gone:
+                raise TeeError("e1 is unreachable")
+            return super().start(spec)
+
+    executor = Vanishing()
+    chain = chain_of("lenet5")
+    profile, _ = cached_profile(chain, "lenet5", repeat=3, warmup=1)
+    options = RunOptions(chunk=10, dilation=300.0, repartition=None)
+    manager = ApplicationManager(chain, "lenet5", profile, load_cluster("paper"), options, executor=executor)
+
+    def killer() -> None:
+        while True:
+            d = manager.deployment
+            if d is not None and len(d._sent) >= 5:
+                worker = next((w for w in d.workers if w.device == "e1"), None)
+                if worker and worker.handle and worker.handle.pid:
+                    import os
+                    import signal
+
+                    executor.gone = True
+                    os.kill(worker.handle.pid, signal.SIGKILL)
+                    return
+            time.sleep(0.01)
+
+    assert "e1" in manager.plan().devices
+    threading.Thread(target=killer, daemon=True).start()
+    lines: list[dict] = []
+    summary = manager.run(open_source("synthetic:20", (1, 1, 28, 28)).frames(), on_result=lines.append)
+    assert [line["frame"] for line in lines] == list(range(20))
+    assert "e1" not in parse_placement(summary.placements[-1]).devices
+    assert [f["action"] for f in summary.faults] == ["restarted the workers (attempt 1)", "re-planned without e1"]
+    assert "e1" in manager.resources.lost()

@@ -164,7 +164,10 @@ class Deployment:
         for w in self.workers:
             spec = WorkerSpec(w.id, w.device, address, self._token, self.ctx.run_dir / "logs" / f"{w.id}.log",
                               w.artifact.image if w.artifact.trusted else None)  # fmt: skip
-            w.handle = self.ctx.executor.start(spec)
+            try:
+                w.handle = self.ctx.executor.start(spec)
+            except SerdabError as exc:  # the executor could not put a worker there: the device is gone
+                raise WorkerError(f"cannot start the worker for {w.device}: {exc}") from None
         self._await(lambda: all(w.port for w in self.workers), "ready")
         for k, group in enumerate(self._stages):
             for w in group:

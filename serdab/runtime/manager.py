@@ -274,12 +274,14 @@ class ApplicationManager:
                 try:
                     self._deploy(ctx, placement, kms, run_dir, run_id)
                 except WorkerError as exc:
-                    if restarts[lost.device] <= self.options.max_restarts:
-                        restarts[lost.device] = self.options.max_restarts
-                        self.resources.deregister(lost.device, str(exc))
-                        self._deploy(ctx, self.plan(), kms, run_dir, run_id)
-                    else:
+                    if restarts[lost.device] > self.options.max_restarts:
                         raise
+                    restarts[lost.device] = self.options.max_restarts  # it does not come back: plan around it
+                    self.resources.deregister(lost.device, str(exc))
+                    self.summary.faults.append({"device": lost.device, "reason": str(exc),
+                                                "action": f"re-planned without {lost.device}",
+                                                "frame": first_missing})  # fmt: skip
+                    self._deploy(ctx, self.plan(), kms, run_dir, run_id)
             finally:
                 stop.set()
                 feeder.join(timeout=5)
