@@ -15,7 +15,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 if TYPE_CHECKING:
     from serdab.graph import NamedChain
 
-__all__ = ["InputShapeOpt", "JsonOpt", "ModelArg", "console", "open_model", "progress_bar", "write_json"]
+__all__ = [
+    "InputShapeOpt",
+    "JsonOpt",
+    "ModelArg",
+    "PrivacyOpt",
+    "ReplicateOpt",
+    "TrustedTailOpt",
+    "console",
+    "open_model",
+    "progress_bar",
+    "write_json",
+]
 
 console = Console()
 if not console.is_terminal:  # pipes and CI logs: rich would assume 80 columns and wrap the tables
@@ -28,6 +39,16 @@ InputShapeOpt = Annotated[
     typer.Option("--input-shape", help="Input shape N,C,H,W or C,H,W; needed when the file leaves H or W dynamic."),
 ]
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON to this path.")]
+PrivacyOpt = Annotated[
+    str,
+    typer.Option(help="What an untrusted device may receive: trusted-only, resolution:20, pearson:D, ssim:D, mse:D."),
+]
+ReplicateOpt = Annotated[
+    bool, typer.Option("--replicate", help="Let a stage run round robin on several identical devices.")
+]
+TrustedTailOpt = Annotated[
+    bool, typer.Option("--trusted-tail", help="The last stage runs on a trusted device: labels never leave enclaves.")
+]
 
 
 def open_model(model: str, input_shape: str | None, batch: int | None = None) -> NamedChain:

@@ -8,7 +8,18 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from serdab.cli.common import InputShapeOpt, JsonOpt, console, human_bytes, open_model, progress_bar, write_json
+from serdab.cli.common import (
+    InputShapeOpt,
+    JsonOpt,
+    PrivacyOpt,
+    ReplicateOpt,
+    TrustedTailOpt,
+    console,
+    human_bytes,
+    open_model,
+    progress_bar,
+    write_json,
+)
 from serdab.cluster import load_cluster
 from serdab.errors import PlanError, PolicyError
 from serdab.plan import PLANNERS, PlanRequest, get_planner
@@ -69,18 +80,9 @@ def plan(
     ] = None,
     chunk: Annotated[int, typer.Option(min=1, help="Frames in the chunk T(n) is minimised for.")] = 10_800,
     strategy: Annotated[str, typer.Option(help=f"Planner: {', '.join(PLANNERS)}.")] = "optimal",
-    privacy: Annotated[
-        str,
-        typer.Option(
-            help="What an untrusted device may receive: trusted-only, resolution:20, pearson:D, ssim:D, mse:D."
-        ),
-    ] = "resolution:20",
-    replicate: Annotated[
-        bool, typer.Option("--replicate", help="Let a stage run round robin on several identical devices.")
-    ] = False,
-    trusted_tail: Annotated[
-        bool, typer.Option("--trusted-tail", help="The last blocks run on a trusted device (labels stay private).")
-    ] = False,
+    privacy: PrivacyOpt = "resolution:20",
+    replicate: ReplicateOpt = False,
+    trusted_tail: TrustedTailOpt = False,
     profile: Annotated[
         Path | None, typer.Option(help="Plan from a saved `serdab profile --json` file instead of profiling MODEL.")
     ] = None,

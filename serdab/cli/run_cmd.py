@@ -10,7 +10,18 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from serdab.cli.common import InputShapeOpt, JsonOpt, console, err_console, open_model, progress_bar, write_json
+from serdab.cli.common import (
+    InputShapeOpt,
+    JsonOpt,
+    PrivacyOpt,
+    ReplicateOpt,
+    TrustedTailOpt,
+    console,
+    err_console,
+    open_model,
+    progress_bar,
+    write_json,
+)
 from serdab.errors import PlanError
 
 __all__ = ["parse_slowdown", "run"]
@@ -75,19 +86,9 @@ def run(
         int, typer.Option(min=1, help="Frames per chunk (seed 000): placement changes only between chunks.")
     ] = 10,
     strategy: Annotated[str, typer.Option(help="Planner (see `serdab plan --help`).")] = "optimal",
-    privacy: Annotated[
-        str,
-        typer.Option(
-            help="What an untrusted device may receive: trusted-only, resolution:20, pearson:D, ssim:D, mse:D."
-        ),
-    ] = "resolution:20",
-    trusted_tail: Annotated[
-        bool,
-        typer.Option("--trusted-tail", help="The last stage runs on a trusted device: labels never leave enclaves."),
-    ] = False,
-    replicate: Annotated[
-        bool, typer.Option("--replicate", help="Let a stage run round robin on identical devices.")
-    ] = False,
+    privacy: PrivacyOpt = "resolution:20",
+    trusted_tail: TrustedTailOpt = False,
+    replicate: ReplicateOpt = False,
     native: Annotated[
         bool, typer.Option("--native", help="Every worker at this host's real speed, links unshaped (no emulation).")
     ] = False,

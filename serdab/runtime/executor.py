@@ -10,7 +10,6 @@ processes.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from abc import ABC, abstractmethod
@@ -22,6 +21,7 @@ from cryptography import x509
 
 from serdab.errors import TeeError
 from serdab.runtime.engine import TOKEN_ENV
+from serdab.tee.backend import stop_process
 
 __all__ = ["EXECUTORS", "Executor", "LocalExecutor", "WorkerHandle", "WorkerSpec", "get_executor"]
 
@@ -133,15 +133,7 @@ class LocalExecutor(Executor):
         if handle.enclave is not None:
             self.tee.terminate(handle.enclave)
             return
-        process = handle.process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(handle.process, timeout_s=5)
 
     def close(self) -> None:
         if self._tee is not None:

@@ -16,7 +16,19 @@ from typing import Any, ClassVar, Protocol
 
 from serdab.errors import TeeError, TeeUnavailableError
 
-__all__ = ["BACKENDS", "Enclave", "Nsm", "TeeBackend", "get_backend"]
+__all__ = ["BACKENDS", "Enclave", "Nsm", "TeeBackend", "get_backend", "stop_process"]
+
+
+def stop_process(process: subprocess.Popen | None, timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout_s``; nothing when it already exited (safe to call twice)."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class Nsm(Protocol):

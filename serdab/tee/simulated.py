@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from serdab.errors import EnclaveImageError, TeeError
-from serdab.tee.backend import Enclave, TeeBackend
+from serdab.tee.backend import Enclave, TeeBackend, stop_process
 from serdab.tee.epc import EpcMeter
 from serdab.tee.host import HostIdentity
 from serdab.tee.image import load_manifest, measure_image, runtime_lock
@@ -101,13 +101,7 @@ class SimulatedBackend(TeeBackend):
         return device.ready_info
 
     def terminate(self, enclave: Enclave) -> None:
-        if enclave.process is not None and enclave.process.poll() is None:
-            enclave.process.terminate()
-            try:
-                enclave.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                enclave.process.kill()
-                enclave.process.wait()
+        stop_process(enclave.process)
         server = self._servers.pop(enclave.id, None)
         if server is not None:
             server.close()
