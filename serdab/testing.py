@@ -14,6 +14,7 @@ import numpy as np
 
 from serdab.cluster import Cluster
 from serdab.crypto import cert_der, issue_certificate, new_key
+from serdab.errors import SerdabError
 from serdab.plan import CostModel, PlanRequest, Workload
 from serdab.tee.document import AttestationDocument, sign_document
 from serdab.tee.host import HostIdentity
@@ -139,8 +140,9 @@ class TamperingProxy:
             inbound, _ = self.listener.accept()
         except OSError:
             return
-        outbound = connect(self.target)
+        outbound = None
         try:
+            outbound = connect(self.target)
             send_message(outbound, recv_message(inbound) or {})  # the hello
             index = 0
             while (message := recv_message(inbound)) is not None:
@@ -157,11 +159,12 @@ class TamperingProxy:
                         send_message(outbound, message)
                 send_message(outbound, message)
                 index += 1
-        except OSError:
-            pass
+        except (OSError, SerdabError):
+            pass  # either end hung up (the run stopped on what this proxy did): the attack is over
         finally:
             inbound.close()
-            outbound.close()
+            if outbound is not None:
+                outbound.close()
 
     def close(self) -> None:
         self.listener.close()
