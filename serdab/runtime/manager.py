@@ -45,6 +45,7 @@ from serdab.runtime.repartition import Repartitioner, StageObservation
 from serdab.runtime.report import ChunkReport, RunSummary, StageReport, top_k
 from serdab.runtime.resources import ResourceManager
 from serdab.runtime.stages import StageArtifact, package_stages
+from serdab.tee.host import serdab_home
 
 __all__ = ["ApplicationManager", "RunOptions", "parse_placement"]
 
@@ -193,12 +194,8 @@ class ApplicationManager:
     def _kms(self, run_dir: Path) -> RunKms:
         roots = self.executor.simulated_roots()
         if self.options.kms_url:
-            from serdab.tee.host import serdab_home
-
             token = self.options.kms_token or serdab_home() / "kms" / "admin.token"
             return RunKms.external(self.options.kms_url, token, roots, {}, allow_simulated=True)
-        from serdab.tee.host import serdab_home
-
         return RunKms.embedded(run_dir / "kms", roots, serdab_home() / "images")
 
     def _deploy(self, ctx: DeploymentContext, placement: Placement, kms: RunKms | None, run_dir: Path,
