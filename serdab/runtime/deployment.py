@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -78,7 +79,7 @@ class DeploymentContext:
     resources: ResourceManager
     cluster: Cluster  # physical: the speeds the workers are padded to
     kms_view: Callable[[str], dict[str, Any]]
-    run_dir: Any
+    run_dir: Path
     native: bool
     dilation: float
     slowdowns: dict[str, tuple[float, int]] = field(default_factory=dict)

@@ -186,7 +186,6 @@ class LinkSender:
         self._queue: queue.Queue[tuple[int, bytes] | None] = queue.Queue(maxsize=depth)
         self._on_error = on_error
         self.busy_s = 0.0
-        self.sent = 0
         self._thread = threading.Thread(target=self._run, name=f"send-{spec.src}-{spec.dst}", daemon=True)
         self._thread.start()
 
@@ -217,7 +216,6 @@ class LinkSender:
                 self._on_error(f"link {self.spec.src}->{self.spec.dst} broke: {exc}")
                 return
             self.busy_s += time.monotonic() - started
-            self.sent += 1
 
 
 class LinkReceiver:
