@@ -12,6 +12,7 @@ below), 4 for an unavailable backend or service ([4]), 2 for everything else the
     │   ├── CutOutOfRangeError       the block index does not exist
     │   └── NotACleanCutError        more than one tensor would cross the cut
     ├── ImageSetError                an image directory is missing, empty or unreadable
+    ├── AuditError                   an audit request or audit file does not fit the model
     ├── ProfileFileError             a saved profile JSON is missing or not a profile
     ├── ClusterError                 a cluster YAML is missing or invalid (names the field)
     ├── PolicyError                  a privacy policy string cannot be parsed or applied
@@ -69,6 +70,7 @@ __all__ = [
     "FrameSourceError",
     "HeError",
     "ImageSetError",
+    "AuditError",
     "InfeasibleError",
     "InputShapeError",
     "KmsError",
@@ -136,6 +138,10 @@ class NotACleanCutError(CutError):
 
 class ImageSetError(SerdabError):
     """An image directory cannot supply images."""
+
+
+class AuditError(SerdabError):
+    """An audit names a cut or attack that does not exist, or an audit file is for another model."""
 
 
 class ClusterError(SerdabError):

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "profile": ("serdab.cli.profile_cmd", "profile", "Per-block latency, bytes out, resolution, MACs; cached."),
     "partition": ("serdab.cli.partition_cmd", "partition", "Cut a model into runnable stage files at clean cuts."),
     "leakage": ("serdab.cli.leakage_cmd", "leakage", "How much each cut's tensor reveals of the input image."),
+    "audit": ("serdab.cli.audit_cmd", "audit", "What reconstruction attacks rebuild of the input from each cut."),
     "plan": ("serdab.cli.plan_cmd", "plan", "Place a model's blocks on enclaves and accelerators; predict L, P, T(n)."),
     "run": ("serdab.cli.run_cmd", "run", "Run a placement for real: enclave and untrusted workers, encrypted links."),
     "demo": ("serdab.cli.demo_cmd", "demo", "Profile, partition, plan and run ResNet-18 on the paper cluster."),

@@ -6,19 +6,50 @@ Nothing is downloaded: every default image is bundled in an installed wheel.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import torch
 from skimage import color, data, transform
 
 from serdab.errors import ImageSetError
 
-__all__ = ["PHOTOS", "LabelledImage", "default_images", "load_image_dir", "to_model_input"]
+__all__ = [
+    "PHOTOS",
+    "TRAIN_PHOTOS",
+    "LabelledImage",
+    "attacker_images",
+    "default_images",
+    "load_image_dir",
+    "normaliser",
+    "pixel_batch",
+    "to_model_input",
+    "victim_images",
+]
 
 PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "immunohistochemistry")
 """Bundled scikit-image samples: people, animals, objects, and a microscopy scan."""
+
+TRAIN_PHOTOS = (
+    "rocket",
+    "chelsea",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "retina",
+    "coins",
+    "moon",
+    "clock",
+    "brick",
+    "grass",
+    "gravel",
+    "cell",
+    "text",
+    "page",
+)
+"""Bundled scikit-image samples an attacker trains on; never the audit's victim images."""
 
 _SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -104,3 +135,67 @@ def to_model_input(image: LabelledImage, input_shape: tuple[int, ...]) -> tuple[
     else:
         tensor = np.repeat(grey[None], channels, axis=0)
     return tensor[None].astype(np.float32), grey
+
+
+def victim_images(grey: bool) -> list[LabelledImage]:
+    """The audit's default inputs: three photographs, or one digit of each class for grey models."""
+    if grey:
+        return default_images(grey_digits=True, count=10)
+    return [LabelledImage(name, _as_float(_drop_alpha(getattr(data, name)()))) for name in PHOTOS[:3]]
+
+
+def attacker_images(grey: bool, count: int = 64, seed: int = 0) -> list[LabelledImage]:
+    """The black-box attacker's own images: random crops and flips of TRAIN_PHOTOS, or digits
+    other than the victim ones (disjoint from ``victim_images`` by construction)."""
+    rng = np.random.default_rng(seed)
+    if grey:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        victims = {int(np.flatnonzero(digits.target == label)[0]) for label in range(10)}
+        pool = [i for i in range(len(digits.target)) if i not in victims]
+        chosen = rng.choice(pool, size=min(count, len(pool)), replace=False)
+        return [LabelledImage(f"digit#{i}", (digits.images[i] / 16.0).astype(np.float32)) for i in chosen]
+    sources = [(name, _as_float(_drop_alpha(getattr(data, name)()))) for name in TRAIN_PHOTOS]
+    crops = []
+    for k in range(count):
+        name, image = sources[k % len(sources)]
+        side = min(image.shape[:2])
+        size = int(rng.uniform(0.4, 1.0) * side)
+        top = int(rng.integers(0, image.shape[0] - size + 1))
+        left = int(rng.integers(0, image.shape[1] - size + 1))
+        crop = image[top : top + size, left : left + size]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        crops.append(LabelledImage(f"{name}#{k}", np.ascontiguousarray(crop)))
+    return crops
+
+
+def _resized_pixels(image: LabelledImage, channels: int, height: int, width: int) -> np.ndarray:
+    pixels = image.pixels
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[..., 0]
+    resized = transform.resize(pixels, (height, width), anti_aliasing=True).astype(np.float32)
+    if channels == 1:
+        grey = resized if resized.ndim == 2 else color.rgb2gray(resized).astype(np.float32)
+        return grey[None]
+    rgb = resized if resized.ndim == 3 else np.repeat(resized[..., None], 3, axis=2)
+    return rgb.transpose(2, 0, 1)
+
+
+def pixel_batch(images: Sequence[LabelledImage], input_shape: Sequence[int]) -> torch.Tensor:
+    """(B, C, H, W) in [0, 1] at the model's input size: what attacks rebuild and are scored on."""
+    _, channels, height, width = input_shape
+    if channels not in (1, 3):
+        raise ImageSetError(f"attacks need a 1- or 3-channel image input, the model takes {channels} channels")
+    return torch.from_numpy(np.stack([_resized_pixels(i, channels, height, width) for i in images]))
+
+
+def normaliser(channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Pixels in [0, 1] -> model input, differentiable (ImageNet statistics for RGB, MNIST's for grey)."""
+    if channels == 3:
+        mean = torch.from_numpy(_IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.from_numpy(_IMAGENET_STD).view(1, 3, 1, 1)
+    else:
+        mean, std = torch.tensor(0.1307).view(1, 1, 1, 1), torch.tensor(0.3081).view(1, 1, 1, 1)
+    return lambda pixels: (pixels - mean) / std
