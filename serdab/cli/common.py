@@ -14,8 +14,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 if TYPE_CHECKING:
     from serdab.graph import NamedChain
+    from serdab.graph.chain import Chain
+    from serdab.privacy.audit import AuditReport
+    from serdab.privacy.policy import PrivacyPolicy
 
 __all__ = [
+    "AuditOpt",
     "InputShapeOpt",
     "JsonOpt",
     "ModelArg",
@@ -25,6 +29,7 @@ __all__ = [
     "console",
     "open_model",
     "progress_bar",
+    "read_audit",
     "write_json",
 ]
 
@@ -41,7 +46,14 @@ InputShapeOpt = Annotated[
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON to this path.")]
 PrivacyOpt = Annotated[
     str,
-    typer.Option(help="What an untrusted device may receive: trusted-only, resolution:20, pearson:D, ssim:D, mse:D."),
+    typer.Option(
+        help="What an untrusted device may receive: trusted-only, resolution:20, pearson:D, ssim:D, mse:D, "
+        "attack-ssim:X, attack-psnr:Y (attack-* read --audit)."
+    ),
+]
+AuditOpt = Annotated[
+    Path | None,
+    typer.Option(help="A `serdab audit --json` report, for the attack-ssim / attack-psnr policies."),
 ]
 ReplicateOpt = Annotated[
     bool, typer.Option("--replicate", help="Let a stage run round robin on several identical devices.")
@@ -49,6 +61,24 @@ ReplicateOpt = Annotated[
 TrustedTailOpt = Annotated[
     bool, typer.Option("--trusted-tail", help="The last stage runs on a trusted device: labels never leave enclaves.")
 ]
+
+
+def read_audit(path: Path | None, policy: PrivacyPolicy, chain: Chain | None, model_name: str) -> AuditReport | None:
+    """The audit file for an attack-* policy, checked against the model being planned."""
+    if path is None:
+        return None
+    from serdab.privacy.audit import check_audit_for, load_audit, model_digest
+
+    report = load_audit(path)
+    if chain is not None:
+        check_audit_for(report, model_name, len(chain.blocks), model_digest(chain))
+    elif report.model != model_name:
+        from serdab.errors import AuditError
+
+        raise AuditError(f"the audit file is for {report.model}, not {model_name}: audit the model you plan")
+    if not policy.needs_audit:
+        err_console.print(f"[yellow]note: --audit is read only by attack-* policies, not {policy.spec}[/yellow]")
+    return report
 
 
 def open_model(model: str, input_shape: str | None, batch: int | None = None) -> NamedChain:

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from serdab.cli.common import (
+    AuditOpt,
     InputShapeOpt,
     JsonOpt,
     PrivacyOpt,
@@ -18,6 +19,7 @@ from serdab.cli.common import (
     human_bytes,
     open_model,
     progress_bar,
+    read_audit,
     write_json,
 )
 from serdab.cluster import load_cluster
@@ -90,6 +92,7 @@ def plan(
         Path | None,
         typer.Option(help="A `serdab leakage --json` report, for pearson/ssim/mse policies with --profile."),
     ] = None,
+    audit: AuditOpt = None,
     input_shape: InputShapeOpt = None,
     json_path: JsonOpt = None,
 ) -> None:
@@ -118,8 +121,9 @@ def plan(
         images = default_images(grey_digits=opened.chain.input_shape[1] == 1)
         with progress_bar(f"leakage of {opened.name}", len(images)) as update:
             report = measure_leakage(opened.chain, opened.name, images, progress=update)
+    audited = read_audit(audit, policy, opened.chain if opened else None, model or prof.model)
     planned = plan_model(prof, spec, strategy=strategy, policy=policy, chunk=chunk, trusted_tail=trusted_tail,
-                         replicate=replicate, leakage=report)  # fmt: skip
+                         replicate=replicate, leakage=report, audit=audited)  # fmt: skip
     request, placement, cost, planner_s = planned.request, planned.placement, planned.cost, planned.planner_s
     costs = request.costs
     console.print(plan_table(cost, request))

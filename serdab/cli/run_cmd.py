@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from serdab.cli.common import (
+    AuditOpt,
     InputShapeOpt,
     JsonOpt,
     PrivacyOpt,
@@ -20,6 +21,7 @@ from serdab.cli.common import (
     err_console,
     open_model,
     progress_bar,
+    read_audit,
     write_json,
 )
 from serdab.errors import PlanError
@@ -112,6 +114,7 @@ def run(
     ] = None,
     frames: Annotated[int | None, typer.Option(min=1, help="Stop after this many frames of the input.")] = None,
     out: Annotated[Path | None, typer.Option(help="Results as JSON Lines, one line per frame.")] = None,
+    audit: AuditOpt = None,
     input_shape: InputShapeOpt = None,
     json_path: JsonOpt = None,
 ) -> None:
@@ -152,7 +155,8 @@ def run(
         dilation=dilation, placement=placement, slowdowns=slowdowns, kms_url=kms,
         repartition=None if no_repartition else Repartitioner(repartition_threshold, repartition_chunks),
     )  # fmt: skip
-    manager = ApplicationManager(opened.chain, opened.name, prof, spec, options, leakage=leakage)
+    audited = read_audit(audit, parse_policy(privacy), opened.chain, opened.name)
+    manager = ApplicationManager(opened.chain, opened.name, prof, spec, options, leakage=leakage, audit=audited)
     first = manager.plan()  # fails here, before any process starts, on a bad or refused placement
     console.print(f"[bold]{opened.name}[/bold] on {spec.name}: {first.describe()} (policy {manager.policy.spec}); "
                   f"input {source.describe()}, chunks of {chunk}")  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from serdab.cluster import Cluster
 from serdab.errors import InfeasibleError
@@ -18,6 +19,9 @@ from serdab.plan.report import why_infeasible
 from serdab.privacy.leakage import LeakageReport
 from serdab.privacy.policy import PrivacyPolicy, allowed_cuts, parse_policy
 from serdab.profile import Profile
+
+if TYPE_CHECKING:
+    from serdab.privacy.audit import AuditReport
 
 __all__ = ["PlannedModel", "plan_model", "plan_request"]
 
@@ -39,12 +43,14 @@ def plan_request(
     trusted_tail: bool = False,
     replicate: bool = False,
     leakage: LeakageReport | None = None,
+    audit: AuditReport | None = None,
 ) -> PlanRequest:
     """The request a planner sees: the cost model of this workload on this cluster, the cuts the
-    policy lets an untrusted device receive (pearson/ssim/mse need ``leakage``), and the rules."""
+    policy lets an untrusted device receive (pearson/ssim/mse need ``leakage``, attack-* an
+    ``audit``), and the rules."""
     workload = profile if isinstance(profile, Workload) else Workload.from_profile(profile)
     rule = parse_policy(policy) if isinstance(policy, str) else policy
-    allowed = tuple(allowed_cuts(rule, workload.cut_resolution, leakage))
+    allowed = tuple(allowed_cuts(rule, workload.cut_resolution, leakage, audit))
     return PlanRequest(CostModel(workload, cluster), allowed, chunk, rule.spec, trusted_tail, replicate)
 
 
@@ -58,10 +64,11 @@ def plan_model(
     trusted_tail: bool = False,
     replicate: bool = False,
     leakage: LeakageReport | None = None,
+    audit: AuditReport | None = None,
 ) -> PlannedModel:
     """The ``strategy``'s placement for a stream of ``chunk`` frames; InfeasibleError says why not."""
     request = plan_request(profile, cluster, policy=policy, chunk=chunk, trusted_tail=trusted_tail,
-                           replicate=replicate, leakage=leakage)  # fmt: skip
+                           replicate=replicate, leakage=leakage, audit=audit)  # fmt: skip
     started = time.perf_counter()
     placement = get_planner(strategy).plan(request)
     planner_s = time.perf_counter() - started

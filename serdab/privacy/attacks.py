@@ -71,9 +71,9 @@ class WhiteBox(Attack):
 
     name = "whitebox"
     needs_prefix = True
-    default_steps = 300
+    default_steps = 200
 
-    def __init__(self, steps: int | None = None, seed: int = 0, lr: float = 0.05, tv: float = 0.05) -> None:
+    def __init__(self, steps: int | None = None, seed: int = 0, lr: float = 0.05, tv: float = 1.0) -> None:
         super().__init__(steps, seed)
         self.lr, self.tv = lr, tv
 

@@ -4,7 +4,9 @@
 start at a cut whose tensor is private enough: ``resolution:20`` (spatial size <= 20x20, no
 spatial axes counts as 1x1; seed 000 sec. VI-B's user study), or a similarity to the input
 below a bound, ``pearson:D`` / ``ssim:D`` (worst case over images < D) or ``mse:D`` (MSE is a
-distance, so > D). The input frame itself (cut 0) is never released.
+distance, so > D). ``attack-ssim:X`` / ``attack-psnr:Y`` rest on real reconstruction attacks
+(``serdab audit``): the worst-case SSIM (PSNR) of any audited attack at the cut must be below X
+(Y); a cut the audit did not attack is not released. The input frame itself (cut 0) never is.
 """
 
 from __future__ import annotations
@@ -12,15 +14,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from serdab.errors import PolicyError
 from serdab.privacy.leakage import CutLeakage, LeakageReport
 from serdab.privacy.metrics import within_resolution
 
+if TYPE_CHECKING:
+    from serdab.privacy.audit import AuditReport, CutAudit
+
 __all__ = ["POLICIES", "CutView", "PrivacyPolicy", "allowed_cuts", "parse_policy"]
 
-EXAMPLES = "trusted-only, resolution:20, pearson:0.5, ssim:0.3 or mse:0.05"
+EXAMPLES = "trusted-only, resolution:20, pearson:0.5, ssim:0.3, mse:0.05, attack-ssim:0.3 or attack-psnr:15"
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class CutView:
     cut: int
     resolution: tuple[int, int] | None
     leakage: CutLeakage | None = None
+    audit: CutAudit | None = None
 
 
 class PrivacyPolicy(ABC):
@@ -37,6 +43,7 @@ class PrivacyPolicy(ABC):
 
     name: ClassVar[str]
     needs_leakage: ClassVar[bool] = False
+    needs_audit: ClassVar[bool] = False
 
     @abstractmethod
     def allows(self, cut: CutView) -> bool:
@@ -103,8 +110,47 @@ class MsePolicy(SimilarityPolicy):
     higher_is_similar = False
 
 
+class AttackPolicy(PrivacyPolicy):
+    """Worst case over the audited attacks and images at the cut, from ``serdab audit``."""
+
+    needs_audit = True
+    metric: ClassVar[str]
+
+    def __init__(self, bound: float) -> None:
+        self.bound = bound
+
+    def allows(self, cut: CutView) -> bool:
+        if cut.audit is None or not cut.audit.scores:
+            return False  # not attacked, not released
+        worst = cut.audit.worst_ssim if self.metric == "ssim" else cut.audit.worst_psnr
+        return worst < self.bound
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}:{self.bound:g}"
+
+
+class AttackSsimPolicy(AttackPolicy):
+    name = "attack-ssim"
+    metric = "ssim"
+
+
+class AttackPsnrPolicy(AttackPolicy):
+    name = "attack-psnr"
+    metric = "psnr"
+
+
 POLICIES: dict[str, type[PrivacyPolicy]] = {
-    p.name: p for p in (TrustedOnly, ResolutionPolicy, PearsonPolicy, SsimPolicy, MsePolicy)
+    p.name: p
+    for p in (
+        TrustedOnly,
+        ResolutionPolicy,
+        PearsonPolicy,
+        SsimPolicy,
+        MsePolicy,
+        AttackSsimPolicy,
+        AttackPsnrPolicy,
+    )
 }
 
 
@@ -133,14 +179,27 @@ def allowed_cuts(
     policy: PrivacyPolicy,
     resolutions: Sequence[tuple[int, int] | None],
     leakage: LeakageReport | None = None,
+    audit: AuditReport | None = None,
 ) -> list[bool]:
     """For cuts 0..M: may an untrusted stage start there? ``resolutions[c]`` is cut c's tensor."""
     if policy.needs_leakage and leakage is None:
         raise PolicyError(f"policy {policy.spec} needs leakage measurements: give the model or --leakage FILE.json")
+    if policy.needs_audit and audit is None:
+        raise PolicyError(f"policy {policy.spec} needs an audit: run `serdab audit MODEL --all --json A.json`, "
+                          "then --audit A.json")  # fmt: skip
+    if audit is not None and audit.blocks != len(resolutions) - 1:
+        raise PolicyError(
+            f"the audit is for {audit.model} with {audit.blocks} blocks but this model has {len(resolutions) - 1}: "
+            "audit the same model"
+        )
+    audited = {c.index + 1: c for c in audit.cuts} if audit is not None else {}
     by_cut = {c.index + 1: c for c in leakage.cuts} if leakage is not None else {}
     if leakage is not None and len(leakage.cuts) != len(resolutions) - 2:
         raise PolicyError(
             f"leakage report has {len(leakage.cuts)} cuts but the profile has {len(resolutions) - 2}: "
             "measure both on the same model"
         )
-    return [c > 0 and policy.allows(CutView(c, resolutions[c], by_cut.get(c))) for c in range(len(resolutions))]
+    return [
+        c > 0 and policy.allows(CutView(c, resolutions[c], by_cut.get(c), audited.get(c)))
+        for c in range(len(resolutions))
+    ]

@@ -89,7 +89,7 @@ Progress = Callable[[dict[str, Any]], None]
 
 class ApplicationManager:
     def __init__(self, chain: Chain, model: str, profile: Profile, cluster: Cluster, options: RunOptions,
-                 executor: Executor | None = None, leakage: Any = None) -> None:  # fmt: skip
+                 executor: Executor | None = None, leakage: Any = None, audit: Any = None) -> None:  # fmt: skip
         self.chain = chain
         self.model = model
         self.profile = profile
@@ -101,7 +101,10 @@ class ApplicationManager:
         self.policy = parse_policy(options.privacy)
         if self.policy.needs_leakage and leakage is None:
             raise PolicyError(f"policy {options.privacy} needs a leakage report")
+        if self.policy.needs_audit and audit is None:
+            raise PolicyError(f"policy {options.privacy} needs an audit report (--audit)")
         self.leakage = leakage
+        self.audit = audit
         self.speeds: dict[str, float] = {}  # measured speeds that replace the cluster file's for planning
         self.summary = RunSummary(model=model, cluster=cluster.name, policy=self.policy.spec, chunk=options.chunk)
         self._artifacts: dict[str, list[StageArtifact]] = {}
@@ -112,7 +115,7 @@ class ApplicationManager:
     def _request(self, cluster: Cluster) -> PlanRequest:
         o = self.options
         return plan_request(self.workload, cluster, policy=self.policy, chunk=o.chunk, trusted_tail=o.trusted_tail,
-                            replicate=o.replicate, leakage=self.leakage)  # fmt: skip
+                            replicate=o.replicate, leakage=self.leakage, audit=self.audit)  # fmt: skip
 
     def belief(self) -> Cluster:
         cluster = self.resources.cluster(self.speeds)
