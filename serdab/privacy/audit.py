@@ -185,8 +185,9 @@ def run_audit(
         raise AuditError("the audit needs at least one image")
     if any(ATTACKS[a].needs_prefix for a in attacks) and module is None:
         raise AuditError(f"the white-box attack needs a zoo model's torch code; {model_name} is an ONNX file")
-    asked = steps or {}
-    steps = {a: int(asked.get(a) or getattr(ATTACKS[a], "default_steps", 0)) for a in attacks}
+    asked: dict[str, int] = steps or {}
+    defaults: dict[str, int] = {a: getattr(ATTACKS[a], "default_steps", 0) for a in attacks}
+    steps = {a: asked.get(a) or defaults[a] for a in attacks}
     shape = chain.input_shape
     pixels = pixel_batch(images, shape)
     normalise = normaliser(shape[1])
