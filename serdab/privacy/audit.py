@@ -11,7 +11,6 @@ cached under the Serdab cache directory, keyed by the model, images and settings
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +29,16 @@ from serdab.privacy.images import LabelledImage, normaliser, pixel_batch
 from serdab.privacy.leakage import _exposed
 from serdab.privacy.metrics import resolution_of, ssim_batch
 
-__all__ = ["AttackScore", "AuditReport", "CutAudit", "model_digest", "run_audit"]
+__all__ = [
+    "AttackScore",
+    "AuditReport",
+    "CutAudit",
+    "check_audit_for",
+    "load_audit",
+    "model_digest",
+    "run_audit",
+    "save_grid",
+]
 
 _FORMAT = "1"
 
@@ -314,7 +322,3 @@ def load_audit(path: Path) -> AuditReport:
     from serdab.validation import load_json_model
 
     return load_json_model(AuditReport, path, "audit", "a `serdab audit --json` report", AuditError)
-
-
-def dump(report: AuditReport) -> str:
-    return json.dumps(report.model_dump(), indent=2)
