@@ -98,6 +98,7 @@ def test_models_lists_the_zoo(capsys) -> None:
         "vgg16_128",
         "he_cnn6",
         "he_cnn5",
+        "lenet5_digits",
     } == set(names)
 
 

@@ -40,7 +40,7 @@ def models(
     json_path: JsonOpt = None,
     names_only: Annotated[bool, typer.Option("--names", help="Print only the names.")] = False,
 ) -> None:
-    """List the zoo: every model the seed papers evaluate, with seeded weights (nothing is downloaded)."""
+    """List the zoo: every model the seed papers evaluate; seeded weights unless trained (nothing downloaded)."""
     if names_only:
         console.print("\n".join(ZOO))
         return
@@ -55,9 +55,10 @@ def models(
                 "macs": macs,
                 "seeds": entry.seeds,
                 "description": entry.description,
+                "weights": entry.weights,
             }
         )
-    table = Table(title="Serdab model zoo (seeded weights; any .onnx path works too)")
+    table = Table(title="Serdab model zoo (seeded weights unless marked trained; any .onnx path works too)")
     for column in ("name", "input (C,H,W)", "params", "MACs", "seeds", "description"):
         table.add_column(column, justify="right" if column in ("params", "MACs") else "left")
     for r in rows:

@@ -2,7 +2,9 @@
 
 Weights are random but reproducible (``torch.manual_seed``): no model hub is reachable, and
 partitioning, profiling and planning depend on shapes and costs, not on what was learned.
-Leakage measured on seeded weights is an estimate for untrained filters; docs say so.
+Leakage measured on seeded weights is an estimate for untrained filters; docs say so. One entry,
+``lenet5_digits``, is trained (on scikit-learn's bundled digits, seconds, cached) so that the
+privacy audit can compare a trained model with its seeded twin.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ class ZooEntry:
     input_chw: tuple[int, int, int]
     seeds: str
     description: str
+    weights: str = "seeded"  # or what the weights were trained on
+
+
+def _lenet5_digits() -> nn.Module:
+    from serdab.models.digits import cached_fit
+
+    return cached_fit(small.lenet5, "trained", "lenet5-digits", normalise=True)
 
 
 def _entries() -> dict[str, ZooEntry]:
@@ -53,7 +62,16 @@ def _entries() -> dict[str, ZooEntry]:
         ("he_cnn6", small.he_cnn6, (1, 28, 28), "004", "PyCrCNN 6-layer CNN (MNIST)"),
         ("he_cnn5", small.he_cnn5, (1, 28, 28), "004", "PyCrCNN 5-layer CNN (MNIST)"),
     ]
-    return {name: ZooEntry(name, build, chw, seeds, desc) for name, build, chw, seeds, desc in rows}
+    entries = {name: ZooEntry(name, build, chw, seeds, desc) for name, build, chw, seeds, desc in rows}
+    entries["lenet5_digits"] = ZooEntry(
+        "lenet5_digits",
+        _lenet5_digits,
+        (1, 28, 28),
+        "003",
+        "LeNet-5 trained on digits (the twin of lenet5)",
+        weights="scikit-learn digits, 28x28, 30 epochs",
+    )
+    return entries
 
 
 ZOO: dict[str, ZooEntry] = _entries()

@@ -16,6 +16,7 @@ import torch
 from skimage import color, data, transform
 
 from serdab.errors import ImageSetError
+from serdab.models.digits import MNIST_MEAN, MNIST_STD, digits_split
 
 __all__ = [
     "PHOTOS",
@@ -131,16 +132,31 @@ def to_model_input(image: LabelledImage, input_shape: tuple[int, ...]) -> tuple[
         rgb = resized if resized.ndim == 3 else np.repeat(resized[..., None], 3, axis=2)
         tensor = ((rgb - _IMAGENET_MEAN) / _IMAGENET_STD).transpose(2, 0, 1)
     elif channels == 1:
-        tensor = ((grey - 0.1307) / 0.3081)[None]
+        tensor = ((grey - MNIST_MEAN) / MNIST_STD)[None]
     else:
         tensor = np.repeat(grey[None], channels, axis=0)
     return tensor[None].astype(np.float32), grey
 
 
+def _victim_digits() -> list[int]:
+    """One digit of each class from the held-out split, so a model trained on the digits never saw them."""
+    from sklearn.datasets import load_digits
+
+    target = load_digits().target
+    test = digits_split()[1]
+    return [int(next(i for i in test if target[i] == label)) for label in range(10)]
+
+
 def victim_images(grey: bool) -> list[LabelledImage]:
-    """The audit's default inputs: three photographs, or one digit of each class for grey models."""
+    """The audit's default inputs: three photographs, or one held-out digit of each class for grey models."""
     if grey:
-        return default_images(grey_digits=True, count=10)
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return [
+            LabelledImage(f"digit-{digits.target[i]}", (digits.images[i] / 16.0).astype(np.float32))
+            for i in _victim_digits()
+        ]
     return [LabelledImage(name, _as_float(_drop_alpha(getattr(data, name)()))) for name in PHOTOS[:3]]
 
 
@@ -152,7 +168,7 @@ def attacker_images(grey: bool, count: int = 64, seed: int = 0) -> list[Labelled
         from sklearn.datasets import load_digits
 
         digits = load_digits()
-        victims = {int(np.flatnonzero(digits.target == label)[0]) for label in range(10)}
+        victims = set(_victim_digits())
         pool = [i for i in range(len(digits.target)) if i not in victims]
         chosen = rng.choice(pool, size=min(count, len(pool)), replace=False)
         return [LabelledImage(f"digit#{i}", (digits.images[i] / 16.0).astype(np.float32)) for i in chosen]
@@ -197,5 +213,5 @@ def normaliser(channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
         mean = torch.from_numpy(_IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.from_numpy(_IMAGENET_STD).view(1, 3, 1, 1)
     else:
-        mean, std = torch.tensor(0.1307).view(1, 1, 1, 1), torch.tensor(0.3081).view(1, 1, 1, 1)
+        mean, std = torch.tensor(MNIST_MEAN).view(1, 1, 1, 1), torch.tensor(MNIST_STD).view(1, 1, 1, 1)
     return lambda pixels: (pixels - mean) / std
