@@ -13,7 +13,6 @@ from serdab.cli.common import InputShapeOpt, JsonOpt, ModelArg, console, err_con
 __all__ = ["audit", "audit_table"]
 
 if TYPE_CHECKING:
-    from serdab.graph.chain import Chain
     from serdab.privacy.audit import AuditReport
 
 
@@ -34,19 +33,6 @@ def audit_table(report: AuditReport) -> Table:
                           f"{s.ssim_mean:.3f}", f"{s.ssim_worst:.3f}", chance, f"{s.psnr_worst:.1f} dB",
                           f"{s.seconds:.1f} s")  # fmt: skip
     return table
-
-
-def default_cuts(chain: Chain) -> list[int]:
-    """The first cut at each spatial resolution: the most revealing tensor of that size."""
-    from serdab.privacy.metrics import resolution_of
-
-    seen, cuts = set(), []
-    for block in chain.blocks[:-1]:
-        res = resolution_of(chain.shapes[block.output])
-        if res not in seen:
-            seen.add(res)
-            cuts.append(block.index)
-    return cuts
 
 
 def audit(
@@ -83,41 +69,29 @@ def audit(
 
     from serdab.errors import AuditError
     from serdab.graph.stages import parse_cuts
-    from serdab.models.zoo import ZOO, build_module
-    from serdab.privacy.attacks import ATTACKS, parse_attacks
-    from serdab.privacy.audit import run_audit, save_grid
-    from serdab.privacy.images import attacker_images, load_image_dir, victim_images
+    from serdab.models.zoo import ZOO
+    from serdab.privacy.attacks import parse_attacks
+    from serdab.privacy.audit import audit_model, default_cuts, save_grid
+    from serdab.privacy.images import load_image_dir
 
     victims = load_image_dir(images) if images is not None else None
     attackers = load_image_dir(train_images) if train_images is not None else None
     opened = open_model(model, input_shape)
     chain = opened.chain
-    is_zoo = model in ZOO
-    names = parse_attacks(attack or ("whitebox,baseline" if is_zoo else "decoder,baseline"))
-    if "whitebox" in names and not is_zoo:
-        raise AuditError(
-            "the white-box attack needs the model's torch code (zoo models); use --attack decoder,baseline"
-        )
+    names = parse_attacks(attack or ("whitebox,baseline" if model in ZOO else "decoder,baseline"))
     if all_cuts and cuts:
         raise AuditError("give --cuts or --all, not both")
     chosen = (
         list(range(len(chain.blocks) - 1)) if all_cuts else parse_cuts(chain, cuts) if cuts else default_cuts(chain)
     )
-    grey = chain.input_shape[1] == 1
-    victims = victims or victim_images(grey)
-    if any(ATTACKS[n].needs_training for n in names):
-        attackers = attackers or attacker_images(grey)
-        if any(v.pixels.shape == a.pixels.shape and (v.pixels == a.pixels).all() for v in victims for a in attackers):
-            raise AuditError("the decoder's training images include a victim image: use disjoint directories")
-    module = build_module(model) if "whitebox" in names else None
     step_counts = {n: steps for n in names} if steps else None
     columns = (TextColumn("audit {task.fields[model]}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                TimeElapsedColumn(), TextColumn("{task.fields[label]}"))  # fmt: skip
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task("audit", total=1.0, model=opened.name, label="")
-        report, recon = run_audit(
-            chain, opened.name, chosen, names, victims, module=module, train_images=attackers or [],
-            steps=step_counts, progress=lambda label, frac: bar.update(task, completed=frac, label=label),
+        report, recon = audit_model(
+            model, chain, opened.name, chosen, names, victims=victims, attackers=attackers, steps=step_counts,
+            progress=lambda label, frac: bar.update(task, completed=frac, label=label),
         )  # fmt: skip
     console.print(audit_table(report))
     write_json(json_path, report)

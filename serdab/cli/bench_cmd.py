@@ -280,3 +280,46 @@ def bench_startup(
         loaded = ", ".join(heavy) if heavy else "none of torch, onnxruntime, onnx, scikit-image, scikit-learn"
         console.print(f"{label}: loads {loaded}")
     err_console.print(f"wrote {json_path} and {png}")
+
+
+@bench_app.command("audit")
+def bench_audit(
+    json_path: Annotated[Path, typer.Option("--json", help="Where to write the JSON result.")] = Path(
+        "bench/results/audit.json"
+    ),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="LeNet-5 twins and ResNet-18 only (about 5 minutes on 2 cores).")
+    ] = False,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="SSIM threshold of the attack policy.")] = 0.3,
+    cluster: Annotated[str, typer.Option(help="Cluster file or shipped example the plans are scored on.")] = "paper",
+) -> None:
+    """Privacy audit of the zoo: white-box SSIM per resolution, trained vs seeded LeNet-5, and the
+    speedup an attack-ssim policy costs against resolution:20. Audits are cached like `serdab audit`."""
+    from serdab.bench.audit_bench import IMAGENET_MODELS, plot_audit_bench, run_audit_bench  # torch: only when asked
+
+    models = ["resnet18"] if quick else IMAGENET_MODELS
+    with err_console.status("privacy audit") as status:
+        result = run_audit_bench(load_cluster(cluster), models, threshold=threshold, progress=status.update)
+    result["quick"] = quick
+    png = _write(result, json_path, plot_audit_bench)
+    table = Table(title="reconstruction from each cut (SSIM on grey, victims at the model's input size)")
+    for column in ("model", "cut", "resolution", "attack", "SSIM mean", "SSIM worst", "chance", "PSNR worst", "s"):
+        table.add_column(column, justify="left" if column in ("model", "attack") else "right")
+    for r in result["audits"]:
+        side = "x".join(map(str, r["resolution"])) if r["resolution"] else "1x1"
+        chance = "-" if r["chance_ssim"] is None else f"{r['chance_ssim']:.3f}"
+        table.add_row(r["model"], f"{r['cut']} {r['block']}", side, r["attack"], f"{r['ssim_mean']:.3f}",
+                      f"{r['ssim_worst']:.3f}", chance, f"{r['psnr_worst']:.1f}", f"{r['seconds']:.0f}")  # fmt: skip
+    console.print(table)
+    plans = Table(title=f"optimal plan on {result['cluster']} under each policy (emulated speeds, T(10800))")
+    for column in ("model", "policy", "placement", "first untrusted cut", "speedup over 1 TEE"):
+        plans.add_column(column, justify="left" if column in ("model", "policy", "placement") else "right")
+    for p in result["plans"]:
+        if not p["feasible"]:
+            plans.add_row(p["model"], p["policy"], "infeasible", "-", "-")
+            continue
+        first = p["first_untrusted_cut"]
+        plans.add_row(p["model"], p["policy"], p["placement"], "-" if first is None else str(first),
+                      f"{p['speedup']:.2f}x")  # fmt: skip
+    console.print(plans)
+    err_console.print(f"wrote {json_path} and {png} in {result['total_s']:.0f} s")

@@ -25,7 +25,7 @@ from serdab.errors import AuditError
 from serdab.graph.chain import Chain
 from serdab.onnxrt import make_session
 from serdab.privacy.attacks import ATTACKS, CutTarget
-from serdab.privacy.images import LabelledImage, normaliser, pixel_batch
+from serdab.privacy.images import LabelledImage, attacker_images, normaliser, pixel_batch, victim_images
 from serdab.privacy.leakage import _exposed
 from serdab.privacy.metrics import resolution_of, ssim_batch
 
@@ -33,7 +33,9 @@ __all__ = [
     "AttackScore",
     "AuditReport",
     "CutAudit",
+    "audit_model",
     "check_audit_for",
+    "default_cuts",
     "load_audit",
     "model_digest",
     "run_audit",
@@ -276,6 +278,49 @@ def run_audit(
     )
     originals = (pixels.numpy() * 255).round().astype(np.uint8)
     return report, Reconstructions(originals, rebuilt_all)
+
+
+def default_cuts(chain: Chain) -> list[int]:
+    """The first cut at each spatial resolution: the most revealing tensor of that size."""
+    seen, cuts = set(), []
+    for block in chain.blocks[:-1]:
+        res = resolution_of(chain.shapes[block.output])
+        if res not in seen:
+            seen.add(res)
+            cuts.append(block.index)
+    return cuts
+
+
+def audit_model(
+    model: str,
+    chain: Chain,
+    name: str,
+    cuts: Sequence[int],
+    attacks: Sequence[str],
+    *,
+    victims: Sequence[LabelledImage] | None = None,
+    attackers: Sequence[LabelledImage] | None = None,
+    steps: dict[str, int] | None = None,
+    progress: Callable[[str, float], None] | None = None,
+) -> tuple[AuditReport, Reconstructions]:
+    """``run_audit`` as `serdab audit` runs it: the default images for the model's channels and,
+    for the white-box attack, the zoo model's torch module (``model`` names the zoo entry)."""
+    from serdab.models.zoo import ZOO, build_module
+
+    whitebox = any(ATTACKS[a].needs_prefix for a in attacks)
+    if whitebox and model not in ZOO:
+        raise AuditError(
+            "the white-box attack needs the model's torch code (zoo models); use --attack decoder,baseline"
+        )
+    grey = chain.input_shape[1] == 1
+    victims = victims or victim_images(grey)
+    if any(ATTACKS[a].needs_training for a in attacks):
+        attackers = attackers or attacker_images(grey)
+        if any(v.pixels.shape == a.pixels.shape and (v.pixels == a.pixels).all() for v in victims for a in attackers):
+            raise AuditError("the decoder's training images include a victim image: use disjoint directories")
+    module = build_module(model) if whitebox else None
+    return run_audit(chain, name, cuts, attacks, victims, module=module, train_images=attackers or [],
+                     steps=steps, progress=progress)  # fmt: skip
 
 
 def check_audit_for(report: AuditReport, model_name: str, blocks: int, digest: str | None = None) -> None:
