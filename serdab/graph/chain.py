@@ -20,7 +20,7 @@ import onnx
 
 from serdab.graph.bind import graph_input, tensor_shapes
 
-__all__ = ["Block", "Chain", "build_chain", "tensor_bytes"]
+__all__ = ["Block", "Chain", "build_chain", "expose_cuts", "tensor_bytes"]
 
 _DTYPE_BYTES = {
     onnx.TensorProto.FLOAT: 4,
@@ -169,3 +169,15 @@ def _only_crossing(
         if tensor in outputs or any(not (mask >> c & 1) for c in consumers.get(tensor, ())):
             return False
     return True
+
+
+def expose_cuts(chain: Chain) -> onnx.ModelProto:
+    """The whole model with every cut tensor as a graph output: one run yields what each cut reveals."""
+    model = onnx.ModelProto()
+    model.CopyFrom(chain.model)
+    present = {o.name for o in model.graph.output}
+    values = {v.name: v for v in model.graph.value_info}
+    for block in chain.blocks[:-1]:
+        if block.output not in present:
+            model.graph.output.append(values[block.output])
+    return model

@@ -22,11 +22,10 @@ import torch
 from pydantic import BaseModel
 
 from serdab.errors import AuditError
-from serdab.graph.chain import Chain
+from serdab.graph.chain import Chain, expose_cuts
 from serdab.onnxrt import make_session
 from serdab.privacy.attacks import ATTACKS, CutTarget
 from serdab.privacy.images import LabelledImage, attacker_images, normaliser, pixel_batch, victim_images
-from serdab.privacy.leakage import _exposed
 from serdab.privacy.metrics import resolution_of, ssim_batch
 
 __all__ = [
@@ -100,7 +99,7 @@ class Reconstructions:
 
 
 def _observe(chain: Chain, cuts: Sequence[int], inputs: np.ndarray) -> dict[int, np.ndarray]:
-    model = _exposed(chain)
+    model = expose_cuts(chain)
     session = make_session(model, threads=2)
     names = [o.name for o in session.get_outputs()]
     wanted = {chain.blocks[c].output: c for c in cuts}

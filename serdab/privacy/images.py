@@ -123,10 +123,7 @@ def to_model_input(image: LabelledImage, input_shape: tuple[int, ...]) -> tuple[
     Three-channel inputs get ImageNet normalisation; one-channel inputs get MNIST's.
     """
     _, channels, height, width = input_shape
-    pixels = image.pixels
-    if pixels.ndim == 3 and pixels.shape[2] == 1:
-        pixels = pixels[..., 0]
-    resized = transform.resize(pixels, (height, width), anti_aliasing=True).astype(np.float32)
+    resized = _resized(image, height, width)
     grey = resized if resized.ndim == 2 else color.rgb2gray(resized).astype(np.float32)
     if channels == 3:
         rgb = resized if resized.ndim == 3 else np.repeat(resized[..., None], 3, axis=2)
@@ -187,11 +184,16 @@ def attacker_images(grey: bool, count: int = 64, seed: int = 0) -> list[Labelled
     return crops
 
 
-def _resized_pixels(image: LabelledImage, channels: int, height: int, width: int) -> np.ndarray:
+def _resized(image: LabelledImage, height: int, width: int) -> np.ndarray:
+    """HxW (grey) or HxWx3 float32 in [0, 1], anti-aliased: the one resize behind inputs and attack targets."""
     pixels = image.pixels
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[..., 0]
-    resized = transform.resize(pixels, (height, width), anti_aliasing=True).astype(np.float32)
+    return transform.resize(pixels, (height, width), anti_aliasing=True).astype(np.float32)
+
+
+def _resized_pixels(image: LabelledImage, channels: int, height: int, width: int) -> np.ndarray:
+    resized = _resized(image, height, width)
     if channels == 1:
         grey = resized if resized.ndim == 2 else color.rgb2gray(resized).astype(np.float32)
         return grey[None]

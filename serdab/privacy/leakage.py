@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import onnx
 from pydantic import BaseModel
 
-from serdab.graph.chain import Chain
+from serdab.graph.chain import Chain, expose_cuts
 from serdab.onnxrt import make_session
 from serdab.privacy.images import LabelledImage, to_model_input
 from serdab.privacy.metrics import SSIM_CANDIDATES, best_map_similarity, feature_maps, resolution_of
@@ -48,17 +47,6 @@ _METHOD = (
 )
 
 
-def _exposed(chain: Chain) -> onnx.ModelProto:
-    model = onnx.ModelProto()
-    model.CopyFrom(chain.model)
-    present = {o.name for o in model.graph.output}
-    values = {v.name: v for v in model.graph.value_info}
-    for block in chain.blocks[:-1]:
-        if block.output not in present:
-            model.graph.output.append(values[block.output])
-    return model
-
-
 def measure_leakage(
     chain: Chain,
     model_name: str,
@@ -72,7 +60,7 @@ def measure_leakage(
         raise ValueError("measure_leakage needs at least one image")
     shape = chain.input_shape
     single = (1, *shape[1:])
-    session = make_session(_exposed(chain), threads=2)
+    session = make_session(expose_cuts(chain), threads=2)
     names = [o.name for o in session.get_outputs()]
     cuts = chain.blocks[:-1]
     worst: dict[int, dict[str, tuple[float, str]]] = {}
