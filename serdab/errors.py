@@ -43,11 +43,16 @@ below), 4 for an unavailable backend or service ([4]), 2 for everything else the
     │   └── UnknownServiceError      no service registered under that name
     ├── HeError                      homomorphic-encryption input or state is unusable
     │   └── SelfTestError            the encrypted path disagrees with the plaintext net: not served
-    └── RunError                     the pipeline runtime cannot run or finish a stream
-        ├── FrameSourceError         a video, image directory or synthetic source cannot supply frames
-        ├── WorkerError              a stage worker failed to start, or kept failing after restarts
-        ├── WireError                a peer sent something that is not a message, or hung up mid-message
-        └── LinkIntegrityError   [3] a frame on a link was tampered with, replayed, dropped or reordered
+    ├── RunError                     the pipeline runtime cannot run or finish a stream
+    │   ├── FrameSourceError         a video, image directory or synthetic source cannot supply frames
+    │   ├── WorkerError              a stage worker failed to start, or kept failing after restarts
+    │   ├── WireError                a peer sent something that is not a message, or hung up mid-message
+    │   └── LinkIntegrityError   [3] a frame on a link was tampered with, replayed, dropped or reordered
+    └── ServeError                   model serving cannot start or answer
+        ├── ServeConfigError         a serving option is invalid (balancer, autoscale range, replica counts)
+        ├── ReplicaError             a replica failed to start or stopped answering
+        ├── NoReplicaError       [4] no healthy replica of the asked kind can take the request
+        └── InferenceRequestError    a client request is malformed (tensor shape, datatype, image)
 
 Messages say what was wrong and show a valid example, so they can be printed on one line.
 """
@@ -88,8 +93,13 @@ __all__ = [
     "PolicyError",
     "ProfileFileError",
     "RunError",
+    "InferenceRequestError",
+    "NoReplicaError",
+    "ReplicaError",
     "SealingError",
     "SelfTestError",
+    "ServeConfigError",
+    "ServeError",
     "SerdabError",
     "SimulatedRootError",
     "StaleDocumentError",
@@ -293,9 +303,29 @@ class WireError(RunError):
     """A peer closed the connection mid-message or sent something that is not a message."""
 
 
+class ServeError(SerdabError):
+    """Model serving cannot start or answer."""
+
+
+class ServeConfigError(ServeError, ValueError):
+    """A serving option is invalid; the message names it and shows a valid one."""
+
+
+class ReplicaError(ServeError):
+    """A replica failed to start or stopped answering."""
+
+
+class NoReplicaError(ServeError):
+    """No healthy replica of the asked kind can take the request."""
+
+
+class InferenceRequestError(ServeError, ValueError):
+    """A client's request is malformed: tensor shape, datatype, or an image that does not decode."""
+
+
 EXIT_BAD_INPUT, EXIT_REFUSED, EXIT_UNAVAILABLE = 2, 3, 4
 _REFUSALS = (AttestationError, KmsRefusedError, LinkIntegrityError, SealingError)
-_UNAVAILABLE = (TeeUnavailableError, KmsUnreachableError)
+_UNAVAILABLE = (TeeUnavailableError, KmsUnreachableError, NoReplicaError)
 
 
 def exit_code(exc: SerdabError) -> int:

@@ -61,15 +61,14 @@ def serve(
     ] = None,
 ) -> None:
     """Serve HE inference: load (training if needed), compile, self-test each model, then listen."""
-    import socket
-
     import uvicorn
 
     from serdab.he.model import HeModel
     from serdab.he.service import create_app
+    from serdab.web import listen_http
 
     try:
-        listener = socket.create_server((host, port))  # bound before loading, so a busy port fails at once
+        listener = listen_http(host, port)  # bound before loading, so a busy port fails at once
     except OSError as exc:
         raise HeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     port = listener.getsockname()[1]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +41,7 @@ from serdab.tee.host import HostIdentity
 from serdab.tee.image import PCR_TLS
 from serdab.tee.nsm import NsmClient
 from serdab.validation import write_private
+from serdab.web import listen_http
 
 __all__ = ["MEASURED_PCRS", "main", "obtain_storage_key"]
 
@@ -152,10 +152,7 @@ def main(argv: list[str]) -> int:
     secrets_dir = Path(tempfile.mkdtemp(prefix="serdab-kms-tls-"))
     write_private(secrets_dir / "key.pem", key_pem(tls_key))
     (secrets_dir / "cert.pem").write_bytes(cert_pem(tls_cert))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, args.port))
-    sock.listen(128)
+    sock = listen_http(args.host, args.port)
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         app, ssl_keyfile=str(secrets_dir / "key.pem"), ssl_certfile=str(secrets_dir / "cert.pem"),

@@ -125,6 +125,7 @@ def create_app(
             "generation": record.generation,
             "ca_pem": record.ca_cert_pem,
             "cert_pem": record.cert_pem,
+            "policy": record.policy.model_dump(),  # a client checks which code may hold the service key
         }
 
     @app.post("/v1/services/{name}/keys")

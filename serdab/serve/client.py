@@ -1,0 +1,168 @@
+"""``serdab.Client``: numpy in, numpy out, for public replicas and (attest-then-send) enclave replicas.
+
+A secure request goes only where the model owner's trust statement says (the ``trust`` dict that
+`serdab serve` writes: key-service URL and PCRs, service name, replica image PCRs; it comes out
+of band, never from the gateway). Before the first secure request the client
+
+1. verifies the key service's attestation (its PCRs, its TLS certificate) and reads the service's
+   CA certificate and key-release policy from it; the policy must name exactly the replica PCRs
+   the owner stated, or the key could be released to other code;
+2. opens TLS through the gateway's pass-through port, trusting only that CA (so the peer holds the
+   service key, which only attested enclaves receive), and asks that very connection for an
+   attestation document: its PCRs must be the replica image's, its nonce ours, and its user data
+   the hash of the certificate the TLS session presented.
+
+Any failure refuses to send (fail closed). A request whose connection breaks before an answer is
+sent again on a new connection (inference is idempotent), at most ``retries`` times.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import ssl
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+
+from serdab.errors import AttestationError, NoReplicaError, ServeError
+from serdab.serve.protocol import BINARY_HEADER, encode_image, encode_infer_request, parse_infer_response
+
+__all__ = ["Client"]
+
+
+def _transport(verify: ssl.SSLContext | bool = True) -> httpx.HTTPTransport:
+    """No Nagle delay: a request's header and body records would otherwise wait for a delayed ACK (~40 ms)."""
+    return httpx.HTTPTransport(verify=verify, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+
+
+class Client:
+    def __init__(
+        self,
+        url: str,
+        *,
+        trust: Mapping[str, Any] | None = None,
+        model: str | None = None,
+        timeout_s: float = 60.0,
+        retries: int = 2,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.trust = dict(trust or {})
+        self.model = model or self.trust.get("model")
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self._public = httpx.Client(timeout=timeout_s, transport=_transport())
+        self._secure: httpx.Client | None = None
+        self.attested: dict[str, Any] | None = None
+
+    def close(self) -> None:
+        self._public.close()
+        if self._secure is not None:
+            self._secure.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # --- requests -------------------------------------------------------------------------------------
+    def infer(self, images: np.ndarray, secure: bool = True, input_name: str = "input") -> np.ndarray:
+        """Run the model on a float32 N x C x H x W batch; the first output, as numpy."""
+        body, headers = encode_infer_request({input_name: np.ascontiguousarray(images, dtype=np.float32)})
+        reply = self._post(f"/v2/models/{self._model_name(secure)}/infer", body, headers, secure)
+        outputs = parse_infer_response(reply.content, reply.headers.get(BINARY_HEADER))
+        return next(iter(outputs.values()))
+
+    def predict(self, pixels: Sequence[np.ndarray], secure: bool = True, top_k: int = 5) -> list[list[dict]]:
+        """Seed 001's endpoint: uint8 images (H x W [x 3]) in, top classes per image out."""
+        import json
+
+        body = json.dumps({"images": [encode_image(p) for p in pixels], "top_k": top_k}).encode()
+        path = "/predict-secure" if secure else "/predict-public"
+        return self._post(path, body, {"content-type": "application/json"}, secure).json()["predictions"]
+
+    def _model_name(self, secure: bool) -> str:
+        if self.model is None:
+            self.model = self._public.get(self.url + "/v1/gateway").json()["model"]
+        return str(self.model)
+
+    def _post(self, path: str, body: bytes, headers: dict[str, str], secure: bool) -> httpx.Response:
+        client, base = (self._secure_client(), self._secure_base) if secure else (self._public, self.url)
+        last: Exception | None = None
+        for _ in range(self.retries + 1):
+            try:
+                reply = client.post(base + path, content=body, headers=headers)
+            except httpx.TransportError as exc:  # connection refused or broken before an answer: send again
+                last = exc
+                continue
+            if reply.status_code in (502, 503):
+                last = ServeError(reply.text)
+                continue
+            if reply.status_code >= 400:
+                try:
+                    message = reply.json().get("error") or reply.text
+                except ValueError:
+                    message = reply.text
+                raise ServeError(f"{reply.status_code}: {message}")
+            return reply
+        raise NoReplicaError(f"no {'enclave' if secure else 'public'} replica answered at {self.url}: {last}")
+
+    # --- attest, then send ----------------------------------------------------------------------------
+    def _secure_client(self) -> httpx.Client:
+        if self._secure is None:
+            self._secure = self._attest()
+        return self._secure
+
+    def _attest(self) -> httpx.Client:
+        from cryptography import x509
+
+        from serdab.crypto import sha384
+        from serdab.kms.client import attest_kms
+        from serdab.tee.verify import verify_attestation
+
+        t = self.trust
+        missing = [k for k in ("kms", "kms_pcrs", "service", "replica_pcrs") if k not in t]
+        if missing:
+            raise AttestationError(f"a secure request needs the owner's trust statement ({', '.join(missing)} "
+                                   "missing): pass trust=json.load(open('serve-trust.json'))")  # fmt: skip
+        allow_simulated = bool(t.get("allow_simulated"))
+        roots = (
+            [x509.load_pem_x509_certificate(t["simulated_root_pem"].encode())] if t.get("simulated_root_pem") else []
+        )
+        replica_pcrs = {int(i): bytes.fromhex(v) for i, v in t["replica_pcrs"].items()}
+        kms = attest_kms(t["kms"], expected_pcrs={int(i): bytes.fromhex(v) for i, v in t["kms_pcrs"].items()},
+                         allow_simulated=allow_simulated, simulated_roots=roots, timeout_s=self.timeout_s)  # fmt: skip
+        try:
+            certificate = kms.service_certificate(t["service"])
+        finally:
+            kms.close()
+        policy = {int(i): bytes.fromhex(v) for i, v in (certificate.get("policy") or {}).get("pcrs", {}).items()}
+        if policy != replica_pcrs:
+            raise AttestationError(f"the key service would release {t['service']}'s keys to other PCRs than the "
+                                   "replica image's: refusing to send")  # fmt: skip
+        context = ssl.create_default_context(cadata=certificate["ca_pem"])
+        context.check_hostname = False  # the per-service CA signs only this service's certificate
+        info = self._public.get(self.url + "/v1/gateway").json()  # only where to connect: TLS and attestation decide
+        host = urlsplit(self.url).hostname or "127.0.0.1"
+        self._secure_base = f"https://{host}:{int(info['secure_port'])}"
+        client = httpx.Client(timeout=self.timeout_s, transport=_transport(context))
+        nonce = secrets.token_bytes(32)
+        try:
+            reply = client.get(self._secure_base + "/v1/attestation", params={"nonce": nonce.hex()},
+                               extensions={})  # fmt: skip
+            peer = reply.extensions["network_stream"].get_extra_info("ssl_object").getpeercert(True)
+            reply.raise_for_status()
+            verified = verify_attestation(reply.content, expected_pcrs=replica_pcrs, allow_simulated=allow_simulated,
+                                          simulated_roots=roots, nonce=nonce, user_data=sha384(peer))  # fmt: skip
+        except httpx.HTTPError as exc:
+            client.close()
+            raise NoReplicaError(f"no enclave replica answered at {self._secure_base}: {exc}") from None
+        except Exception:
+            client.close()
+            raise
+        self.attested = {"module_id": verified.module_id, "pcrs": {i: v.hex() for i, v in verified.pcrs.items()}}
+        return client

@@ -1,0 +1,400 @@
+"""A model replica: one ONNX model in ONNX Runtime behind OIP v2 and seed 001's endpoints.
+
+Two kinds speak the same API. A **public** replica is an ordinary process serving plain HTTP.
+An **enclave** replica is the entrypoint of a measured image (``serdab.serve.image``): inside the
+enclave it attests to the key service, which releases the service's TLS key and certificate and
+the model key only to an image whose PCRs match (seed 002 Fig. 2); it decrypts the model in its
+own memory and terminates TLS itself, so a client's plaintext exists only in the client and the
+enclave. It also answers ``/v1/attestation`` with a document binding the TLS certificate, so a
+client can check, on the very connection it will use, which code holds the key.
+
+Emulated, and labelled so: an enclave's compute is padded to ``1 / speed`` of this host's time,
+and by the EPC paging factor while its host's emulated EPC is over-committed (``serdab.tee.epc``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
+
+from serdab.errors import InferenceRequestError, ServeError
+from serdab.serve.protocol import (
+    BINARY_HEADER,
+    DATATYPES,
+    ImageBatch,
+    TensorSpec,
+    decode_images,
+    encode_infer_response,
+    parse_infer_request,
+    top_k,
+)
+from serdab.web import HttpError, listen_http, read_body
+
+__all__ = ["MAX_BODY_BYTES", "ModelRunner", "create_replica_app", "enclave_main", "main"]
+
+MAX_BODY_BYTES = 64 * 2**20
+_ORT_TYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16)": "FP16",
+              "tensor(int64)": "INT64", "tensor(int32)": "INT32", "tensor(int8)": "INT8", "tensor(uint8)": "UINT8",
+              "tensor(bool)": "BOOL"}  # fmt: skip
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ModelRunner:
+    """The model and the one lock around it: a replica runs one inference at a time, so its
+    queue is visible to the balancer as requests in flight."""
+
+    def __init__(self, name: str, model: bytes, threads: int = 1, pad: Callable[[float], float] | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self.name = name
+        self._pad = pad  # host seconds of compute -> extra seconds to wait (emulated speed and paging)
+        self._lock = threading.Lock()
+        self.busy_s = 0.0
+        self.inferences = 0
+        self.inputs = [self._spec(i) for i in self.session.get_inputs()]
+        self.outputs = [self._spec(o) for o in self.session.get_outputs()]
+        shape = [d if isinstance(d, int) else 1 for d in self.session.get_inputs()[0].shape]
+        self.session.run(None, {self.inputs[0].name: np.zeros(shape, dtype=DATATYPES[self.inputs[0].datatype])})
+
+    @staticmethod
+    def _spec(arg: Any) -> TensorSpec:
+        return TensorSpec(name=arg.name, datatype=_ORT_TYPES.get(arg.type, "FP32"),
+                          shape=[d if isinstance(d, int) else -1 for d in arg.shape])  # fmt: skip
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        shape = self.inputs[0].shape
+        if len(shape) != 4 or any(d <= 0 for d in shape[1:]):
+            raise InferenceRequestError(f"model {self.name} does not take N x C x H x W images (input {shape})")
+        return tuple(shape)
+
+    def check(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The request's tensors as the model wants them, or an error naming the first mismatch."""
+        expected = {s.name: s for s in self.inputs}
+        unknown = sorted(set(tensors) - set(expected))
+        if unknown:
+            raise InferenceRequestError(f"unknown input {unknown[0]!r}; model {self.name} takes {', '.join(expected)}")
+        feeds = {}
+        for spec in self.inputs:
+            if spec.name not in tensors:
+                raise InferenceRequestError(f"missing input {spec.name!r} ({spec.datatype} {spec.shape})")
+            array = tensors[spec.name]
+            if array.dtype != DATATYPES[spec.datatype]:
+                raise InferenceRequestError(f"input {spec.name!r} must be {spec.datatype}, not {array.dtype}")
+            if array.ndim != len(spec.shape) or any(
+                e not in (-1, g) for e, g in zip(spec.shape, array.shape, strict=True)
+            ):
+                raise InferenceRequestError(f"input {spec.name!r} has shape {list(array.shape)}; the model takes "
+                                            f"{spec.shape} (-1 = any)")  # fmt: skip
+            if array.ndim and array.shape[0] > 64:
+                raise InferenceRequestError(f"batch of {array.shape[0]} is over the limit of 64")
+            feeds[spec.name] = array
+        return feeds
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            started = time.perf_counter()
+            results = self.session.run(None, feeds)
+            host_s = time.perf_counter() - started
+            extra = self._pad(host_s) if self._pad else 0.0
+            if extra > 0:
+                time.sleep(extra)
+            self.busy_s += time.perf_counter() - started
+            self.inferences += 1
+        return {spec.name: value for spec, value in zip(self.outputs, results, strict=True)}
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def create_replica_app(
+    runner: ModelRunner,
+    kind: str,
+    *,
+    replica_id: str,
+    attest: Callable[[bytes], bytes] | None = None,
+    epc_stats: Callable[[], dict[str, Any]] | None = None,
+    emulation: dict[str, Any] | None = None,
+) -> FastAPI:
+    """The replica's HTTP API; ``attest`` (enclaves) answers ``/v1/attestation``."""
+    app = FastAPI(title=f"serdab {kind} replica", version="1", docs_url=None, redoc_url=None)
+    registry = CollectorRegistry()
+    latency = Histogram("serdab_replica_request_seconds", "Request latency by route", ["route", "kind"],
+                        buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
+    in_flight = Gauge("serdab_replica_in_flight", "Requests being served", ["kind"], registry=registry)
+    errors = Counter("serdab_replica_errors_total", "Requests answered 4xx/5xx", ["route", "kind"], registry=registry)
+    busy = Gauge("serdab_replica_busy_seconds", "Seconds spent inside inference", ["kind"], registry=registry)
+    page_ins = Gauge("serdab_epc_page_ins", "EPC pages swapped in on this replica's host (emulated)",
+                     ["kind", "emulated"], registry=registry)  # fmt: skip
+    page_outs = Gauge("serdab_epc_page_outs", "EPC pages swapped out on this replica's host (emulated)",
+                      ["kind", "emulated"], registry=registry)  # fmt: skip
+    started_at = time.monotonic()
+
+    @app.exception_handler(HttpError)
+    async def _http_error(_: Request, error: HttpError) -> JSONResponse:
+        return _error(error.status, error.detail)
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(_: Request, error: ServeError) -> JSONResponse:
+        return _error(400, str(error))
+
+    @app.middleware("http")
+    async def _measure(request: Request, call_next: Callable) -> Response:
+        route = request.url.path if request.url.path in _FIXED else _route_of(request.url.path)
+        in_flight.labels(kind).inc()
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        finally:
+            in_flight.labels(kind).dec()
+        latency.labels(route, kind).observe(time.perf_counter() - started)
+        if response.status_code >= 400:
+            errors.labels(route, kind).inc()
+        return response
+
+    def _model(name: str) -> None:
+        if name != runner.name:
+            raise HttpError(404, f"unknown model {name!r}; this replica serves {runner.name!r}")
+
+    @app.get("/v2")
+    def server_metadata() -> dict[str, Any]:
+        return {"name": "serdab", "version": "1", "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/health/live")
+    def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    def ready() -> dict[str, bool]:
+        return {"ready": True}
+
+    @app.get("/v2/models/{name}")
+    def model_metadata(name: str) -> dict[str, Any]:
+        _model(name)
+        return {"name": runner.name, "versions": ["1"], "platform": "onnxruntime_onnx",
+                "inputs": [s.model_dump() for s in runner.inputs],
+                "outputs": [s.model_dump() for s in runner.outputs]}  # fmt: skip
+
+    @app.get("/v2/models/{name}/ready")
+    def model_ready(name: str) -> dict[str, Any]:
+        _model(name)
+        return {"name": runner.name, "ready": True}
+
+    @app.post("/v2/models/{name}/infer")
+    async def infer(name: str, request: Request) -> Response:
+        _model(name)
+        body = await read_body(request, ("application/json", "application/octet-stream"), MAX_BODY_BYTES)
+        parsed, tensors, binary = parse_infer_request(body, request.headers.get(BINARY_HEADER))
+        outputs = await run_in_threadpool(runner.infer, runner.check(tensors))
+        wanted = {o.name for o in parsed.outputs or []}
+        unknown = wanted - set(outputs)
+        if unknown:
+            raise InferenceRequestError(f"unknown output {sorted(unknown)[0]!r}; the model gives {', '.join(outputs)}")
+        chosen = {k: v for k, v in outputs.items() if not wanted or k in wanted}
+        content, headers = encode_infer_response(runner.name, chosen, parsed.id, binary)
+        return Response(content, headers=headers)
+
+    async def predict(request: Request) -> dict[str, Any]:
+        body = await read_body(request, ("application/json",), MAX_BODY_BYTES)
+        try:
+            batch = ImageBatch.model_validate_json(body)
+        except ValueError as exc:
+            raise InferenceRequestError(f'expected {{"images": [base64 image, ...]}} (1-64 images): {exc}') from None
+        pixels = await run_in_threadpool(decode_images, batch.images, runner.image_shape)
+        outputs = await run_in_threadpool(runner.infer, {runner.inputs[0].name: pixels})
+        logits = next(iter(outputs.values()))
+        return {"model": runner.name, "replica": kind, "predictions": top_k(logits, batch.top_k)}
+
+    # seed 001's routes: the gateway sends each prefix to its kind; a replica answers only its own
+    app.add_api_route(f"/predict-{'secure' if kind == 'enclave' else 'public'}", predict, methods=["POST"])
+
+    @app.get("/v1/replica")
+    def stats() -> dict[str, Any]:
+        info = {"id": replica_id, "kind": kind, "model": runner.name, "busy_s": runner.busy_s,
+                "inferences": runner.inferences, "uptime_s": time.monotonic() - started_at, "pid": os.getpid(),
+                "emulation": emulation or {}}  # fmt: skip
+        if epc_stats is not None:
+            info["epc"] = epc_stats()
+        return info
+
+    if attest is not None:
+        sign = attest
+
+        @app.get("/v1/attestation")
+        def attestation(nonce: str = Query(..., min_length=2, max_length=128, pattern="^[0-9a-fA-F]+$")) -> Response:
+            if len(nonce) % 2:
+                raise HttpError(400, "nonce must be an even number of hex digits")
+            return Response(sign(bytes.fromhex(nonce)), media_type="application/cbor")
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        busy.labels(kind).set(runner.busy_s)
+        if epc_stats is not None:
+            stats_now = epc_stats()
+            page_ins.labels(kind, "true").set(stats_now.get("page_ins", 0))
+            page_outs.labels(kind, "true").set(stats_now.get("page_outs", 0))
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+_FIXED = {"/v2", "/v2/health/live", "/v2/health/ready", "/metrics", "/v1/replica", "/v1/attestation",
+          "/predict-secure", "/predict-public"}  # fmt: skip
+
+
+def _route_of(path: str) -> str:
+    """A bounded label for the metrics: model names become {name}, unknown paths 'other'."""
+    parts = path.split("/")
+    if len(parts) >= 4 and parts[1:3] == ["v2", "models"]:
+        return "/v2/models/{name}" + ("/" + parts[4] if len(parts) > 4 else "")
+    return "other"
+
+
+def serve_app(app: FastAPI, sock: socket.socket, on_started: Callable[[], None],
+              tls: tuple[bytes, bytes] | None = None) -> None:  # fmt: skip
+    """Run uvicorn on ``sock``; ``tls`` = (certificate PEM, key PEM) are written to a private temp
+    dir only until uvicorn has loaded them."""
+    import uvicorn
+
+    from serdab.validation import write_private
+
+    options: dict[str, Any] = {}
+    secrets_dir = None
+    if tls is not None:
+        secrets_dir = Path(tempfile.mkdtemp(prefix="serdab-replica-tls-"))
+        (secrets_dir / "cert.pem").write_bytes(tls[0])
+        write_private(secrets_dir / "key.pem", tls[1])
+        options = {"ssl_certfile": str(secrets_dir / "cert.pem"), "ssl_keyfile": str(secrets_dir / "key.pem")}
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=30,
+                            **options)  # fmt: skip
+    server = uvicorn.Server(config)
+
+    async def serve() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.02)
+        if secrets_dir is not None:
+            (secrets_dir / "key.pem").unlink(missing_ok=True)  # loaded: do not leave it on disk
+        if server.started:
+            on_started()
+        await task
+
+    asyncio.run(serve())
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--name", required=True, help="the model's name in the API")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--id", default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """A public replica: ``python -m serdab.serve.replica --name M --model-file F --ready-file R``."""
+    parser = _parser("serdab-public-replica")
+    parser.add_argument("--model-file", required=True, type=Path)
+    parser.add_argument("--ready-file", required=True, type=Path)
+    args = parser.parse_args(argv)
+    runner = ModelRunner(args.name, args.model_file.read_bytes(), args.threads)
+    replica_id = args.id or f"public-{os.getpid()}"
+    app = create_replica_app(runner, "public", replica_id=replica_id)
+    sock = listen_http(args.host, args.port)
+    port = sock.getsockname()[1]
+
+    def ready() -> None:
+        tmp = args.ready_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"port": port, "pid": os.getpid(), "id": replica_id}))
+        tmp.replace(args.ready_file)
+
+    serve_app(app, sock, ready)
+    return 0
+
+
+def enclave_main(argv: list[str]) -> int:
+    """An enclave replica: the entrypoint of a measured replica image, talking to its NSM."""
+    from serdab.crypto import cert_der, sha384
+    from serdab.kms.client import attest_kms
+    from serdab.runtime.engine import decrypt_weights
+    from serdab.tee.host import HostIdentity
+    from serdab.tee.nsm import NsmClient
+
+    parser = _parser("serdab-enclave-replica")
+    parser.add_argument("--kms", required=True, help="https URL of the key service")
+    parser.add_argument("--service", required=True)
+    parser.add_argument("--kms-pcrs", required=True, help="JSON {index: hex} the KMS must show")
+    parser.add_argument("--allow-simulated", action="store_true")
+    parser.add_argument("--speed", type=float, default=1.0, help="emulated enclave speed relative to this host")
+    args = parser.parse_args(argv)
+    nsm = NsmClient.from_env()
+    roots = [HostIdentity.load_or_create().root_cert] if args.allow_simulated else []
+    kms = attest_kms(args.kms, expected_pcrs={int(i): bytes.fromhex(v) for i, v in json.loads(args.kms_pcrs).items()},
+                     allow_simulated=args.allow_simulated, simulated_roots=roots)  # fmt: skip
+    try:
+        keys = kms.release_keys(args.service, nsm)
+    finally:
+        kms.close()
+    model_file = next(iter(sorted(Path("models").iterdir())))
+    model = decrypt_weights(model_file.read_bytes(), keys.model_key, model_file.name)
+    nsm.resident(int(len(model) * 1.3))  # weights plus activations, as the EPC sees them (emulated)
+
+    def pad(host_s: float) -> float:
+        factor = nsm.access() / args.speed  # paging slowdown while the host's EPC is over-committed
+        return host_s * (factor - 1.0)
+
+    runner = ModelRunner(args.name, model, args.threads, pad)
+    del model
+    from cryptography import x509
+
+    certificate = x509.load_pem_x509_certificate(keys.cert_pem.encode())
+    tls_hash = sha384(cert_der(certificate))
+    replica_id = args.id or os.environ.get("SERDAB_ENCLAVE_ID", "enclave")
+
+    def attest(nonce: bytes) -> bytes:
+        return nsm.attest(nonce=nonce, user_data=tls_hash)
+
+    def epc() -> dict[str, Any]:
+        stats = nsm.stats()
+        return {"page_ins": stats.get("page_ins", 0), "page_outs": stats.get("page_outs", 0), "emulated": True}
+
+    app = create_replica_app(runner, "enclave", replica_id=replica_id, attest=attest, epc_stats=epc,
+                             emulation={"speed": args.speed, "epc": "emulated"})  # fmt: skip
+    sock = listen_http(args.host, args.port)
+    port = sock.getsockname()[1]
+    serve_app(app, sock, lambda: nsm.ready(port=port, id=replica_id, tls_sha384=tls_hash.hex()),
+              tls=(keys.cert_pem.encode(), keys.key_pem.encode()))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    try:
+        sys.exit(main())
+    except (ServeError, OSError) as exc:
+        print(f"replica: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,400 @@
+"""A served model: key service, enclave and public replicas, gateway and autoscaler, started and
+stopped together (what `serdab serve` runs and what tests and benchmarks drive).
+
+Order of trust, as in S3ML (seed 002 Fig. 2): the model owner (this process) verifies the key
+service's attestation, builds the measured replica image with the model encrypted inside and
+registers the model key under a policy naming that image's PCRs; enclave replicas then get the
+model key and the service's TLS key from the key service themselves. The owner never hands a
+key to a replica, and the gateway only ever sees the service's CA certificate (for health checks).
+
+Emulated hosts: enclave replicas are spread over ``enclave_hosts`` simulated hosts, each with its
+own EPC budget (``serdab.tee.epc``), so an interference enclave on one host slows only the
+replicas there. Every figure that rests on this says "emulated".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from serdab.errors import ReplicaError, ServeConfigError, TeeError
+from serdab.serve.autoscale import AutoscaleConfig, AutoscaleState, ScaleInput, decide
+from serdab.serve.balancing import BALANCERS, HostSample, get_balancer
+from serdab.serve.gateway import Gateway, GatewayConfig, ReplicaEntry
+from serdab.tee.backend import stop_process
+
+__all__ = ["ModelService", "ReplicaProcess", "ServeOptions"]
+
+KINDS = ("enclave", "public")
+
+
+@dataclass
+class ServeOptions:
+    model: str
+    secure: int = 1
+    public: int = 1
+    balancer: str = "round-robin"
+    autoscale: Mapping[str, AutoscaleConfig] = field(default_factory=dict)  # by kind
+    host: str = "127.0.0.1"
+    port: int = 0
+    secure_port: int = 0
+    enclave_hosts: int = 0  # 0: one simulated host per enclave replica, at most 3
+    enclave_speed: float = 1.0  # emulated, relative to this host (Nitro: dedicated cores, ~1)
+    threads: int = 1
+    autoscale_interval_s: float = 1.0
+    start_timeout_s: float = 90.0
+
+    def check(self) -> None:
+        if self.secure < 0 or self.public < 0 or self.secure + self.public == 0:
+            raise ServeConfigError(f"serve at least one replica (--secure {self.secure}, --public {self.public})")
+        if not 0 < self.enclave_speed <= 64:
+            raise ServeConfigError(f"enclave speed must be in (0, 64], got {self.enclave_speed}")
+        get_balancer(self.balancer)
+        for kind, config in self.autoscale.items():
+            if kind not in KINDS:
+                raise ServeConfigError(f"autoscale kind must be one of {', '.join(KINDS)} (got {kind!r})")
+            wanted = self.secure if kind == "enclave" else self.public
+            if not config.min_replicas <= wanted <= config.max_replicas:
+                raise ServeConfigError(f"{wanted} {kind} replica(s) is outside --autoscale "
+                                       f"{config.min_replicas}:{config.max_replicas}")  # fmt: skip
+
+
+@dataclass
+class ReplicaProcess:
+    id: str
+    kind: str
+    host: str
+    port: int
+    pid: int | None
+    start_s: float  # launch to serving: process, (attestation, key release,) model load
+    stop: Callable[[], None]
+    alive: Callable[[], bool]
+
+
+class ModelService:
+    def __init__(self, options: ServeOptions, work_dir: Path | None = None,
+                 log: Callable[[str], None] | None = None) -> None:  # fmt: skip
+        options.check()
+        self.options = options
+        self._own_dir = work_dir is None
+        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="serdab-serve-"))
+        self.log = log or (lambda _: None)
+        self.replicas: dict[str, ReplicaProcess] = {}
+        self.stress: dict[str, Any] = {}
+        self.start_times: dict[str, list[float]] = {k: [] for k in KINDS}
+        self.decisions: list[dict[str, Any]] = []
+        self.gateway: Gateway | None = None
+        self._backends: dict[str, Any] = {}
+        self._kms: Any = None
+        self._image: Any = None
+        self._ca_pem: str | None = None
+        self._counter = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._autoscaler: threading.Thread | None = None
+        self._paging: dict[str, tuple[float, int]] = {}
+
+    # --- start and stop -----------------------------------------------------------------------------
+    def start(self) -> ModelService:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        from serdab.models.load import load_model
+
+        o = self.options
+        loaded = load_model(o.model)
+        self.model_name = loaded.name
+        model = loaded.proto.SerializeToString()
+        self._model_file = self.work_dir / f"{loaded.name}.onnx"
+        self._model_file.write_bytes(model)
+        if o.secure or "enclave" in o.autoscale:
+            self._start_trust(model)
+        policies = {}
+        for kind in KINDS:
+            spec = o.balancer if kind == "enclave" or o.balancer.split(":")[0] != "epc-aware" else "sed"
+            policies[kind] = get_balancer(spec)  # EPC only matters to enclaves: public replicas get plain SED
+        context = None
+        if self._ca_pem is not None:
+            context = ssl.create_default_context(cadata=self._ca_pem)
+            context.check_hostname = False  # the per-service CA signs only this service's certificate
+        self.gateway = Gateway(policies, GatewayConfig(host=o.host, port=o.port, secure_port=o.secure_port),
+                               enclave_ssl=context, host_samples=self._host_samples,
+                               info={"model": self.model_name, "service": self.service_name})  # fmt: skip
+        self.gateway.start()
+        self.log(f"gateway on {self.gateway.url} (secure TLS pass-through on port {self.gateway.secure_port})")
+        launches = [("enclave", i) for i in range(o.secure)] + [("public", i) for i in range(o.public)]
+        for kind, _ in launches:
+            self.add_replica(kind)
+        if o.autoscale:
+            self._autoscaler = threading.Thread(target=self._autoscale_loop, name="autoscaler", daemon=True)
+            self._autoscaler.start()
+
+    @property
+    def service_name(self) -> str | None:
+        return self._image.service if self._image is not None else None
+
+    def _start_trust(self, model: bytes) -> None:
+        from serdab.runtime.keys import RunKms
+        from serdab.serve.image import build_replica_image
+        from serdab.tee.host import HostIdentity
+        from serdab.tee.image import runtime_lock  # noqa: F401 - the image records it
+
+        host = HostIdentity.load_or_create()
+        images = self.work_dir / "images"
+        self.log("starting the key service in an enclave (simulated TEE)")
+        self._kms = RunKms.embedded(self.work_dir / "kms", [host.root_cert], images)
+        self._image = build_replica_image(self.model_name, model, self.work_dir / "replica")
+        self._kms.kms.register(self._image.service, self._kms.token, self._image.pcrs, allow_simulated=True,
+                               model_key=self._image.model_key)  # fmt: skip
+        self._ca_pem = self._kms.kms.service_certificate(self._image.service)["ca_pem"]
+        self._root_pem = host.root_cert
+        self.log(f"model key registered with the key service as {self._image.service} (policy: replica image PCR0-2)")
+
+    def stop(self) -> None:
+        """Stop the autoscaler, gateway, every replica and interference enclave, and the key service."""
+        self._stopping.set()
+        if self._autoscaler is not None:
+            self._autoscaler.join(timeout=10)
+        if self.gateway is not None:
+            self.gateway.stop()
+        for replica in list(self.replicas.values()):
+            with contextlib.suppress(Exception):
+                replica.stop()
+        self.replicas.clear()
+        for name in list(self.stress):
+            self.stop_stress(name)
+        for backend in self._backends.values():
+            with contextlib.suppress(Exception):
+                backend.close()
+        if self._kms is not None:
+            with contextlib.suppress(Exception):
+                self._kms.close()
+        if self._own_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def __enter__(self) -> ModelService:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    # --- what a client needs to trust -----------------------------------------------------------------
+    def trust(self) -> dict[str, Any]:
+        """The owner's statement a client verifies against (handed out of band, never by the gateway)."""
+        if self._kms is None or self._image is None:
+            return {"gateway": self.gateway.url if self.gateway else None, "model": self.model_name}
+        from serdab.crypto import cert_pem
+
+        return {
+            "gateway": self.gateway.url if self.gateway else None,
+            "model": self.model_name,
+            "kms": self._kms.url,
+            "kms_pcrs": {str(i): v.hex() for i, v in self._kms.pcrs.items()},
+            "service": self._image.service,
+            "replica_pcrs": {str(i): v.hex() for i, v in self._image.pcrs.items()},
+            "allow_simulated": True,
+            "simulated_root_pem": cert_pem(self._root_pem).decode(),
+        }
+
+    # --- replicas -------------------------------------------------------------------------------------
+    def _next_id(self, kind: str) -> str:
+        with self._lock:
+            self._counter += 1
+            return f"{kind}-{self._counter}"
+
+    def _enclave_host(self) -> str:
+        count = self.options.enclave_hosts or max(1, min(3, self.options.secure))
+        in_use = [r.host for r in self.replicas.values() if r.kind == "enclave"]
+        hosts = [f"h{i + 1}" for i in range(count)]
+        return min(hosts, key=lambda h: (in_use.count(h), h))
+
+    def backend(self, host: str) -> Any:
+        """The simulated TEE backend of an emulated host (its own EPC budget)."""
+        if host not in self._backends:
+            from serdab.tee import get_backend
+
+            self._backends[host] = get_backend("simulated")
+        return self._backends[host]
+
+    def add_replica(self, kind: str) -> ReplicaProcess:
+        started = time.monotonic()
+        replica = self._launch_enclave() if kind == "enclave" else self._launch_public()
+        replica.start_s = time.monotonic() - started
+        self.start_times[kind].append(replica.start_s)
+        self.replicas[replica.id] = replica
+        assert self.gateway is not None
+        self.gateway.add_replica(ReplicaEntry(replica.id, kind, ("127.0.0.1", replica.port), replica.host))
+        self.log(f"{kind} replica {replica.id} on {replica.host}:{replica.port} ready in {replica.start_s:.2f} s")
+        return replica
+
+    def _launch_public(self) -> ReplicaProcess:
+        replica_id = self._next_id("public")
+        ready = self.work_dir / f"{replica_id}.ready"
+        log = self.work_dir / f"{replica_id}.log"
+        with open(log, "ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "serdab.serve.replica", "--name", self.model_name, "--model-file",
+                 str(self._model_file), "--ready-file", str(ready), "--id", replica_id,
+                 "--threads", str(self.options.threads)],
+                stdout=out, stderr=out, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + self.options.start_timeout_s
+        while not ready.exists():
+            if process.poll() is not None:
+                tail = log.read_text()[-600:].strip().splitlines()
+                raise ReplicaError(f"public replica exited with code {process.returncode}"
+                                   f"{': ' + tail[-1] if tail else ''}")  # fmt: skip
+            if time.monotonic() > deadline:
+                stop_process(process)
+                raise ReplicaError(f"public replica not ready after {self.options.start_timeout_s:.0f} s")
+            time.sleep(0.02)
+        info = json.loads(ready.read_text())
+        return ReplicaProcess(replica_id, "public", "public", int(info["port"]), process.pid, 0.0,
+                              lambda: stop_process(process), lambda: process.poll() is None)  # fmt: skip
+
+    def _launch_enclave(self) -> ReplicaProcess:
+        if self._image is None or self._kms is None:
+            raise ReplicaError("no replica image: the service was started without enclave replicas")
+        host = self._enclave_host()
+        backend = self.backend(host)
+        replica_id = self._next_id("enclave")
+        args = ["--name", self.model_name, "--kms", self._kms.url, "--service", self._image.service,
+                "--kms-pcrs", json.dumps({str(i): v.hex() for i, v in self._kms.pcrs.items()}),
+                "--allow-simulated", "--speed", str(self.options.enclave_speed), "--id", replica_id,
+                "--threads", str(self.options.threads)]  # fmt: skip
+        enclave = backend.launch(self._image.path, args, env={"OMP_NUM_THREADS": str(self.options.threads)},
+                                 log_path=self.work_dir / f"{replica_id}.log")  # fmt: skip
+        try:
+            info = backend.wait_ready(enclave, self.options.start_timeout_s)
+        except TeeError as exc:
+            backend.terminate(enclave)
+            raise ReplicaError(f"enclave replica did not start: {exc}") from None
+        return ReplicaProcess(replica_id, "enclave", host, int(info["port"]), enclave.pid, 0.0,
+                              lambda: backend.terminate(enclave), enclave.alive)  # fmt: skip
+
+    def remove_replica(self, replica_id: str, drain_s: float = 10.0) -> None:
+        """Take a replica out of rotation, let its requests finish (up to ``drain_s``), stop it."""
+        replica = self.replicas.pop(replica_id)
+        assert self.gateway is not None
+
+        def drain() -> int:
+            entry = self.gateway.replicas.get(replica_id) if self.gateway else None
+            if entry is None:
+                return 0
+            entry.draining = True
+            return entry.in_flight
+
+        deadline = time.monotonic() + drain_s
+        while self.gateway.call(drain) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.gateway.remove_replica(replica_id)
+        replica.stop()
+        self.log(f"{replica.kind} replica {replica_id} stopped")
+
+    # --- EPC interference (emulated) ------------------------------------------------------------------
+    def start_stress(self, host: str, epc_bytes: int) -> str:
+        """An enclave on ``host`` that occupies ``epc_bytes`` of its emulated EPC (S3ML's Stress-SGX)."""
+        from serdab.serve.stress import build_stress_image
+
+        image = self.work_dir / "stress-image"
+        if not image.exists():
+            build_stress_image(self.work_dir)
+        backend = self.backend(host)
+        enclave = backend.launch(image, ["--epc-bytes", str(epc_bytes)],
+                                 log_path=self.work_dir / f"stress-{host}.log")  # fmt: skip
+        backend.wait_ready(enclave, 30)
+        name = f"stress-{host}-{len(self.stress) + 1}"
+        self.stress[name] = (backend, enclave, host)
+        self.log(f"EPC interference {name}: {epc_bytes / 2**20:.0f} MiB on {host} (emulated)")
+        return name
+
+    def stop_stress(self, name: str) -> None:
+        backend, enclave, _ = self.stress.pop(name)
+        backend.terminate(enclave)
+
+    def _host_samples(self) -> dict[str, HostSample]:
+        now = time.monotonic()
+        samples = {}
+        stressed = {host for _, _, host in self.stress.values()}
+        for host, backend in list(self._backends.items()):
+            stats = backend.epc.stats()
+            pages = stats.page_ins + stats.page_outs
+            last = self._paging.get(host)
+            rate = (pages - last[1]) / (now - last[0]) if last and now > last[0] else 0.0
+            self._paging[host] = (now, pages)
+            samples[host] = HostSample(rate, host in stressed)
+        return samples
+
+    # --- autoscaling ----------------------------------------------------------------------------------
+    def _replica_busy(self, replica: ReplicaProcess) -> float | None:
+        scheme = "https" if replica.kind == "enclave" else "http"
+        verify: Any = True
+        if replica.kind == "enclave":
+            verify = ssl.create_default_context(cadata=self._ca_pem)
+            verify.check_hostname = False
+        try:
+            reply = httpx.get(f"{scheme}://127.0.0.1:{replica.port}/v1/replica", verify=verify, timeout=2.0)
+            return float(reply.json()["busy_s"])
+        except (httpx.HTTPError, KeyError, ValueError):
+            return None
+
+    def _autoscale_loop(self) -> None:
+        states = {kind: AutoscaleState() for kind in self.options.autoscale}
+        last_busy: dict[str, tuple[float, float]] = {}
+        while not self._stopping.wait(self.options.autoscale_interval_s):
+            assert self.gateway is not None
+            views = {r["id"]: r for r in self.gateway.snapshot()}
+            for kind, config in self.options.autoscale.items():
+                mine = [r for r in self.replicas.values() if r.kind == kind]
+                in_service = [r for r in mine if views.get(r.id, {}).get("healthy") and views[r.id]["weight"] > 0]
+                utilisations = []
+                now = time.monotonic()
+                for r in in_service:
+                    busy = self._replica_busy(r)
+                    if busy is None:
+                        continue
+                    if r.id in last_busy and now > last_busy[r.id][0]:
+                        utilisations.append(min(1.0, (busy - last_busy[r.id][1]) / (now - last_busy[r.id][0])))
+                    last_busy[r.id] = (now, busy)
+                utilisation = sum(utilisations) / len(utilisations) if utilisations else 0.0
+                start_s = max(self.start_times[kind][-3:], default=5.0)
+                decision, states[kind] = decide(config, ScaleInput(now, len(in_service), 0, len(mine), utilisation,
+                                                                   start_s), states[kind])  # fmt: skip
+                if decision.delta == 0:
+                    continue
+                self.decisions.append({"t": now, "kind": kind, "delta": decision.delta, "reason": decision.reason,
+                                       "replicas": len(mine) + decision.delta})  # fmt: skip
+                self.log(f"autoscale {kind}: {decision.delta:+d} ({decision.reason})")
+                try:
+                    if decision.delta > 0:
+                        for _ in range(decision.delta):
+                            self.add_replica(kind)
+                    else:
+                        newest = sorted(in_service, key=lambda r: int(r.id.rsplit("-", 1)[1]))[decision.delta :]
+                        for r in newest:
+                            self.remove_replica(r.id)
+                            last_busy.pop(r.id, None)
+                except (ReplicaError, TeeError) as exc:
+                    self.log(f"autoscale {kind}: {exc}")
+
+
+def balancer_names() -> list[str]:
+    return list(BALANCERS)

@@ -1,0 +1,41 @@
+"""An EPC interference enclave (S3ML sec. 5.1, Stress-SGX in its evaluation): it holds emulated EPC
+and keeps touching it, so co-located replicas page and slow down through ``serdab.tee.epc``.
+
+Emulated, and named so in every report: the enclave is a real process launched from a measured
+image; the EPC it occupies and the paging it causes are the simulated host's counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from serdab.tee.image import build_image
+
+__all__ = ["build_stress_image", "enclave_main"]
+
+ENTRYPOINT = (
+    '"""EPC interference: the logic is the measured Serdab runtime (PCR1)."""\n\n'
+    "from serdab.serve.stress import enclave_main as main  # noqa: F401\n"
+)
+
+
+def build_stress_image(out_dir: Path) -> Path:
+    code = out_dir / "stress-code"
+    code.mkdir(parents=True, exist_ok=True)
+    (code / "stress_enclave.py").write_text(ENTRYPOINT)
+    return build_image(code, out_dir / "stress-image", "stress_enclave:main", name="serdab-epc-stress")
+
+
+def enclave_main(argv: list[str]) -> int:
+    from serdab.tee.nsm import NsmClient
+
+    parser = argparse.ArgumentParser(prog="serdab-epc-stress")
+    parser.add_argument("--epc-bytes", type=int, required=True)
+    args = parser.parse_args(argv)
+    nsm = NsmClient.from_env()
+    nsm.resident(args.epc_bytes)
+    nsm.ready(epc_bytes=args.epc_bytes)
+    while True:  # it keeps its pages fresh, so the pages swapped are the co-located replicas' (S3ML sec. 5.1)
+        time.sleep(1.0)
