@@ -25,11 +25,11 @@ __all__ = ["AutoscaleConfig", "AutoscaleState", "ScaleDecision", "ScaleInput", "
 
 
 class AutoscaleConfig(BaseModel):
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(1, ge=1)
-    target_utilisation: float = Field(0.6, gt=0, le=1)
-    tolerance: float = Field(0.1, ge=0, lt=1)
-    cooldown_s: float = Field(15.0, ge=0)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    target_utilisation: float = Field(default=0.6, gt=0, le=1)
+    tolerance: float = Field(default=0.1, ge=0, lt=1)
+    cooldown_s: float = Field(default=15.0, ge=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> AutoscaleConfig:

@@ -58,6 +58,15 @@ class Client:
         self._secure: httpx.Client | None = None
         self.attested: dict[str, Any] | None = None
 
+    def reconnect(self) -> None:
+        """Drop pooled connections (keeping the attestation): the next request opens a new one, which
+        the gateway balances afresh (secure traffic is routed by connection)."""
+        self._public.close()
+        self._public = httpx.Client(timeout=self.timeout_s, transport=_transport())
+        if self._secure is not None:
+            self._secure.close()
+            self._secure = httpx.Client(timeout=self.timeout_s, transport=_transport(self._secure_context))
+
     def close(self) -> None:
         self._public.close()
         if self._secure is not None:
@@ -149,6 +158,7 @@ class Client:
         info = self._public.get(self.url + "/v1/gateway").json()  # only where to connect: TLS and attestation decide
         host = urlsplit(self.url).hostname or "127.0.0.1"
         self._secure_base = f"https://{host}:{int(info['secure_port'])}"
+        self._secure_context = context
         client = httpx.Client(timeout=self.timeout_s, transport=_transport(context))
         nonce = secrets.token_bytes(32)
         try:

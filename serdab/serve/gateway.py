@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import secrets
 import socket
 import ssl
 import threading
@@ -110,6 +112,8 @@ class Gateway:
         host_samples: Callable[[], Mapping[str, HostSample]] | None = None,
         info: Mapping[str, Any] | None = None,
         registry: CollectorRegistry | None = None,
+        admin: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None,
+        admin_token: str | None = None,
     ) -> None:
         self.config = config
         self.policies = dict(policies)  # by kind
@@ -119,6 +123,8 @@ class Gateway:
         self._enclave_ssl = enclave_ssl  # health checks of enclaves: the service CA only, no key
         self._host_samples = host_samples
         self._info = dict(info or {})
+        self._admin = admin  # owner's operations (interference, replica list); bearer token required
+        self._admin_token = admin_token
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="gateway", daemon=True)
         self._started = threading.Event()
@@ -242,6 +248,7 @@ class Gateway:
             Route("/v1/gateway", self._gateway_info, methods=["GET"]),
             Route("/v2/health/live", self._live, methods=["GET"]),
             Route("/predict-secure", self._refuse_plain, methods=["GET", "POST", "PUT"]),
+            Route("/v1/admin/{action}", self._admin_call, methods=["POST"]),
             Route("/{path:path}", self._proxy, methods=["GET", "POST", "HEAD"]),
         ]
         return Starlette(routes=routes)
@@ -253,6 +260,23 @@ class Gateway:
         kinds = {k: sum(1 for r in self.replicas.values() if r.kind == k and r.healthy) for k in self.policies}
         return JSONResponse({**self._info, "secure_port": self.secure_port, "healthy": kinds,
                              "balancers": {k: p.name for k, p in self.policies.items()}})  # fmt: skip
+
+    async def _admin_call(self, request: Request) -> JSONResponse:
+        from starlette.concurrency import run_in_threadpool
+
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").encode()
+        if self._admin is None or not self._admin_token:
+            return JSONResponse({"error": "this gateway takes no admin calls"}, status_code=404)
+        if not secrets.compare_digest(given, self._admin_token.encode()):
+            return JSONResponse({"error": "admin calls need the owner's bearer token"}, status_code=401)
+        try:
+            body = json.loads(await request.body() or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            result = await run_in_threadpool(self._admin, request.path_params["action"], body)
+        except (ValueError, KeyError, ServeError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(result)
 
     async def _live(self, _: Request) -> JSONResponse:
         return JSONResponse({"live": True})

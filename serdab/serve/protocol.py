@@ -266,7 +266,9 @@ def decode_images(images: Sequence[str], input_shape: Sequence[int]) -> np.ndarr
         try:
             data = base64.b64decode(text, validate=True)
             with Image.open(io.BytesIO(data)) as opened:
-                image = opened.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BILINEAR)
+                image = opened.convert("L" if channels == 1 else "RGB").resize(
+                    (width, height), Image.Resampling.BILINEAR
+                )
         except (binascii.Error, ValueError):
             raise InferenceRequestError(f"image {k} is not valid base64") from None
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError):

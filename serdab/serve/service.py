@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import shutil
 import ssl
 import subprocess
@@ -55,6 +56,7 @@ class ServeOptions:
     enclave_speed: float = 1.0  # emulated, relative to this host (Nitro: dedicated cores, ~1)
     threads: int = 1
     autoscale_interval_s: float = 1.0
+    monitor_interval_s: float = 1.0  # EPC paging samples (S3ML: once per second)
     start_timeout_s: float = 90.0
 
     def check(self) -> None:
@@ -135,9 +137,12 @@ class ModelService:
         if self._ca_pem is not None:
             context = ssl.create_default_context(cadata=self._ca_pem)
             context.check_hostname = False  # the per-service CA signs only this service's certificate
-        self.gateway = Gateway(policies, GatewayConfig(host=o.host, port=o.port, secure_port=o.secure_port),
+        self.admin_token = secrets.token_hex(24)
+        self.gateway = Gateway(policies, GatewayConfig(host=o.host, port=o.port, secure_port=o.secure_port,
+                                                       monitor_interval_s=o.monitor_interval_s),
                                enclave_ssl=context, host_samples=self._host_samples,
-                               info={"model": self.model_name, "service": self.service_name})  # fmt: skip
+                               info={"model": self.model_name, "service": self.service_name},
+                               admin=self._admin, admin_token=self.admin_token)  # fmt: skip
         self.gateway.start()
         self.log(f"gateway on {self.gateway.url} (secure TLS pass-through on port {self.gateway.secure_port})")
         launches = [("enclave", i) for i in range(o.secure)] + [("public", i) for i in range(o.public)]
@@ -308,6 +313,29 @@ class ModelService:
         self.gateway.remove_replica(replica_id)
         replica.stop()
         self.log(f"{replica.kind} replica {replica_id} stopped")
+
+    def _admin(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The owner's operations through the gateway (bearer token): what `serdab stress` calls."""
+        if action == "stress":
+            host = str(body["host"])
+            hosts = {r.host for r in self.replicas.values() if r.kind == "enclave"}
+            if host not in hosts:
+                raise ServeConfigError(f"no enclave replica runs on host {host!r}; hosts: {', '.join(sorted(hosts))}")
+            epc_bytes = int(body["epc_bytes"])
+            if not 0 < epc_bytes <= 2**40:
+                raise ServeConfigError(f"epc_bytes must be positive, got {epc_bytes}")
+            return {"stress": self.start_stress(host, epc_bytes), "emulated": True}
+        if action == "unstress":
+            name = str(body["name"])
+            if name not in self.stress:
+                raise ServeConfigError(f"no interference enclave {name!r}; running: {', '.join(self.stress) or 'none'}")
+            self.stop_stress(name)
+            return {"stopped": name}
+        if action == "replicas":
+            return {"replicas": [{"id": r.id, "kind": r.kind, "host": r.host, "port": r.port, "pid": r.pid,
+                                  "start_s": r.start_s} for r in self.replicas.values()],
+                    "stress": list(self.stress), "decisions": self.decisions[-20:]}  # fmt: skip
+        raise ServeConfigError(f"unknown admin action {action!r}: stress, unstress or replicas")
 
     # --- EPC interference (emulated) ------------------------------------------------------------------
     def start_stress(self, host: str, epc_bytes: int) -> str:

@@ -1,0 +1,268 @@
+"""`serdab serve`, `serdab infer`, `serdab load`, `serdab stress`: secure model serving from the shell."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from serdab.cli.common import JsonOpt, ModelArg, console, err_console, write_json
+from serdab.errors import ServeConfigError
+
+__all__ = ["infer", "load", "serve", "stress"]
+
+TrustOpt = Annotated[
+    Path | None,
+    typer.Option("--trust", help="The owner's trust statement `serdab serve` wrote (needed for --secure)."),
+]
+
+
+def _read_trust(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        trust = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ServeConfigError(f"cannot read the trust statement {path}: {exc}") from None
+    if not isinstance(trust, dict):
+        raise ServeConfigError(f"{path} is not a trust statement written by `serdab serve`")
+    return trust
+
+
+def serve(
+    model: ModelArg,
+    secure: Annotated[int, typer.Option(min=0, help="Enclave replicas (simulated TEE).")] = 1,
+    public: Annotated[int, typer.Option(min=0, help="Public replicas (ordinary processes).")] = 1,
+    balancer: Annotated[
+        str, typer.Option(help="round-robin, least-connections, sed, or epc-aware[:BOUNDARY[:FRACTION[:CYCLES]]].")
+    ] = "round-robin",
+    autoscale: Annotated[
+        str | None, typer.Option(help="MIN:MAX replicas of each kind served, scaled on utilisation (S3ML).")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address the gateway binds (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Gateway HTTP port (0: any free port).")] = 8000,
+    secure_port: Annotated[int, typer.Option(min=0, max=65535, help="TLS pass-through port (0: any free).")] = 0,
+    enclave_hosts: Annotated[
+        int, typer.Option(min=0, help="Simulated hosts the enclaves spread over, each with its own EPC (0: auto).")
+    ] = 0,
+    enclave_speed: Annotated[
+        float, typer.Option(help="Emulated enclave speed relative to this host (1.0: Nitro-like dedicated cores).")
+    ] = 1.0,
+    trust_file: Annotated[Path, typer.Option(help="Where to write the trust statement clients verify against.")] = Path(
+        "serve-trust.json"
+    ),
+) -> None:
+    """Serve MODEL from enclave and public replicas behind one gateway, until Ctrl-C.
+
+    Starts a key service in an enclave, builds a measured replica image with the model encrypted
+    inside, registers the model key under that image's PCRs, launches the replicas (enclaves get
+    the model key and the service TLS key from the key service after attestation) and the gateway:
+    plain HTTP for public requests, TLS pass-through for secure ones. Writes the trust statement
+    (key service PCRs, replica PCRs) for `serdab infer --secure --trust FILE` and serdab.Client.
+    Everything binds 127.0.0.1 unless --host says otherwise; Ctrl-C stops every process it started.
+    """
+    from serdab.serve.autoscale import AutoscaleConfig, parse_range
+    from serdab.serve.service import ModelService, ServeOptions
+
+    scaling = {}
+    if autoscale:
+        low, high = parse_range(autoscale)
+        scaling = {kind: AutoscaleConfig(min_replicas=low, max_replicas=high)
+                   for kind, count in (("enclave", secure), ("public", public)) if count}  # fmt: skip
+    options = ServeOptions(model, secure=secure, public=public, balancer=balancer, autoscale=scaling, host=host,
+                           port=port, secure_port=secure_port, enclave_hosts=enclave_hosts,
+                           enclave_speed=enclave_speed)  # fmt: skip
+    options.check()
+    stopped = threading.Event()
+    # Ctrl-C and SIGTERM both stop everything (SIGINT is handled even where a shell started us ignoring it)
+    previous = {sig: signal.signal(sig, lambda *_: stopped.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    service = ModelService(options, log=lambda line: err_console.print(line))
+    try:
+        with err_console.status("starting key service, replicas and gateway"):
+            service.start()
+        trust = service.trust()
+        trust_file.write_text(json.dumps(trust, indent=2) + "\n")
+        admin = trust_file.with_name(trust_file.stem + ".admin-token")
+        from serdab.validation import write_private
+
+        write_private(admin, service.admin_token.encode())
+        table = Table(title=f"serving {service.model_name} (enclaves simulated; speed and EPC emulated)")
+        for column in ("replica", "kind", "host", "port", "pid", "start s"):
+            table.add_column(column, justify="right" if column in ("port", "pid", "start s") else "left")
+        for r in service.replicas.values():
+            table.add_row(r.id, r.kind, r.host, str(r.port), str(r.pid), f"{r.start_s:.2f}")
+        console.print(table)
+        assert service.gateway is not None
+        console.print(
+            f"gateway  {service.gateway.url}  (secure: TLS pass-through on port {service.gateway.secure_port})"
+        )
+        console.print(f"trust    {trust_file}  (clients verify the key service and the enclaves against it)")
+        console.print(f"try      serdab infer {service.gateway.url} synthetic:2 --secure --trust {trust_file}")
+        console.print("Ctrl-C stops the gateway, every replica and the key service.")
+        while not stopped.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        with err_console.status("stopping"):
+            service.stop()
+        err_console.print("stopped")
+
+
+def _images(specs: list[str], side: int = 224) -> list[tuple[str, Any]]:
+    import numpy as np
+
+    out: list[tuple[str, Any]] = []
+    for spec in specs:
+        if spec.startswith("synthetic:"):
+            from serdab.runtime.frames import synthetic_frame
+
+            try:
+                count = int(spec.split(":", 1)[1])
+            except ValueError:
+                raise ServeConfigError(
+                    f"synthetic:N takes a number of frames, e.g. synthetic:2 (got {spec!r})"
+                ) from None
+            out += [(f"synthetic#{i}", synthetic_frame(i, side, side)) for i in range(count)]
+            continue
+        path = Path(spec)
+        try:
+            from PIL import Image
+
+            with Image.open(path) as image:
+                out.append((path.name, np.asarray(image.convert("RGB"))))
+        except (OSError, ValueError):
+            raise ServeConfigError(f"{spec} is not an image file (PNG, JPEG, ...) nor synthetic:N") from None
+    if not out:
+        raise ServeConfigError("give at least one image file or synthetic:N")
+    return out
+
+
+def infer(
+    url: Annotated[str, typer.Argument(help="The gateway, e.g. http://127.0.0.1:8000")],
+    images: Annotated[list[str], typer.Argument(help="Image files, or synthetic:N for generated camera frames.")],
+    secure: Annotated[
+        bool, typer.Option("--secure", help="Send to an attested enclave replica (needs --trust).")
+    ] = False,
+    trust: TrustOpt = None,
+    top: Annotated[int, typer.Option(min=1, max=1000, help="Classes per image.")] = 5,
+    json_path: JsonOpt = None,
+) -> None:
+    """Classify images through a gateway (seed 001's batch endpoint): public, or attest-then-send."""
+    from serdab.serve.client import Client
+
+    loaded = _images(images)
+    with Client(url, trust=_read_trust(trust)) as client:
+        predictions = client.predict([p for _, p in loaded], secure=secure, top_k=top)
+        attested = client.attested
+    table = Table(title=f"{'secure (enclave)' if secure else 'public'} predictions from {url}")
+    table.add_column("image")
+    table.add_column(f"top {top}: class (score)")
+    for (name, _), row in zip(loaded, predictions, strict=True):
+        table.add_row(name, ", ".join(f"{p['class']} ({p['score']:.3f})" for p in row))
+    console.print(table)
+    if attested:
+        console.print(f"attested enclave {attested['module_id']} (PCR0 {attested['pcrs'][0][:16]}...)")
+    rows = [{"image": n, "top": p} for (n, _), p in zip(loaded, predictions, strict=True)]
+    write_json(json_path, {"url": url, "secure": secure, "attested": attested, "predictions": rows})
+
+
+def load(
+    url: Annotated[str, typer.Argument(help="The gateway, e.g. http://127.0.0.1:8000")],
+    rate: Annotated[float | None, typer.Option(help="Open loop: Poisson arrivals per second.")] = None,
+    duration: Annotated[float, typer.Option(help="Open loop: seconds of arrivals.")] = 10.0,
+    threads: Annotated[int, typer.Option(min=1, help="Closed loop: concurrent threads (seed 001).")] = 4,
+    requests: Annotated[int, typer.Option(min=1, help="Closed loop: requests per thread.")] = 2,
+    batch: Annotated[int, typer.Option(min=1, max=64, help="Images per request.")] = 2,
+    secure_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of secure requests.")] = 0.0,
+    trust: TrustOpt = None,
+    json_path: JsonOpt = None,
+) -> None:
+    """Load a gateway: closed loop (threads x requests) or open loop (--rate); latency percentiles, throughput."""
+    import httpx
+    import numpy as np
+
+    from serdab.serve.load import closed_loop, open_loop, summarise
+
+    trust_data = _read_trust(trust)
+    if secure_fraction > 0 and trust_data is None:
+        raise ServeConfigError("secure requests need the owner's trust statement: --trust serve-trust.json")
+    try:
+        info = httpx.get(url.rstrip("/") + "/v1/gateway", timeout=10).json()
+        meta = httpx.get(f"{url.rstrip('/')}/v2/models/{info['model']}", timeout=10).json()
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        raise ServeConfigError(f"no Serdab gateway answers at {url}: {exc}") from None
+    shape = [batch, *[d if d > 0 else 1 for d in meta["inputs"][0]["shape"][1:]]]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    with err_console.status("loading") as status:
+
+        def progress(done: int, total: int) -> None:
+            status.update(f"{done}/{total} requests")
+
+        if rate is not None:
+            samples, wall = open_loop(url, x, rate_per_s=rate, duration_s=duration, secure_fraction=secure_fraction,
+                                      trust=trust_data, model=info["model"], progress=progress)  # fmt: skip
+        else:
+            samples, wall = closed_loop(url, x, threads=threads, requests=requests, secure_fraction=secure_fraction,
+                                        trust=trust_data, model=info["model"], progress=progress)  # fmt: skip
+    summary = summarise(samples, wall)
+    mode = f"open loop, {rate:g}/s Poisson" if rate is not None else f"closed loop, {threads} threads x {requests}"
+    table = Table(title=f"{info['model']} at {url}: {mode}, batch {batch}, {secure_fraction:.0%} secure")
+    for column in ("kind", "requests", "errors", "min ms", "p50 ms", "p95 ms", "p99 ms", "max ms"):
+        table.add_column(column, justify="left" if column == "kind" else "right")
+    for kind in ("all", "secure", "public"):
+        s = summary.get(kind)
+        if s:
+            cells = [f"{s[k]:.1f}" if k in s else "-" for k in ("min_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms")]
+            table.add_row(kind, str(s["requests"]), str(s["errors"]), *cells)
+    console.print(table)
+    console.print(f"throughput {summary['throughput_per_s']:.1f} requests/s over {wall:.1f} s")
+    for error in summary.get("first_errors", []):
+        err_console.print(f"error: {error}")
+    if json_path is not None:
+        from serdab.bench.serving_bench import plot_latency
+
+        write_json(json_path, {"url": url, "mode": mode, "batch": batch, "secure_fraction": secure_fraction,
+                               "summary": summary, "samples": [s.__dict__ for s in samples]})  # fmt: skip
+        plot_latency(samples, json_path.with_suffix(".png"), title=f"{info['model']}: {mode}")
+        err_console.print(f"wrote {json_path.with_suffix('.png')}")
+
+
+def stress(
+    url: Annotated[str, typer.Argument(help="The gateway `serdab serve` started.")],
+    host: Annotated[str, typer.Option(help="Simulated host whose EPC to occupy (h1, h2, ...).")] = "h1",
+    epc: Annotated[str, typer.Option(help="EPC to occupy, e.g. 64MiB (emulated).")] = "64MiB",
+    stop: Annotated[str | None, typer.Option(help="Stop this interference enclave instead (its name).")] = None,
+    token_file: Annotated[
+        Path, typer.Option(help="The admin token `serdab serve` wrote beside the trust statement.")
+    ] = Path("serve-trust.admin-token"),
+) -> None:
+    """Start (or stop) an enclave that occupies emulated EPC on a host, so co-located replicas page (S3ML)."""
+    import httpx
+
+    from serdab.cluster.units import parse_bytes
+
+    try:
+        token = token_file.read_text().strip()
+    except OSError as exc:
+        raise ServeConfigError(f"cannot read the admin token {token_file}: {exc.strerror}") from None
+    action, body = ("unstress", {"name": stop}) if stop else ("stress", {"host": host, "epc_bytes": parse_bytes(epc)})
+    try:
+        reply = httpx.post(f"{url.rstrip('/')}/v1/admin/{action}", json=body, timeout=60,
+                           headers={"authorization": f"Bearer {token}"})  # fmt: skip
+    except httpx.HTTPError as exc:
+        raise ServeConfigError(f"no Serdab gateway answers at {url}: {exc}") from None
+    if reply.status_code != 200:
+        raise ServeConfigError(reply.json().get("error", reply.text))
+    result = reply.json()
+    if stop:
+        console.print(f"stopped {result['stopped']}")
+    else:
+        console.print(f"started {result['stress']}: {epc} of emulated EPC on {host} (stop: --stop {result['stress']})")
