@@ -6,7 +6,8 @@ and its output's leakage measured (``measure_leakage``), and the chain is cut in
 stages (``write_stages``). A profile on a ``Cluster`` (``load_cluster``) under a privacy policy
 (``parse_policy``) is planned by a registered planner (``get_planner``; ``plan_model`` does it in
 one call) into a ``Placement``, judged by the one ``CostModel`` and checked by the event
-simulator (``simulate``).
+simulator (``simulate``). A whole model is served from enclave and public replicas behind one
+gateway by ``ModelService`` and reached, attest-then-send, through ``Client``.
 
 Block ranges are inclusive and 0-based everywhere; cut c is the boundary before block c (cut 0
 is the input frame); sizes are bytes, times carry their unit in the name (``latency_ms``,
@@ -41,6 +42,7 @@ _EXPORTS: dict[str, str] = {
             "PlanError",
             "PolicyError",
             "SerdabError",
+            "ServeError",
         )
     },
     **{
@@ -63,6 +65,9 @@ _EXPORTS: dict[str, str] = {
         name: "serdab.plan" for name in ("PLANNERS", "CostModel", "Placement", "PlanRequest", "Workload", "get_planner")
     },
     "simulate": "serdab.plan.simulate",
+    "Client": "serdab.serve.client",
+    "ModelService": "serdab.serve.service",
+    "ServeOptions": "serdab.serve.service",
     "plan_model": "serdab.plan.model",
     **{name: "serdab.privacy" for name in ("LeakageReport", "default_images", "load_image_dir", "measure_leakage")},
     "parse_policy": "serdab.privacy.policy",

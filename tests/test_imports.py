@@ -28,6 +28,8 @@ def _loaded(code: str) -> set[str]:
         ("import serdab.kms.enclave", ()),  # the key service enclave
         ("from serdab.cli.app import cli", ()),  # `serdab --help`
         ("import serdab.cli.tee_cmd", ()),  # `serdab attest`
+        ("import serdab.cli.serve_cmd", ()),  # `serdab infer`, `serdab load`, `serdab stress`
+        ("import serdab.serve.client, serdab.serve.balancing, serdab.serve.autoscale", ()),  # serdab.Client
     ],
 )
 def test_light_modules_load_no_ml_stack(code: str, allowed: tuple[str, ...]) -> None:
@@ -58,6 +60,10 @@ def test_tee_imports_only_leaves() -> None:
     [
         "import serdab.runtime.engine as e, serdab.kms.client, serdab.tee.nsm\nimport onnxruntime",  # a stage enclave
         "import serdab.kms.enclave",  # the key service enclave
+        # a model-serving enclave, decoding seed 001's images (Pillow) and serving metrics
+        "import serdab.serve.replica as r, serdab.serve.protocol as p, serdab.kms.client, serdab.tee.nsm\n"
+        "import onnxruntime, PIL.Image\np.decode_images",
+        "import serdab.serve.stress",  # the EPC interference enclave
     ],
 )
 def test_the_runtime_measurement_lists_every_package_an_enclave_loads(code: str) -> None:
