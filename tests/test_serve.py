@@ -56,8 +56,12 @@ def test_oip_request_and_response_round_trip(binary):
         (b'{"inputs": [{"name": "input", "shape": [2], "datatype": "FP32", "data": [1]}]}', None, "1 values"),
         (b'{"inputs": [{"name": "input", "shape": [1], "datatype": "STRING", "data": ["a"]}]}', None, "datatype"),
         (b'{"inputs": [{"name": "input", "shape": [1], "datatype": "FP32", "data": ["x"]}]}', None, "not FP32"),
-        (b'{"inputs": [{"name": "input", "shape": [2], "datatype": "FP32", '
-         b'"parameters": {"binary_data_size": 8}}]}abcd', "104", "does not fit the body"),
+        (
+            b'{"inputs": [{"name": "input", "shape": [2], "datatype": "FP32", '
+            b'"parameters": {"binary_data_size": 8}}]}abcd',
+            "104",
+            "does not fit the body",
+        ),
         (b"{}", "999", "outside the 2-byte body"),
         (b"{}", "two", "must be an integer"),
     ],  # fmt: skip
@@ -275,6 +279,13 @@ def test_a_replica_killed_under_load_loses_no_request():
         with Client(svc.gateway.url, trust=trust) as client:  # still serving both kinds
             client.infer(X, secure=True)
             client.infer(X, secure=False)
+        deadline = time.monotonic() + 30  # and the dead replicas are replaced
+        while (len(svc.restarts) < 2 or sum(r.alive() for r in list(svc.replicas.values())) < 4) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.2)
+        assert sorted(r["kind"] for r in svc.restarts) == ["enclave", "public"]
+        assert sum(r.alive() for r in svc.replicas.values()) == 4
 
 
 def test_autoscaler_adds_a_replica_under_load_and_removes_it_after():

@@ -98,6 +98,7 @@ class ModelService:
         self.stress: dict[str, Any] = {}
         self.start_times: dict[str, list[float]] = {k: [] for k in KINDS}
         self.decisions: list[dict[str, Any]] = []
+        self.restarts: list[dict[str, Any]] = []
         self.gateway: Gateway | None = None
         self._backends: dict[str, Any] = {}
         self._kms: Any = None
@@ -148,9 +149,8 @@ class ModelService:
         launches = [("enclave", i) for i in range(o.secure)] + [("public", i) for i in range(o.public)]
         for kind, _ in launches:
             self.add_replica(kind)
-        if o.autoscale:
-            self._autoscaler = threading.Thread(target=self._autoscale_loop, name="autoscaler", daemon=True)
-            self._autoscaler.start()
+        self._autoscaler = threading.Thread(target=self._control_loop, name="serve-control", daemon=True)
+        self._autoscaler.start()
 
     @property
     def service_name(self) -> str | None:
@@ -239,9 +239,9 @@ class ModelService:
             self._backends[host] = get_backend("simulated")
         return self._backends[host]
 
-    def add_replica(self, kind: str) -> ReplicaProcess:
+    def add_replica(self, kind: str, host: str | None = None) -> ReplicaProcess:
         started = time.monotonic()
-        replica = self._launch_enclave() if kind == "enclave" else self._launch_public()
+        replica = self._launch_enclave(host) if kind == "enclave" else self._launch_public()
         replica.start_s = time.monotonic() - started
         self.start_times[kind].append(replica.start_s)
         self.replicas[replica.id] = replica
@@ -275,10 +275,10 @@ class ModelService:
         return ReplicaProcess(replica_id, "public", "public", int(info["port"]), process.pid, 0.0,
                               lambda: stop_process(process), lambda: process.poll() is None)  # fmt: skip
 
-    def _launch_enclave(self) -> ReplicaProcess:
+    def _launch_enclave(self, host: str | None = None) -> ReplicaProcess:
         if self._image is None or self._kms is None:
             raise ReplicaError("no replica image: the service was started without enclave replicas")
-        host = self._enclave_host()
+        host = host or self._enclave_host()
         backend = self.backend(host)
         replica_id = self._next_id("enclave")
         args = ["--name", self.model_name, "--kms", self._kms.url, "--service", self._image.service,
@@ -384,10 +384,29 @@ class ModelService:
         except (httpx.HTTPError, KeyError, ValueError):
             return None
 
-    def _autoscale_loop(self) -> None:
+    def _supervise(self) -> None:
+        """A replica whose process died is replaced by a new one of its kind (as a Kubernetes Deployment)."""
+        for replica in [r for r in self.replicas.values() if not r.alive()]:
+            if self._stopping.is_set():
+                return
+            self.replicas.pop(replica.id, None)
+            assert self.gateway is not None
+            self.gateway.remove_replica(replica.id)
+            replica.stop()
+            self.restarts.append({"t": time.monotonic(), "replica": replica.id, "kind": replica.kind})
+            self.log(f"{replica.kind} replica {replica.id} died: starting a replacement")
+            try:
+                self.add_replica(replica.kind, host=replica.host if replica.kind == "enclave" else None)
+            except (ReplicaError, TeeError) as exc:
+                self.log(f"could not replace {replica.id}: {exc}")
+
+    def _control_loop(self) -> None:
         states = {kind: AutoscaleState() for kind in self.options.autoscale}
         last_busy: dict[str, tuple[float, float]] = {}
         while not self._stopping.wait(self.options.autoscale_interval_s):
+            self._supervise()
+            if not self.options.autoscale or self._stopping.is_set():
+                continue
             assert self.gateway is not None
             views = {r["id"]: r for r in self.gateway.snapshot()}
             for kind, config in self.options.autoscale.items():
