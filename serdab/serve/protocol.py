@@ -17,7 +17,7 @@ import binascii
 import io
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
@@ -67,10 +67,14 @@ class TensorSpec(BaseModel):
     shape: list[int]
 
 
+Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
+                   "FP64"]  # fmt: skip
+
+
 class InferInput(BaseModel):
     name: str = Field(min_length=1, max_length=256)
     shape: list[int] = Field(max_length=8)
-    datatype: str
+    datatype: Datatype  # OIP's numeric types (BYTES is not a tensor a vision model takes)
     data: list[Any] | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
 

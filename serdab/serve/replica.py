@@ -38,6 +38,7 @@ from serdab.serve.protocol import (
     BINARY_HEADER,
     DATATYPES,
     ImageBatch,
+    InferRequest,
     TensorSpec,
     decode_images,
     encode_infer_response,
@@ -125,6 +126,23 @@ class ModelRunner:
         return {spec.name: value for spec, value in zip(self.outputs, results, strict=True)}
 
 
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its ``$defs`` substituted, so it can sit inside an OpenAPI document."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -202,7 +220,14 @@ def create_replica_app(
         _model(name)
         return {"name": runner.name, "ready": True}
 
-    @app.post("/v2/models/{name}/infer")
+    infer_body = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": _inline(InferRequest.model_json_schema())},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    }}}  # fmt: skip
+    batch = {"application/json": {"schema": _inline(ImageBatch.model_json_schema())}}
+    batch_body = {"requestBody": {"required": True, "content": batch}}
+
+    @app.post("/v2/models/{name}/infer", openapi_extra=infer_body)
     async def infer(name: str, request: Request) -> Response:
         _model(name)
         body = await read_body(request, ("application/json", "application/octet-stream"), MAX_BODY_BYTES)
@@ -228,7 +253,8 @@ def create_replica_app(
         return {"model": runner.name, "replica": kind, "predictions": top_k(logits, batch.top_k)}
 
     # seed 001's routes: the gateway sends each prefix to its kind; a replica answers only its own
-    app.add_api_route(f"/predict-{'secure' if kind == 'enclave' else 'public'}", predict, methods=["POST"])
+    app.add_api_route(f"/predict-{'secure' if kind == 'enclave' else 'public'}", predict, methods=["POST"],
+                      openapi_extra=batch_body)  # fmt: skip
 
     @app.get("/v1/replica")
     def stats() -> dict[str, Any]:
