@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import secrets
-import socket
 import ssl
 import threading
 import time
@@ -37,6 +36,7 @@ from starlette.routing import Route
 
 from serdab.errors import ServeError
 from serdab.serve.balancing import BalancingPolicy, HostSample, ReplicaView
+from serdab.serve.forward import UpstreamError, UpstreamPool
 from serdab.serve.replica import LATENCY_BUCKETS, MAX_BODY_BYTES
 from serdab.web import listen_http
 
@@ -131,6 +131,7 @@ class Gateway:
         self._error: BaseException | None = None
         self.port = 0
         self.secure_port = 0
+        self._pools: dict[str, UpstreamPool] = {}  # keep-alive connections per public replica
 
     # --- lifecycle --------------------------------------------------------------------------------
     def start(self, timeout_s: float = 20.0) -> Gateway:
@@ -165,6 +166,9 @@ class Gateway:
     def remove_replica(self, replica_id: str) -> None:
         def remove() -> None:
             entry = self.replicas.pop(replica_id, None)
+            pool = self._pools.pop(replica_id, None)
+            if pool is not None:
+                pool.close()
             if entry is not None:
                 for gauge in (self.metrics.weight, self.metrics.healthy, self.metrics.replica_in_flight):
                     with contextlib.suppress(KeyError):
@@ -199,13 +203,6 @@ class Gateway:
         self._shutdown = asyncio.Event()
         self._connections: set[asyncio.Task] = set()
         self._writers: set[asyncio.StreamWriter] = set()
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.config.request_timeout_s, connect=self.config.connect_timeout_s),
-            transport=httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
-                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-            ),
-        )
         secure = await asyncio.start_server(self._pass_through, self.config.host, self.config.secure_port,
                                             reuse_address=True)  # fmt: skip
         self.secure_port = secure.sockets[0].getsockname()[1]
@@ -230,7 +227,8 @@ class Gateway:
         await asyncio.gather(*tasks, *self._connections, return_exceptions=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(serving, 5)
-        await self._client.aclose()
+        for pool in self._pools.values():
+            pool.close()
 
     # --- choosing ---------------------------------------------------------------------------------
     def _choose(self, kind: str, exclude: set[str]) -> ReplicaEntry | None:
@@ -301,7 +299,8 @@ class Gateway:
                 self.metrics.refused.labels("too-large").inc()
                 return JSONResponse({"error": f"body is over the {self.config.max_body_bytes}-byte limit"},
                                     status_code=413)  # fmt: skip
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in _HOP_HEADERS]
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         route = "/predict-public" if path == "/predict-public" else "/v2/..." if path.startswith("/v2") else "other"
         tried: set[str] = set()
         started = time.perf_counter()
@@ -313,16 +312,19 @@ class Gateway:
                     break
                 tried.add(entry.id)
                 entry.in_flight += 1
+                pool = self._pools.get(entry.id)
+                if pool is None:
+                    pool = self._pools[entry.id] = UpstreamPool(
+                        entry.address, connect_timeout_s=self.config.connect_timeout_s
+                    )
                 try:
-                    reply = await self._client.request(
-                        request.method, f"http://{entry.address[0]}:{entry.address[1]}{path}",
-                        params=request.query_params, headers=headers, content=bytes(body),
-                    )  # fmt: skip
-                except httpx.TimeoutException:
+                    status, out, content = await pool.request(request.method, target, headers, bytes(body),
+                                                              self.config.request_timeout_s)  # fmt: skip
+                except TimeoutError:
                     self.metrics.refused.labels("timeout").inc()
                     message = f"replica {entry.id} did not answer within {self.config.request_timeout_s:.0f} s"
                     return JSONResponse({"error": message}, status_code=504)
-                except httpx.TransportError:
+                except UpstreamError:
                     entry.healthy = False  # refused, reset or gone: the next health check decides again
                     if attempt + 1 < self.config.max_attempts:
                         self.metrics.retries.labels("public").inc()
@@ -331,8 +333,9 @@ class Gateway:
                     entry.in_flight -= 1
                 entry.served += 1
                 self.metrics.latency.labels(route, "public").observe(time.perf_counter() - started)
-                out = {k: v for k, v in reply.headers.items() if k.lower() not in _HOP_HEADERS}
-                return Response(reply.content, status_code=reply.status_code, headers=out)
+                reply = Response(content, status_code=status)
+                reply.raw_headers = [h for h in reply.raw_headers if h[0] == b"content-length"] + out
+                return reply
         finally:
             self.metrics.in_flight.labels("public").dec()
         self.metrics.refused.labels("no-replica").inc()
