@@ -33,9 +33,11 @@ def enclave_main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="serdab-epc-stress")
     parser.add_argument("--epc-bytes", type=int, required=True)
+    parser.add_argument("--touch-interval-s", type=float, default=0.01)
     args = parser.parse_args(argv)
     nsm = NsmClient.from_env()
     nsm.resident(args.epc_bytes)
     nsm.ready(epc_bytes=args.epc_bytes)
-    while True:  # it keeps its pages fresh, so the pages swapped are the co-located replicas' (S3ML sec. 5.1)
-        time.sleep(1.0)
+    while True:  # it keeps visiting its pages (Stress-SGX): while the host is over budget, paging never stops
+        nsm.access()
+        time.sleep(args.touch_interval_s)

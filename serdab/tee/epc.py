@@ -3,7 +3,10 @@
 SGX has about 93 MiB of usable EPC per host shared by all enclaves (seed 002, sec. 2.2); when
 their resident memory exceeds it, pages are swapped with integrity checks, ~5x slower on
 average. Nothing here is measured: enclaves declare what they hold, every access while over
-budget counts the overflow as pages in and out, and reports carry ``emulated=True``.
+budget counts the enclave's share of the overflow as pages in and out, and reports carry
+``emulated=True``. The slowdown is graded: an access pays ``paging_slowdown`` on the fraction of
+its pages that are out of the EPC (the overflow over the total resident, shared in proportion),
+so a host just over budget slows its enclaves a little and one far over slows them ~5x.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ class EpcStats:
     resident_bytes: dict[str, int]
     page_ins: int
     page_outs: int
-    slowdown: float  # factor applied to compute while over budget (1.0 when within)
+    slowdown: float  # factor on compute now: 1 within budget, up to paging_slowdown far over it
     emulated: bool = field(default=True)
 
     @property
@@ -61,10 +64,11 @@ class EpcMeter:
             own = self._resident.get(enclave, 0)
             if total <= self.budget_bytes or own == 0:
                 return 1.0
-            pages = math.ceil((total - self.budget_bytes) * own / total / PAGE)
+            overflow = total - self.budget_bytes
+            pages = math.ceil(overflow * own / total / PAGE)
             self._page_ins += pages
             self._page_outs += pages
-            return self.paging_slowdown
+            return 1.0 + (self.paging_slowdown - 1.0) * overflow / total
 
     def stats(self) -> EpcStats:
         with self._lock:
@@ -74,5 +78,5 @@ class EpcMeter:
                 resident_bytes=dict(self._resident),
                 page_ins=self._page_ins,
                 page_outs=self._page_outs,
-                slowdown=self.paging_slowdown if total > self.budget_bytes else 1.0,
+                slowdown=1.0 + (self.paging_slowdown - 1.0) * max(0, total - self.budget_bytes) / max(total, 1),
             )
