@@ -53,6 +53,9 @@ def serve(
     enclave_speed: Annotated[
         float, typer.Option(help="Emulated enclave speed relative to this host (1.0: Nitro-like dedicated cores).")
     ] = 1.0,
+    monitor_interval: Annotated[
+        float, typer.Option(min=0.05, help="Seconds between EPC paging samples (S3ML: 1).")
+    ] = 1.0,
     trust_file: Annotated[Path, typer.Option(help="Where to write the trust statement clients verify against.")] = Path(
         "serve-trust.json"
     ),
@@ -76,7 +79,7 @@ def serve(
                    for kind, count in (("enclave", secure), ("public", public)) if count}  # fmt: skip
     options = ServeOptions(model, secure=secure, public=public, balancer=balancer, autoscale=scaling, host=host,
                            port=port, secure_port=secure_port, enclave_hosts=enclave_hosts,
-                           enclave_speed=enclave_speed)  # fmt: skip
+                           enclave_speed=enclave_speed, monitor_interval_s=monitor_interval)  # fmt: skip
     options.check()
     stopped = threading.Event()
     # Ctrl-C and SIGTERM both stop everything (SIGINT is handled even where a shell started us ignoring it)

@@ -113,7 +113,10 @@ class ModelRunner:
             feeds[spec.name] = array
         return feeds
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
+        """Outputs by name, and a Server-Timing value: time waiting for the model, time inside it
+        (emulated enclave time included)."""
+        queued = time.perf_counter()
         with self._lock:
             started = time.perf_counter()
             results = self.session.run(None, feeds)
@@ -121,9 +124,11 @@ class ModelRunner:
             extra = self._pad(host_s) if self._pad else 0.0
             if extra > 0:
                 time.sleep(extra)
-            self.busy_s += time.perf_counter() - started
+            infer_s = time.perf_counter() - started
+            self.busy_s += infer_s
             self.inferences += 1
-        return {spec.name: value for spec, value in zip(self.outputs, results, strict=True)}
+        timing = f"queue;dur={1000 * (started - queued):.3f}, infer;dur={1000 * infer_s:.3f}"
+        return {spec.name: value for spec, value in zip(self.outputs, results, strict=True)}, timing
 
 
 class _Measure:
@@ -252,25 +257,26 @@ def create_replica_app(
         _model(name)
         body = await read_body(request, ("application/json", "application/octet-stream"), MAX_BODY_BYTES)
         parsed, tensors, binary = parse_infer_request(body, request.headers.get(BINARY_HEADER))
-        outputs = await run_in_threadpool(runner.infer, runner.check(tensors))
+        outputs, timing = await run_in_threadpool(runner.infer, runner.check(tensors))
         wanted = {o.name for o in parsed.outputs or []}
         unknown = wanted - set(outputs)
         if unknown:
             raise InferenceRequestError(f"unknown output {sorted(unknown)[0]!r}; the model gives {', '.join(outputs)}")
         chosen = {k: v for k, v in outputs.items() if not wanted or k in wanted}
         content, headers = encode_infer_response(runner.name, chosen, parsed.id, binary)
-        return Response(content, headers=headers)
+        return Response(content, headers={**headers, "server-timing": timing})
 
-    async def predict(request: Request) -> dict[str, Any]:
+    async def predict(request: Request) -> JSONResponse:
         body = await read_body(request, ("application/json",), MAX_BODY_BYTES)
         try:
             batch = ImageBatch.model_validate_json(body)
         except ValueError as exc:
             raise InferenceRequestError(f'expected {{"images": [base64 image, ...]}} (1-64 images): {exc}') from None
         pixels = await run_in_threadpool(decode_images, batch.images, runner.image_shape)
-        outputs = await run_in_threadpool(runner.infer, {runner.inputs[0].name: pixels})
+        outputs, timing = await run_in_threadpool(runner.infer, {runner.inputs[0].name: pixels})
         logits = next(iter(outputs.values()))
-        return {"model": runner.name, "replica": kind, "predictions": top_k(logits, batch.top_k)}
+        answer = {"model": runner.name, "replica": kind, "predictions": top_k(logits, batch.top_k)}
+        return JSONResponse(answer, headers={"server-timing": timing})
 
     # seed 001's routes: the gateway sends each prefix to its kind; a replica answers only its own
     app.add_api_route(f"/predict-{'secure' if kind == 'enclave' else 'public'}", predict, methods=["POST"],
@@ -365,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser("serdab-public-replica")
     parser.add_argument("--model-file", required=True, type=Path)
     parser.add_argument("--ready-file", required=True, type=Path)
+    parser.add_argument("--tls-cert", type=Path, default=None, help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, default=None, help="and this key (PEM)")
     args = parser.parse_args(argv)
     runner = ModelRunner(args.name, args.model_file.read_bytes(), args.threads)
     replica_id = args.id or f"public-{os.getpid()}"
@@ -377,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(json.dumps({"port": port, "pid": os.getpid(), "id": replica_id}))
         tmp.replace(args.ready_file)
 
-    serve_app(app, sock, ready)
+    tls = (args.tls_cert.read_bytes(), args.tls_key.read_bytes()) if args.tls_cert and args.tls_key else None
+    serve_app(app, sock, ready, tls=tls)
     return 0
 
 
@@ -395,6 +404,10 @@ def enclave_main(argv: list[str]) -> int:
     parser.add_argument("--kms-pcrs", required=True, help="JSON {index: hex} the KMS must show")
     parser.add_argument("--allow-simulated", action="store_true")
     parser.add_argument("--speed", type=float, default=1.0, help="emulated enclave speed relative to this host")
+    parser.add_argument(
+        "--plaintext-benchmark-only", action="store_true",
+        help="plain HTTP, only to measure what TLS costs (seed 002 Fig. 6); never for data",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     nsm = NsmClient.from_env()
     roots = [HostIdentity.load_or_create().root_cert] if args.allow_simulated else []
@@ -432,7 +445,8 @@ def enclave_main(argv: list[str]) -> int:
     sock = listen_http(args.host, args.port)
     port = sock.getsockname()[1]
     serve_app(app, sock, lambda: nsm.ready(port=port, id=replica_id, tls_sha384=tls_hash.hex()),
-              tls=(keys.cert_pem.encode(), keys.key_pem.encode()))  # fmt: skip
+              tls=None if args.plaintext_benchmark_only else (keys.cert_pem.encode(),
+                                                              keys.key_pem.encode()))  # fmt: skip
     return 0
 
 

@@ -99,6 +99,7 @@ class ModelService:
         self.start_times: dict[str, list[float]] = {k: [] for k in KINDS}
         self.decisions: list[dict[str, Any]] = []
         self.restarts: list[dict[str, Any]] = []
+        self.extras: list[ReplicaProcess] = []  # started for benchmarks, not behind the gateway
         self.gateway: Gateway | None = None
         self._backends: dict[str, Any] = {}
         self._kms: Any = None
@@ -180,10 +181,11 @@ class ModelService:
             self._autoscaler.join(timeout=10)
         if self.gateway is not None:
             self.gateway.stop()
-        for replica in list(self.replicas.values()):
+        for replica in [*self.replicas.values(), *self.extras]:
             with contextlib.suppress(Exception):
                 replica.stop()
         self.replicas.clear()
+        self.extras.clear()
         for name in list(self.stress):
             self.stop_stress(name)
         for backend in self._backends.values():
@@ -239,10 +241,16 @@ class ModelService:
             self._backends[host] = get_backend("simulated")
         return self._backends[host]
 
-    def add_replica(self, kind: str, host: str | None = None) -> ReplicaProcess:
+    def add_replica(self, kind: str, host: str | None = None, tls: bool | None = None,
+                    register: bool = True) -> ReplicaProcess:  # fmt: skip
+        """Start a replica and put it behind the gateway. ``tls`` other than the kind's own (enclaves
+        TLS, public plain) and ``register=False`` exist for benchmarks that address replicas directly."""
         started = time.monotonic()
-        replica = self._launch_enclave(host) if kind == "enclave" else self._launch_public()
+        replica = self._launch_enclave(host, tls is not False) if kind == "enclave" else self._launch_public(bool(tls))
         replica.start_s = time.monotonic() - started
+        if not register:
+            self.extras.append(replica)
+            return replica
         self.start_times[kind].append(replica.start_s)
         self.replicas[replica.id] = replica
         assert self.gateway is not None
@@ -250,15 +258,31 @@ class ModelService:
         self.log(f"{kind} replica {replica.id} on {replica.host}:{replica.port} ready in {replica.start_s:.2f} s")
         return replica
 
-    def _launch_public(self) -> ReplicaProcess:
+    def public_tls_files(self) -> tuple[Path, Path]:
+        """A self-signed certificate and key for public replicas asked to serve HTTPS (benchmarks)."""
+        cert, key = self.work_dir / "public-tls.crt", self.work_dir / "public-tls.key"
+        if not cert.exists():
+            from serdab.crypto import cert_pem, key_pem, new_key, self_signed_server
+            from serdab.validation import write_private
+
+            private = new_key()
+            cert.write_bytes(cert_pem(self_signed_server(private, "serdab public replica", ("localhost", "127.0.0.1"))))
+            write_private(key, key_pem(private))
+        return cert, key
+
+    def _launch_public(self, tls: bool = False) -> ReplicaProcess:
         replica_id = self._next_id("public")
         ready = self.work_dir / f"{replica_id}.ready"
         log = self.work_dir / f"{replica_id}.log"
+        extra = []
+        if tls:
+            cert, key = self.public_tls_files()
+            extra = ["--tls-cert", str(cert), "--tls-key", str(key)]
         with open(log, "ab") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "serdab.serve.replica", "--name", self.model_name, "--model-file",
                  str(self._model_file), "--ready-file", str(ready), "--id", replica_id,
-                 "--threads", str(self.options.threads)],
+                 "--threads", str(self.options.threads), *extra],
                 stdout=out, stderr=out, start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + self.options.start_timeout_s
@@ -275,7 +299,7 @@ class ModelService:
         return ReplicaProcess(replica_id, "public", "public", int(info["port"]), process.pid, 0.0,
                               lambda: stop_process(process), lambda: process.poll() is None)  # fmt: skip
 
-    def _launch_enclave(self, host: str | None = None) -> ReplicaProcess:
+    def _launch_enclave(self, host: str | None = None, tls: bool = True) -> ReplicaProcess:
         if self._image is None or self._kms is None:
             raise ReplicaError("no replica image: the service was started without enclave replicas")
         host = host or self._enclave_host()
@@ -285,6 +309,8 @@ class ModelService:
                 "--kms-pcrs", json.dumps({str(i): v.hex() for i, v in self._kms.pcrs.items()}),
                 "--allow-simulated", "--speed", str(self.options.enclave_speed), "--id", replica_id,
                 "--threads", str(self.options.threads)]  # fmt: skip
+        if not tls:
+            args.append("--plaintext-benchmark-only")
         enclave = backend.launch(self._image.path, args, env={"OMP_NUM_THREADS": str(self.options.threads)},
                                  log_path=self.work_dir / f"{replica_id}.log")  # fmt: skip
         try:
