@@ -1,23 +1,55 @@
-"""Serving benchmarks (seeds 001 and 002) and the latency plot `serdab load --json` writes."""
+"""Serving benchmarks (seed 001 Figs. 2, 3, 5 and Table 1; seed 002 Fig. 6, Table 1 and Fig. 7), and
+the latency plot `serdab load --json` writes.
+
+Each deployment runs as `serdab serve` in its own process group, so the load generator (this
+process) does not share a GIL with the gateway; replicas are located and interference is started
+through the gateway's admin calls, as an operator would. What rests on emulation is labelled:
+enclaves are simulated processes (their speed 1.0 = this host's, as Nitro's dedicated cores, unless
+a row says otherwise), EPC and its paging are emulated (``serdab.tee.epc``). Two cores carry the
+client, the gateway and every replica: the scaling rows say so.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from serdab.serve.load import Sample  # noqa: E402
+from serdab.serve.load import Sample, closed_loop, open_loop, summarise  # noqa: E402
 
-__all__ = ["plot_latency"]
+__all__ = ["plot_latency", "plot_serving_bench", "run_serving_bench"]
+
+Progress = Callable[[str], None]
 
 
 def plot_latency(samples: Sequence[Sample], path: Path, title: str) -> None:
     """Latency of each request over the run (secure and public apart), failures marked."""
     fig, ax = plt.subplots(figsize=(8, 4))
+    _scatter(ax, samples)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _scatter(ax: Any, samples: Sequence[Sample]) -> None:
     for secure, colour, label in ((True, "tab:red", "secure (enclave)"), (False, "tab:blue", "public")):
         rows = [s for s in samples if s.secure == secure and s.ok]
         if rows:
@@ -27,8 +59,379 @@ def plot_latency(samples: Sequence[Sample], path: Path, title: str) -> None:
         ax.scatter([s.start_s for s in failed], [0] * len(failed), marker="x", c="black", label="failed")
     ax.set_xlabel("request start (s)")
     ax.set_ylabel("latency (ms)")
-    ax.set_title(title)
+    ax.legend(fontsize=8)
+
+
+# --- a deployment in its own process ------------------------------------------------------------------
+@dataclass
+class Served:
+    url: str
+    trust: dict[str, Any]
+    token: str
+    process: subprocess.Popen
+
+    def admin(self, action: str, **body: Any) -> dict[str, Any]:
+        reply = httpx.post(f"{self.url}/v1/admin/{action}", json=body, timeout=120,
+                           headers={"authorization": f"Bearer {self.token}"})  # fmt: skip
+        reply.raise_for_status()
+        return reply.json()
+
+    def replicas(self) -> list[dict[str, Any]]:
+        return self.admin("replicas")["replicas"]
+
+
+@contextmanager
+def served(model: str, work: Path, *, secure: int, public: int, balancer: str = "round-robin", enclave_hosts: int = 0,
+           enclave_speed: float = 1.0, monitor_interval: float = 1.0) -> Iterator[Served]:  # fmt: skip
+    """`serdab serve` in its own process group; SIGTERM (it stops everything it started) on exit."""
+    work.mkdir(parents=True, exist_ok=True)
+    trust_file = work / "trust.json"
+    trust_file.unlink(missing_ok=True)
+    log = open(work / "serve.log", "ab")  # noqa: SIM115 - handed to the child, closed below
+    command = [sys.executable, "-m", "serdab", "serve", model, "--secure", str(secure), "--public", str(public),
+               "--balancer", balancer, "--port", "0", "--enclave-hosts", str(enclave_hosts),
+               "--enclave-speed", str(enclave_speed), "--monitor-interval", str(monitor_interval),
+               "--trust-file", str(trust_file)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not trust_file.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"serdab serve did not start: {(work / 'serve.log').read_text()[-800:]}")
+            time.sleep(0.1)
+        time.sleep(0.2)  # the admin token is written right after the trust file
+        trust = json.loads(trust_file.read_text())
+        token = (work / "trust.admin-token").read_text().strip()
+        yield Served(trust["gateway"], trust, token, process)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def _input(model: str, batch: int) -> np.ndarray:
+    from serdab.models import zoo_entry
+
+    return np.random.default_rng(0).standard_normal((batch, *zoo_entry(model).input_chw)).astype(np.float32)
+
+
+def _rss_mib(pid: int, field: str = "VmRSS") -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+# --- seed 001 -------------------------------------------------------------------------------------------
+def channel_throughput(s: Served, model: str, megabytes: int = 32, repeat: int = 5) -> dict[str, float]:
+    """MB/s of a large request body into each kind: TLS through the pass-through into the enclave vs
+    plain HTTP through the gateway's proxy (the replica reads it all, then refuses it: 400)."""
+    from serdab.serve.client import Client
+
+    body = os.urandom(megabytes * 2**20)
+    headers = {"content-type": "application/octet-stream", "inference-header-content-length": str(len(body) + 1)}
+    out = {}
+    with Client(s.url, trust=s.trust) as client:
+        for name, secure in (("enclave_tls_mb_s", True), ("public_plain_mb_s", False)):
+            http, base = client.http(secure)
+            times = []
+            for _ in range(repeat):
+                started = time.perf_counter()
+                reply = http.post(f"{base}/v2/models/{model}/infer", content=body, headers=headers)
+                times.append(time.perf_counter() - started)
+                assert reply.status_code == 400, reply.text
+            out[name] = megabytes / float(np.median(times))
+    return out
+
+
+def seed001(model: str, work: Path, quick: bool, progress: Progress) -> dict[str, Any]:
+    threads_list = [1, 4, 8] if quick else [1, 2, 5, 10, 20, 40]
+    fractions = [0.0, 0.25, 0.5, 0.75, 1.0]
+    result: dict[str, Any] = {"model": model, "batch": 2}
+    progress(f"seed 001: {model}, one enclave and one public replica")
+    with served(model, work / "seed001", secure=1, public=1) as s:
+        replicas = s.replicas()
+        result["start_s"] = {r["kind"]: r["start_s"] for r in replicas}
+        result["memory_startup_peak_mib"] = {r["kind"]: _rss_mib(r["pid"], "VmHWM") for r in replicas}
+        result["memory_startup_peak_mib"]["gateway"] = _rss_mib(s.process.pid, "VmHWM")
+        progress("seed 001 Fig. 2: channel throughput")
+        result["channel"] = channel_throughput(s, model, 16 if quick else 32, 3 if quick else 5)
+        x = _input(model, 2)
+        fig3 = []
+        for kind, fraction in (("enclave", 1.0), ("public", 0.0)):
+            for threads in threads_list:
+                progress(f"seed 001 Fig. 3: {kind}, {threads} threads x 2 requests")
+                samples, wall = closed_loop(s.url, x, threads=threads, requests=2, secure_fraction=fraction,
+                                            trust=s.trust, model=model)  # fmt: skip
+                fig3.append({"kind": kind, "threads": threads, **summarise(samples, wall)["all"]})
+        result["fig3"] = fig3
+        sampling = threading.Event()
+        rss: dict[str, list[float]] = {name: [] for name in [*(r["kind"] for r in replicas), "gateway"]}
+
+        def sample_memory() -> None:
+            while not sampling.wait(0.5):
+                for r in replicas:
+                    rss[r["kind"]].append(_rss_mib(r["pid"]))
+                rss["gateway"].append(_rss_mib(s.process.pid))
+
+        sampler = threading.Thread(target=sample_memory, daemon=True)
+        sampler.start()
+        fig5 = []
+        for fraction in fractions:
+            progress(f"seed 001 Fig. 5: {fraction:.0%} secure")
+            samples, wall = closed_loop(s.url, x, threads=8, requests=3 if quick else 6, secure_fraction=fraction,
+                                        trust=s.trust, model=model, seed=int(100 * fraction))  # fmt: skip
+            summary = summarise(samples, wall)
+            fig5.append({"secure_fraction": fraction, "secure": summary.get("secure"), "public": summary.get("public"),
+                         "throughput_per_s": summary["throughput_per_s"]})  # fmt: skip
+        sampling.set()
+        sampler.join()
+        result["fig5"] = fig5
+        result["memory_light_load_mib"] = {k: float(np.nanmean(v)) for k, v in rss.items() if v}
+        progress("secure vs public path, one request at a time")
+        result["sequential"] = _sequential(s, x, model, 20 if quick else 60)
+    return result
+
+
+def _sequential(s: Served, x: np.ndarray, model: str, count: int) -> dict[str, float]:
+    """p50 of one request at a time on a set-up session, secure and public interleaved."""
+    from serdab.serve.client import Client
+
+    times: dict[bool, list[float]] = {True: [], False: []}
+    with Client(s.url, trust=s.trust, model=model) as client:
+        client.infer(x, secure=True)
+        client.infer(x, secure=False)
+        for _ in range(count):
+            for secure in (True, False):
+                started = time.perf_counter()
+                client.infer(x, secure=secure)
+                times[secure].append(time.perf_counter() - started)
+    secure_ms, public_ms = 1000 * float(np.median(times[True])), 1000 * float(np.median(times[False]))
+    return {"secure_p50_ms": secure_ms, "public_p50_ms": public_ms, "secure_over_public": secure_ms / public_ms - 1}
+
+
+def gateway_overhead(work: Path, count: int, progress: Progress) -> dict[str, float]:
+    """p50 of a request to a public replica directly vs through the gateway (LeNet-5: the model is ~0)."""
+    from serdab.serve.protocol import encode_infer_request
+
+    progress("gateway overhead")
+    x = _input("lenet5", 2)
+    body, headers = encode_infer_request({"input": x})
+    with served("lenet5", work / "overhead", secure=0, public=1) as s:
+        replica = s.replicas()[0]
+        out = {}
+        for name, base in (("direct_p50_ms", f"http://127.0.0.1:{replica['port']}"), ("gateway_p50_ms", s.url)):
+            with httpx.Client() as http:
+                times = []
+                for _ in range(count):
+                    started = time.perf_counter()
+                    http.post(f"{base}/v2/models/lenet5/infer", content=body, headers=headers).raise_for_status()
+                    times.append(time.perf_counter() - started)
+            out[name] = 1000 * float(np.median(times[count // 10 :]))
+    out["overhead_p50_ms"] = out["gateway_p50_ms"] - out["direct_p50_ms"]
+    return out
+
+
+# --- seed 002 -------------------------------------------------------------------------------------------
+def tls_cost(models: Sequence[str], count: int, progress: Progress) -> list[dict[str, Any]]:
+    """Seed 002 Fig. 6: inference and communication time, outside/inside the enclave, without/with TLS,
+    one request at a time on a set-up connection, straight to the replica (no gateway)."""
+    import ssl
+
+    from serdab.serve.service import ModelService, ServeOptions
+
+    rows = []
+    for model in models:
+        progress(f"seed 002 Fig. 6: {model}")
+        x = _input(model, 1)
+        from serdab.serve.protocol import encode_infer_request
+
+        body, headers = encode_infer_request({"input": x})
+        with ModelService(ServeOptions(model, secure=1, public=1)) as svc:
+            plain_enclave = svc.add_replica("enclave", tls=False, register=False)
+            tls_public = svc.add_replica("public", tls=True, register=False)
+            enclave = next(r for r in svc.replicas.values() if r.kind == "enclave")
+            public = next(r for r in svc.replicas.values() if r.kind == "public")
+            service_ca = ssl.create_default_context(cadata=svc._ca_pem)
+            service_ca.check_hostname = False
+            public_ca = ssl.create_default_context(cafile=str(svc.public_tls_files()[0]))
+            public_ca.check_hostname = False
+            configs: list[tuple[str, bool, str, Any]] = [
+                       ("outside", False, f"http://127.0.0.1:{public.port}", True),
+                       ("outside", True, f"https://127.0.0.1:{tls_public.port}", public_ca),
+                       ("inside", False, f"http://127.0.0.1:{plain_enclave.port}", True),
+                       ("inside", True, f"https://127.0.0.1:{enclave.port}", service_ca)]  # fmt: skip
+            for where, tls, base, verify in configs:
+                with httpx.Client(verify=verify) as http:
+                    started = time.perf_counter()
+                    http.get(f"{base}/v2/health/live").raise_for_status()
+                    connect_ms = 1000 * (time.perf_counter() - started)
+                    e2e, infer = [], []
+                    for k in range(count + 3):
+                        started = time.perf_counter()
+                        reply = http.post(f"{base}/v2/models/{model}/infer", content=body, headers=headers)
+                        elapsed = time.perf_counter() - started
+                        reply.raise_for_status()
+                        if k >= 3:
+                            e2e.append(1000 * elapsed)
+                            infer.append(_server_ms(reply.headers.get("server-timing", "")))
+                e2e_ms, infer_ms = float(np.median(e2e)), float(np.median(infer))
+                rows.append({"model": model, "where": where, "tls": tls, "e2e_ms": e2e_ms,
+                             "inference_ms": infer_ms, "communication_ms": e2e_ms - infer_ms,
+                             "first_request_connect_ms": connect_ms})  # fmt: skip
+    return rows
+
+
+def _server_ms(timing: str) -> float:
+    total = 0.0
+    for part in timing.split(","):
+        name, _, rest = part.strip().partition(";dur=")
+        if name in ("queue", "infer") and rest:
+            total += float(rest)
+    return total
+
+
+def epc_interference(model: str, work: Path, quick: bool, progress: Progress) -> dict[str, Any]:
+    """Seed 002 Table 1: P99 with 3 enclave replicas on 3 hosts under Poisson arrivals while an
+    interference enclave occupies one host's EPC in two windows, for each balancing policy."""
+    duration = 30.0 if quick else 120.0
+    monitor = 0.2 if quick else 1.0  # S3ML samples once per second; the quick run scales time down 5x
+    windows = [(0.2 * duration, 0.45 * duration), (0.6 * duration, 0.85 * duration)]
+    degrees = {"high": 160 * 2**20, "low": 80 * 2**20}  # over the 93 MiB EPC by ~85 MiB and ~5 MiB with one replica
+    rate = 30.0
+    boundary = 200_000.0  # pages/s: above it the emulated slowdown exceeds ~1.5x (profiled, see docs)
+    policies = ["round-robin", "least-connections", "sed", f"epc-aware:{boundary:g}:0.7:5"]
+    x = _input(model, 1)
+    rows = []
+    for policy in policies:
+        progress(f"seed 002 Table 1: {policy}")
+        with served(model, work / "table1", secure=3, public=0, balancer=policy, enclave_hosts=3,
+                    monitor_interval=monitor) as s:  # fmt: skip
+            closed_loop(s.url, x, threads=3, requests=5, secure_fraction=1.0, trust=s.trust, model=model)  # warm
+            for degree, epc_bytes in degrees.items():
+                progress(f"seed 002 Table 1: {policy}, {degree} interference, {duration:.0f} s")
+                stop = threading.Event()
+
+                def interfere(epc: int = epc_bytes, stop: threading.Event = stop) -> None:
+                    begin = time.perf_counter()
+                    for start, end in windows:
+                        if stop.wait(max(0.0, begin + start - time.perf_counter())):
+                            return
+                        name = s.admin("stress", host="h1", epc_bytes=epc)["stress"]
+                        stop.wait(max(0.0, begin + end - time.perf_counter()))
+                        s.admin("unstress", name=name)
+
+                thread = threading.Thread(target=interfere, daemon=True)
+                thread.start()
+                samples, wall = open_loop(s.url, x, rate_per_s=rate, duration_s=duration, secure_fraction=1.0,
+                                          trust=s.trust, model=model, workers=24, seed=7)  # fmt: skip
+                stop.set()
+                thread.join()
+                summary = summarise(samples, wall)["all"]
+                rows.append({"policy": policy.split(":")[0], "degree": degree, "epc_bytes": epc_bytes, **summary})
+                time.sleep(3 * monitor + 1)  # weights back to 1 before the next run
+    return {"model": model, "rate_per_s": rate, "duration_s": duration, "windows_s": windows,
+            "monitor_interval_s": monitor, "boundary_pages_per_s": boundary, "rows": rows}  # fmt: skip
+
+
+def replica_scaling(model: str, work: Path, quick: bool, progress: Progress) -> list[dict[str, Any]]:
+    """Seed 002 Fig. 7: throughput and P99 with 1, 2, 3 enclave replicas, closed loop, at this host's
+    speed (CPU-bound: 2 cores) and at an emulated SGX speed of 0.3 (the enclave waits, the core does not)."""
+    rows = []
+    x = _input(model, 1)
+    for speed in (1.0, 0.3):
+        for count in (1, 2, 3):
+            progress(f"seed 002 Fig. 7: {count} enclave replica(s), speed {speed}")
+            with served(model, work / "fig7", secure=count, public=0, balancer="least-connections",
+                        enclave_hosts=count, enclave_speed=speed) as s:  # fmt: skip
+                closed_loop(s.url, x, threads=2, requests=3, secure_fraction=1.0, trust=s.trust, model=model)
+                samples, wall = closed_loop(s.url, x, threads=6, requests=8 if quick else 25, secure_fraction=1.0,
+                                            trust=s.trust, model=model)  # fmt: skip
+                summary = summarise(samples, wall)
+                rows.append({"replicas": count, "enclave_speed": speed, "throughput_per_s": summary["throughput_per_s"],
+                             **summary["all"]})  # fmt: skip
+    return rows
+
+
+def run_serving_bench(quick: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    say = progress or (lambda _: None)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="serdab-bench-serving-") as tmp:
+        work = Path(tmp)
+        result: dict[str, Any] = {"quick": quick}
+        result["overhead"] = gateway_overhead(work, 100 if quick else 400, say)
+        result["seed001"] = seed001("resnet18", work, quick, say)
+        fig6_models = ["mobilenetv2", "squeezenet1_1"] if quick else ["mobilenetv2", "squeezenet1_1", "resnet18",
+                                                                      "googlenet"]  # fmt: skip
+        result["fig6"] = tls_cost(fig6_models, 10 if quick else 30, say)
+        result["table1"] = epc_interference("mobilenetv2", work, quick, say)
+        result["fig7"] = replica_scaling("resnet18", work, quick, say)
+    result["wall_s"] = time.perf_counter() - started
+    result["emulated"] = ("enclaves are simulated processes; their speed is this host's unless enclave_speed says "
+                          "otherwise; EPC budget and paging are emulated")  # fmt: skip
+    return result
+
+
+def plot_serving_bench(result: dict[str, Any], path: Path) -> None:
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    s1 = result["seed001"]
+    ax = axes[0][0]
+    for kind, colour in (("enclave", "tab:red"), ("public", "tab:blue")):
+        rows = [r for r in s1["fig3"] if r["kind"] == kind]
+        threads = [r["threads"] for r in rows]
+        ax.plot(threads, [r["mean_ms"] for r in rows], marker="o", c=colour, label=f"{kind} mean")
+        ax.fill_between(threads, [r["min_ms"] for r in rows], [r["max_ms"] for r in rows], color=colour, alpha=0.15)
+    ax.set(xlabel="threads (x 2 requests, batch 2)", ylabel="latency ms", title="seed 001 Fig. 3 (min-max band)")
+    ax.legend(fontsize=8)
+    ax = axes[0][1]
+    fractions = [100 * r["secure_fraction"] for r in s1["fig5"]]
+    for kind, colour in (("secure", "tab:red"), ("public", "tab:blue")):
+        values = [(r[kind] or {}).get("mean_ms", np.nan) for r in s1["fig5"]]
+        ax.plot(fractions, values, marker="o", c=colour, label=f"{kind} mean")
+    ax.set(xlabel="% secure requests", ylabel="latency ms", title="seed 001 Fig. 5: mixed privacy")
+    ax.legend(fontsize=8)
+    ax = axes[0][2]
+    kinds = list(s1["memory_light_load_mib"])
+    ax.bar([k + " start" for k in kinds], [s1["memory_startup_peak_mib"].get(k, 0) for k in kinds], color="grey")
+    ax.bar([k + " load" for k in kinds], [s1["memory_light_load_mib"][k] for k in kinds], color="tab:green")
+    ax.set(ylabel="MiB", title="seed 001 Table 1: memory (peak at start, mean under load)")
+    ax.tick_params(axis="x", labelsize=7)
+    ax = axes[1][0]
+    labels, inference, communication = [], [], []
+    for r in result["fig6"]:
+        labels.append(f"{r['model'][:9]}\n{r['where']}{' TLS' if r['tls'] else ''}")
+        inference.append(r["inference_ms"])
+        communication.append(r["communication_ms"])
+    ax.bar(labels, inference, label="inference")
+    ax.bar(labels, communication, bottom=inference, label="communication")
+    ax.set(ylabel="ms", title="seed 002 Fig. 6: TLS, inside/outside the enclave")
+    ax.tick_params(axis="x", labelsize=6)
+    ax.legend(fontsize=8)
+    ax = axes[1][1]
+    t1 = result["table1"]["rows"]
+    policies = list(dict.fromkeys(r["policy"] for r in t1))
+    for k, degree in enumerate(("high", "low")):
+        values = [next((r.get("p99_ms", 0) for r in t1 if r["policy"] == p and r["degree"] == degree), 0)
+                  for p in policies]  # fmt: skip
+        ax.bar([i + 0.4 * k for i in range(len(policies))], values, 0.4, label=f"{degree} interference")
+    ax.set_xticks([i + 0.2 for i in range(len(policies))], policies, fontsize=8)
+    ax.set(ylabel="P99 ms", title="seed 002 Table 1: P99 under EPC interference (emulated)")
+    ax.legend(fontsize=8)
+    ax = axes[1][2]
+    for speed, colour in ((1.0, "tab:blue"), (0.3, "tab:red")):
+        rows = [r for r in result["fig7"] if r["enclave_speed"] == speed]
+        ax.plot([r["replicas"] for r in rows], [r["throughput_per_s"] for r in rows], marker="o", c=colour,
+                label=f"throughput, enclave speed {speed}")  # fmt: skip
+    ax.set(xlabel="enclave replicas", ylabel="requests/s", title="seed 002 Fig. 7: scaling (2 cores)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -323,3 +323,78 @@ def bench_audit(
                       f"{p['speedup']:.2f}x")  # fmt: skip
     console.print(plans)
     err_console.print(f"wrote {json_path} and {png} in {result['total_s']:.0f} s")
+
+
+@bench_app.command("serving")
+def bench_serving(
+    json_path: Annotated[Path, typer.Option("--json", help="Where to write the JSON result.")] = Path(
+        "bench/results/serving.json"
+    ),
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer points and shorter runs (about 6 minutes).")] = False,
+) -> None:
+    """Seeds 001 and 002 measured: start time, channel, latency vs concurrency, mixed privacy, memory, TLS cost,
+    P99 under EPC interference per balancing policy, replica scaling, gateway overhead."""
+    from serdab.bench.serving_bench import plot_serving_bench, run_serving_bench
+
+    with err_console.status("serving benchmark") as status:
+        result = run_serving_bench(quick, progress=status.update)
+    png = _write(result, json_path, plot_serving_bench)
+    s1 = result["seed001"]
+    console.print(f"gateway overhead at p50: {result['overhead']['overhead_p50_ms']:.3f} ms "
+                  f"({result['overhead']['direct_p50_ms']:.2f} ms direct, {result['overhead']['gateway_p50_ms']:.2f} "
+                  "ms through the gateway)")  # fmt: skip
+    start, channel = s1["start_s"], s1["channel"]
+    console.print(f"start time: enclave replica {start['enclave']:.2f} s, public {start['public']:.2f} s; channel: "
+                  f"enclave TLS {channel['enclave_tls_mb_s']:.0f} MB/s, public plain "
+                  f"{channel['public_plain_mb_s']:.0f} MB/s")  # fmt: skip
+    seq = s1["sequential"]
+    console.print(f"{s1['model']} one at a time: secure p50 {seq['secure_p50_ms']:.1f} ms, public "
+                  f"{seq['public_p50_ms']:.1f} ms ({100 * seq['secure_over_public']:+.1f}%)")  # fmt: skip
+    table = Table(title=f"seed 001 Fig. 3: {s1['model']}, threads x 2 requests, batch 2")
+    for column in ("kind", "threads", "min ms", "mean ms", "max ms"):
+        table.add_column(column, justify="left" if column == "kind" else "right")
+    for r in s1["fig3"]:
+        table.add_row(r["kind"], str(r["threads"]), f"{r['min_ms']:.1f}", f"{r['mean_ms']:.1f}", f"{r['max_ms']:.1f}")
+    console.print(table)
+    table = Table(title="seed 001 Fig. 5: mixed privacy, 8 threads")
+    for column in ("% secure", "secure mean ms", "secure max ms", "public mean ms", "public max ms", "req/s"):
+        table.add_column(column, justify="right")
+    for r in s1["fig5"]:
+        sec, pub = r["secure"] or {}, r["public"] or {}
+        table.add_row(f"{100 * r['secure_fraction']:.0f}", *(f"{d[k]:.1f}" if k in d else "-" for d, k in
+                      ((sec, "mean_ms"), (sec, "max_ms"), (pub, "mean_ms"), (pub, "max_ms"))),
+                      f"{r['throughput_per_s']:.1f}")  # fmt: skip
+    console.print(table)
+    table = Table(title="seed 001 Table 1: memory (MiB)")
+    for column in ("process", "peak at start", "mean under light load"):
+        table.add_column(column, justify="left" if column == "process" else "right")
+    for kind, value in s1["memory_light_load_mib"].items():
+        table.add_row(kind, f"{s1['memory_startup_peak_mib'].get(kind, float('nan')):.0f}", f"{value:.0f}")
+    console.print(table)
+    table = Table(title="seed 002 Fig. 6: one request, set-up connection, straight to the replica")
+    for column in ("model", "where", "TLS", "inference ms", "communication ms", "e2e ms", "connect ms"):
+        table.add_column(column, justify="left" if column in ("model", "where", "TLS") else "right")
+    for r in result["fig6"]:
+        table.add_row(r["model"], r["where"], "yes" if r["tls"] else "no", f"{r['inference_ms']:.2f}",
+                      f"{r['communication_ms']:.2f}", f"{r['e2e_ms']:.2f}",
+                      f"{r['first_request_connect_ms']:.2f}")  # fmt: skip
+    console.print(table)
+    t1 = result["table1"]
+    table = Table(title=f"seed 002 Table 1: {t1['model']}, 3 enclave replicas, {t1['rate_per_s']:g}/s Poisson for "
+                        f"{t1['duration_s']:.0f} s, interference on h1 in {len(t1['windows_s'])} windows "
+                        "(emulated EPC)")  # fmt: skip
+    for column in ("policy", "interference", "p50 ms", "p99 ms", "max ms", "errors"):
+        table.add_column(column, justify="left" if column in ("policy", "interference") else "right")
+    for r in t1["rows"]:
+        table.add_row(r["policy"], r["degree"], f"{r.get('p50_ms', float('nan')):.1f}",
+                      f"{r.get('p99_ms', float('nan')):.1f}", f"{r.get('max_ms', float('nan')):.1f}",
+                      str(r["errors"]))  # fmt: skip
+    console.print(table)
+    table = Table(title="seed 002 Fig. 7: enclave replicas (closed loop, 6 threads; 2 cores)")
+    for column in ("replicas", "enclave speed", "req/s", "p50 ms", "p99 ms"):
+        table.add_column(column, justify="right")
+    for r in result["fig7"]:
+        table.add_row(str(r["replicas"]), f"{r['enclave_speed']:g}", f"{r['throughput_per_s']:.1f}",
+                      f"{r.get('p50_ms', float('nan')):.1f}", f"{r.get('p99_ms', float('nan')):.1f}")  # fmt: skip
+    console.print(table)
+    err_console.print(f"wrote {json_path} and {png} in {result['wall_s']:.0f} s")

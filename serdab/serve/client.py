@@ -94,13 +94,17 @@ class Client:
         path = "/predict-secure" if secure else "/predict-public"
         return self._post(path, body, {"content-type": "application/json"}, secure).json()["predictions"]
 
+    def http(self, secure: bool) -> tuple[httpx.Client, str]:
+        """The HTTP client and base URL requests of that kind go to (attesting first for secure ones)."""
+        return (self._secure_client(), self._secure_base) if secure else (self._public, self.url)
+
     def _model_name(self, secure: bool) -> str:
         if self.model is None:
             self.model = self._public.get(self.url + "/v1/gateway").json()["model"]
         return str(self.model)
 
     def _post(self, path: str, body: bytes, headers: dict[str, str], secure: bool) -> httpx.Response:
-        client, base = (self._secure_client(), self._secure_base) if secure else (self._public, self.url)
+        client, base = self.http(secure)
         last: Exception | None = None
         for _ in range(self.retries + 1):
             try:
