@@ -56,17 +56,27 @@ def closed_loop(
     model: str | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    warmup: bool = False,
 ) -> tuple[list[Sample], float]:
-    """Each of ``threads`` sends ``requests`` requests back to back; (samples, wall seconds)."""
+    """Each of ``threads`` sends ``requests`` requests back to back; (samples, wall seconds). With
+    ``warmup`` each thread first sets its session up (attestation, connections) off the clock."""
     rng = np.random.default_rng(seed)
     kinds = rng.random((threads, requests)) < secure_fraction
     samples: list[Sample] = []
     lock = threading.Lock()
     total = threads * requests
+    ready = threading.Barrier(threads)
     begin = time.perf_counter()
 
     def worker(k: int) -> None:
+        nonlocal begin
         with _client(url, trust, model) as client:
+            if warmup:
+                for secure in {bool(v) for v in kinds[k]}:
+                    _one(client, x, secure)
+                if ready.wait() == 0:
+                    begin = time.perf_counter()
+                ready.wait()
             for secure in kinds[k]:
                 started = time.perf_counter()
                 error = _one(client, x, bool(secure))

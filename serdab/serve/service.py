@@ -186,8 +186,10 @@ class ModelService:
                 replica.stop()
         self.replicas.clear()
         self.extras.clear()
-        for name in list(self.stress):
-            self.stop_stress(name)
+        for backend, enclave, _, _ in self.stress.values():
+            with contextlib.suppress(Exception):
+                backend.terminate(enclave)
+        self.stress.clear()
         for backend in self._backends.values():
             with contextlib.suppress(Exception):
                 backend.close()
@@ -365,36 +367,52 @@ class ModelService:
 
     # --- EPC interference (emulated) ------------------------------------------------------------------
     def start_stress(self, host: str, epc_bytes: int) -> str:
-        """An enclave on ``host`` that occupies ``epc_bytes`` of its emulated EPC (S3ML's Stress-SGX)."""
+        """Make the interference enclave on ``host`` occupy ``epc_bytes`` of its emulated EPC (S3ML's
+        Stress-SGX); the enclave is started on first use and kept, idle, after ``stop_stress``."""
         from serdab.serve.stress import build_stress_image
 
-        image = self.work_dir / "stress-image"
-        if not image.exists():
-            build_stress_image(self.work_dir)
-        backend = self.backend(host)
-        enclave = backend.launch(image, ["--epc-bytes", str(epc_bytes)],
-                                 log_path=self.work_dir / f"stress-{host}.log")  # fmt: skip
-        backend.wait_ready(enclave, 30)
-        name = f"stress-{host}-{len(self.stress) + 1}"
-        self.stress[name] = (backend, enclave, host)
+        name = f"stress-{host}"
+        if name not in self.stress:
+            image = self.work_dir / "stress-image"
+            if not image.exists():
+                build_stress_image(self.work_dir)
+            control = self.work_dir / f"{name}.bytes"
+            control.write_text("0")
+            backend = self.backend(host)
+            enclave = backend.launch(image, ["--control", str(control)], log_path=self.work_dir / f"{name}.log")
+            backend.wait_ready(enclave, 30)
+            self.stress[name] = (backend, enclave, host, control)
+        backend, enclave, _, control = self.stress[name]
+        self._set_stress(name, epc_bytes)
         self.log(f"EPC interference {name}: {epc_bytes / 2**20:.0f} MiB on {host} (emulated)")
         return name
 
+    def _set_stress(self, name: str, epc_bytes: int) -> None:
+        backend, enclave, _, control = self.stress[name]
+        tmp = control.with_suffix(".tmp")
+        tmp.write_text(str(epc_bytes))
+        tmp.replace(control)
+        deadline = time.monotonic() + 5
+        while backend.epc.stats().resident_bytes.get(enclave.id, 0) != epc_bytes and time.monotonic() < deadline:
+            time.sleep(0.005)
+
     def stop_stress(self, name: str) -> None:
-        backend, enclave, _ = self.stress.pop(name)
-        backend.terminate(enclave)
+        """The interference ends: its enclave frees its EPC (and stays, idle, for the next window)."""
+        self._set_stress(name, 0)
+
+    def _interfering(self, host: str) -> bool:
+        return any(h == host and b.epc.stats().resident_bytes.get(e.id, 0) > 0 for b, e, h, _ in self.stress.values())
 
     def _host_samples(self) -> dict[str, HostSample]:
         now = time.monotonic()
         samples = {}
-        stressed = {host for _, _, host in self.stress.values()}
         for host, backend in list(self._backends.items()):
             stats = backend.epc.stats()
             pages = stats.page_ins + stats.page_outs
             last = self._paging.get(host)
             rate = (pages - last[1]) / (now - last[0]) if last and now > last[0] else 0.0
             self._paging[host] = (now, pages)
-            samples[host] = HostSample(rate, host in stressed)
+            samples[host] = HostSample(rate, self._interfering(host))
         return samples
 
     # --- autoscaling ----------------------------------------------------------------------------------

@@ -1,0 +1,106 @@
+"""`serdab serve` as a user runs it (its own process, stopped by SIGTERM), and `infer`, `load`, `stress` against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from serdab.cli.app import main
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    work = tmp_path_factory.mktemp("serve")
+    trust = work / "serve-trust.json"
+    log = open(work / "serve.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serdab", "serve", "lenet5", "--secure", "1", "--public", "1", "--port", "0",
+         "--trust-file", str(trust)],
+        stdout=log, stderr=log, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (work / "serve-trust.admin-token").exists():
+        assert process.poll() is None, (work / "serve.log").read_text()
+        assert time.monotonic() < deadline, "serdab serve did not start"
+        time.sleep(0.1)
+    yield json.loads(trust.read_text())["gateway"], trust, process
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    log.close()
+
+
+def test_infer_public_and_secure(gateway, capsys):
+    url, trust, _ = gateway
+    assert main(["infer", url, "synthetic:2"]) == 0
+    assert "public predictions" in capsys.readouterr().out
+    assert main(["infer", url, "synthetic:1", "--secure", "--trust", str(trust)]) == 0
+    out = capsys.readouterr().out
+    assert "secure (enclave) predictions" in out and "attested enclave sim-" in out
+
+
+def test_load_writes_json_and_png(gateway, tmp_path, capsys):
+    url, trust, _ = gateway
+    out = tmp_path / "load.json"
+    code = main(["load", url, "--threads", "2", "--requests", "3", "--secure-fraction", "0.5", "--trust", str(trust),
+                 "--json", str(out)])  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["summary"]["all"]["requests"] == 6 and result["summary"]["all"]["errors"] == 0
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "throughput" in capsys.readouterr().out
+
+
+def test_stress_starts_and_stops_interference(gateway, capsys):
+    url, trust, _ = gateway
+    token = trust.with_name("serve-trust.admin-token")
+    assert main(["stress", url, "--host", "h1", "--epc", "64MiB", "--token-file", str(token)]) == 0
+    name = capsys.readouterr().out.split()[1].rstrip(":")
+    assert main(["stress", url, "--stop", name, "--token-file", str(token)]) == 0
+    assert main(["stress", url, "--host", "h9", "--token-file", str(token)]) == 2
+    assert "no enclave replica runs on host 'h9'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["serve", "lenet5", "--secure", "0", "--public", "0"], 2, "serve at least one replica"),
+        (["serve", "lenet5", "--balancer", "fastest"], 2, "unknown balancer 'fastest'"),
+        (["serve", "lenet5", "--autoscale", "3:1"], 2, "MIN <= MAX"),
+        (["infer", "http://127.0.0.1:9", "synthetic:1"], 4, "no public replica answered"),
+        (["infer", "http://127.0.0.1:9", "nothing.png"], 2, "not an image file"),
+        (["load", "http://127.0.0.1:9"], 2, "no Serdab gateway answers"),
+        (["load", "http://127.0.0.1:9", "--secure-fraction", "1"], 2, "--trust"),
+    ],
+)
+def test_bad_input_is_one_line_and_an_exit_code(argv, code, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_secure_infer_without_a_trust_statement_is_refused(gateway, capsys):
+    url, _, _ = gateway
+    assert main(["infer", url, "synthetic:1", "--secure"]) == 3
+    assert "trust statement" in capsys.readouterr().err
+
+
+def test_sigterm_stops_every_process_it_started(gateway):
+    url, trust, process = gateway
+    import httpx
+
+    token = trust.with_name("serve-trust.admin-token").read_text().strip()
+    replicas = httpx.post(f"{url}/v1/admin/replicas", headers={"authorization": f"Bearer {token}"}).json()["replicas"]
+    pids = [r["pid"] for r in replicas]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
