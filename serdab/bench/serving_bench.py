@@ -170,7 +170,7 @@ def seed001(model: str, work: Path, quick: bool, progress: Progress) -> dict[str
             for threads in threads_list:
                 progress(f"seed 001 Fig. 3: {kind}, {threads} threads x 2 requests")
                 samples, wall = closed_loop(s.url, x, threads=threads, requests=2, secure_fraction=fraction,
-                                            trust=s.trust, model=model, warmup=True)  # fmt: skip
+                                            trust=s.trust, model=model)  # fmt: skip
                 fig3.append({"kind": kind, "threads": threads, **summarise(samples, wall)["all"]})
         result["fig3"] = fig3
         sampling = threading.Event()
@@ -188,7 +188,7 @@ def seed001(model: str, work: Path, quick: bool, progress: Progress) -> dict[str
         for fraction in fractions:
             progress(f"seed 001 Fig. 5: {fraction:.0%} secure")
             samples, wall = closed_loop(s.url, x, threads=8, requests=3 if quick else 6, secure_fraction=fraction,
-                                        trust=s.trust, model=model, seed=int(100 * fraction), warmup=True)  # fmt: skip
+                                        trust=s.trust, model=model, seed=int(100 * fraction))  # fmt: skip
             summary = summarise(samples, wall)
             fig5.append({"secure_fraction": fraction, "secure": summary.get("secure"), "public": summary.get("public"),
                          "throughput_per_s": summary["throughput_per_s"]})  # fmt: skip
@@ -359,7 +359,7 @@ def replica_scaling(model: str, work: Path, quick: bool, progress: Progress) -> 
                         enclave_hosts=count, enclave_speed=speed) as s:  # fmt: skip
                 closed_loop(s.url, x, threads=2, requests=3, secure_fraction=1.0, trust=s.trust, model=model)
                 samples, wall = closed_loop(s.url, x, threads=6, requests=8 if quick else 25, secure_fraction=1.0,
-                                            trust=s.trust, model=model, warmup=True)  # fmt: skip
+                                            trust=s.trust, model=model)  # fmt: skip
                 summary = summarise(samples, wall)
                 rows.append({"replicas": count, "enclave_speed": speed, "throughput_per_s": summary["throughput_per_s"],
                              **summary["all"]})  # fmt: skip

@@ -186,6 +186,7 @@ def load(
     batch: Annotated[int, typer.Option(min=1, max=64, help="Images per request.")] = 2,
     secure_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of secure requests.")] = 0.0,
     trust: TrustOpt = None,
+    cold: Annotated[bool, typer.Option("--cold", help="Count each client's session set-up (attestation).")] = False,
     json_path: JsonOpt = None,
 ) -> None:
     """Load a gateway: closed loop (threads x requests) or open loop (--rate); latency percentiles, throughput."""
@@ -199,10 +200,22 @@ def load(
         raise ServeConfigError("secure requests need the owner's trust statement: --trust serve-trust.json")
     try:
         info = httpx.get(url.rstrip("/") + "/v1/gateway", timeout=10).json()
-        meta = httpx.get(f"{url.rstrip('/')}/v2/models/{info['model']}", timeout=10).json()
+        model = str(info["model"])
     except (httpx.HTTPError, ValueError, KeyError) as exc:
         raise ServeConfigError(f"no Serdab gateway answers at {url}: {exc}") from None
-    shape = [batch, *[d if d > 0 else 1 for d in meta["inputs"][0]["shape"][1:]]]
+    from serdab.serve.client import Client
+
+    with Client(url, trust=trust_data, model=model) as probe:  # metadata from whichever kind is served
+        healthy = info.get("healthy", {})
+        http, base = probe.http(
+            secure=bool(healthy.get("enclave")) and not healthy.get("public") and trust_data is not None
+        )
+        try:
+            meta = http.get(f"{base}/v2/models/{model}", timeout=10).json()
+            chw = [d if d > 0 else 1 for d in meta["inputs"][0]["shape"][1:]]
+        except (httpx.HTTPError, ValueError, KeyError, IndexError):
+            raise ServeConfigError(f"the gateway at {url} serves no replica that describes {model}") from None
+    shape = [batch, *chw]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     with err_console.status("loading") as status:
 
@@ -211,13 +224,13 @@ def load(
 
         if rate is not None:
             samples, wall = open_loop(url, x, rate_per_s=rate, duration_s=duration, secure_fraction=secure_fraction,
-                                      trust=trust_data, model=info["model"], progress=progress)  # fmt: skip
+                                      trust=trust_data, model=model, progress=progress, warmup=not cold)  # fmt: skip
         else:
             samples, wall = closed_loop(url, x, threads=threads, requests=requests, secure_fraction=secure_fraction,
-                                        trust=trust_data, model=info["model"], progress=progress)  # fmt: skip
+                                        trust=trust_data, model=model, progress=progress, warmup=not cold)  # fmt: skip
     summary = summarise(samples, wall)
     mode = f"open loop, {rate:g}/s Poisson" if rate is not None else f"closed loop, {threads} threads x {requests}"
-    table = Table(title=f"{info['model']} at {url}: {mode}, batch {batch}, {secure_fraction:.0%} secure")
+    table = Table(title=f"{model} at {url}: {mode}, batch {batch}, {secure_fraction:.0%} secure")
     for column in ("kind", "requests", "errors", "min ms", "p50 ms", "p95 ms", "p99 ms", "max ms"):
         table.add_column(column, justify="left" if column == "kind" else "right")
     for kind in ("all", "secure", "public"):
@@ -234,7 +247,7 @@ def load(
 
         write_json(json_path, {"url": url, "mode": mode, "batch": batch, "secure_fraction": secure_fraction,
                                "summary": summary, "samples": [s.__dict__ for s in samples]})  # fmt: skip
-        plot_latency(samples, json_path.with_suffix(".png"), title=f"{info['model']}: {mode}")
+        plot_latency(samples, json_path.with_suffix(".png"), title=f"{model}: {mode}")
         err_console.print(f"wrote {json_path.with_suffix('.png')}")
 
 
