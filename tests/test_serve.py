@@ -315,3 +315,7 @@ def test_autoscaler_adds_a_replica_under_load_and_removes_it_after():
             time.sleep(0.2)
         assert len(svc.replicas) == 1, svc.decisions
         assert [d["delta"] for d in svc.decisions] == [1, -1]
+        metrics = httpx.get(svc.gateway.url + "/metrics").text
+        assert 'serdab_autoscaler_decisions_total{direction="up",kind="public"} 1.0' in metrics
+        assert 'serdab_autoscaler_decisions_total{direction="down",kind="public"} 1.0' in metrics
+        assert 'serdab_replicas{kind="public"} 1.0' in metrics

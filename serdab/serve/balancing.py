@@ -16,7 +16,7 @@ monitoring cycles, back to 1 when no interfering enclave is left on that host.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -84,46 +84,23 @@ class BalancingPolicy(ABC):
         return {}
 
 
-class RoundRobin(BalancingPolicy):
-    name = "round-robin"
-    summary = "each eligible replica in turn"
-
-    def initial(self) -> int:
-        return 0
-
-    def choose(self, replicas: Sequence[ReplicaView], state: int) -> tuple[str | None, int]:
-        eligible = sorted(_eligible(replicas), key=lambda r: r.name)
-        if not eligible:
-            return None, state
-        return eligible[state % len(eligible)].name, state + 1
+def _sed_score(r: ReplicaView) -> float:
+    return (r.in_flight + 1) / r.weight
 
 
-class LeastConnections(BalancingPolicy):
-    name = "least-connections"
-    summary = "the eligible replica serving the fewest requests (ties in turn)"
-
-    def initial(self) -> int:
-        return 0
-
-    def choose(self, replicas: Sequence[ReplicaView], state: int) -> tuple[str | None, int]:
-        eligible = sorted(_eligible(replicas), key=lambda r: r.name)
-        if not eligible:
-            return None, state
-        fewest = min(r.in_flight for r in eligible)
-        tied = [r for r in eligible if r.in_flight == fewest]
-        return tied[state % len(tied)].name, state + 1
-
-
-def _sed(eligible: Sequence[ReplicaView], turn: int) -> str:
-    """IPVS SED: the least (in_flight + 1) / weight; ties taken in turn so equal replicas share work."""
-    best = min((r.in_flight + 1) / r.weight for r in eligible)
-    tied = sorted((r for r in eligible if (r.in_flight + 1) / r.weight == best), key=lambda r: r.name)
+def _pick(eligible: Sequence[ReplicaView], score: Callable[[ReplicaView], float], turn: int) -> str:
+    """The lowest score wins; ties are taken in turn, so equal replicas share the work."""
+    best = min(score(r) for r in eligible)
+    tied = sorted((r for r in eligible if score(r) == best), key=lambda r: r.name)
     return tied[turn % len(tied)].name
 
 
-class ShortestExpectedDelay(BalancingPolicy):
-    name = "sed"
-    summary = "IPVS shortest expected delay, (in flight + 1) / weight"
+class _InTurn(BalancingPolicy):
+    """A policy that is a score per replica; its state is the turn counter that breaks ties."""
+
+    @staticmethod
+    def score(replica: ReplicaView) -> float:
+        return 0.0
 
     def initial(self) -> int:
         return 0
@@ -132,7 +109,30 @@ class ShortestExpectedDelay(BalancingPolicy):
         eligible = _eligible(replicas)
         if not eligible:
             return None, state
-        return _sed(eligible, state), state + 1
+        return _pick(eligible, self.score, state), state + 1
+
+
+class RoundRobin(_InTurn):
+    name = "round-robin"
+    summary = "each eligible replica in turn"
+
+
+class LeastConnections(_InTurn):
+    name = "least-connections"
+    summary = "the eligible replica serving the fewest requests (ties in turn)"
+
+    @staticmethod
+    def score(replica: ReplicaView) -> float:
+        return replica.in_flight
+
+
+class ShortestExpectedDelay(_InTurn):
+    name = "sed"
+    summary = "IPVS shortest expected delay, (in flight + 1) / weight"
+
+    @staticmethod
+    def score(replica: ReplicaView) -> float:
+        return _sed_score(replica)
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ class EpcAware(BalancingPolicy):
         eligible = _eligible(replicas, {r.name: 0.0 for r in replicas if r.host in state.shed})
         if not eligible:
             return None, state
-        return _sed(eligible, state.turn), replace(state, turn=state.turn + 1)
+        return _pick(eligible, _sed_score, state.turn), replace(state, turn=state.turn + 1)
 
     def weights(self, state: EpcAwareState) -> dict[str, float]:
         return {host: 0.0 for host in state.shed}

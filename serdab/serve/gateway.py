@@ -98,6 +98,9 @@ class _Metrics:
                                        ["replica", "kind"], registry=r)  # fmt: skip
         self.paging = Gauge("serdab_epc_paging_pages_per_second", "Host EPC paging throughput (emulated)",
                             ["host", "emulated"], registry=r)  # fmt: skip
+        self.replicas = Gauge("serdab_replicas", "Replicas behind the gateway", ["kind"], registry=r)
+        self.scaling = Counter("serdab_autoscaler_decisions_total", "Replicas added or removed by the autoscaler",
+                               ["kind", "direction"], registry=r)  # fmt: skip
 
 
 class Gateway:
@@ -160,6 +163,7 @@ class Gateway:
     def add_replica(self, entry: ReplicaEntry) -> None:
         def add() -> None:
             self.replicas[entry.id] = entry
+            self._count(entry.kind)
 
         self.call(add)
 
@@ -170,11 +174,19 @@ class Gateway:
             if pool is not None:
                 pool.close()
             if entry is not None:
+                self._count(entry.kind)
                 for gauge in (self.metrics.weight, self.metrics.healthy, self.metrics.replica_in_flight):
                     with contextlib.suppress(KeyError):
                         gauge.remove(entry.id, entry.kind)
 
         self.call(remove)
+
+    def _count(self, kind: str) -> None:
+        self.metrics.replicas.labels(kind).set(sum(1 for r in self.replicas.values() if r.kind == kind))
+
+    def scaled(self, kind: str, delta: int) -> None:
+        """Count an autoscaler decision (thread-safe: prometheus_client metrics lock themselves)."""
+        self.metrics.scaling.labels(kind, "up" if delta > 0 else "down").inc(abs(delta))
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Replicas as the gateway sees them now (thread-safe copy)."""

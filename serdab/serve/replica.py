@@ -71,6 +71,7 @@ class ModelRunner:
         self.name = name
         self._pad = pad  # host seconds of compute -> extra seconds to wait (emulated speed and paging)
         self._lock = threading.Lock()
+        self.waiting = 0  # requests queued for the model (the replica's queue)
         self.busy_s = 0.0
         self.inferences = 0
         self.inputs = [self._spec(i) for i in self.session.get_inputs()]
@@ -117,7 +118,9 @@ class ModelRunner:
         """Outputs by name, and a Server-Timing value: time waiting for the model, time inside it
         (emulated enclave time included)."""
         queued = time.perf_counter()
+        self.waiting += 1
         with self._lock:
+            self.waiting -= 1
             started = time.perf_counter()
             results = self.session.run(None, feeds)
             host_s = time.perf_counter() - started
@@ -201,6 +204,7 @@ def create_replica_app(
     in_flight = Gauge("serdab_replica_in_flight", "Requests being served", ["kind"], registry=registry)
     errors = Counter("serdab_replica_errors_total", "Requests answered 4xx/5xx", ["route", "kind"], registry=registry)
     busy = Gauge("serdab_replica_busy_seconds", "Seconds spent inside inference", ["kind"], registry=registry)
+    queue = Gauge("serdab_replica_queue", "Requests waiting for the model", ["kind"], registry=registry)
     page_ins = Gauge("serdab_epc_page_ins", "EPC pages swapped in on this replica's host (emulated)",
                      ["kind", "emulated"], registry=registry)  # fmt: skip
     page_outs = Gauge("serdab_epc_page_outs", "EPC pages swapped out on this replica's host (emulated)",
@@ -303,6 +307,7 @@ def create_replica_app(
     @app.get("/metrics")
     def metrics() -> Response:
         busy.labels(kind).set(runner.busy_s)
+        queue.labels(kind).set(runner.waiting)
         if epc_stats is not None:
             stats_now = epc_stats()
             page_ins.labels(kind, "true").set(stats_now.get("page_ins", 0))

@@ -471,6 +471,7 @@ class ModelService:
                                                                    start_s), states[kind])  # fmt: skip
                 if decision.delta == 0:
                     continue
+                self.gateway.scaled(kind, decision.delta)
                 self.decisions.append({"t": now, "kind": kind, "delta": decision.delta, "reason": decision.reason,
                                        "replicas": len(mine) + decision.delta})  # fmt: skip
                 self.log(f"autoscale {kind}: {decision.delta:+d} ({decision.reason})")
