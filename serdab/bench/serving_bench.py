@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from serdab.serve.load import Sample, closed_loop, open_loop, summarise  # noqa: E402
 
-__all__ = ["plot_latency", "plot_serving_bench", "run_serving_bench"]
+__all__ = ["PARTS", "plot_latency", "plot_serving_bench", "run_serving_bench"]
 
 Progress = Callable[[str], None]
 
@@ -255,7 +255,7 @@ def tls_cost(models: Sequence[str], count: int, progress: Progress) -> list[dict
         from serdab.serve.protocol import encode_infer_request
 
         body, headers = encode_infer_request({"input": x})
-        with ModelService(ServeOptions(model, secure=1, public=1)) as svc:
+        with ModelService(ServeOptions(model, secure=1, public=1, enclave_hosts=2)) as svc:  # an EPC each
             plain_enclave = svc.add_replica("enclave", tls=False, register=False)
             tls_public = svc.add_replica("public", tls=True, register=False)
             enclave = next(r for r in svc.replicas.values() if r.kind == "enclave")
@@ -348,8 +348,9 @@ def epc_interference(model: str, work: Path, quick: bool, progress: Progress) ->
 
 
 def replica_scaling(model: str, work: Path, quick: bool, progress: Progress) -> list[dict[str, Any]]:
-    """Seed 002 Fig. 7: throughput and P99 with 1, 2, 3 enclave replicas, closed loop, at this host's
-    speed (CPU-bound: 2 cores) and at an emulated SGX speed of 0.3 (the enclave waits, the core does not)."""
+    """Seed 002 Fig. 7: throughput and P99 with 1, 2, 3 enclave replicas, closed loop with a new
+    connection per request (so each request is balanced), at this host's speed (CPU-bound: 2 cores)
+    and at an emulated SGX speed of 0.3 (the enclave waits, the core does not)."""
     rows = []
     x = _input(model, 1)
     for speed in (1.0, 0.3):
@@ -359,27 +360,45 @@ def replica_scaling(model: str, work: Path, quick: bool, progress: Progress) -> 
                         enclave_hosts=count, enclave_speed=speed) as s:  # fmt: skip
                 closed_loop(s.url, x, threads=2, requests=3, secure_fraction=1.0, trust=s.trust, model=model)
                 samples, wall = closed_loop(s.url, x, threads=6, requests=8 if quick else 25, secure_fraction=1.0,
-                                            trust=s.trust, model=model)  # fmt: skip
+                                            trust=s.trust, model=model, fresh_connections=True)  # fmt: skip
                 summary = summarise(samples, wall)
                 rows.append({"replicas": count, "enclave_speed": speed, "throughput_per_s": summary["throughput_per_s"],
                              **summary["all"]})  # fmt: skip
     return rows
 
 
-def run_serving_bench(quick: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+PARTS = ("overhead", "seed001", "fig6", "table1", "fig7")
+
+
+def run_serving_bench(quick: bool = False, progress: Progress | None = None, parts: Sequence[str] = PARTS,
+                      previous: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Every part, or only ``parts`` with the others kept from ``previous`` (a result file of the
+    same mode); ``part_wall_s`` and ``measured_at`` say when each part was measured."""
     say = progress or (lambda _: None)
     started = time.perf_counter()
+    result: dict[str, Any] = dict(previous or {})
+    result["quick"] = quick
+    walls, stamps = dict(result.get("part_wall_s", {})), dict(result.get("measured_at", {}))
+    fig6_models = ["mobilenetv2", "squeezenet1_1"] if quick else ["mobilenetv2", "squeezenet1_1", "resnet18",
+                                                                  "googlenet"]  # fmt: skip
+    runs: dict[str, Callable[[Path], Any]] = {
+        "overhead": lambda work: gateway_overhead(work, 100 if quick else 400, say),
+        "seed001": lambda work: seed001("resnet18", work, quick, say),
+        "fig6": lambda work: tls_cost(fig6_models, 10 if quick else 30, say),
+        "table1": lambda work: epc_interference("resnet18", work, quick, say),
+        "fig7": lambda work: replica_scaling("resnet18", work, quick, say),
+    }
     with tempfile.TemporaryDirectory(prefix="serdab-bench-serving-") as tmp:
-        work = Path(tmp)
-        result: dict[str, Any] = {"quick": quick}
-        result["overhead"] = gateway_overhead(work, 100 if quick else 400, say)
-        result["seed001"] = seed001("resnet18", work, quick, say)
-        fig6_models = ["mobilenetv2", "squeezenet1_1"] if quick else ["mobilenetv2", "squeezenet1_1", "resnet18",
-                                                                      "googlenet"]  # fmt: skip
-        result["fig6"] = tls_cost(fig6_models, 10 if quick else 30, say)
-        result["table1"] = epc_interference("resnet18", work, quick, say)
-        result["fig7"] = replica_scaling("resnet18", work, quick, say)
-    result["wall_s"] = time.perf_counter() - started
+        for part in parts:
+            began = time.perf_counter()
+            result[part] = runs[part](Path(tmp))
+            walls[part] = time.perf_counter() - began
+            stamps[part] = time.strftime("%Y-%m-%d %H:%M:%S")
+    missing = [p for p in PARTS if p not in result]
+    if missing:
+        raise ValueError(f"parts {', '.join(missing)} were neither run nor found in the previous result")
+    result["part_wall_s"], result["measured_at"] = walls, stamps
+    result["wall_s"] = sum(walls.values()) if previous else time.perf_counter() - started
     result["emulated"] = ("enclaves are simulated processes; their speed is this host's unless enclave_speed says "
                           "otherwise; EPC budget and paging are emulated")  # fmt: skip
     return result

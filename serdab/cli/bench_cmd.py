@@ -330,14 +330,31 @@ def bench_serving(
     json_path: Annotated[Path, typer.Option("--json", help="Where to write the JSON result.")] = Path(
         "bench/results/serving.json"
     ),
-    quick: Annotated[bool, typer.Option("--quick", help="Fewer points and shorter runs (about 6 minutes).")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer points and shorter runs (about 8 minutes).")] = False,
+    parts: Annotated[
+        str | None,
+        typer.Option(help="Run only these parts (overhead,seed001,fig6,table1,fig7), keeping the others from --json."),
+    ] = None,
 ) -> None:
     """Seeds 001 and 002 measured: start time, channel, latency vs concurrency, mixed privacy, memory, TLS cost,
-    P99 under EPC interference per balancing policy, replica scaling, gateway overhead."""
-    from serdab.bench.serving_bench import plot_serving_bench, run_serving_bench
+    P99 under EPC interference per balancing policy, replica scaling, gateway overhead (20 minutes; --quick 8)."""
+    from serdab.bench.serving_bench import PARTS, plot_serving_bench, run_serving_bench
+    from serdab.errors import ServeConfigError
 
+    chosen = [p.strip() for p in parts.split(",")] if parts else list(PARTS)
+    unknown = sorted(set(chosen) - set(PARTS))
+    if unknown:
+        raise ServeConfigError(f"unknown part {unknown[0]!r}; parts: {', '.join(PARTS)}")
+    previous = None
+    if parts:
+        try:
+            previous = json.loads(json_path.read_text())
+        except (OSError, ValueError):
+            raise ServeConfigError(f"--parts keeps the other parts from {json_path}, which cannot be read") from None
+        if previous.get("quick") != quick:
+            raise ServeConfigError(f"{json_path} holds a {'quick' if previous.get('quick') else 'full'} run")
     with err_console.status("serving benchmark") as status:
-        result = run_serving_bench(quick, progress=status.update)
+        result = run_serving_bench(quick, progress=status.update, parts=chosen, previous=previous)
     png = _write(result, json_path, plot_serving_bench)
     s1 = result["seed001"]
     console.print(f"gateway overhead at p50: {result['overhead']['overhead_p50_ms']:.3f} ms "

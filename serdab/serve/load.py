@@ -60,9 +60,11 @@ def closed_loop(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
     warmup: bool = True,
+    fresh_connections: bool = False,
 ) -> tuple[list[Sample], float]:
     """Each of ``threads`` sends ``requests`` requests back to back; (samples, wall seconds). With
-    ``warmup`` each thread first sets its session up (attestation, connections) off the clock."""
+    ``warmup`` each thread first sets its session up (attestation, connections) off the clock; with
+    ``fresh_connections`` each request opens a new connection (secure traffic is balanced per connection)."""
     rng = np.random.default_rng(seed)
     kinds = rng.random((threads, requests)) < secure_fraction
     samples: list[Sample] = []
@@ -88,6 +90,8 @@ def closed_loop(
                     samples.append(sample)
                     if progress:
                         progress(len(samples), total)
+                if fresh_connections:
+                    client.reconnect()
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(worker, range(threads)))
