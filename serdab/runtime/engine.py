@@ -32,6 +32,7 @@ import cbor2
 import numpy as np
 
 from serdab.errors import SerdabError
+from serdab.runtime.frames import Normalisation
 from serdab.runtime.link import LinkIntegrityError, LinkReceiver, LinkSender, LinkSpec, decode_tensors, encode_tensors
 from serdab.runtime.wire import Channel, connect, listen, recv_message, send_message, tune
 
@@ -174,6 +175,7 @@ class _Worker:
         emulated_s = float(cfg.get("compute_emulated_s") or 0.0)
         slowdowns = [(float(f), int(start)) for f, start in cfg.get("slowdowns", [])]
         replicas = len(self.senders)
+        norm = Normalisation.from_wire(cfg["normalise"]) if cfg.get("normalise") else None
         while not self.stopping.is_set():
             try:
                 frame, payload, arrived = self.inputs.get(timeout=0.2)
@@ -181,7 +183,8 @@ class _Worker:
                 continue
             started = time.monotonic()
             arrays, meta = decode_tensors(payload)
-            outputs = self.session.run(None, {self.input_name: arrays[0]})
+            x = norm.apply(arrays[0]) if norm is not None and arrays[0].dtype == np.uint8 else arrays[0]
+            outputs = self.session.run(None, {self.input_name: x})
             host_s = time.monotonic() - started
             if not native:
                 factor = 1.0

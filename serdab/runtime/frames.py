@@ -2,8 +2,9 @@
 
 Each source is opened eagerly enough to fail before any worker starts (an unreadable video,
 an empty directory) and then read lazily, so a long stream never sits in memory. Frames are
-resized to the model's input and normalised as the model expects (ImageNet for RGB, MNIST for
-grey), then grouped into chunks of n (seed 000 sec. IV).
+resized to the model's input and kept as uint8 pixels; the first stage normalises them as the
+model expects (ImageNet for RGB, MNIST for grey). Frames are grouped into chunks of n (seed 000
+sec. IV).
 """
 
 from __future__ import annotations
@@ -17,17 +18,67 @@ import numpy as np
 
 from serdab.errors import FrameSourceError
 
-__all__ = ["Frame", "FrameSource", "chunks", "open_source", "synthetic_frame", "write_video"]
+__all__ = [
+    "Frame",
+    "FrameSource",
+    "Normalisation",
+    "chunks",
+    "normalisation",
+    "open_source",
+    "synthetic_frame",
+    "to_input",
+    "to_pixels",
+    "write_video",
+]
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 _VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".h264"}
 
 
 @dataclass(frozen=True)
+class Normalisation:
+    """uint8 pixels -> the model's float input, ``(p / 255 - mean) / std`` per channel. The first
+    stage applies it inside its enclave, so a frame crosses the ingress hop as uint8 (4x fewer bytes
+    than float32: the hop cost most of a small model's first-frame overhead)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def apply(self, pixels: np.ndarray) -> np.ndarray:
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
+        return ((pixels.astype(np.float32) * np.float32(1 / 255) - mean) / std).astype(np.float32)
+
+    def to_wire(self) -> dict[str, list[float]]:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_wire(cls, item: dict[str, list[float]]) -> Normalisation:
+        return cls(tuple(item["mean"]), tuple(item["std"]))
+
+
+def normalisation(channels: int) -> Normalisation:
+    """ImageNet statistics for RGB models, MNIST's for grey ones, none for other channel counts."""
+    if channels == 3:
+        return Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    if channels == 1:
+        from serdab.models.digits import MNIST_MEAN, MNIST_STD
+
+        return Normalisation((MNIST_MEAN,), (MNIST_STD,))
+    return Normalisation((0.0,) * channels, (1.0,) * channels)
+
+
+@dataclass(frozen=True)
 class Frame:
     id: int
     name: str  # where it came from: "synthetic", "img_0001.png", "clip.mp4#12"
-    tensor: np.ndarray  # model input, 1 x C x H x W float32
+    pixels: np.ndarray  # 1 x C x H x W uint8 at the model's input size: what the first stage receives
+    norm: Normalisation
+
+    @property
+    def tensor(self) -> np.ndarray:
+        """The model input, 1 x C x H x W float32 (what the first stage computes from ``pixels``)."""
+        return self.norm.apply(self.pixels)
 
 
 @dataclass
@@ -44,16 +95,26 @@ class FrameSource:
         return f"{self.kind} {self.spec}" + (f" ({self.count} frames)" if self.count is not None else "")
 
     def frames(self) -> Iterator[Frame]:
+        norm = normalisation(self.input_shape[1])
         for index, (name, pixels) in enumerate(self._iterator):
-            yield Frame(index, name, to_input(pixels, self.input_shape))
+            yield Frame(index, name, to_pixels(pixels, self.input_shape), norm)
+
+
+def to_pixels(pixels: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    """uint8 or [0, 1] pixels (H x W [x 3]) -> 1 x C x H x W uint8 at the model's input size."""
+    from serdab.privacy.images import LabelledImage, _as_float, _drop_alpha, _resized_pixels
+
+    _, channels, height, width = input_shape
+    image = LabelledImage("frame", _as_float(_drop_alpha(pixels)))
+    resized = _resized_pixels(image, 1 if channels == 1 else 3, height, width)
+    if channels not in (1, 3):
+        resized = np.repeat(resized.mean(axis=0, keepdims=True), channels, axis=0)
+    return np.clip(np.rint(resized * 255), 0, 255).astype(np.uint8)[None]
 
 
 def to_input(pixels: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
-    """uint8 or [0, 1] pixels (H x W [x 3]) -> the model's normalised 1 x C x H x W input."""
-    from serdab.privacy.images import LabelledImage, _as_float, _drop_alpha, to_model_input
-
-    image = LabelledImage("frame", _as_float(_drop_alpha(pixels)))
-    return to_model_input(image, input_shape)[0]
+    """uint8 or [0, 1] pixels (H x W [x 3]) -> the model's normalised 1 x C x H x W float input."""
+    return normalisation(input_shape[1]).apply(to_pixels(pixels, input_shape))
 
 
 def synthetic_frame(index: int, height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -39,7 +39,7 @@ from serdab.runtime.deployment import Deployment, DeploymentContext, FrameResult
 from serdab.runtime.emulation import Emulation, choose_dilation, native_cluster
 from serdab.runtime.engine import SWITCH_INTERVAL_S
 from serdab.runtime.executor import Executor, LocalExecutor
-from serdab.runtime.frames import Frame, chunks
+from serdab.runtime.frames import Frame, chunks, normalisation
 from serdab.runtime.keys import RunKms
 from serdab.runtime.repartition import Repartitioner, StageObservation
 from serdab.runtime.report import ChunkReport, RunSummary, StageReport, top_k
@@ -165,6 +165,7 @@ class ApplicationManager:
             ctx = DeploymentContext(
                 self.executor, self.resources, self.cluster, kms.worker_view if kms else (lambda s: {}), run_dir,
                 o.native, dilation, dict(o.slowdowns), allow_simulated=True,
+                normalise=normalisation(self.chain.input_shape[1]).to_wire(),
             )  # fmt: skip
             self._deploy(ctx, placement, kms, run_dir, run_id)
             streak: dict[tuple[str, ...], int] = {}
@@ -221,6 +222,7 @@ class ApplicationManager:
         self.deployment = deployment
         try:
             deployment.start()
+            deployment.warm(tuple(self.chain.input_shape))
         except BaseException:
             deployment.stop()
             self.deployment = None
@@ -238,7 +240,7 @@ class ApplicationManager:
             deployment = self.deployment
             assert deployment is not None
             stop = threading.Event()
-            pending = [(f.id, f.tensor) for f in chunk if f.id not in results]
+            pending = [(f.id, f.pixels) for f in chunk if f.id not in results]  # uint8: the first stage normalises
             feeder = threading.Thread(target=deployment.feed, args=(pending, stop), daemon=True)
             feeder.start()
             deadline = time.monotonic() + self.options.chunk_timeout_s
