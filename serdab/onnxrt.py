@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import onnx
+from typing import TYPE_CHECKING
+
 import onnxruntime as ort
+
+if TYPE_CHECKING:  # an enclave serving a model loads ONNX Runtime only, not the onnx package
+    import onnx
 
 __all__ = ["make_session"]
 

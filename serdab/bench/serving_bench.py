@@ -260,8 +260,7 @@ def tls_cost(models: Sequence[str], count: int, progress: Progress) -> list[dict
             tls_public = svc.add_replica("public", tls=True, register=False)
             enclave = next(r for r in svc.replicas.values() if r.kind == "enclave")
             public = next(r for r in svc.replicas.values() if r.kind == "public")
-            service_ca = ssl.create_default_context(cadata=svc._ca_pem)
-            service_ca.check_hostname = False
+            service_ca = svc.service_ssl
             public_ca = ssl.create_default_context(cafile=str(svc.public_tls_files()[0]))
             public_ca.check_hostname = False
             configs: list[tuple[str, bool, str, Any]] = [

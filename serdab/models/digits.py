@@ -22,10 +22,12 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
+from serdab.normalisation import MNIST
+
 __all__ = ["MNIST_MEAN", "MNIST_STD", "Fit", "cached_fit", "digits_28", "digits_split", "fit_digits"]
 
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-"""How Serdab normalises every one-channel input (frames, audits): MNIST's statistics."""
+MNIST_MEAN, MNIST_STD = MNIST.mean[0], MNIST.std[0]
+"""How Serdab normalises every one-channel input (frames, audits): MNIST's statistics (serdab.normalisation)."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from skimage import color, data, transform
 
 from serdab.errors import ImageSetError
 from serdab.models.digits import MNIST_MEAN, MNIST_STD, digits_split
+from serdab.normalisation import IMAGENET
 
 __all__ = [
     "PHOTOS",
@@ -53,8 +54,8 @@ TRAIN_PHOTOS = (
 """Bundled scikit-image samples an attacker trains on; never the audit's victim images."""
 
 _SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
-_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-_IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+_IMAGENET_MEAN = np.array(IMAGENET.mean, dtype=np.float32)
+_IMAGENET_STD = np.array(IMAGENET.std, dtype=np.float32)
 
 
 @dataclass(frozen=True)

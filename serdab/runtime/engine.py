@@ -32,7 +32,7 @@ import cbor2
 import numpy as np
 
 from serdab.errors import SerdabError
-from serdab.runtime.frames import Normalisation
+from serdab.normalisation import Normalisation
 from serdab.runtime.link import LinkIntegrityError, LinkReceiver, LinkSender, LinkSpec, decode_tensors, encode_tensors
 from serdab.runtime.wire import Channel, connect, listen, recv_message, send_message, tune
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from serdab.errors import FrameSourceError
+from serdab.normalisation import Normalisation, normalisation
 
 __all__ = [
     "Frame",
@@ -33,39 +34,6 @@ __all__ = [
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 _VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".h264"}
-
-
-@dataclass(frozen=True)
-class Normalisation:
-    """uint8 pixels -> the model's float input, ``(p / 255 - mean) / std`` per channel. The first
-    stage applies it inside its enclave, so a frame crosses the ingress hop as uint8 (4x fewer bytes
-    than float32: the hop cost most of a small model's first-frame overhead)."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def apply(self, pixels: np.ndarray) -> np.ndarray:
-        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
-        std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
-        return ((pixels.astype(np.float32) * np.float32(1 / 255) - mean) / std).astype(np.float32)
-
-    def to_wire(self) -> dict[str, list[float]]:
-        return {"mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_wire(cls, item: dict[str, list[float]]) -> Normalisation:
-        return cls(tuple(item["mean"]), tuple(item["std"]))
-
-
-def normalisation(channels: int) -> Normalisation:
-    """ImageNet statistics for RGB models, MNIST's for grey ones, none for other channel counts."""
-    if channels == 3:
-        return Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    if channels == 1:
-        from serdab.models.digits import MNIST_MEAN, MNIST_STD
-
-        return Normalisation((MNIST_MEAN,), (MNIST_STD,))
-    return Normalisation((0.0,) * channels, (1.0,) * channels)
 
 
 @dataclass(frozen=True)

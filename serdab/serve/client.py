@@ -31,7 +31,15 @@ import numpy as np
 from serdab.errors import AttestationError, NoReplicaError, ServeError
 from serdab.serve.protocol import BINARY_HEADER, encode_image, encode_infer_request, parse_infer_response
 
-__all__ = ["Client"]
+__all__ = ["Client", "service_context"]
+
+
+def service_context(ca_pem: str) -> ssl.SSLContext:
+    """TLS trusting only a service's CA from the key service; no host name check, because that CA
+    signs nothing but this service's certificate (held only by attested enclaves)."""
+    context = ssl.create_default_context(cadata=ca_pem)
+    context.check_hostname = False
+    return context
 
 
 def _transport(verify: ssl.SSLContext | bool = True) -> httpx.HTTPTransport:
@@ -157,8 +165,7 @@ class Client:
         if policy != replica_pcrs:
             raise AttestationError(f"the key service would release {t['service']}'s keys to other PCRs than the "
                                    "replica image's: refusing to send")  # fmt: skip
-        context = ssl.create_default_context(cadata=certificate["ca_pem"])
-        context.check_hostname = False  # the per-service CA signs only this service's certificate
+        context = service_context(certificate["ca_pem"])
         info = self._public.get(self.url + "/v1/gateway").json()  # only where to connect: TLS and attestation decide
         host = urlsplit(self.url).hostname or "127.0.0.1"
         self._secure_base = f"https://{host}:{int(info['secure_port'])}"

@@ -135,6 +135,7 @@ class Gateway:
         self.port = 0
         self.secure_port = 0
         self._pools: dict[str, UpstreamPool] = {}  # keep-alive connections per public replica
+        self._health_clients: dict[str, httpx.AsyncClient] = {}  # one per kind, made on the loop
 
     # --- lifecycle --------------------------------------------------------------------------------
     def start(self, timeout_s: float = 20.0) -> Gateway:
@@ -227,6 +228,11 @@ class Gateway:
             await asyncio.sleep(0.02)
         if serving.done():
             serving.result()
+        timeout = self.config.connect_timeout_s
+        self._health_clients = {
+            "public": httpx.AsyncClient(timeout=timeout),
+            "enclave": httpx.AsyncClient(verify=self._enclave_ssl or True, timeout=timeout),
+        }
         tasks = [asyncio.create_task(self._health_loop()), asyncio.create_task(self._monitor_loop())]
         self._started.set()
         await self._shutdown.wait()
@@ -241,6 +247,8 @@ class Gateway:
             await asyncio.wait_for(serving, 5)
         for pool in self._pools.values():
             pool.close()
+        for client in self._health_clients.values():
+            await client.aclose()
 
     # --- choosing ---------------------------------------------------------------------------------
     def _choose(self, kind: str, exclude: set[str]) -> ReplicaEntry | None:
@@ -422,8 +430,8 @@ class Gateway:
             except (TimeoutError, OSError):
                 return False
         try:
-            async with httpx.AsyncClient(verify=context or True, timeout=self.config.connect_timeout_s) as client:
-                reply = await client.get(f"{scheme}://{entry.address[0]}:{entry.address[1]}/v2/health/ready")
+            client = self._health_clients[entry.kind]
+            reply = await client.get(f"{scheme}://{entry.address[0]}:{entry.address[1]}/v2/health/ready")
             return reply.status_code == 200
         except httpx.HTTPError:
             return False

@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from serdab.errors import InferenceRequestError
+from serdab.normalisation import normalisation
 
 __all__ = [
     "BINARY_HEADER",
@@ -255,11 +256,6 @@ def encode_image(pixels: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-_GREY_MEAN, _GREY_STD = 0.1307, 0.3081  # MNIST's, as serdab.privacy.images
-
-
 def decode_images(images: Sequence[str], input_shape: Sequence[int]) -> np.ndarray:
     """Base64 image files -> the model's normalised N x C x H x W float32 batch (ImageNet or MNIST statistics)."""
     from PIL import Image, UnidentifiedImageError
@@ -277,12 +273,9 @@ def decode_images(images: Sequence[str], input_shape: Sequence[int]) -> np.ndarr
             raise InferenceRequestError(f"image {k} is not valid base64") from None
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
             raise InferenceRequestError(f"image {k} is not an image file Pillow can read (PNG, JPEG, ...)") from None
-        pixels = np.asarray(image, dtype=np.float32) / 255.0
-        if channels == 1:
-            batch.append(((pixels - _GREY_MEAN) / _GREY_STD)[None])
-        else:
-            batch.append(((pixels - _MEAN) / _STD).transpose(2, 0, 1))
-    return np.stack(batch).astype(np.float32)
+        pixels = np.asarray(image, dtype=np.uint8)
+        batch.append(pixels[None] if channels == 1 else pixels.transpose(2, 0, 1))
+    return normalisation(1 if channels == 1 else 3).apply(np.stack(batch))
 
 
 def top_k(logits: np.ndarray, k: int) -> list[list[dict[str, float]]]:

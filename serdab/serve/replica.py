@@ -61,13 +61,9 @@ class ModelRunner:
     queue is visible to the balancer as requests in flight."""
 
     def __init__(self, name: str, model: bytes, threads: int = 1, pad: Callable[[float], float] | None = None) -> None:
-        import onnxruntime as ort
+        from serdab.onnxrt import make_session
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self.session = make_session(model, threads)
         self.name = name
         self._pad = pad  # host seconds of compute -> extra seconds to wait (emulated speed and paging)
         self._lock = threading.Lock()

@@ -33,7 +33,8 @@ import httpx
 
 from serdab.errors import ReplicaError, ServeConfigError, TeeError
 from serdab.serve.autoscale import AutoscaleConfig, AutoscaleState, ScaleInput, decide
-from serdab.serve.balancing import BALANCERS, HostSample, get_balancer
+from serdab.serve.balancing import HostSample, get_balancer
+from serdab.serve.client import service_context
 from serdab.serve.gateway import Gateway, GatewayConfig, ReplicaEntry
 from serdab.tee.backend import stop_process
 
@@ -105,6 +106,7 @@ class ModelService:
         self._kms: Any = None
         self._image: Any = None
         self._ca_pem: str | None = None
+        self.service_ssl: ssl.SSLContext | None = None  # trusts the service CA only (health, stats)
         self._counter = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -135,14 +137,10 @@ class ModelService:
         for kind in KINDS:
             spec = o.balancer if kind == "enclave" or o.balancer.split(":")[0] != "epc-aware" else "sed"
             policies[kind] = get_balancer(spec)  # EPC only matters to enclaves: public replicas get plain SED
-        context = None
-        if self._ca_pem is not None:
-            context = ssl.create_default_context(cadata=self._ca_pem)
-            context.check_hostname = False  # the per-service CA signs only this service's certificate
         self.admin_token = secrets.token_hex(24)
         self.gateway = Gateway(policies, GatewayConfig(host=o.host, port=o.port, secure_port=o.secure_port,
                                                        monitor_interval_s=o.monitor_interval_s),
-                               enclave_ssl=context, host_samples=self._host_samples,
+                               enclave_ssl=self.service_ssl, host_samples=self._host_samples,
                                info={"model": self.model_name, "service": self.service_name},
                                admin=self._admin, admin_token=self.admin_token)  # fmt: skip
         self.gateway.start()
@@ -161,7 +159,6 @@ class ModelService:
         from serdab.runtime.keys import RunKms
         from serdab.serve.image import build_replica_image
         from serdab.tee.host import HostIdentity
-        from serdab.tee.image import runtime_lock  # noqa: F401 - the image records it
 
         host = HostIdentity.load_or_create()
         images = self.work_dir / "images"
@@ -171,6 +168,7 @@ class ModelService:
         self._kms.kms.register(self._image.service, self._kms.token, self._image.pcrs, allow_simulated=True,
                                model_key=self._image.model_key)  # fmt: skip
         self._ca_pem = self._kms.kms.service_certificate(self._image.service)["ca_pem"]
+        self.service_ssl = service_context(self._ca_pem)
         self._root_pem = host.root_cert
         self.log(f"model key registered with the key service as {self._image.service} (policy: replica image PCR0-2)")
 
@@ -382,7 +380,6 @@ class ModelService:
             enclave = backend.launch(image, ["--control", str(control)], log_path=self.work_dir / f"{name}.log")
             backend.wait_ready(enclave, 30)
             self.stress[name] = (backend, enclave, host, control)
-        backend, enclave, _, control = self.stress[name]
         self._set_stress(name, epc_bytes)
         self.log(f"EPC interference {name}: {epc_bytes / 2**20:.0f} MiB on {host} (emulated)")
         return name
@@ -417,11 +414,7 @@ class ModelService:
 
     # --- autoscaling ----------------------------------------------------------------------------------
     def _replica_busy(self, replica: ReplicaProcess) -> float | None:
-        scheme = "https" if replica.kind == "enclave" else "http"
-        verify: Any = True
-        if replica.kind == "enclave":
-            verify = ssl.create_default_context(cadata=self._ca_pem)
-            verify.check_hostname = False
+        scheme, verify = ("https", self.service_ssl or True) if replica.kind == "enclave" else ("http", True)
         try:
             reply = httpx.get(f"{scheme}://127.0.0.1:{replica.port}/v1/replica", verify=verify, timeout=2.0)
             return float(reply.json()["busy_s"])
@@ -486,7 +479,3 @@ class ModelService:
                             last_busy.pop(r.id, None)
                 except (ReplicaError, TeeError) as exc:
                     self.log(f"autoscale {kind}: {exc}")
-
-
-def balancer_names() -> list[str]:
-    return list(BALANCERS)
