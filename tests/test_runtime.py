@@ -13,7 +13,7 @@ from serdab.cluster import load_cluster
 from serdab.errors import LinkIntegrityError, PlanError, WorkerError
 from serdab.onnxrt import make_session
 from serdab.profile import cached_profile
-from serdab.runtime.deployment import DeploymentContext
+from serdab.runtime.deployment import PROBE_FRAMES, DeploymentContext
 from serdab.runtime.frames import open_source
 from serdab.runtime.link import LinkOpener, LinkSealer, LinkShaper, LinkSpec, decode_tensors, encode_tensors
 from serdab.runtime.manager import ApplicationManager, RunOptions, parse_placement
@@ -163,7 +163,8 @@ def test_an_attack_on_a_link_is_detected_and_stops_the_run(action: str) -> None:
     proxies: list[TamperingProxy] = []
 
     def route(src: str, dst: str, address: tuple[str, int]) -> tuple[str, int]:
-        proxies.append(TamperingProxy(address, action, at=2))
+        # past the warm-up frame and the latency probes: the attack hits the stream itself
+        proxies.append(TamperingProxy(address, action, at=1 + PROBE_FRAMES + 2))
         return proxies[-1].address
 
     original = DeploymentContext.__init__

@@ -232,11 +232,11 @@ def bench_pipeline(
     png = _write(result, json_path, plot_pipeline_bench)
     table = Table(title=f"measured pipeline on {spec.name}, {count} frames per run (emulated speeds)")
     for column in ("model", "strategy", "placement", "T meas s", "T pred s", "gap", "P meas ms", "P pred ms", "gap",
-                   "L gap", "speedup T", "speedup P", "pred T(10800)"):  # fmt: skip
+                   "L gap", "1st frame gap", "speedup T", "speedup P", "pred T(10800)"):  # fmt: skip
         table.add_column(column, justify="left" if column in ("model", "strategy", "placement") else "right")
     for r in rows:
         if not r.get("feasible"):
-            table.add_row(r["model"], r["strategy"], "infeasible", *[""] * 10)
+            table.add_row(r["model"], r["strategy"], "infeasible", *[""] * 11)
             continue
         table.add_row(
             r["model"], r["strategy"], r["placement"], f"{r['measured_chunk_s']:.3f}", f"{r['predicted_chunk_s']:.3f}",
@@ -244,6 +244,7 @@ def bench_pipeline(
             f"{1000 * r['measured_period_s']:.1f}", f"{1000 * r['predicted_period_s']:.1f}",
             f"{100 * (r['measured_period_s'] / r['predicted_period_s'] - 1):+.1f}%",
             f"{100 * (r['measured_latency_s'] / r['predicted_latency_s'] - 1):+.1f}%",
+            f"{100 * (r['first_frame_latency_s'] / r['predicted_latency_s'] - 1):+.1f}%",
             f"{r.get('speedup_measured_chunk', 0):.2f}x", f"{r.get('speedup_measured_period', 0):.2f}x",
             f"{r.get('speedup_predicted_10800', 0):.2f}x",
         )  # fmt: skip

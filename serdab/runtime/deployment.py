@@ -38,6 +38,7 @@ from serdab.runtime.wire import Channel, WireError, connect, listen, recv_messag
 __all__ = ["Deployment", "FrameResult", "WorkerLost"]
 
 SOURCE, SINK = "source", "sink"
+PROBE_FRAMES = 3  # sent one at a time after the warm-up; their median end-to-end time is the measured L
 
 
 class WorkerLost(WorkerError):
@@ -101,6 +102,7 @@ class Deployment:
         self.results: queue.Queue[FrameResult] = queue.Queue()
         self._token = secrets.token_hex(16)
         self._stopping = False
+        self.latency_s: float | None = None  # median of probe frames through the empty pipeline (host s)
         self._sent: dict[int, float] = {}
         self._ingress: list[LinkSender] = []
         self._receivers: list[LinkReceiver] = []
@@ -189,27 +191,38 @@ class Deployment:
         for w in self.workers:
             self.ctx.resources.heartbeat(w.device)
 
-    def warm(self, input_shape: tuple[int, ...]) -> None:
+    def warm(self, input_shape: tuple[int, ...], probes: int = PROBE_FRAMES) -> None:
         """Push throw-away frames (ids -1, -2, ...; one per replica path) through every stage and link
         before the stream: the first real frame then finds warm code paths, connections and buffers,
         as the workers' first inference at load time does for ONNX Runtime (measured: the first frame
-        of a run paid 2-6 ms more than the first frame of later chunks)."""
+        of a run paid 2-6 ms more than the first frame of later chunks). Then ``probes`` frames one at
+        a time through the empty pipeline: their median end-to-end time is the measured ``L``."""
         paths = max(len(group) for group in self._stages)
         zeros = np.zeros(input_shape, dtype=np.uint8)
-        stop = threading.Event()
-        self.feed([(-k, zeros) for k in range(1, paths + 1)], stop)
-        seen: set[int] = set()
+        self._through([-k for k in range(1, paths + 1)], zeros)
+        times = []
+        for k in range(paths + 1, paths + 1 + probes):
+            result = self._through([-k], zeros)[0]
+            times.append(result.done_s - result.sent_s)
+        self.latency_s = float(np.median(times)) if times else None
+
+    def _through(self, ids: list[int], pixels: np.ndarray) -> list[FrameResult]:
+        """Send throw-away frames and wait until every one came out."""
+        self.feed([(i, pixels) for i in ids], threading.Event())
+        seen: dict[int, FrameResult] = {}
         deadline = time.monotonic() + self.ctx.start_timeout_s
-        while len(seen) < paths:
+        while len(seen) < len(ids):
             with contextlib.suppress(queue.Empty):
-                seen.add(self.results.get(timeout=0.1).frame)
+                result = self.results.get(timeout=0.1)
+                seen[result.frame] = result
             self.check()
             if time.monotonic() > deadline:
                 raise WorkerError(
                     f"warm-up frames did not come out of the pipeline within {self.ctx.start_timeout_s:.0f} s"
                 )
-        for k in range(1, paths + 1):
-            self._sent.pop(-k, None)
+        for i in ids:
+            self._sent.pop(i, None)
+        return [seen[i] for i in ids]
 
     def _address(self, src: str, dst: str, address: tuple[str, int]) -> tuple[str, int]:
         return self.ctx.route(src, dst, address) if self.ctx.route else address

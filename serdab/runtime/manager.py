@@ -309,13 +309,16 @@ class ApplicationManager:
                 utilisation=(sum(times) / (span * stage.replicas)) if span > 0 else 0.0,
             ))  # fmt: skip
         measured_t = (done[-1] - min(r.sent_s for r in ordered)) / d
+        probed = self.deployment.latency_s if self.deployment is not None else None
+        latency = probed if probed is not None else first.done_s - first.sent_s
         costs = self._request(self.belief()).costs
         predicted = costs.evaluate(cost.placement, n)
         simulated = simulate(costs, cost.placement, n).chunk_time_s
         return ChunkReport(
             index=index, frames=n, first_frame=chunk[0].id, placement=cost.placement.describe(),
             interrupted=interrupted,
-            measured_chunk_s=measured_t, measured_latency_s=(first.done_s - first.sent_s) / d,
+            measured_chunk_s=measured_t, measured_latency_s=latency / d,
+            first_frame_latency_s=(first.done_s - first.sent_s) / d,
             measured_period_s=((done[-1] - done[0]) / (n - 1) / d) if n > 1 else 0.0,
             predicted_chunk_s=predicted.chunk_time_s, predicted_latency_s=predicted.latency_s,
             predicted_period_s=predicted.period_s, predicted_bottleneck=predicted.bottleneck,
