@@ -114,6 +114,12 @@ def run(
     ] = None,
     frames: Annotated[int | None, typer.Option(min=1, help="Stop after this many frames of the input.")] = None,
     out: Annotated[Path | None, typer.Option(help="Results as JSON Lines, one line per frame.")] = None,
+    executor: Annotated[
+        str, typer.Option(help="Where workers run: local (processes on this host) or ray (actors placed by device).")
+    ] = "local",
+    address: Annotated[
+        str, typer.Option(help="With --executor ray: auto (running cluster), ray://HOST:PORT, or local (start one).")
+    ] = "auto",
     audit: AuditOpt = None,
     input_shape: InputShapeOpt = None,
     json_path: JsonOpt = None,
@@ -132,6 +138,8 @@ def run(
     from serdab.runtime.manager import ApplicationManager, RunOptions
     from serdab.runtime.repartition import Repartitioner
 
+    if executor not in ("local", "ray"):
+        raise PlanError(f"unknown executor {executor!r}; choose local or ray")
     spec = load_cluster(cluster)
     slowdowns = dict(parse_slowdown(s) for s in slowdown or [])
     for device in slowdowns:
@@ -158,8 +166,13 @@ def run(
     audited = read_audit(audit, parse_policy(privacy), opened.chain, opened.name)
     manager = ApplicationManager(opened.chain, opened.name, prof, spec, options, leakage=leakage, audit=audited)
     first = manager.plan()  # fails here, before any process starts, on a bad or refused placement
+    if executor == "ray":  # after planning: a refused placement never starts Ray
+        from serdab.runtime.executor import get_executor
+
+        manager.executor = get_executor("ray", address=address, cluster=spec)
     console.print(f"[bold]{opened.name}[/bold] on {spec.name}: {first.describe()} (policy {manager.policy.spec}); "
-                  f"input {source.describe()}, chunks of {chunk}")  # fmt: skip
+                  f"input {source.describe()}, chunks of {chunk}"
+                  + (f"; workers on Ray ({address})" if executor == "ray" else ""))  # fmt: skip
     sink = out.open("w") if out else None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[info]}"))  # fmt: skip

@@ -67,6 +67,7 @@ class _Worker:
     config: dict[str, Any]
     handle: WorkerHandle | None = None
     port: int | None = None
+    host: str = "127.0.0.1"  # where the worker listens for its upstream links (it says so when ready)
     wired: bool = False
     channel: Channel | None = None
     load_s: float = 0.0
@@ -106,8 +107,8 @@ class Deployment:
         self._sent: dict[int, float] = {}
         self._ingress: list[LinkSender] = []
         self._receivers: list[LinkReceiver] = []
-        self._control = socket.create_server(("127.0.0.1", 0))
-        self._sink = listen()
+        self._control = socket.create_server((ctx.executor.bind_host, 0))
+        self._sink = listen(ctx.executor.bind_host)
         self.workers = self._plan_workers(artifacts, physical)
         self._by_id = {w.id: w for w in self.workers}
 
@@ -168,8 +169,11 @@ class Deployment:
         threading.Thread(target=self._accept_sink, daemon=True, name="sink").start()
         address = self._control.getsockname()
         for w in self.workers:
-            spec = WorkerSpec(w.id, w.device, address, self._token, self.ctx.run_dir / "logs" / f"{w.id}.log",
-                              w.artifact.image if w.artifact.trusted else None)  # fmt: skip
+            spec = WorkerSpec(
+                w.id, w.device, address, self._token, self.ctx.run_dir / "logs" / f"{w.id}.log",
+                w.artifact.image if w.artifact.trusted else None,
+                None if w.artifact.trusted else Path(w.artifact.stage_file), (self.ctx.cluster.device(w.device).host,),
+            )  # fmt: skip
             try:
                 w.handle = self.ctx.executor.start(spec)
             except SerdabError as exc:  # the executor could not put a worker there: the device is gone
@@ -178,14 +182,14 @@ class Deployment:
         for k, group in enumerate(self._stages):
             for w in group:
                 if k + 1 < len(self._stages):
-                    downstream = [self._address(w.id, d.id, ("127.0.0.1", d.port or 0)) for d in self._stages[k + 1]]
+                    downstream = [self._address(w.id, d.id, (d.host, d.port or 0)) for d in self._stages[k + 1]]
                 else:
                     downstream = [self._sink.getsockname()]
                 assert w.channel is not None
                 w.channel.send(op="wire", downstream=downstream)
         self._await(lambda: all(w.wired for w in self.workers), "wired")
         for w in self._stages[0]:
-            sock = connect(("127.0.0.1", w.port or 0))
+            sock = connect((w.host, w.port or 0))
             send_message(sock, {"link": SOURCE})
             self._ingress.append(LinkSender(sock, self._links[(SOURCE, w.id)], self._ingress_broken, depth=2))
         for w in self.workers:
@@ -248,6 +252,7 @@ class Deployment:
         op = message.get("op")
         if op == "ready" and w:
             w.port, w.load_s = int(message["port"]), float(message.get("load_s", 0.0))
+            w.host = str(message.get("host") or w.host)
         elif op == "wired" and w:
             w.wired = True
         elif op in ("error", "refused"):

@@ -94,7 +94,7 @@ class _Worker:
             model = self._enclave_weights()
             self.nsm.resident(int(cfg.get("memory_bytes", 0)))
         else:
-            model = Path(cfg["stage_file"]).read_bytes()
+            model = Path(cfg.get("local_stage_file") or cfg["stage_file"]).read_bytes()
         self.session = _session(model, int(cfg.get("threads", 1)))
         first = self.session.get_inputs()[0]
         self.input_name = first.name
@@ -123,8 +123,8 @@ class _Worker:
         name = self.config["stage_file"]
         return decrypt_weights((Path("models") / name).read_bytes(), keys.model_key, name)
 
-    def listen(self) -> socket.socket:
-        listener = listen(self.config.get("bind", "127.0.0.1"))
+    def listen(self, host: str) -> socket.socket:
+        listener = listen(host)
         threading.Thread(target=self._accept, args=(listener,), daemon=True, name="accept").start()
         return listener
 
@@ -215,7 +215,7 @@ class _Worker:
                          link_busy_s=[s.busy_s for s in self.senders])  # fmt: skip
 
 
-def run(control_address: tuple[str, int], worker_id: str, nsm: Any | None) -> int:
+def run(control_address: tuple[str, int], worker_id: str, nsm: Any | None, stage_file: str | None = None) -> int:
     # receive, compute and send threads hand frames on: a thread waiting for the GIL should not
     # wait Python's default 5 ms, which would add up to a frame's latency at every hop
     sys.setswitchinterval(SWITCH_INTERVAL_S)
@@ -240,17 +240,20 @@ def run(control_address: tuple[str, int], worker_id: str, nsm: Any | None) -> in
         config = cbor2.loads(open_envelope(reply["envelope"], key, context=b"serdab-stage-config"))
     else:
         config = reply["config"]
+    if stage_file:  # an executor on another node shipped the (untrusted) stage file here
+        config["local_stage_file"] = stage_file
     worker = _Worker(control, config, nsm)
+    host = sock.getsockname()[0]  # upstream links reach us the way we reach the manager
     try:
         load_s = worker.load()
-        listener = worker.listen()
+        listener = worker.listen(host)
     except (SerdabError, OSError) as exc:
         control.send(op="error", message=f"{config['device']}: {exc}")
         return 2
     except Exception as exc:  # an ONNX Runtime load failure names the stage, not a traceback
         control.send(op="error", message=f"{config['device']}: cannot load stage: {type(exc).__name__}: {exc}")
         return 2
-    control.send(op="ready", port=listener.getsockname()[1], load_s=load_s)
+    control.send(op="ready", host=host, port=listener.getsockname()[1], load_s=load_s)
     wiring = control.recv()
     if not wiring or wiring.get("op") != "wire":
         return 0
@@ -272,27 +275,29 @@ def run(control_address: tuple[str, int], worker_id: str, nsm: Any | None) -> in
     return 0
 
 
-def _parse(argv: list[str]) -> tuple[tuple[str, int], str]:
+def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="serdab-stage-worker")
     parser.add_argument("--control", required=True, help="HOST:PORT of the application manager")
     parser.add_argument("--worker", required=True)
+    parser.add_argument("--stage-file", help="this node's copy of an untrusted stage's ONNX file")
     args = parser.parse_args(argv)
     host, _, port = args.control.rpartition(":")
-    return (host, int(port)), args.worker
+    args.address = (host, int(port))
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """An untrusted device's worker: a plain process."""
-    address, worker_id = _parse(sys.argv[1:] if argv is None else argv)
-    return run(address, worker_id, None)
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    return run(args.address, args.worker, None, args.stage_file)
 
 
 def enclave_main(argv: list[str]) -> int:
     """A trusted device's worker: the entrypoint of a measured stage image, talking to its NSM."""
     from serdab.tee.nsm import NsmClient
 
-    address, worker_id = _parse(argv)
-    return run(address, worker_id, NsmClient.from_env())
+    args = _parse(argv)
+    return run(args.address, args.worker, NsmClient.from_env())
 
 
 if __name__ == "__main__":

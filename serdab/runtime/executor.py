@@ -36,10 +36,13 @@ class WorkerSpec:
     token: str
     log_path: Path
     enclave_image: Path | None = None
+    stage_file: Path | None = None  # an untrusted stage's ONNX file (an executor on another node ships it)
+    hosts: tuple[str, ...] = ()  # the cluster file's host of the device (placement by host)
+    extra_args: tuple[str, ...] = ()
 
     @property
     def args(self) -> list[str]:
-        return ["--control", f"{self.control[0]}:{self.control[1]}", "--worker", self.worker]
+        return ["--control", f"{self.control[0]}:{self.control[1]}", "--worker", self.worker, *self.extra_args]
 
 
 class WorkerHandle(ABC):
@@ -69,6 +72,11 @@ class Executor(ABC):
     def simulated_roots(self) -> list[x509.Certificate]:
         """Roots of simulated enclaves this executor launches (empty for real TEEs)."""
         return []
+
+    @property
+    def bind_host(self) -> str:
+        """Where the manager listens for its workers (control, results): loopback unless they run elsewhere."""
+        return "127.0.0.1"
 
     def close(self) -> None:  # noqa: B027 - optional hook, most executors hold nothing
         """Release the executor itself (after every worker is stopped)."""
@@ -140,14 +148,27 @@ class LocalExecutor(Executor):
             self._tee.close()
 
 
-EXECUTORS: dict[str, type[Executor]] = {LocalExecutor.name: LocalExecutor}
+# name -> class, or "module:Class" for an optional extra imported only when chosen (Ray is never on the default path)
+EXECUTORS: dict[str, type[Executor] | str] = {
+    LocalExecutor.name: LocalExecutor,
+    "ray": "serdab.runtime.ray_executor:RayExecutor",
+}
 
 
 def get_executor(name: str, **options: Any) -> Executor:
-    """An executor by registered name; an unknown name lists the valid ones."""
+    """An executor by registered name; an unknown name lists the valid ones, a missing extra says how to get it."""
+    from serdab.errors import PlanError
+
     kind = EXECUTORS.get(name)
     if kind is None:
-        from serdab.errors import PlanError
-
         raise PlanError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
+    if isinstance(kind, str):
+        import importlib
+
+        module, _, attr = kind.partition(":")
+        try:
+            kind = getattr(importlib.import_module(module), attr)
+        except ImportError as exc:
+            raise PlanError(f"the {name} executor needs the {name} extra: pip install 'serdab[{name}]' ({exc})") from None
+    assert isinstance(kind, type)
     return kind(**options)
