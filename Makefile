@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow check lint bench clean postgres
+.PHONY: install install-ray demo test test-slow test-ray check lint bench clean postgres
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +12,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The optional Ray extra (pipeline on Ray actors, serving on Ray Serve): only `make test-ray` needs it.
+RAY_STAMP := $(VENV)/.installed-ray
+$(RAY_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,ray]'
+	touch $(RAY_STAMP)
+
+install-ray: $(RAY_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/serdab demo
@@ -30,12 +38,16 @@ postgres:
 # One command runs every check: format, lint, types, the tests with warnings as errors (README examples included).
 check: $(STAMP) lint postgres
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q -m "not slow"  # warnings are errors: [tool.pytest.ini_options] filterwarnings
+	$(PY) -m pytest -q -m "not slow and not ray"  # warnings are errors: [tool.pytest.ini_options] filterwarnings
 
 test: check
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# Ray tests on a local two-node Ray cluster, one at a time (each shuts Ray down after itself)
+test-ray: $(RAY_STAMP)
+	$(PY) -m pytest -q -m ray
 
 bench: $(STAMP)
 	$(VENV)/bin/serdab bench profile

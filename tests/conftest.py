@@ -50,3 +50,40 @@ def resnet18_profile():
 @pytest.fixture
 def clusters_dir(repo_root: Path) -> Path:
     return repo_root / "examples" / "clusters"
+
+
+# the paper cluster's and test_runtime's THREE devices, split over two Ray nodes as their hosts are
+RAY_NODES = (("tee1", "e1"), ("tee2", "gpu2", "cpu3"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A two-node Ray cluster on this machine, each node offering its devices' resources; shut down after."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (`make test-ray` installs it)")
+    from ray.cluster_utils import Cluster
+
+    from serdab.runtime.ray_executor import device_resource
+
+    def resources(devices: tuple[str, ...]) -> dict[str, float]:
+        return {device_resource(d): 1.0 for d in devices}
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": resources(RAY_NODES[0])})
+    cluster.add_node(num_cpus=1, resources=resources(RAY_NODES[1]))
+    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+    cluster.wait_for_nodes()
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture(params=["local", pytest.param("ray", marks=pytest.mark.ray)])
+def executor(request: pytest.FixtureRequest):
+    """The executor a runtime test deploys with: None (the local default) or a Ray executor on ``ray_cluster``."""
+    if request.param == "local":
+        return None
+    request.getfixturevalue("ray_cluster")
+    from serdab.runtime.ray_executor import RayExecutor
+
+    return RayExecutor()

@@ -122,10 +122,10 @@ def test_parse_placement() -> None:
 
 
 # --- the runtime, for real ------------------------------------------------------------------------
-def _manager(model: str, cluster, **options) -> ApplicationManager:
+def _manager(model: str, cluster, executor=None, **options) -> ApplicationManager:
     chain = chain_of(model)
     profile, _ = cached_profile(chain, model, repeat=3, warmup=1)
-    return ApplicationManager(chain, model, profile, cluster, RunOptions(**options))
+    return ApplicationManager(chain, model, profile, cluster, RunOptions(**options), executor=executor)
 
 
 @pytest.fixture
@@ -135,9 +135,9 @@ def three(tmp_path: Path):
     return load_cluster(path)
 
 
-def test_three_stage_dag_pipeline_equals_the_whole_model(three) -> None:
+def test_three_stage_dag_pipeline_equals_the_whole_model(three, executor) -> None:
     chain = chain_of("resnet18")
-    manager = _manager("resnet18", three, chunk=3, native=True, keep_outputs=True,
+    manager = _manager("resnet18", three, executor, chunk=3, native=True, keep_outputs=True,
                        placement="tee1[0-7] -> tee2[8-11] -> cpu3[12-21]")  # fmt: skip
     lines: list[dict] = []
     summary = manager.run(open_source("synthetic:5", chain.input_shape).frames(), on_result=lines.append)
@@ -158,8 +158,10 @@ def test_manager_refuses_a_placement_that_sends_56x56_to_an_untrusted_device() -
 
 
 @pytest.mark.parametrize("action", ["tamper", "replay", "drop"])
-def test_an_attack_on_a_link_is_detected_and_stops_the_run(action: str) -> None:
-    manager = _manager("lenet5", load_cluster("paper"), chunk=6, placement="tee1[0-2] -> e1[3-11]", dilation=4.0)
+def test_an_attack_on_a_link_is_detected_and_stops_the_run(action: str, executor) -> None:
+    manager = _manager(
+        "lenet5", load_cluster("paper"), executor, chunk=6, placement="tee1[0-2] -> e1[3-11]", dilation=4.0
+    )
     proxies: list[TamperingProxy] = []
 
     def route(src: str, dst: str, address: tuple[str, int]) -> tuple[str, int]:
@@ -186,8 +188,10 @@ def test_an_attack_on_a_link_is_detected_and_stops_the_run(action: str) -> None:
 
 
 @pytest.mark.parametrize("victim", ["tee1", "e1"])
-def test_killing_a_worker_mid_stream_loses_no_frame(victim: str) -> None:
-    manager = _manager("lenet5", load_cluster("paper"), chunk=10, placement="tee1[0-2] -> e1[3-11]", dilation=300.0)
+def test_killing_a_worker_mid_stream_loses_no_frame(victim: str, executor) -> None:
+    manager = _manager(
+        "lenet5", load_cluster("paper"), executor, chunk=10, placement="tee1[0-2] -> e1[3-11]", dilation=300.0
+    )
     killed: list[int] = []
 
     def killer() -> None:

@@ -169,6 +169,8 @@ def get_executor(name: str, **options: Any) -> Executor:
         try:
             kind = getattr(importlib.import_module(module), attr)
         except ImportError as exc:
-            raise PlanError(f"the {name} executor needs the {name} extra: pip install 'serdab[{name}]' ({exc})") from None
+            raise PlanError(
+                f"the {name} executor needs the {name} extra: pip install 'serdab[{name}]' ({exc})"
+            ) from None
     assert isinstance(kind, type)
     return kind(**options)

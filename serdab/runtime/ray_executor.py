@@ -14,6 +14,7 @@ as with the local executor; Ray carries only the control calls (start, alive, st
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -197,10 +198,9 @@ class RayExecutor(Executor):
 
     def stop(self, handle: WorkerHandle) -> None:
         assert isinstance(handle, _RayHandle)
-        try:
+        # an actor already gone leaves a worker that exits when the manager closes its control channel
+        with contextlib.suppress(ray.exceptions.RayError, TimeoutError):
             ray.get(handle.actor.stop.remote(), timeout=10)
-        except (ray.exceptions.RayError, TimeoutError):
-            pass  # already gone; its worker exits when the manager closes the control channel
         ray.kill(handle.actor)
         if handle in self._handles:
             self._handles.remove(handle)
