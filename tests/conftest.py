@@ -62,7 +62,7 @@ def ray_cluster():
     ray = pytest.importorskip("ray", reason="the ray extra is not installed (`make test-ray` installs it)")
     from ray.cluster_utils import Cluster
 
-    from serdab.runtime.ray_executor import device_resource
+    from serdab.runtime.ray_resources import device_resource
 
     def resources(devices: tuple[str, ...]) -> dict[str, float]:
         return {device_resource(d): 1.0 for d in devices}

@@ -31,28 +31,13 @@ from cryptography import x509
 from serdab.cluster import Cluster
 from serdab.errors import TeeError
 from serdab.runtime.executor import Executor, LocalExecutor, WorkerHandle, WorkerSpec
+from serdab.runtime.ray_resources import device_resource, host_resource, node_resources
 
-__all__ = ["RayExecutor", "device_resource", "host_resource", "node_resources"]
+__all__ = ["EngineAgent", "RayExecutor"]
 
 ALIVE_CACHE_S = 0.5  # the manager polls liveness every 0.1 s; one actor call per worker per half second is plenty
+TEE_BACKEND_ENV = "SERDAB_TEE_BACKEND"
 RESOURCE_SHARE = 0.001  # a worker takes a sliver of its device's resource, so a restart never waits for the old one
-
-
-def device_resource(device: str) -> str:
-    return f"serdab_device_{device}"
-
-
-def host_resource(host: str) -> str:
-    return f"serdab_host_{host}"
-
-
-def node_resources(cluster: Cluster, host: str) -> dict[str, float]:
-    """The custom resources a Ray node should offer to hold ``host``'s devices (``ray start --resources``)."""
-    resources = {host_resource(host): 1.0}
-    resources.update({device_resource(d.name): 1.0 for d in cluster.devices if d.host == host})
-    if any(d.trusted for d in cluster.devices if d.host == host):
-        resources["enclave"] = 1.0
-    return resources
 
 
 def _pack(directory: Path) -> bytes:
@@ -66,7 +51,8 @@ class EngineAgent:
     """Runs on the device's node: launches one dataflow engine there and answers for it."""
 
     def __init__(self, tee_backend: str) -> None:
-        self.local = LocalExecutor(tee_backend)
+        # a node knows its own TEE hardware: SERDAB_TEE_BACKEND there overrides the driver's choice
+        self.local = LocalExecutor(os.environ.get(TEE_BACKEND_ENV) or tee_backend)
         self.dir = Path(tempfile.mkdtemp(prefix="serdab-ray-engine-"))
         self.handle: WorkerHandle | None = None
 

@@ -1,0 +1,67 @@
+"""The KubeRay manifests parse, carry what KubeRay requires, and offer exactly the resources Serdab asks for."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serdab.cluster import load_cluster
+from serdab.runtime.ray_resources import ENCLAVE_RESOURCE, node_resources
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kuberay"
+
+
+def _documents() -> list[tuple[str, dict]]:
+    docs = []
+    for path in sorted(DEPLOY.glob("*.yaml")):
+        docs += [(path.name, d) for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def _cluster_spec(doc: dict) -> dict:
+    return doc["spec"]["rayClusterConfig"] if doc["kind"] == "RayService" else doc["spec"]
+
+
+def _resources(group: dict) -> dict[str, float]:
+    raw = group["rayStartParams"].get("resources")
+    # KubeRay's documented form: a shell-quoted JSON string, '"{\\"name\\": 1}"'
+    return json.loads(raw[1:-1].replace('\\"', '"')) if raw else {}
+
+
+def test_every_manifest_is_a_kuberay_resource_with_the_required_fields() -> None:
+    docs = _documents()
+    assert "RayCluster" in {d["kind"] for _, d in docs}
+    for name, doc in docs:
+        assert doc["apiVersion"] == "ray.io/v1", name
+        assert doc["metadata"]["name"], name
+        spec = _cluster_spec(doc)
+        head = spec["headGroupSpec"]
+        assert head["template"]["spec"]["containers"][0]["image"], name
+        assert isinstance(head["rayStartParams"], dict)
+        for group in spec["workerGroupSpecs"]:
+            assert group["groupName"] and group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], name
+            assert group["template"]["spec"]["containers"][0]["image"], name
+            for value in group["rayStartParams"].values():
+                assert isinstance(value, str), f"{name}: rayStartParams values must be strings"
+
+
+@pytest.mark.parametrize("manifest", ["raycluster-pipeline.yaml"])
+def test_worker_groups_offer_the_resources_the_ray_executor_asks_for(manifest: str) -> None:
+    cluster = load_cluster("paper")
+    doc = yaml.safe_load((DEPLOY / manifest).read_text())
+    groups = doc["spec"]["workerGroupSpecs"]
+    offered = {}
+    for group in groups:
+        resources = _resources(group)
+        host = next(k.removeprefix("serdab_host_") for k in resources if k.startswith("serdab_host_"))
+        assert resources == node_resources(cluster, host), group["groupName"]
+        offered[host] = resources
+        pod = group["template"]["spec"]
+        if ENCLAVE_RESOURCE in resources:  # a TEE node: selected by label, and the TEE device requested
+            assert pod["nodeSelector"].get("serdab.io/tee"), group["groupName"]
+            limits = pod["containers"][0]["resources"]["limits"]
+            assert any(k.startswith("sgx.intel.com/") for k in limits), group["groupName"]
+    assert set(offered) == {d.host for d in cluster.devices}  # every device of the cluster file has a node
