@@ -416,3 +416,40 @@ def bench_serving(
                       f"{r.get('p50_ms', float('nan')):.1f}", f"{r.get('p99_ms', float('nan')):.1f}")  # fmt: skip
     console.print(table)
     err_console.print(f"wrote {json_path} and {png} in {result['wall_s']:.0f} s")
+
+
+@bench_app.command("scale")
+def bench_scale(
+    json_path: Annotated[Path, typer.Option("--json", help="Where to write the JSON result.")] = Path(
+        "bench/results/scale.json"
+    ),
+    frames: Annotated[int, typer.Option(min=4, help="Frames per pipeline run.")] = 48,
+) -> None:
+    """The pipeline on the local executor vs Ray on 1, 2, 3 nodes of this machine (needs the ray extra)."""
+    from serdab.errors import PlanError
+
+    try:
+        from serdab.bench.scale_bench import plot_scale_bench, run_pipeline_scale
+    except ImportError as exc:
+        raise PlanError(f"serdab bench scale needs the ray extra: pip install 'serdab[ray]' ({exc})") from None
+    model, placement = "resnet18", "tee1[0-11] -> e1[12-21]"
+    with err_console.status("pipeline") as status:
+        rows = run_pipeline_scale(model, placement, frames, progress=lambda m: status.update(m))
+    result = {"model": model, "placement": placement, "frames": frames, "pipeline": rows,
+              "cores": __import__("os").cpu_count()}  # fmt: skip
+    png = _write(result, json_path, plot_scale_bench)
+    table = Table(title=f"pipeline {model} {placement}, {frames} frames: local executor vs Ray nodes on this machine")
+    for column in ("mode", "executor", "frames/s", "vs local", "+ms/frame", "p50 ms", "p99 ms", "L probe ms",
+                   "deploy s", "memory MiB per node"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("mode", "executor") else "right")
+    for r in rows:
+        memory = ", ".join(f"{v / 2**20:.0f}" for v in r["memory_bytes"].values())
+        table.add_row(
+            r["mode"], "local" if r["executor"] == "local" else f"ray, {r['nodes']} node(s)",
+            f"{r['throughput_fps']:.2f}", f"{100 * r['throughput_vs_local']:.1f}%",
+            f"{r['overhead_per_frame_ms']:+.2f}",
+            f"{r['latency_p50_ms']:.1f}", f"{r['latency_p99_ms']:.1f}", f"{r['probe_latency_ms']:.1f}",
+            f"{r['deploy_s']:.1f}", memory,
+        )  # fmt: skip
+    console.print(table)
+    err_console.print(f"wrote {json_path} and {png}")

@@ -1,0 +1,183 @@
+"""Issue 15's scale benchmark, pipeline part: one placement run by the local executor and by the Ray
+executor on 1, 2 and 3 Ray nodes of this machine, the same frames each time.
+
+Measured per configuration: throughput (frames per host second over the stream), the frames'
+end-to-end latency p50/p99 (host ms, with the queueing of a streamed chunk), the probe latency L,
+the per-frame overhead Ray adds over the local executor (1/throughput difference), deploy time,
+and memory per node (resident set of every process of that node: raylet and Ray workers, the
+engine agents and the stage workers they launched; for the local executor, the manager and its
+workers). All Ray nodes share this machine's 2 cores, so more nodes cannot mean more compute:
+what the node count shows is Ray's own cost, and that placement by resource works across nodes.
+Needs the ``ray`` extra.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serdab.cluster import load_cluster
+from serdab.graph import open_chain
+from serdab.profile import cached_profile
+from serdab.runtime.frames import open_source
+from serdab.runtime.manager import ApplicationManager, RunOptions
+from serdab.runtime.ray_resources import device_resource
+
+__all__ = ["LAYOUTS", "plot_scale_bench", "run_pipeline_scale"]
+
+# which devices each Ray node offers; the first node is the head (the driver's node)
+LAYOUTS: dict[str, list[list[str]]] = {
+    "ray 1 node": [["tee1", "e1", "tee2", "gpu2"]],
+    "ray 2 nodes": [["tee1", "tee2"], ["e1", "gpu2"]],
+    "ray 3 nodes": [[], ["tee1", "tee2"], ["e1", "gpu2"]],
+}
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def _tree_rss(roots: list[int], exclude: set[int] = frozenset()) -> int:  # type: ignore[assignment]
+    tree = _children()
+    seen: set[int] = set()
+    stack = [p for p in roots if p not in exclude]
+    while stack:
+        pid = stack.pop()
+        if pid in seen or pid in exclude:
+            continue
+        seen.add(pid)
+        stack += tree.get(pid, [])
+    return sum(_rss_bytes(p) for p in seen)
+
+
+def _run(model: str, placement: str, frames: int, chunk: int, native: bool, executor: Any,
+         on_sample: Callable[[], dict[str, int]]) -> dict[str, Any]:  # fmt: skip
+    opened = open_chain(model)
+    profile, _ = cached_profile(opened.chain, opened.name)
+    options = RunOptions(chunk=chunk, placement=placement, native=native, repartition=None)
+    manager = ApplicationManager(opened.chain, opened.name, profile, load_cluster("paper"), options, executor=executor)
+    lines: list[dict[str, Any]] = []
+    memory: dict[str, int] = {}
+
+    def on_result(line: dict[str, Any]) -> None:
+        lines.append(line)
+        if len(lines) == frames // 2:  # mid-stream: every worker up and busy
+            memory.update(on_sample())
+
+    started = time.monotonic()
+    summary = manager.run(open_source(f"synthetic:{frames}", opened.chain.input_shape).frames(), on_result=on_result)
+    wall = time.monotonic() - started
+    steady = summary.steady()
+    d = summary.dilation
+    stream_s = sum(c.measured_chunk_s for c in summary.chunks) * d  # host seconds streaming, deploys excluded
+    host_latency = [line["latency_ms"] * d for line in lines]
+    return {
+        "frames": len(lines), "in_order": [line["frame"] for line in lines] == list(range(frames)),
+        "dilation": d, "wall_s": wall, "deploy_s": wall - stream_s,
+        "throughput_fps": len(lines) / stream_s if stream_s > 0 else 0.0,
+        "latency_p50_ms": float(np.percentile(host_latency, 50)),
+        "latency_p99_ms": float(np.percentile(host_latency, 99)),
+        "probe_latency_ms": float(np.mean([c.measured_latency_s for c in steady])) * 1000 * d,
+        "predicted_period_ms": float(np.mean([c.predicted_period_s for c in steady])) * 1000 * d,
+        "measured_period_ms": float(np.mean([c.measured_period_s for c in steady])) * 1000 * d,
+        "memory_bytes": memory,
+    }  # fmt: skip
+
+
+def run_pipeline_scale(
+    model: str = "resnet18",
+    placement: str = "tee1[0-11] -> e1[12-21]",
+    frames: int = 48,
+    chunk: int = 16,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[dict[str, Any]]:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from serdab.runtime.ray_executor import RayExecutor
+
+    rows: list[dict[str, Any]] = []
+    me = os.getpid()
+
+    def local_sample() -> dict[str, int]:
+        return {"this machine": _tree_rss([me])}
+
+    for native in (True, False):
+        mode = "native" if native else "emulated"
+        progress(f"local executor, {mode}")
+        row = _run(model, placement, frames, chunk, native, None, local_sample)
+        rows.append({"executor": "local", "nodes": 0, "mode": mode, **row})
+        for label, layout in LAYOUTS.items():
+            progress(f"{label}, {mode}")
+            cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": 1, "resources": {device_resource(d): 1.0 for d in layout[0]}})  # fmt: skip
+            for devices in layout[1:]:
+                cluster.add_node(num_cpus=1, resources={device_resource(d): 1.0 for d in devices})
+            ray.init(address=cluster.address, logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
+            cluster.wait_for_nodes()
+            try:
+                nodes = [cluster.head_node, *cluster.worker_nodes]
+
+                def sample(nodes: list[Any] = nodes, me: int = me) -> dict[str, int]:
+                    out = {}
+                    for k, node in enumerate(nodes):
+                        pids = [p.process.pid for procs in node.all_processes.values() for p in procs]
+                        out[f"node {k}" + (" (head)" if k == 0 else "")] = _tree_rss(pids, exclude={me})
+                    return out
+
+                row = _run(model, placement, frames, chunk, native, RayExecutor(), sample)
+            finally:
+                ray.shutdown()
+                cluster.shutdown()
+            rows.append({"executor": "ray", "nodes": len(layout), "layout": layout, "mode": mode, **row})
+    for row in rows:
+        base = next(r for r in rows if r["executor"] == "local" and r["mode"] == row["mode"])
+        row["throughput_vs_local"] = row["throughput_fps"] / base["throughput_fps"] if base["throughput_fps"] else 0
+        row["overhead_per_frame_ms"] = 1000 / row["throughput_fps"] - 1000 / base["throughput_fps"]
+    return rows
+
+
+def plot_scale_bench(result: dict[str, Any], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["pipeline"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, mode in zip(axes, ("native", "emulated"), strict=True):
+        chosen = [r for r in rows if r["mode"] == mode]
+        labels = ["local" if r["executor"] == "local" else f"ray {r['nodes']}n" for r in chosen]
+        ax.bar(labels, [r["throughput_fps"] for r in chosen], color=["#555"] + ["#1f77b4"] * (len(chosen) - 1))
+        ax.set_title(f"pipeline {result['model']} {result['placement']}, {mode}")
+        ax.set_ylabel("frames per host second")
+        for k, r in enumerate(chosen):
+            ax.text(k, r["throughput_fps"], f"{100 * r['throughput_vs_local']:.0f}%", ha="center", va="bottom")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
