@@ -15,10 +15,8 @@ as with the local executor; Ray carries only the control calls (start, alive, st
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -32,19 +30,13 @@ from serdab.cluster import Cluster
 from serdab.errors import TeeError
 from serdab.runtime.executor import Executor, LocalExecutor, WorkerHandle, WorkerSpec
 from serdab.runtime.ray_resources import device_resource, host_resource, node_resources
+from serdab.tee.image import pack_image, unpack_image
 
 __all__ = ["EngineAgent", "RayExecutor"]
 
 ALIVE_CACHE_S = 0.5  # the manager polls liveness every 0.1 s; one actor call per worker per half second is plenty
 TEE_BACKEND_ENV = "SERDAB_TEE_BACKEND"
 RESOURCE_SHARE = 0.001  # a worker takes a sliver of its device's resource, so a restart never waits for the old one
-
-
-def _pack(directory: Path) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        tar.add(directory, arcname=".")
-    return buffer.getvalue()
 
 
 class EngineAgent:
@@ -61,9 +53,7 @@ class EngineAgent:
         extra: list[str] = []
         enclave_image = None
         if image is not None:
-            enclave_image = self.dir / "image"
-            with tarfile.open(fileobj=io.BytesIO(image)) as tar:
-                tar.extractall(enclave_image, filter="data")
+            enclave_image = unpack_image(image, self.dir / "image")
         if stage is not None:
             stage_path = self.dir / "stage.onnx"
             stage_path.write_bytes(stage)
@@ -170,7 +160,7 @@ class RayExecutor(Executor):
     def start(self, spec: WorkerSpec) -> WorkerHandle:
         resources = self._placement(spec)
         actor = self._agent.options(resources=resources, max_restarts=0).remote(self.tee_backend)
-        image = _pack(spec.enclave_image) if spec.enclave_image is not None else None
+        image = pack_image(spec.enclave_image) if spec.enclave_image is not None else None
         stage = spec.stage_file.read_bytes() if spec.stage_file is not None and image is None else None
         try:
             pid = ray.get(actor.start.remote(spec, image, stage), timeout=120)

@@ -64,6 +64,8 @@ class Client:
         self.retries = retries
         self._public = httpx.Client(timeout=timeout_s, transport=_transport())
         self._secure: httpx.Client | None = None
+        self._engine: dict[str, Any] | None = None  # the front door's /v1/gateway answer
+        self._service_key: Any = None  # sealed mode: the attested service public key
         self.attested: dict[str, Any] | None = None
 
     def reconnect(self) -> None:
@@ -112,6 +114,8 @@ class Client:
         return str(self.model)
 
     def _post(self, path: str, body: bytes, headers: dict[str, str], secure: bool) -> httpx.Response:
+        if secure and self._sealed_engine():
+            return self._post_sealed(path, body, headers)
         client, base = self.http(secure)
         last: Exception | None = None
         for _ in range(self.retries + 1):
@@ -132,18 +136,90 @@ class Client:
             return reply
         raise NoReplicaError(f"no {'enclave' if secure else 'public'} replica answered at {self.url}: {last}")
 
+    # --- sealed requests (an engine that terminates HTTP itself: Ray Serve) ----------------------------
+    def _sealed_engine(self) -> bool:
+        if self._engine is None:
+            self._engine = self._public.get(self.url + "/v1/gateway").json()
+        return self._engine.get("secure") == "sealed"
+
+    def _post_sealed(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        """Seal the request to the attested service key, send it through the engine, open the answer."""
+        from serdab.serve.sealed import open_reply, seal_request
+
+        if self._service_key is None:
+            self._service_key = self._attest_sealed()
+        prefix = str((self._engine or {}).get("secure_prefix", ""))
+        last: Exception | None = None
+        for _ in range(self.retries + 1):
+            envelope, reply_key = seal_request(self._service_key, "POST", path, body, headers)
+            try:
+                reply = self._public.post(f"{self.url}{prefix}/v1/sealed", content=envelope,
+                                          headers={"content-type": "application/octet-stream"})  # fmt: skip
+            except httpx.TransportError as exc:
+                last = exc
+                continue
+            if reply.status_code in (502, 503):
+                last = ServeError(reply.text)
+                continue
+            if reply.status_code != 200:
+                raise ServeError(f"{reply.status_code}: {reply.text}")
+            status, answer_headers, content = open_reply(envelope, reply_key, reply.content)
+            answer = httpx.Response(status, headers=answer_headers, content=content)
+            if status >= 400:
+                try:
+                    message = answer.json().get("error") or answer.text
+                except ValueError:
+                    message = answer.text
+                raise ServeError(f"{status}: {message}")
+            return answer
+        raise NoReplicaError(f"no enclave replica answered at {self.url}: {last}")
+
+    def _attest_sealed(self) -> Any:
+        """The service key to seal to: its certificate must come from the service CA the attested key
+        service holds, and an enclave of the stated image must attest, for our nonce, to holding it."""
+        from cryptography import x509
+
+        from serdab.crypto import cert_der, sha384
+        from serdab.tee.verify import verify_attestation
+
+        certificate, replica_pcrs, allow_simulated, roots = self._service_certificate()
+        prefix = str((self._engine or {}).get("secure_prefix", ""))
+        try:
+            pem = self._public.get(f"{self.url}{prefix}/v1/service-certificate")
+            pem.raise_for_status()
+            service = x509.load_pem_x509_certificate(pem.content)
+            ca = x509.load_pem_x509_certificate(certificate["ca_pem"].encode())
+            service.verify_directly_issued_by(ca)
+        except httpx.HTTPError as exc:
+            raise NoReplicaError(f"no enclave replica answered at {self.url}: {exc}") from None
+        except (ValueError, TypeError) as exc:
+            raise AttestationError(f"the service certificate is not the service CA's: {exc}") from None
+        nonce = secrets.token_bytes(32)
+        reply = self._public.get(f"{self.url}{prefix}/v1/attestation", params={"nonce": nonce.hex()})
+        if reply.status_code != 200:
+            raise NoReplicaError(f"no enclave replica attested at {self.url}: {reply.status_code} {reply.text}")
+        verified = verify_attestation(
+            reply.content,
+            expected_pcrs=replica_pcrs,
+            allow_simulated=allow_simulated,
+            simulated_roots=roots,
+            nonce=nonce,
+            user_data=sha384(cert_der(service)),
+        )
+        self.attested = {"module_id": verified.module_id, "pcrs": {i: v.hex() for i, v in verified.pcrs.items()}}
+        return service.public_key()
+
     # --- attest, then send ----------------------------------------------------------------------------
     def _secure_client(self) -> httpx.Client:
         if self._secure is None:
             self._secure = self._attest()
         return self._secure
 
-    def _attest(self) -> httpx.Client:
+    def _service_certificate(self) -> tuple[dict[str, Any], dict[int, bytes], bool, list[Any]]:
+        """From the attested key service: the service's CA and release policy, which must be the stated PCRs."""
         from cryptography import x509
 
-        from serdab.crypto import sha384
         from serdab.kms.client import attest_kms
-        from serdab.tee.verify import verify_attestation
 
         t = self.trust
         missing = [k for k in ("kms", "kms_pcrs", "service", "replica_pcrs") if k not in t]
@@ -165,6 +241,13 @@ class Client:
         if policy != replica_pcrs:
             raise AttestationError(f"the key service would release {t['service']}'s keys to other PCRs than the "
                                    "replica image's: refusing to send")  # fmt: skip
+        return certificate, replica_pcrs, allow_simulated, roots
+
+    def _attest(self) -> httpx.Client:
+        from serdab.crypto import sha384
+        from serdab.tee.verify import verify_attestation
+
+        certificate, replica_pcrs, allow_simulated, roots = self._service_certificate()
         context = service_context(certificate["ca_pem"])
         info = self._public.get(self.url + "/v1/gateway").json()  # only where to connect: TLS and attestation decide
         host = urlsplit(self.url).hostname or "127.0.0.1"

@@ -191,8 +191,10 @@ def create_replica_app(
     attest: Callable[[bytes], bytes] | None = None,
     epc_stats: Callable[[], dict[str, Any]] | None = None,
     emulation: dict[str, Any] | None = None,
+    sealed: tuple[Any, bytes] | None = None,
 ) -> FastAPI:
-    """The replica's HTTP API; ``attest`` (enclaves) answers ``/v1/attestation``."""
+    """The replica's HTTP API; ``attest`` (enclaves) answers ``/v1/attestation``; ``sealed`` (the
+    service's private key and certificate PEM, enclaves only) answers ``/v1/sealed`` requests."""
     app = FastAPI(title=f"serdab {kind} replica", version="1", docs_url=None, redoc_url=None)
     registry = CollectorRegistry()
     latency = Histogram("serdab_replica_request_seconds", "Request latency by route", ["route", "kind"],
@@ -300,6 +302,9 @@ def create_replica_app(
                 raise HttpError(400, "nonce must be an even number of hex digits")
             return Response(sign(bytes.fromhex(nonce)), media_type="application/cbor")
 
+    if sealed is not None:
+        _sealed_routes(app, *sealed)
+
     @app.get("/metrics")
     def metrics() -> Response:
         busy.labels(kind).set(runner.busy_s)
@@ -313,8 +318,30 @@ def create_replica_app(
     return app
 
 
+def _sealed_routes(app: FastAPI, service_key: Any, certificate_pem: bytes) -> None:
+    """``/v1/sealed`` (``serdab.serve.sealed``): open, run against this very app in-process, seal the answer."""
+    import httpx
+
+    from serdab.serve.sealed import open_request, seal_reply
+
+    inner = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://enclave")
+
+    @app.get("/v1/service-certificate")
+    def service_certificate() -> Response:
+        return Response(certificate_pem, media_type="application/x-pem-file")
+
+    @app.post("/v1/sealed", openapi_extra={"requestBody": {"required": True, "content": {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})  # fmt: skip
+    async def sealed_request(request: Request) -> Response:
+        envelope = await read_body(request, ("application/octet-stream",), MAX_BODY_BYTES)
+        opened = open_request(envelope, service_key)
+        reply = await inner.request(opened.method, opened.path, content=opened.body, headers=opened.headers)
+        blob = seal_reply(envelope, opened.reply_key, reply.status_code, dict(reply.headers), reply.content)
+        return Response(blob, media_type="application/octet-stream")
+
+
 _FIXED = {"/v2", "/v2/health/live", "/v2/health/ready", "/metrics", "/v1/replica", "/v1/attestation",
-          "/predict-secure", "/predict-public"}  # fmt: skip
+          "/predict-secure", "/predict-public", "/v1/sealed", "/v1/service-certificate"}  # fmt: skip
 
 
 def _route_of(path: str) -> str:
@@ -441,8 +468,12 @@ def enclave_main(argv: list[str]) -> int:
         stats = nsm.stats()
         return {"page_ins": stats.get("page_ins", 0), "page_outs": stats.get("page_outs", 0), "emulated": True}
 
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    service_key = load_pem_private_key(keys.key_pem.encode(), password=None)
     app = create_replica_app(runner, "enclave", replica_id=replica_id, attest=attest, epc_stats=epc,
-                             emulation={"speed": args.speed, "epc": "emulated"})  # fmt: skip
+                             emulation={"speed": args.speed, "epc": "emulated"},
+                             sealed=(service_key, keys.cert_pem.encode()))  # fmt: skip
     sock = listen_http(args.host, args.port)
     port = sock.getsockname()[1]
     serve_app(app, sock, lambda: nsm.ready(port=port, id=replica_id, tls_sha384=tls_hash.hex()),

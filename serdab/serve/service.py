@@ -36,6 +36,7 @@ from serdab.serve.autoscale import AutoscaleConfig, AutoscaleState, ScaleInput, 
 from serdab.serve.balancing import HostSample, get_balancer
 from serdab.serve.client import service_context
 from serdab.serve.gateway import Gateway, GatewayConfig, ReplicaEntry
+from serdab.serve.trust import ServiceTrust
 from serdab.tee.backend import stop_process
 
 __all__ = ["ModelService", "ReplicaProcess", "ServeOptions"]
@@ -103,9 +104,7 @@ class ModelService:
         self.extras: list[ReplicaProcess] = []  # started for benchmarks, not behind the gateway
         self.gateway: Gateway | None = None
         self._backends: dict[str, Any] = {}
-        self._kms: Any = None
-        self._image: Any = None
-        self._ca_pem: str | None = None
+        self._trust: ServiceTrust | None = None
         self.service_ssl: ssl.SSLContext | None = None  # trusts the service CA only (health, stats)
         self._counter = 0
         self._lock = threading.Lock()
@@ -153,24 +152,13 @@ class ModelService:
 
     @property
     def service_name(self) -> str | None:
-        return self._image.service if self._image is not None else None
+        return self._trust.service if self._trust is not None else None
 
     def _start_trust(self, model: bytes) -> None:
-        from serdab.runtime.keys import RunKms
-        from serdab.serve.image import build_replica_image
-        from serdab.tee.host import HostIdentity
-
-        host = HostIdentity.load_or_create()
-        images = self.work_dir / "images"
         self.log("starting the key service in an enclave (simulated TEE)")
-        self._kms = RunKms.embedded(self.work_dir / "kms", [host.root_cert], images)
-        self._image = build_replica_image(self.model_name, model, self.work_dir / "replica")
-        self._kms.kms.register(self._image.service, self._kms.token, self._image.pcrs, allow_simulated=True,
-                               model_key=self._image.model_key)  # fmt: skip
-        self._ca_pem = self._kms.kms.service_certificate(self._image.service)["ca_pem"]
-        self.service_ssl = service_context(self._ca_pem)
-        self._root_pem = host.root_cert
-        self.log(f"model key registered with the key service as {self._image.service} (policy: replica image PCR0-2)")
+        self._trust = ServiceTrust.start(self.model_name, model, self.work_dir)
+        self.service_ssl = service_context(self._trust.ca_pem)
+        self.log(f"model key registered with the key service as {self._trust.service} (policy: replica image PCR0-2)")
 
     def stop(self) -> None:
         """Stop the autoscaler, gateway, every replica and interference enclave, and the key service."""
@@ -191,9 +179,9 @@ class ModelService:
         for backend in self._backends.values():
             with contextlib.suppress(Exception):
                 backend.close()
-        if self._kms is not None:
+        if self._trust is not None:
             with contextlib.suppress(Exception):
-                self._kms.close()
+                self._trust.close()
         if self._own_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
@@ -206,20 +194,10 @@ class ModelService:
     # --- what a client needs to trust -----------------------------------------------------------------
     def trust(self) -> dict[str, Any]:
         """The owner's statement a client verifies against (handed out of band, never by the gateway)."""
-        if self._kms is None or self._image is None:
-            return {"gateway": self.gateway.url if self.gateway else None, "model": self.model_name}
-        from serdab.crypto import cert_pem
-
-        return {
-            "gateway": self.gateway.url if self.gateway else None,
-            "model": self.model_name,
-            "kms": self._kms.url,
-            "kms_pcrs": {str(i): v.hex() for i, v in self._kms.pcrs.items()},
-            "service": self._image.service,
-            "replica_pcrs": {str(i): v.hex() for i, v in self._image.pcrs.items()},
-            "allow_simulated": True,
-            "simulated_root_pem": cert_pem(self._root_pem).decode(),
-        }
+        front = self.gateway.url if self.gateway else None
+        if self._trust is None:
+            return {"gateway": front, "model": self.model_name}
+        return self._trust.statement(front, self.model_name)
 
     # --- replicas -------------------------------------------------------------------------------------
     def _next_id(self, kind: str) -> str:
@@ -300,18 +278,17 @@ class ModelService:
                               lambda: stop_process(process), lambda: process.poll() is None)  # fmt: skip
 
     def _launch_enclave(self, host: str | None = None, tls: bool = True) -> ReplicaProcess:
-        if self._image is None or self._kms is None:
+        if self._trust is None:
             raise ReplicaError("no replica image: the service was started without enclave replicas")
         host = host or self._enclave_host()
         backend = self.backend(host)
         replica_id = self._next_id("enclave")
-        args = ["--name", self.model_name, "--kms", self._kms.url, "--service", self._image.service,
-                "--kms-pcrs", json.dumps({str(i): v.hex() for i, v in self._kms.pcrs.items()}),
-                "--allow-simulated", "--speed", str(self.options.enclave_speed), "--id", replica_id,
+        args = ["--name", self.model_name, *self._trust.enclave_args(), "--speed", str(self.options.enclave_speed),
+                "--id", replica_id,
                 "--threads", str(self.options.threads)]  # fmt: skip
         if not tls:
             args.append("--plaintext-benchmark-only")
-        enclave = backend.launch(self._image.path, args, env={"OMP_NUM_THREADS": str(self.options.threads)},
+        enclave = backend.launch(self._trust.image.path, args, env={"OMP_NUM_THREADS": str(self.options.threads)},
                                  log_path=self.work_dir / f"{replica_id}.log")  # fmt: skip
         try:
             info = backend.wait_ready(enclave, self.options.start_timeout_s)

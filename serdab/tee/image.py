@@ -29,6 +29,8 @@ from serdab.errors import EnclaveImageError
 from serdab.validation import load_json_model
 
 __all__ = [
+    "pack_image",
+    "unpack_image",
     "PCR_APP",
     "PCR_IMAGE",
     "PCR_MODELS",
@@ -198,4 +200,25 @@ def build_image(
         debug=debug,
     )
     (out / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+    return out
+
+
+def pack_image(image: Path) -> bytes:
+    """An image directory as tar bytes, to ship to another node (it is measured again where it launches)."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(image, arcname=".")
+    return buffer.getvalue()
+
+
+def unpack_image(blob: bytes, out: Path) -> Path:
+    """``pack_image``'s bytes back into a directory (tar's data filter: no links or paths out of ``out``)."""
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        tar.extractall(out, filter="data")
     return out

@@ -1,0 +1,412 @@
+"""Serving on Ray Serve (``serdab serve MODEL --engine ray``): the same replicas, policies and rule.
+
+Two Ray Serve applications: public replicas at ``/`` (OIP v2 and seed 001's ``/predict-public``,
+plus ``/v1/gateway``) and enclave replicas at ``/secure``. A public replica runs the replica app
+(``serdab.serve.replica``) in-process. An enclave replica is a Ray Serve replica on a node that
+offers the ``enclave`` resource (one per node: the node is the host whose EPC it uses) which
+launches the measured replica image through ``serdab.tee`` there; the enclave attests to the key
+service and gets the model key and the service key exactly as behind the gateway.
+
+Ray's proxy terminates HTTP, so TLS cannot pass through to the enclave as it does at the
+gateway's L4 port. Secure requests therefore travel *sealed* (``serdab.serve.sealed``): the
+client seals the request to the attested service key, and ``/secure`` forwards only sealed
+requests, the attestation document and the service certificate; any plaintext secure route is
+refused (403). Ray's proxy, object store and the replica actor see ciphertext only.
+
+Routing: ``SerdabRouter`` wraps the gateway's balancing policies (``serdab.serve.balancing``) as
+a Ray Serve request router; replicas report their host, in-flight requests and (enclaves) their
+host's EPC paging rate as routing stats. Autoscaling: ``SerdabAutoscaling`` is the gateway's rule
+(``serdab.serve.autoscale``) as a Ray Serve autoscaling policy. Needs the ``ray`` extra.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ray
+from ray import serve
+from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, RequestRouterConfig
+from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from serdab.runtime.ray_resources import ENCLAVE_RESOURCE
+from serdab.serve.autoscale import AutoscaleConfig, AutoscaleState, ScaleInput, decide
+from serdab.serve.balancing import HostSample, ReplicaView, get_balancer
+from serdab.tee.image import pack_image, unpack_image
+
+__all__ = ["SECURE_PREFIX", "EnclaveModel", "PublicModel", "RayServeOptions", "RayService", "SerdabAutoscaling",
+           "SerdabRouter"]  # fmt: skip
+
+SECURE_PREFIX = "/secure"
+STRESS_DIR_ENV = "SERDAB_RAY_STRESS_DIR"  # interference control files, one per host label (emulated EPC)
+# what /secure forwards to an enclave: sealed requests and what a client needs to seal to it, nothing in plaintext
+SECURE_ROUTES = {("POST", "/v1/sealed"), ("GET", "/v1/attestation"), ("GET", "/v1/service-certificate"),
+                 ("GET", "/v2/health/live"), ("GET", "/v2/health/ready"), ("GET", "/v1/replica")}  # fmt: skip
+FORWARDED_HEADERS = ("content-type", "server-timing", "inference-header-content-length")
+
+
+def _host_label() -> str:
+    """The cluster-file host this node stands for (its ``serdab_host_*`` resource), else its node id."""
+    node = ray.get_runtime_context().get_node_id()
+    for info in ray.nodes():
+        if info["NodeID"] == node:
+            for name in info.get("Resources", {}):
+                if name.startswith("serdab_host_"):
+                    return name.removeprefix("serdab_host_")
+    return node[:8]
+
+
+def _answer(reply: httpx.Response, replica: str, host: str) -> Response:
+    headers = {k: v for k, v in reply.headers.items() if k.lower() in FORWARDED_HEADERS}
+    return Response(reply.content, status_code=reply.status_code,
+                    headers={**headers, "x-serdab-replica": replica, "x-serdab-host": host})  # fmt: skip
+
+
+class PublicModel:
+    """A public replica: the replica app in-process, behind Ray Serve's proxy."""
+
+    def __init__(self, name: str, model: bytes, threads: int, info: dict[str, Any]) -> None:
+        from serdab.serve.replica import ModelRunner, create_replica_app
+
+        self.runner = ModelRunner(name, model, threads)
+        self.host = _host_label()
+        self.id = f"public-{self.host}-{os.getpid()}"
+        self.info = info
+        self.in_flight = 0
+        app = create_replica_app(self.runner, "public", replica_id=self.id)
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica")
+
+    async def __call__(self, request: Request) -> Response:
+        path = request.url.path
+        if path == "/v1/gateway":
+            return JSONResponse(self.info)
+        if path == "/predict-secure":
+            return JSONResponse(
+                {
+                    "error": "secure requests travel sealed to an enclave: POST /secure/v1/sealed "
+                    "(serdab.Client with the owner's trust statement)"
+                },
+                status_code=403,
+            )
+        self.in_flight += 1
+        try:
+            reply = await self.client.request(request.method, path, params=request.query_params,
+                                              content=await request.body(), headers=dict(request.headers))  # fmt: skip
+        finally:
+            self.in_flight -= 1
+        return _answer(reply, self.id, self.host)
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        return {"host": self.host, "in_flight": self.in_flight, "paging_pages_per_s": 0.0, "interference": False,
+                "sampled_at": time.monotonic()}  # fmt: skip
+
+
+class EnclaveModel:
+    """An enclave replica: launches the measured replica image on this node and forwards sealed traffic."""
+
+    def __init__(self, name: str, image: bytes, trust_args: list[str], ca_pem: str, speed: float,
+                 threads: int) -> None:  # fmt: skip
+        from serdab.runtime.ray_executor import TEE_BACKEND_ENV
+        from serdab.serve.client import service_context
+        from serdab.tee import get_backend
+
+        self.dir = Path(tempfile.mkdtemp(prefix="serdab-ray-replica-"))
+        unpack_image(image, self.dir / "image")
+        self.host = _host_label()
+        self.id = f"enclave-{self.host}-{os.getpid()}"
+        self.backend: Any = get_backend(os.environ.get(TEE_BACKEND_ENV) or "simulated")
+        args = ["--name", name, *trust_args, "--speed", str(speed), "--id", self.id, "--threads", str(threads)]
+        self.enclave = self.backend.launch(self.dir / "image", args, env={"OMP_NUM_THREADS": str(threads)},
+                                           log_path=self.dir / "replica.log")  # fmt: skip
+        self.stress: Any = None
+        try:
+            port = int(self.backend.wait_ready(self.enclave, 120)["port"])
+            self._start_stress()
+        except BaseException:
+            self._stop()
+            raise
+        self.client = httpx.AsyncClient(base_url=f"https://127.0.0.1:{port}", timeout=120,
+                                        verify=service_context(ca_pem))  # fmt: skip
+        self.in_flight = 0
+        self._paging: tuple[float, int] | None = None
+
+    def _start_stress(self) -> None:
+        """An idle interference enclave on this host whose EPC follows a control file (emulated, S3ML sec. 5.1)."""
+        folder = os.environ.get(STRESS_DIR_ENV)
+        if not folder:
+            return
+        from serdab.serve.stress import build_stress_image
+
+        control = Path(folder) / self.host
+        control.parent.mkdir(parents=True, exist_ok=True)
+        if not control.exists():
+            control.write_text("0")
+        image = build_stress_image(self.dir / "stress")
+        self.stress = self.backend.launch(image, ["--control", str(control)], log_path=self.dir / "stress.log")
+        self.backend.wait_ready(self.stress, 60)
+
+    async def __call__(self, request: Request) -> Response:
+        path = request.url.path.removeprefix(SECURE_PREFIX) or "/"
+        if (request.method, path) not in SECURE_ROUTES:
+            return JSONResponse(
+                {
+                    "error": f"{request.method} {SECURE_PREFIX}{path}: secure requests travel sealed "
+                    f"(POST {SECURE_PREFIX}/v1/sealed with serdab.Client)"
+                },
+                status_code=403,
+            )
+        self.in_flight += 1
+        try:
+            reply = await self.client.request(
+                request.method,
+                path,
+                params=request.query_params,
+                content=await request.body(),
+                headers={"content-type": request.headers.get("content-type", "")},
+            )
+        finally:
+            self.in_flight -= 1
+        return _answer(reply, self.id, self.host)
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        stats = self.backend.epc.stats()
+        pages, now = stats.page_ins + stats.page_outs, time.monotonic()
+        last, self._paging = self._paging, (now, pages)
+        rate = (pages - last[1]) / (now - last[0]) if last and now > last[0] else 0.0
+        interference = self.stress is not None and stats.resident_bytes.get(self.stress.id, 0) > 0
+        return {"host": self.host, "in_flight": self.in_flight, "paging_pages_per_s": rate,
+                "interference": interference, "sampled_at": now, "enclave_pid": self.enclave.pid}  # fmt: skip
+
+    def _stop(self) -> None:
+        for enclave in (self.stress, self.enclave):
+            if enclave is not None:
+                self.backend.terminate(enclave)
+        self.backend.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __del__(self) -> None:  # Ray Serve calls it when the replica stops
+        self._stop()
+
+
+class SerdabRouter(RequestRouter):
+    """The gateway's balancing policy as a Ray Serve request router.
+
+    Each replica's routing stats (``record_routing_stats``, every ``request_routing_stats_period_s``)
+    are one monitoring cycle: a new sample per host ticks the policy (the EPC-aware one counts
+    cycles over its trigger), and the policy picks among the candidates. If the policy has shed
+    every candidate, the request still goes to one (Ray Serve would otherwise retry it forever;
+    the gateway answers 503 instead).
+    """
+
+    def initialize_state(self, balancer: str = "sed", **_: Any) -> None:
+        self.policy = get_balancer(balancer)
+        self.state = self.policy.initial()
+        self._seen: dict[str, float] = {}
+
+    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
+                              pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:  # fmt: skip
+        if not candidate_replicas:
+            return []
+        samples: dict[str, HostSample] = {}
+        views = []
+        for replica in candidate_replicas:
+            stats = replica.routing_stats or {}
+            host = str(stats.get("host", replica.node_id))
+            stamp = float(stats.get("sampled_at", 0.0))
+            if stamp > self._seen.get(host, 0.0):
+                self._seen[host] = stamp
+                samples[host] = HostSample(float(stats.get("paging_pages_per_s", 0.0)), bool(stats.get("interference")))
+            views.append(ReplicaView(replica.replica_id.unique_id, host, int(stats.get("in_flight", 0))))
+        if samples:
+            self.state = self.policy.tick(samples, self.state)
+        chosen, self.state = self.policy.choose(views, self.state)
+        if chosen is None:
+            return [candidate_replicas]
+        return [[r for r in candidate_replicas if r.replica_id.unique_id == chosen]]
+
+
+class SerdabAutoscaling:
+    """The gateway's autoscaling rule (``serdab.serve.autoscale.decide``) as a Ray Serve autoscaling policy.
+
+    Utilisation is the mean number of requests in flight per replica, capped at 1 (a one-thread
+    model server is busy whenever it holds a request); replicas Ray is still starting count as
+    starting, so no scale-down happens under them.
+    """
+
+    def __init__(self, target_utilisation: float = 0.6, tolerance: float = 0.1, cooldown_s: float = 15.0,
+                 start_time_s: float = 1.0) -> None:  # fmt: skip
+        self.target = target_utilisation
+        self.tolerance = tolerance
+        self.cooldown_s = cooldown_s
+        self.start_time_s = start_time_s
+
+    def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
+        config = AutoscaleConfig(min_replicas=ctx.capacity_adjusted_min_replicas,
+                                 max_replicas=max(1, ctx.capacity_adjusted_max_replicas),
+                                 target_utilisation=self.target, tolerance=self.tolerance,
+                                 cooldown_s=self.cooldown_s)  # fmt: skip
+        running = len(ctx.running_replicas)
+        now = ctx.current_time if ctx.current_time is not None else time.time()
+        utilisation = min(1.0, float(ctx.total_num_requests) / running) if running else 0.0
+        saved = ctx.policy_state or {}
+        state = AutoscaleState(saved.get("last_change_s", float("-inf")), saved.get("last_utilisation"),
+                               saved.get("last_sample_s"))  # fmt: skip
+        target = max(ctx.target_num_replicas, running)
+        decision, state = decide(config, ScaleInput(now, running, max(0, target - running), target, utilisation,
+                                                    self.start_time_s), state)  # fmt: skip
+        desired = max(config.min_replicas, min(config.max_replicas, target + decision.delta))
+        return desired, {"last_change_s": state.last_change_s, "last_utilisation": state.last_utilisation,
+                         "last_sample_s": state.last_sample_s, "reason": decision.reason}  # fmt: skip
+
+
+@dataclass
+class RayServeOptions:
+    model: str
+    public: int = 1
+    secure: int = 1
+    balancer: str = "epc-aware"
+    autoscale: dict[str, tuple[int, int]] = field(default_factory=dict)  # kind -> (min, max)
+    enclave_speed: float = 1.0
+    threads: int = 1
+    address: str = "local"
+    port: int = 8000
+    stats_period_s: float = 1.0  # S3ML samples paging once per second
+    cooldown_s: float = 15.0
+
+
+def _deployment(cls: type) -> Any:
+    return serve.deployment(cls)
+
+
+class RayService:
+    """The key service, the replica image and both Serve applications, started and stopped together."""
+
+    def __init__(self, options: RayServeOptions) -> None:
+        self.options = options
+        self.work_dir = Path(tempfile.mkdtemp(prefix="serdab-ray-serve-"))
+        self.trust_chain: Any = None
+        self._owns_ray = False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.options.port}"
+
+    def start(self) -> RayService:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _scaling(self, kind: str, count: int) -> dict[str, Any]:
+        if kind not in self.options.autoscale:
+            return {"num_replicas": count}
+        low, high = self.options.autoscale[kind]
+        policy = AutoscalingPolicy(policy_function=SerdabAutoscaling,
+                                   policy_kwargs={"cooldown_s": self.options.cooldown_s})  # fmt: skip
+        return {
+            "autoscaling_config": AutoscalingConfig(
+                min_replicas=low,
+                max_replicas=high,
+                initial_replicas=count,
+                upscale_delay_s=0,
+                downscale_delay_s=0,
+                policy=policy,
+            )
+        }
+
+    def _router(self, kind: str) -> RequestRouterConfig:
+        o = self.options
+        spec = o.balancer if kind == "enclave" or o.balancer.split(":")[0] != "epc-aware" else "sed"
+        config: dict[str, Any] = {"request_router_class": SerdabRouter, "request_router_kwargs": {"balancer": spec},
+                                  "request_routing_stats_period_s": o.stats_period_s}  # fmt: skip
+        return RequestRouterConfig(**config)
+
+    def _start(self) -> None:
+        from serdab.models.load import load_model
+        from serdab.serve.trust import ServiceTrust
+
+        o = self.options
+        if not ray.is_initialized():
+            init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+            if o.address == "local":  # one node standing for one host with a TEE; each enclave replica takes it
+                init["resources"] = {ENCLAVE_RESOURCE: float(max(1, o.secure))}
+            else:
+                init["address"] = o.address
+            ray.init(**init)
+            self._owns_ray = True
+        loaded = load_model(o.model)
+        self.model_name = loaded.name
+        model = loaded.proto.SerializeToString()
+        serve.start(http_options={"host": "127.0.0.1", "port": o.port})
+        info = {"model": self.model_name, "engine": "ray", "secure": "sealed", "secure_prefix": SECURE_PREFIX}
+        if o.secure or "enclave" in o.autoscale:
+            self.trust_chain = ServiceTrust.start(self.model_name, model, self.work_dir)
+            enclave = _deployment(EnclaveModel).options(
+                name="enclave",
+                ray_actor_options={"num_cpus": 0, "resources": {ENCLAVE_RESOURCE: 1}}, max_ongoing_requests=8,
+                request_router_config=self._router("enclave"), **self._scaling("enclave", o.secure),
+            )  # fmt: skip
+            chain = self.trust_chain
+            app = enclave.bind(self.model_name, pack_image(chain.image.path), chain.enclave_args(), chain.ca_pem,
+                               o.enclave_speed, o.threads)  # fmt: skip
+            serve.run(app, name="secure", route_prefix=SECURE_PREFIX, blocking=False)
+        public = _deployment(PublicModel).options(
+            name="public",
+            ray_actor_options={"num_cpus": 0}, max_ongoing_requests=8, request_router_config=self._router("public"),
+            **self._scaling("public", max(o.public, 1)),
+        )  # fmt: skip
+        serve.run(public.bind(self.model_name, model, o.threads, info), name="public", route_prefix="/",
+                  blocking=False)  # fmt: skip
+        self._wait_running()
+
+    def _wait_running(self, timeout_s: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = serve.status()
+            states = {name: str(app.status) for name, app in status.applications.items()}
+            if states and all(s.endswith("RUNNING") for s in states.values()):
+                return
+            failed = [f"{n}: {a.message}" for n, a in status.applications.items() if str(a.status).endswith("FAILED")]
+            if failed:
+                from serdab.errors import ReplicaError
+
+                raise ReplicaError("Ray Serve could not start the service: " + "; ".join(failed))
+            time.sleep(0.2)
+        from serdab.errors import ReplicaError
+
+        raise ReplicaError(f"Ray Serve applications not running after {timeout_s:.0f} s")
+
+    def trust(self) -> dict[str, Any]:
+        if self.trust_chain is None:
+            return {"gateway": self.url, "model": self.model_name}
+        return self.trust_chain.statement(self.url, self.model_name)
+
+    def replicas(self) -> dict[str, int]:
+        """Running replicas per kind (Ray Serve's own count)."""
+        out = {}
+        for app_name, app in serve.status().applications.items():
+            for deployment in app.deployments.values():
+                out[app_name] = sum(
+                    n for state, n in deployment.replica_states.items() if str(state).endswith("RUNNING")
+                )
+        return {"enclave" if k == "secure" else k: v for k, v in out.items()}
+
+    def stop(self) -> None:
+        if ray.is_initialized():
+            serve.shutdown()
+        if self.trust_chain is not None:
+            self.trust_chain.close()
+        if self._owns_ray:
+            ray.shutdown()
+        shutil.rmtree(self.work_dir, ignore_errors=True)
