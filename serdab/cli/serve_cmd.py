@@ -59,6 +59,12 @@ def serve(
     trust_file: Annotated[Path, typer.Option(help="Where to write the trust statement clients verify against.")] = Path(
         "serve-trust.json"
     ),
+    engine: Annotated[
+        str, typer.Option(help="gateway (Serdab's own, the default) or ray (Ray Serve; needs the ray extra).")
+    ] = "gateway",
+    address: Annotated[
+        str, typer.Option(help="With --engine ray: local (start Ray here), auto, or ray://HOST:PORT.")
+    ] = "local",
 ) -> None:
     """Serve MODEL from enclave and public replicas behind one gateway, until Ctrl-C.
 
@@ -72,6 +78,12 @@ def serve(
     from serdab.serve.autoscale import AutoscaleConfig, parse_range
     from serdab.serve.service import ModelService, ServeOptions
 
+    if engine not in ("gateway", "ray"):
+        raise ServeConfigError(f"unknown engine {engine!r}; choose gateway or ray")
+    if engine == "ray":
+        _serve_on_ray(model, secure, public, balancer, autoscale, port, enclave_speed, monitor_interval, trust_file,
+                      address)  # fmt: skip
+        return
     scaling = {}
     if autoscale:
         low, high = parse_range(autoscale)
@@ -107,6 +119,54 @@ def serve(
         console.print(f"trust    {trust_file}  (clients verify the key service and the enclaves against it)")
         console.print(f"try      serdab infer {service.gateway.url} synthetic:2 --secure --trust {trust_file}")
         console.print("Ctrl-C stops the gateway, every replica and the key service.")
+        while not stopped.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        with err_console.status("stopping"):
+            service.stop()
+        err_console.print("stopped")
+
+
+def _serve_on_ray(model: str, secure: int, public: int, balancer: str, autoscale: str | None, port: int,
+                  enclave_speed: float, monitor_interval: float, trust_file: Path, address: str) -> None:  # fmt: skip
+    """`serdab serve --engine ray`: the same replicas and policies as Ray Serve applications, until Ctrl-C."""
+    from serdab.serve.autoscale import parse_range
+    from serdab.serve.balancing import get_balancer
+
+    get_balancer(balancer)  # a bad spec fails before Ray starts
+    if secure + public == 0:
+        raise ServeConfigError(f"serve at least one replica (--secure {secure}, --public {public})")
+    scaling = {}
+    if autoscale:
+        low, high = parse_range(autoscale)
+        scaling = {kind: (low, high) for kind, count in (("enclave", secure), ("public", public)) if count}
+    try:
+        from serdab.serve.ray_engine import RayServeOptions, RayService
+    except ImportError as exc:
+        raise ServeConfigError(f"--engine ray needs the ray extra: pip install 'serdab[ray]' ({exc})") from None
+    options = RayServeOptions(model, public=public, secure=secure, balancer=balancer, autoscale=scaling,
+                              enclave_speed=enclave_speed, address=address, port=port or 8000,
+                              stats_period_s=monitor_interval)  # fmt: skip
+    stopped = threading.Event()
+    service = RayService(options)
+    previous: dict[Any, Any] = {}
+    try:
+        with err_console.status("starting Ray, the key service and the Serve applications"):
+            service.start()
+        # after Ray is up: its driver installs a SIGTERM handler of its own that would exit without cleaning up
+        previous = {sig: signal.signal(sig, lambda *_: stopped.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+        trust_file.write_text(json.dumps(service.trust(), indent=2) + "\n")
+        counts = service.replicas()
+        console.print(f"serving {service.model_name} on Ray Serve: {counts.get('enclave', 0)} enclave replica(s) "
+                      f"(simulated TEE, speed and EPC emulated), {counts.get('public', 0)} public")  # fmt: skip
+        console.print(f"front    {service.url}  (secure requests sealed to the enclaves at {service.url}/secure)")
+        console.print(f"trust    {trust_file}  (clients verify the key service and the enclaves against it)")
+        console.print(f"try      serdab infer {service.url} synthetic:2 --secure --trust {trust_file}")
+        console.print("Ctrl-C stops the Serve applications, the key service and Ray.")
         while not stopped.wait(0.5):
             pass
     except KeyboardInterrupt:

@@ -402,11 +402,17 @@ class RayService:
                 )
         return {"enclave" if k == "secure" else k: v for k, v in out.items()}
 
-    def stop(self) -> None:
-        if ray.is_initialized():
-            serve.shutdown()
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Everything this service started; never hangs on a Ray that is already gone (e.g. its raylet was
+        signalled with our process group), and the key service, ours alone, goes first."""
+        import threading
+
         if self.trust_chain is not None:
             self.trust_chain.close()
+        if ray.is_initialized():
+            stopping = threading.Thread(target=serve.shutdown, daemon=True)
+            stopping.start()
+            stopping.join(timeout_s)
         if self._owns_ray:
             ray.shutdown()
         shutil.rmtree(self.work_dir, ignore_errors=True)
