@@ -6,6 +6,7 @@ placement` (planner speed at M = 100 blocks), so both exercise the same generato
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import random
 from typing import Any
@@ -168,3 +169,64 @@ class TamperingProxy:
 
     def close(self) -> None:
         self.listener.close()
+
+
+class RecordingProxy:
+    """A TCP man in the middle that forwards both ways and keeps every byte it saw (what a compromised
+    front door, proxy or network could read). ``seen()`` is everything, both directions. Stop with ``close``."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        import socket
+        import threading
+
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()
+        self._chunks: list[bytes] = []
+        self._lock = threading.Lock()
+        self._sockets: list[Any] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address[0]}:{self.address[1]}"
+
+    def seen(self) -> bytes:
+        with self._lock:
+            return b"".join(self._chunks)
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                inbound, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                outbound = socket.create_connection(self.target)
+            except OSError:
+                inbound.close()
+                continue
+            self._sockets += [inbound, outbound]
+            for a, b in ((inbound, outbound), (outbound, inbound)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: Any, sink: Any) -> None:
+        try:
+            while data := source.recv(65536):
+                with self._lock:
+                    self._chunks.append(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(2)
+
+    def close(self) -> None:
+        self.listener.close()
+        for s in self._sockets:
+            s.close()

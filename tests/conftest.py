@@ -52,7 +52,8 @@ def clusters_dir(repo_root: Path) -> Path:
     return repo_root / "examples" / "clusters"
 
 
-# the paper cluster's and test_runtime's THREE devices, split over two Ray nodes as their hosts are
+# the paper cluster's and test_runtime's THREE devices, split over two Ray nodes as their hosts are;
+# each node is also a host with a TEE (one enclave serving replica each) named h1, h2
 RAY_NODES = (("tee1", "e1"), ("tee2", "gpu2", "cpu3"))
 
 
@@ -62,13 +63,18 @@ def ray_cluster():
     ray = pytest.importorskip("ray", reason="the ray extra is not installed (`make test-ray` installs it)")
     from ray.cluster_utils import Cluster
 
-    from serdab.runtime.ray_resources import device_resource
+    from serdab.runtime.ray_resources import ENCLAVE_RESOURCE, device_resource, host_resource
 
-    def resources(devices: tuple[str, ...]) -> dict[str, float]:
-        return {device_resource(d): 1.0 for d in devices}
+    def resources(k: int) -> dict[str, float]:
+        return {**{device_resource(d): 1.0 for d in RAY_NODES[k]}, host_resource(f"h{k + 1}"): 1.0,
+                ENCLAVE_RESOURCE: 1.0}  # fmt: skip
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": resources(RAY_NODES[0])})
-    cluster.add_node(num_cpus=1, resources=resources(RAY_NODES[1]))
+    # Ray Serve pushes autoscaling metrics every 10 s by default: too slow for a test of the rule
+    for name in ("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S",
+                 "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"):  # fmt: skip
+        os.environ[name] = "0.25"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": resources(0)})
+    cluster.add_node(num_cpus=1, resources=resources(1))
     ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
     cluster.wait_for_nodes()
     try:

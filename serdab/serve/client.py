@@ -66,6 +66,7 @@ class Client:
         self._secure: httpx.Client | None = None
         self._engine: dict[str, Any] | None = None  # the front door's /v1/gateway answer
         self._service_key: Any = None  # sealed mode: the attested service public key
+        self.served_by: str | None = None  # the replica that answered the last request, where the engine says
         self.attested: dict[str, Any] | None = None
 
     def reconnect(self) -> None:
@@ -133,6 +134,7 @@ class Client:
                 except ValueError:
                     message = reply.text
                 raise ServeError(f"{reply.status_code}: {message}")
+            self.served_by = reply.headers.get("x-serdab-replica")
             return reply
         raise NoReplicaError(f"no {'enclave' if secure else 'public'} replica answered at {self.url}: {last}")
 
@@ -163,6 +165,7 @@ class Client:
                 continue
             if reply.status_code != 200:
                 raise ServeError(f"{reply.status_code}: {reply.text}")
+            self.served_by = reply.headers.get("x-serdab-replica")
             status, answer_headers, content = open_reply(envelope, reply_key, reply.content)
             answer = httpx.Response(status, headers=answer_headers, content=content)
             if status >= 400:

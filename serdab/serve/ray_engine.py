@@ -47,7 +47,6 @@ __all__ = ["SECURE_PREFIX", "EnclaveModel", "PublicModel", "RayServeOptions", "R
            "SerdabRouter"]  # fmt: skip
 
 SECURE_PREFIX = "/secure"
-STRESS_DIR_ENV = "SERDAB_RAY_STRESS_DIR"  # interference control files, one per host label (emulated EPC)
 # what /secure forwards to an enclave: sealed requests and what a client needs to seal to it, nothing in plaintext
 SECURE_ROUTES = {("POST", "/v1/sealed"), ("GET", "/v1/attestation"), ("GET", "/v1/service-certificate"),
                  ("GET", "/v2/health/live"), ("GET", "/v2/health/ready"), ("GET", "/v1/replica")}  # fmt: skip
@@ -114,7 +113,7 @@ class EnclaveModel:
     """An enclave replica: launches the measured replica image on this node and forwards sealed traffic."""
 
     def __init__(self, name: str, image: bytes, trust_args: list[str], ca_pem: str, speed: float,
-                 threads: int) -> None:  # fmt: skip
+                 threads: int, stress_dir: str | None = None) -> None:  # fmt: skip
         from serdab.runtime.ray_executor import TEE_BACKEND_ENV
         from serdab.serve.client import service_context
         from serdab.tee import get_backend
@@ -130,7 +129,7 @@ class EnclaveModel:
         self.stress: Any = None
         try:
             port = int(self.backend.wait_ready(self.enclave, 120)["port"])
-            self._start_stress()
+            self._start_stress(stress_dir)
         except BaseException:
             self._stop()
             raise
@@ -139,9 +138,8 @@ class EnclaveModel:
         self.in_flight = 0
         self._paging: tuple[float, int] | None = None
 
-    def _start_stress(self) -> None:
-        """An idle interference enclave on this host whose EPC follows a control file (emulated, S3ML sec. 5.1)."""
-        folder = os.environ.get(STRESS_DIR_ENV)
+    def _start_stress(self, folder: str | None) -> None:
+        """An idle interference enclave on this host whose EPC follows ``folder/<host>`` (emulated, S3ML sec. 5.1)."""
         if not folder:
             return
         from serdab.serve.stress import build_stress_image
@@ -200,34 +198,42 @@ class EnclaveModel:
 class SerdabRouter(RequestRouter):
     """The gateway's balancing policy as a Ray Serve request router.
 
-    Each replica's routing stats (``record_routing_stats``, every ``request_routing_stats_period_s``)
-    are one monitoring cycle: a new sample per host ticks the policy (the EPC-aware one counts
-    cycles over its trigger), and the policy picks among the candidates. If the policy has shed
-    every candidate, the request still goes to one (Ray Serve would otherwise retry it forever;
-    the gateway answers 503 instead).
+    Replicas report their host, requests in flight and (enclaves) the host's EPC paging rate as
+    routing stats (``record_routing_stats``). The policy's monitoring cycle is wall time, as at the
+    gateway: every ``monitor_interval_s`` counts one cycle with each host's latest report (Ray
+    Serve forwards routing stats to routers every second or two, so a host is shed that much later
+    than at the gateway). If the policy has shed every candidate the request still goes to one:
+    Ray Serve would otherwise retry it forever, where the gateway answers 503.
     """
 
-    def initialize_state(self, balancer: str = "sed", **_: Any) -> None:
+    MAX_CATCH_UP = 10  # cycles counted at once after an idle spell
+
+    def initialize_state(self, balancer: str = "sed", monitor_interval_s: float = 1.0, **_: Any) -> None:
         self.policy = get_balancer(balancer)
         self.state = self.policy.initial()
-        self._seen: dict[str, float] = {}
+        self.interval = monitor_interval_s
+        self._next_tick: float | None = None
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:  # fmt: skip
         if not candidate_replicas:
             return []
-        samples: dict[str, HostSample] = {}
+        latest: dict[str, HostSample] = {}
         views = []
         for replica in candidate_replicas:
             stats = replica.routing_stats or {}
             host = str(stats.get("host", replica.node_id))
-            stamp = float(stats.get("sampled_at", 0.0))
-            if stamp > self._seen.get(host, 0.0):
-                self._seen[host] = stamp
-                samples[host] = HostSample(float(stats.get("paging_pages_per_s", 0.0)), bool(stats.get("interference")))
+            latest[host] = HostSample(float(stats.get("paging_pages_per_s", 0.0)), bool(stats.get("interference")))
             views.append(ReplicaView(replica.replica_id.unique_id, host, int(stats.get("in_flight", 0))))
-        if samples:
-            self.state = self.policy.tick(samples, self.state)
+        now = time.monotonic()
+        if self._next_tick is None:
+            self._next_tick = now
+        cycles = 0
+        while now >= self._next_tick:
+            self._next_tick += self.interval
+            cycles += 1
+        for _ in range(min(cycles, self.MAX_CATCH_UP)):
+            self.state = self.policy.tick(latest, self.state)
         chosen, self.state = self.policy.choose(views, self.state)
         if chosen is None:
             return [candidate_replicas]
@@ -281,6 +287,8 @@ class RayServeOptions:
     port: int = 8000
     stats_period_s: float = 1.0  # S3ML samples paging once per second
     cooldown_s: float = 15.0
+    look_back_s: float = 30.0  # Ray Serve's window over request metrics for autoscaling
+    stress_dir: str | None = None  # emulated EPC interference: one control file per host label (see EnclaveModel)
 
 
 def _deployment(cls: type) -> Any:
@@ -321,6 +329,7 @@ class RayService:
                 initial_replicas=count,
                 upscale_delay_s=0,
                 downscale_delay_s=0,
+                look_back_period_s=self.options.look_back_s,
                 policy=policy,
             )
         }
@@ -328,7 +337,8 @@ class RayService:
     def _router(self, kind: str) -> RequestRouterConfig:
         o = self.options
         spec = o.balancer if kind == "enclave" or o.balancer.split(":")[0] != "epc-aware" else "sed"
-        config: dict[str, Any] = {"request_router_class": SerdabRouter, "request_router_kwargs": {"balancer": spec},
+        config: dict[str, Any] = {"request_router_class": SerdabRouter,
+                                  "request_router_kwargs": {"balancer": spec, "monitor_interval_s": o.stats_period_s},
                                   "request_routing_stats_period_s": o.stats_period_s}  # fmt: skip
         return RequestRouterConfig(**config)
 
@@ -359,7 +369,7 @@ class RayService:
             )  # fmt: skip
             chain = self.trust_chain
             app = enclave.bind(self.model_name, pack_image(chain.image.path), chain.enclave_args(), chain.ca_pem,
-                               o.enclave_speed, o.threads)  # fmt: skip
+                               o.enclave_speed, o.threads, o.stress_dir)  # fmt: skip
             serve.run(app, name="secure", route_prefix=SECURE_PREFIX, blocking=False)
         public = _deployment(PublicModel).options(
             name="public",

@@ -1,0 +1,131 @@
+"""Serving on Ray Serve: each kind routed right, secure requests sealed end to end, the EPC-aware router
+shedding a paging host, and the autoscaling rule scaling up and down. Needs the ray extra."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from serdab.errors import AttestationError, ServeError
+from serdab.serve.client import Client
+from serdab.testing import RecordingProxy
+from tests.conftest import chain_of
+
+pytestmark = pytest.mark.ray
+
+X = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _service(ray_cluster, **options):
+    from serdab.serve.ray_engine import RayServeOptions, RayService
+
+    return RayService(RayServeOptions("lenet5", port=_port(), **options)).start()
+
+
+def test_each_kind_is_routed_right_and_secure_requests_travel_sealed(ray_cluster) -> None:
+    from serdab.onnxrt import make_session
+
+    chain = chain_of("lenet5")
+    expected = make_session(chain.model).run(None, {chain.input_name: X})[0]
+    marker = np.full((1, 1, 28, 28), 1.2345678, dtype=np.float32)  # a recognisable pattern
+    service = _service(ray_cluster, public=1, secure=1, balancer="sed")
+    proxy = RecordingProxy(("127.0.0.1", service.options.port))  # what Ray's front door and network could read
+    try:
+        with Client(proxy.url, trust=service.trust()) as client:
+            public = client.infer(X, secure=False)
+            assert client.served_by and client.served_by.startswith("public-")
+            secure = client.infer(X, secure=True)
+            assert client.served_by and client.served_by.startswith("enclave-")
+            assert client.attested and client.attested["module_id"].startswith("sim-")
+            answer = client.infer(marker, secure=True)
+        assert float(np.abs(public - expected).max()) <= 1e-5 and float(np.abs(secure - expected).max()) <= 1e-5
+        seen = proxy.seen()
+        assert marker.tobytes()[:64] not in seen and answer.tobytes()[:16] not in seen
+        assert b"lenet5/infer" in seen  # the public request did pass in plaintext: the recording works
+        with httpx.Client(base_url=service.url) as http:  # plaintext secure routes are refused, not forwarded
+            assert http.post("/predict-secure", json={"images": []}).status_code == 403
+            assert http.post("/secure/v2/models/lenet5/infer", json={"inputs": []}).status_code == 403
+            assert http.post("/secure/v1/sealed", content=b"junk",
+                             headers={"content-type": "application/octet-stream"}).status_code == 400  # fmt: skip
+        wrong = service.trust() | {"replica_pcrs": {"0": "00" * 48, "1": "00" * 48, "2": "00" * 48}}
+        with Client(service.url, trust=wrong) as client, pytest.raises(AttestationError, match="other PCRs"):
+            client.infer(X, secure=True)
+    finally:
+        proxy.close()
+        service.stop()
+
+
+def test_the_epc_aware_router_sheds_the_host_that_pages(ray_cluster, tmp_path: Path) -> None:
+    stress = tmp_path / "stress"
+    service = _service(ray_cluster, public=1, secure=2, balancer="epc-aware:2000:0.7:3", stats_period_s=0.25,
+                       stress_dir=str(stress))  # fmt: skip
+    try:
+        with Client(service.url, trust=service.trust()) as client:
+
+            def hosts(n: int) -> set[str]:
+                served = set()
+                for _ in range(n):
+                    client.infer(X, secure=True)
+                    served.add(str(client.served_by).split("-")[1])
+                return served
+
+            assert hosts(12) == {"h1", "h2"}  # SED spreads equal replicas
+            (stress / "h1").write_text(str(400 * 2**20))  # an enclave takes 400 MiB of h1's 93 MiB EPC
+            deadline = time.monotonic() + 20  # Ray Serve forwards routing stats every second or two
+            while hosts(4) != {"h2"}:
+                assert time.monotonic() < deadline, "h1 was never shed while it paged"
+            assert hosts(12) == {"h2"}  # and stays shed while the interference lasts
+            (stress / "h1").write_text("0")  # the interference ends: h1 takes work again
+            deadline = time.monotonic() + 20
+            while "h1" not in hosts(6):
+                assert time.monotonic() < deadline, "h1 never came back after the interference ended"
+    finally:
+        service.stop()
+
+
+def test_the_autoscaling_rule_scales_ray_serve_up_and_down(ray_cluster) -> None:
+    service = _service(ray_cluster, public=1, secure=0, autoscale={"public": (1, 2)}, cooldown_s=1.0,
+                       look_back_s=1.0)  # fmt: skip
+    stop = threading.Event()
+    errors: list[Exception] = []
+
+    def load() -> None:
+        with Client(service.url) as client:
+            while not stop.is_set():
+                try:
+                    client.infer(np.random.rand(8, 1, 28, 28).astype(np.float32), secure=False)
+                except (ServeError, httpx.HTTPError) as exc:
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
+    try:
+        assert service.replicas()["public"] == 1
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while service.replicas()["public"] < 2:
+            assert time.monotonic() < deadline, "never scaled up under load"
+            time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        deadline = time.monotonic() + 60
+        while service.replicas()["public"] > 1:
+            assert time.monotonic() < deadline, "never scaled back down once idle"
+            time.sleep(0.5)
+        assert not errors, errors[:3]
+    finally:
+        stop.set()
+        service.stop()
