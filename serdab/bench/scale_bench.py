@@ -29,7 +29,7 @@ from serdab.runtime.frames import open_source
 from serdab.runtime.manager import ApplicationManager, RunOptions
 from serdab.runtime.ray_resources import device_resource
 
-__all__ = ["LAYOUTS", "plot_scale_bench", "run_pipeline_scale"]
+__all__ = ["LAYOUTS", "plot_scale_bench", "run_pipeline_scale", "run_serving_scale"]
 
 # which devices each Ray node offers; the first node is the head (the driver's node)
 LAYOUTS: dict[str, list[list[str]]] = {
@@ -169,7 +169,8 @@ def plot_scale_bench(result: dict[str, Any], png: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["pipeline"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    serving = result.get("serving")
+    fig, axes = plt.subplots(1, 3 if serving else 2, figsize=(16 if serving else 11, 4))
     for ax, mode in zip(axes, ("native", "emulated"), strict=True):
         chosen = [r for r in rows if r["mode"] == mode]
         labels = ["local" if r["executor"] == "local" else f"ray {r['nodes']}n" for r in chosen]
@@ -178,6 +179,114 @@ def plot_scale_bench(result: dict[str, Any], png: Path) -> None:
         ax.set_ylabel("frames per host second")
         for k, r in enumerate(chosen):
             ax.text(k, r["throughput_fps"], f"{100 * r['throughput_vs_local']:.0f}%", ha="center", va="bottom")
+    if serving:
+        ax = axes[2]
+        for engine, marker in (("gateway", "o"), ("ray", "s")):
+            chosen = [r for r in serving["replicas"] if r["engine"] == engine]
+            ax.plot([r["replicas"] for r in chosen], [r["throughput_rps"] for r in chosen], marker=marker,
+                    label=engine)  # fmt: skip
+        ax.set_xlabel("enclave replicas (resnet18, emulated speed 0.3)")
+        ax.set_ylabel("requests/s (6 closed-loop clients)")
+        ax.set_title("serving: gateway vs Ray Serve")
+        ax.legend()
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
+
+
+def _closed_loop(url: str, trust: dict[str, Any] | None, secure: bool, shape: tuple[int, ...], threads: int,
+                 requests: int) -> dict[str, Any]:  # fmt: skip
+    """``threads`` clients, each sending its share of ``requests`` one after another (after one warm-up each)."""
+    import threading
+
+    from serdab.serve.client import Client
+
+    latencies: list[float] = []
+    lock = threading.Lock()
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+
+    def client_loop(count: int) -> None:
+        with Client(url, trust=trust) as client:
+            client.infer(x, secure=secure)  # warm: attestation, connection
+            for _ in range(count):
+                started = time.perf_counter()
+                client.infer(x, secure=secure)
+                with lock:
+                    latencies.append(time.perf_counter() - started)
+
+    workers = [threading.Thread(target=client_loop, args=(requests // threads,)) for _ in range(threads)]
+    started = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    wall = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {"requests": len(latencies), "throughput_rps": len(latencies) / wall,
+            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}  # fmt: skip
+
+
+def _service(engine: str, model: str, secure: int, public: int, speed: float) -> Any:
+    if engine == "gateway":
+        from serdab.serve.service import ModelService, ServeOptions
+
+        return ModelService(ServeOptions(model, secure=secure, public=public, balancer="sed",
+                                         enclave_speed=speed)).start()  # fmt: skip
+    from serdab.serve.ray_engine import RayServeOptions, RayService
+
+    return RayService(RayServeOptions(model, secure=secure, public=public, balancer="sed", enclave_speed=speed,
+                                      port=_free_port())).start()  # fmt: skip
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _url(service: Any) -> str:
+    return str(service.gateway.url if hasattr(service, "gateway") else service.url)
+
+
+def _service_rss() -> int:
+    """Every process the service started, this one excluded (replicas, enclaves, key service; Ray's node
+    processes, which a local Ray starts as children of its driver)."""
+    me = os.getpid()
+    return _tree_rss([me]) - _rss_bytes(me)
+
+
+def run_serving_scale(progress: Callable[[str], None] = lambda _: None, requests: int = 200) -> dict[str, Any]:
+    """Ray Serve against the gateway: per-request overhead (LeNet-5, one at a time) and 1..3 enclave replicas
+    (ResNet-18 at emulated enclave speed 0.3, 6 closed-loop clients)."""
+    overhead = []
+    for engine in ("gateway", "ray"):
+        progress(f"{engine}: one request at a time (lenet5)")
+        service = _service(engine, "lenet5", secure=1, public=1, speed=1.0)
+        try:
+            for secure in (False, True):
+                row = _closed_loop(_url(service), service.trust(), secure, (1, 1, 28, 28), 1, requests)
+                overhead.append({"engine": engine, "kind": "enclave" if secure else "public", **row})
+        finally:
+            service.stop()
+    for row in overhead:
+        base = next(r for r in overhead if r["engine"] == "gateway" and r["kind"] == row["kind"])
+        row["p50_overhead_ms"] = row["p50_ms"] - base["p50_ms"]
+    replicas = []
+    for engine in ("gateway", "ray"):
+        for count in (1, 2, 3):
+            progress(f"{engine}: {count} enclave replica(s) (resnet18, speed 0.3)")
+            service = _service(engine, "resnet18", secure=count, public=0, speed=0.3)
+            try:
+                row = _closed_loop(_url(service), service.trust(), True, (1, 3, 224, 224), 6, 60)
+                row["memory_bytes"] = _service_rss()
+            finally:
+                service.stop()
+            replicas.append({"engine": engine, "replicas": count, **row})
+    for row in replicas:
+        one = next(r for r in replicas if r["engine"] == row["engine"] and r["replicas"] == 1)
+        gateway = next(r for r in replicas if r["engine"] == "gateway" and r["replicas"] == row["replicas"])
+        row["speedup_vs_1"] = row["throughput_rps"] / one["throughput_rps"]
+        row["vs_gateway"] = row["throughput_rps"] / gateway["throughput_rps"]
+    return {"overhead": overhead, "replicas": replicas}

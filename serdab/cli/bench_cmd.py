@@ -424,18 +424,21 @@ def bench_scale(
         "bench/results/scale.json"
     ),
     frames: Annotated[int, typer.Option(min=4, help="Frames per pipeline run.")] = 48,
+    pipeline_only: Annotated[bool, typer.Option("--pipeline-only", help="Skip the serving part.")] = False,
 ) -> None:
-    """The pipeline on the local executor vs Ray on 1, 2, 3 nodes of this machine (needs the ray extra)."""
+    """The pipeline on the local executor vs Ray on 1, 2, 3 nodes of this machine, and Ray Serve vs the
+    gateway (per-request overhead; 1..3 enclave replicas). Needs the ray extra."""
     from serdab.errors import PlanError
 
     try:
-        from serdab.bench.scale_bench import plot_scale_bench, run_pipeline_scale
+        from serdab.bench.scale_bench import plot_scale_bench, run_pipeline_scale, run_serving_scale
     except ImportError as exc:
         raise PlanError(f"serdab bench scale needs the ray extra: pip install 'serdab[ray]' ({exc})") from None
     model, placement = "resnet18", "tee1[0-11] -> e1[12-21]"
     with err_console.status("pipeline") as status:
         rows = run_pipeline_scale(model, placement, frames, progress=lambda m: status.update(m))
-    result = {"model": model, "placement": placement, "frames": frames, "pipeline": rows,
+        serving = run_serving_scale(progress=lambda m: status.update(m)) if not pipeline_only else None
+    result = {"model": model, "placement": placement, "frames": frames, "pipeline": rows, "serving": serving,
               "cores": __import__("os").cpu_count()}  # fmt: skip
     png = _write(result, json_path, plot_scale_bench)
     table = Table(title=f"pipeline {model} {placement}, {frames} frames: local executor vs Ray nodes on this machine")
@@ -452,4 +455,20 @@ def bench_scale(
             f"{r['deploy_s']:.1f}", memory,
         )  # fmt: skip
     console.print(table)
+    if serving:
+        table = Table(title="serving, one request at a time (lenet5): gateway vs Ray Serve")
+        for column in ("engine", "kind", "p50 ms", "p99 ms", "p50 overhead ms"):
+            table.add_column(column, justify="left" if column in ("engine", "kind") else "right")
+        for r in serving["overhead"]:
+            table.add_row(r["engine"], r["kind"], f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                          f"{r['p50_overhead_ms']:+.2f}")  # fmt: skip
+        console.print(table)
+        table = Table(title="serving, enclave replicas (resnet18, emulated speed 0.3, 6 closed-loop clients)")
+        for column in ("engine", "replicas", "req/s", "vs 1 replica", "vs gateway", "p50 ms", "p99 ms", "memory MiB"):
+            table.add_column(column, justify="left" if column == "engine" else "right")
+        for r in serving["replicas"]:
+            table.add_row(r["engine"], str(r["replicas"]), f"{r['throughput_rps']:.2f}", f"{r['speedup_vs_1']:.2f}x",
+                          f"{100 * r['vs_gateway']:.0f}%", f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}",
+                          f"{r['memory_bytes'] / 2**20:.0f}")  # fmt: skip
+        console.print(table)
     err_console.print(f"wrote {json_path} and {png}")

@@ -109,6 +109,19 @@ class PublicModel:
                 "sampled_at": time.monotonic()}  # fmt: skip
 
 
+class FrontInfo:
+    """The front door of a service without public replicas: ``/v1/gateway`` only."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.info = info
+
+    async def __call__(self, request: Request) -> Response:
+        if request.url.path == "/v1/gateway":
+            return JSONResponse(self.info)
+        return JSONResponse({"error": "this service has no public replicas; secure requests travel sealed to "
+                                      f"{SECURE_PREFIX}/v1/sealed"}, status_code=404)  # fmt: skip
+
+
 class EnclaveModel:
     """An enclave replica: launches the measured replica image on this node and forwards sealed traffic."""
 
@@ -371,13 +384,16 @@ class RayService:
             app = enclave.bind(self.model_name, pack_image(chain.image.path), chain.enclave_args(), chain.ca_pem,
                                o.enclave_speed, o.threads, o.stress_dir)  # fmt: skip
             serve.run(app, name="secure", route_prefix=SECURE_PREFIX, blocking=False)
-        public = _deployment(PublicModel).options(
-            name="public",
-            ray_actor_options={"num_cpus": 0}, max_ongoing_requests=8, request_router_config=self._router("public"),
-            **self._scaling("public", max(o.public, 1)),
-        )  # fmt: skip
-        serve.run(public.bind(self.model_name, model, o.threads, info), name="public", route_prefix="/",
-                  blocking=False)  # fmt: skip
+        if o.public or "public" in o.autoscale:
+            public = _deployment(PublicModel).options(
+                name="public", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=8,
+                request_router_config=self._router("public"), **self._scaling("public", o.public),
+            )  # fmt: skip
+            serve.run(public.bind(self.model_name, model, o.threads, info), name="public", route_prefix="/",
+                      blocking=False)  # fmt: skip
+        else:  # enclaves only: the front door still says what it serves and how secure requests travel
+            front = _deployment(FrontInfo).options(name="front", ray_actor_options={"num_cpus": 0})
+            serve.run(front.bind(info), name="public", route_prefix="/", blocking=False)
         self._wait_running()
 
     def _wait_running(self, timeout_s: float = 180.0) -> None:
@@ -410,7 +426,10 @@ class RayService:
                 out[app_name] = sum(
                     n for state, n in deployment.replica_states.items() if str(state).endswith("RUNNING")
                 )
-        return {"enclave" if k == "secure" else k: v for k, v in out.items()}
+        counts = {"enclave" if k == "secure" else k: v for k, v in out.items()}
+        if not (self.options.public or "public" in self.options.autoscale):
+            counts["public"] = 0  # the front-door deployment serves no model
+        return counts
 
     def stop(self, timeout_s: float = 60.0) -> None:
         """Everything this service started; never hangs on a Ray that is already gone (e.g. its raylet was
