@@ -171,7 +171,7 @@ def plot_scale_bench(result: dict[str, Any], png: Path) -> None:
     rows = result["pipeline"]
     serving = result.get("serving")
     fig, axes = plt.subplots(1, 3 if serving else 2, figsize=(16 if serving else 11, 4))
-    for ax, mode in zip(axes, ("native", "emulated"), strict=True):
+    for ax, mode in zip(axes[:2], ("native", "emulated"), strict=True):
         chosen = [r for r in rows if r["mode"] == mode]
         labels = ["local" if r["executor"] == "local" else f"ray {r['nodes']}n" for r in chosen]
         ax.bar(labels, [r["throughput_fps"] for r in chosen], color=["#555"] + ["#1f77b4"] * (len(chosen) - 1))

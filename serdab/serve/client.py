@@ -31,7 +31,7 @@ import numpy as np
 from serdab.errors import AttestationError, NoReplicaError, ServeError
 from serdab.serve.protocol import BINARY_HEADER, encode_image, encode_infer_request, parse_infer_response
 
-__all__ = ["Client", "service_context"]
+__all__ = ["Client", "service_certificate", "service_context"]
 
 
 def service_context(ca_pem: str) -> ssl.SSLContext:
@@ -40,6 +40,35 @@ def service_context(ca_pem: str) -> ssl.SSLContext:
     context = ssl.create_default_context(cadata=ca_pem)
     context.check_hostname = False
     return context
+
+
+def service_certificate(trust: Mapping[str, Any], timeout_s: float = 60.0) -> tuple[dict[str, Any], dict[int, bytes],
+                                                                                   bool, list[Any]]:  # fmt: skip
+    """From the key service, attested against the owner's trust statement: the service's CA and release
+    policy, which must name exactly the stated replica PCRs; with those PCRs, the simulated-root flag and roots."""
+    from cryptography import x509
+
+    from serdab.kms.client import attest_kms
+
+    t = trust
+    missing = [k for k in ("kms", "kms_pcrs", "service", "replica_pcrs") if k not in t]
+    if missing:
+        raise AttestationError(f"a secure request needs the owner's trust statement ({', '.join(missing)} "
+                               "missing): pass trust=json.load(open('serve-trust.json'))")  # fmt: skip
+    allow_simulated = bool(t.get("allow_simulated"))
+    roots = [x509.load_pem_x509_certificate(t["simulated_root_pem"].encode())] if t.get("simulated_root_pem") else []
+    replica_pcrs = {int(i): bytes.fromhex(v) for i, v in t["replica_pcrs"].items()}
+    kms = attest_kms(t["kms"], expected_pcrs={int(i): bytes.fromhex(v) for i, v in t["kms_pcrs"].items()},
+                     allow_simulated=allow_simulated, simulated_roots=roots, timeout_s=timeout_s)  # fmt: skip
+    try:
+        certificate = kms.service_certificate(t["service"])
+    finally:
+        kms.close()
+    policy = {int(i): bytes.fromhex(v) for i, v in (certificate.get("policy") or {}).get("pcrs", {}).items()}
+    if policy != replica_pcrs:
+        raise AttestationError(f"the key service would release {t['service']}'s keys to other PCRs than the "
+                               "replica image's: refusing to send")  # fmt: skip
+    return certificate, replica_pcrs, allow_simulated, roots
 
 
 def _transport(verify: ssl.SSLContext | bool = True) -> httpx.HTTPTransport:
@@ -219,32 +248,7 @@ class Client:
         return self._secure
 
     def _service_certificate(self) -> tuple[dict[str, Any], dict[int, bytes], bool, list[Any]]:
-        """From the attested key service: the service's CA and release policy, which must be the stated PCRs."""
-        from cryptography import x509
-
-        from serdab.kms.client import attest_kms
-
-        t = self.trust
-        missing = [k for k in ("kms", "kms_pcrs", "service", "replica_pcrs") if k not in t]
-        if missing:
-            raise AttestationError(f"a secure request needs the owner's trust statement ({', '.join(missing)} "
-                                   "missing): pass trust=json.load(open('serve-trust.json'))")  # fmt: skip
-        allow_simulated = bool(t.get("allow_simulated"))
-        roots = (
-            [x509.load_pem_x509_certificate(t["simulated_root_pem"].encode())] if t.get("simulated_root_pem") else []
-        )
-        replica_pcrs = {int(i): bytes.fromhex(v) for i, v in t["replica_pcrs"].items()}
-        kms = attest_kms(t["kms"], expected_pcrs={int(i): bytes.fromhex(v) for i, v in t["kms_pcrs"].items()},
-                         allow_simulated=allow_simulated, simulated_roots=roots, timeout_s=self.timeout_s)  # fmt: skip
-        try:
-            certificate = kms.service_certificate(t["service"])
-        finally:
-            kms.close()
-        policy = {int(i): bytes.fromhex(v) for i, v in (certificate.get("policy") or {}).get("pcrs", {}).items()}
-        if policy != replica_pcrs:
-            raise AttestationError(f"the key service would release {t['service']}'s keys to other PCRs than the "
-                                   "replica image's: refusing to send")  # fmt: skip
-        return certificate, replica_pcrs, allow_simulated, roots
+        return service_certificate(self.trust, self.timeout_s)
 
     def _attest(self) -> httpx.Client:
         from serdab.crypto import sha384

@@ -21,6 +21,7 @@ host's EPC paging rate as routing stats. Autoscaling: ``SerdabAutoscaling`` is t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -50,6 +51,10 @@ SECURE_PREFIX = "/secure"
 # what /secure forwards to an enclave: sealed requests and what a client needs to seal to it, nothing in plaintext
 SECURE_ROUTES = {("POST", "/v1/sealed"), ("GET", "/v1/attestation"), ("GET", "/v1/service-certificate"),
                  ("GET", "/v2/health/live"), ("GET", "/v2/health/ready"), ("GET", "/v1/replica")}  # fmt: skip
+REFUSED = (
+    f"secure requests travel sealed to an enclave: POST {SECURE_PREFIX}/v1/sealed "
+    "(serdab.Client with the owner's trust statement)"
+)
 FORWARDED_HEADERS = ("content-type", "server-timing", "inference-header-content-length")
 
 
@@ -70,8 +75,32 @@ def _answer(reply: httpx.Response, replica: str, host: str) -> Response:
                     headers={**headers, "x-serdab-replica": replica, "x-serdab-host": host})  # fmt: skip
 
 
+class _Served:
+    """ASGI middleware: counts requests in flight (a routing stat) and names the replica in every answer."""
+
+    def __init__(self, app: Any, replica: str, host: str) -> None:
+        self.app, self.in_flight = app, 0
+        self.headers = [(b"x-serdab-replica", replica.encode()), (b"x-serdab-host", host.encode())]
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def named(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.headers]}
+            await send(message)
+
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, named)
+        finally:
+            self.in_flight -= 1
+
+
+@serve.ingress()
 class PublicModel:
-    """A public replica: the replica app in-process, behind Ray Serve's proxy."""
+    """A public replica: the replica app itself is the deployment's ASGI app (no extra hop inside)."""
 
     def __init__(self, name: str, model: bytes, threads: int, info: dict[str, Any]) -> None:
         from serdab.serve.replica import ModelRunner, create_replica_app
@@ -79,34 +108,24 @@ class PublicModel:
         self.runner = ModelRunner(name, model, threads)
         self.host = _host_label()
         self.id = f"public-{self.host}-{os.getpid()}"
-        self.info = info
-        self.in_flight = 0
         app = create_replica_app(self.runner, "public", replica_id=self.id)
-        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica")
 
-    async def __call__(self, request: Request) -> Response:
-        path = request.url.path
-        if path == "/v1/gateway":
-            return JSONResponse(self.info)
-        if path == "/predict-secure":
-            return JSONResponse(
-                {
-                    "error": "secure requests travel sealed to an enclave: POST /secure/v1/sealed "
-                    "(serdab.Client with the owner's trust statement)"
-                },
-                status_code=403,
-            )
-        self.in_flight += 1
-        try:
-            reply = await self.client.request(request.method, path, params=request.query_params,
-                                              content=await request.body(), headers=dict(request.headers))  # fmt: skip
-        finally:
-            self.in_flight -= 1
-        return _answer(reply, self.id, self.host)
+        async def gateway() -> JSONResponse:
+            return JSONResponse(info)
+
+        async def refused() -> JSONResponse:
+            return JSONResponse({"error": REFUSED}, status_code=403)
+
+        app.add_api_route("/v1/gateway", gateway, methods=["GET"])
+        app.add_api_route("/predict-secure", refused, methods=["POST"])
+        self.served = _Served(app, self.id, self.host)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return self.served
 
     def record_routing_stats(self) -> dict[str, Any]:
-        return {"host": self.host, "in_flight": self.in_flight, "paging_pages_per_s": 0.0, "interference": False,
-                "sampled_at": time.monotonic()}  # fmt: skip
+        return {"host": self.host, "in_flight": self.served.in_flight, "paging_pages_per_s": 0.0,
+                "interference": False, "sampled_at": time.monotonic()}  # fmt: skip
 
 
 class FrontInfo:
@@ -308,6 +327,76 @@ def _deployment(cls: type) -> Any:
     return serve.deployment(cls)
 
 
+def _scaling(args: dict[str, Any], count: int) -> dict[str, Any]:
+    if not args.get("autoscale"):
+        return {"num_replicas": count}
+    low, high = args["autoscale"]
+    policy = AutoscalingPolicy(policy_function=SerdabAutoscaling,
+                               policy_kwargs={"cooldown_s": float(args.get("cooldown_s", 15.0))})  # fmt: skip
+    return {"autoscaling_config": AutoscalingConfig(
+        min_replicas=low, max_replicas=high, initial_replicas=max(low, min(high, count)), upscale_delay_s=0,
+        downscale_delay_s=0, look_back_period_s=float(args.get("look_back_s", 30.0)), policy=policy,
+    )}  # fmt: skip
+
+
+def _router(args: dict[str, Any], kind: str) -> RequestRouterConfig:
+    balancer = str(args.get("balancer", "sed"))
+    if kind != "enclave" and balancer.split(":")[0] == "epc-aware":
+        balancer = "sed"  # EPC only matters to enclaves: public replicas get plain SED, as at the gateway
+    period = float(args.get("stats_period_s", 1.0))
+    config: dict[str, Any] = {"request_router_class": SerdabRouter,
+                              "request_router_kwargs": {"balancer": balancer, "monitor_interval_s": period},
+                              "request_routing_stats_period_s": period}  # fmt: skip
+    return RequestRouterConfig(**config)
+
+
+def _info(model_name: str) -> dict[str, Any]:
+    return {"model": model_name, "engine": "ray", "secure": "sealed", "secure_prefix": SECURE_PREFIX}
+
+
+def public_app(args: dict[str, Any]) -> Any:
+    """The public application (Serve config ``import_path: serdab.serve.ray_engine:public_app``).
+
+    ``args``: ``model`` (zoo name or .onnx path), ``replicas``, optional ``autoscale`` [min, max],
+    ``balancer``, ``threads``, ``stats_period_s``, ``cooldown_s``, ``look_back_s``, ``model_name``.
+    With no public replica it is a front door that only answers ``/v1/gateway``."""
+    from serdab.models.load import load_model
+
+    replicas = int(args.get("replicas", 1))
+    if not replicas and not args.get("autoscale"):
+        name = str(args.get("model_name") or Path(str(args["model"])).stem)
+        return _deployment(FrontInfo).options(name="front", ray_actor_options={"num_cpus": 0}).bind(_info(name))
+    loaded = load_model(str(args["model"]))
+    name = str(args.get("model_name") or loaded.name)
+    deployment = _deployment(PublicModel).options(
+        name="public", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=8,
+        request_router_config=_router(args, "public"), **_scaling(args, replicas),
+    )  # fmt: skip
+    return deployment.bind(name, loaded.proto.SerializeToString(), int(args.get("threads", 1)), _info(name))
+
+
+def secure_app(args: dict[str, Any]) -> Any:
+    """The enclave application (``import_path: serdab.serve.ray_engine:secure_app``), route prefix ``/secure``.
+
+    ``args``: ``image`` (the replica image directory the owner built and registered), ``trust`` (the
+    owner's trust statement file: key service URL and PCRs, service name, replica PCRs), ``model_name``,
+    ``replicas``, optional ``autoscale``, ``balancer``, ``enclave_speed``, ``threads``, ``stress_dir``.
+    The service CA comes from the key service itself, attested against the trust statement."""
+    from serdab.serve.client import service_certificate
+    from serdab.serve.trust import enclave_args
+
+    trust = json.loads(Path(str(args["trust"])).read_text())
+    certificate = service_certificate(trust)[0]
+    deployment = _deployment(EnclaveModel).options(
+        name="enclave", ray_actor_options={"num_cpus": 0, "resources": {ENCLAVE_RESOURCE: 1}},
+        max_ongoing_requests=8, request_router_config=_router(args, "enclave"),
+        **_scaling(args, int(args.get("replicas", 1))),
+    )  # fmt: skip
+    return deployment.bind(str(args.get("model_name") or trust["model"]), pack_image(Path(str(args["image"]))),
+                           enclave_args(trust), certificate["ca_pem"], float(args.get("enclave_speed", 1.0)),
+                           int(args.get("threads", 1)), args.get("stress_dir"))  # fmt: skip
+
+
 class RayService:
     """The key service, the replica image and both Serve applications, started and stopped together."""
 
@@ -329,32 +418,6 @@ class RayService:
             raise
         return self
 
-    def _scaling(self, kind: str, count: int) -> dict[str, Any]:
-        if kind not in self.options.autoscale:
-            return {"num_replicas": count}
-        low, high = self.options.autoscale[kind]
-        policy = AutoscalingPolicy(policy_function=SerdabAutoscaling,
-                                   policy_kwargs={"cooldown_s": self.options.cooldown_s})  # fmt: skip
-        return {
-            "autoscaling_config": AutoscalingConfig(
-                min_replicas=low,
-                max_replicas=high,
-                initial_replicas=count,
-                upscale_delay_s=0,
-                downscale_delay_s=0,
-                look_back_period_s=self.options.look_back_s,
-                policy=policy,
-            )
-        }
-
-    def _router(self, kind: str) -> RequestRouterConfig:
-        o = self.options
-        spec = o.balancer if kind == "enclave" or o.balancer.split(":")[0] != "epc-aware" else "sed"
-        config: dict[str, Any] = {"request_router_class": SerdabRouter,
-                                  "request_router_kwargs": {"balancer": spec, "monitor_interval_s": o.stats_period_s},
-                                  "request_routing_stats_period_s": o.stats_period_s}  # fmt: skip
-        return RequestRouterConfig(**config)
-
     def _start(self) -> None:
         from serdab.models.load import load_model
         from serdab.serve.trust import ServiceTrust
@@ -368,32 +431,25 @@ class RayService:
                 init["address"] = o.address
             ray.init(**init)
             self._owns_ray = True
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
         loaded = load_model(o.model)
         self.model_name = loaded.name
-        model = loaded.proto.SerializeToString()
+        model_file = self.work_dir / f"{loaded.name}.onnx"
+        model_file.write_bytes(loaded.proto.SerializeToString())
         serve.start(http_options={"host": "127.0.0.1", "port": o.port})
-        info = {"model": self.model_name, "engine": "ray", "secure": "sealed", "secure_prefix": SECURE_PREFIX}
+        common = {"model_name": self.model_name, "balancer": o.balancer, "stats_period_s": o.stats_period_s,
+                  "cooldown_s": o.cooldown_s, "look_back_s": o.look_back_s, "threads": o.threads}  # fmt: skip
         if o.secure or "enclave" in o.autoscale:
-            self.trust_chain = ServiceTrust.start(self.model_name, model, self.work_dir)
-            enclave = _deployment(EnclaveModel).options(
-                name="enclave",
-                ray_actor_options={"num_cpus": 0, "resources": {ENCLAVE_RESOURCE: 1}}, max_ongoing_requests=8,
-                request_router_config=self._router("enclave"), **self._scaling("enclave", o.secure),
-            )  # fmt: skip
-            chain = self.trust_chain
-            app = enclave.bind(self.model_name, pack_image(chain.image.path), chain.enclave_args(), chain.ca_pem,
-                               o.enclave_speed, o.threads, o.stress_dir)  # fmt: skip
-            serve.run(app, name="secure", route_prefix=SECURE_PREFIX, blocking=False)
-        if o.public or "public" in o.autoscale:
-            public = _deployment(PublicModel).options(
-                name="public", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=8,
-                request_router_config=self._router("public"), **self._scaling("public", o.public),
-            )  # fmt: skip
-            serve.run(public.bind(self.model_name, model, o.threads, info), name="public", route_prefix="/",
-                      blocking=False)  # fmt: skip
-        else:  # enclaves only: the front door still says what it serves and how secure requests travel
-            front = _deployment(FrontInfo).options(name="front", ray_actor_options={"num_cpus": 0})
-            serve.run(front.bind(info), name="public", route_prefix="/", blocking=False)
+            self.trust_chain = ServiceTrust.start(self.model_name, model_file.read_bytes(), self.work_dir)
+            trust_file = self.work_dir / "serve-trust.json"
+            trust_file.write_text(json.dumps(self.trust()))
+            secure = secure_app({**common, "image": str(self.trust_chain.image.path), "trust": str(trust_file),
+                                 "replicas": o.secure, "autoscale": o.autoscale.get("enclave"),
+                                 "enclave_speed": o.enclave_speed, "stress_dir": o.stress_dir})  # fmt: skip
+            serve.run(secure, name="secure", route_prefix=SECURE_PREFIX, blocking=False)
+        public = public_app({**common, "model": str(model_file), "replicas": o.public,
+                             "autoscale": o.autoscale.get("public")})  # fmt: skip
+        serve.run(public, name="public", route_prefix="/", blocking=False)
         self._wait_running()
 
     def _wait_running(self, timeout_s: float = 180.0) -> None:

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ServiceTrust"]
+__all__ = ["ServiceTrust", "enclave_args"]
+
+
+def enclave_args(statement: dict[str, Any]) -> list[str]:
+    """What an enclave replica needs to find and verify the key service (``replica.enclave_main``),
+    from the owner's trust statement."""
+    args = ["--kms", str(statement["kms"]), "--service", str(statement["service"]),
+            "--kms-pcrs", json.dumps(statement["kms_pcrs"])]  # fmt: skip
+    return args + (["--allow-simulated"] if statement.get("allow_simulated") else [])
 
 
 @dataclass
@@ -61,10 +69,7 @@ class ServiceTrust:
         }
 
     def enclave_args(self) -> list[str]:
-        """What an enclave replica needs to find and verify the key service (``replica.enclave_main``)."""
-        return ["--kms", self.kms.url, "--service", self.service,
-                "--kms-pcrs", json.dumps({str(i): v.hex() for i, v in self.kms.pcrs.items()}),
-                "--allow-simulated"]  # fmt: skip
+        return enclave_args(self.statement(None, ""))
 
     def close(self) -> None:
         self.kms.close()
