@@ -129,3 +129,63 @@ def test_the_autoscaling_rule_scales_ray_serve_up_and_down(ray_cluster) -> None:
     finally:
         stop.set()
         service.stop()
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = set(), [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def test_serve_engine_ray_as_a_process_with_haproxy_ingress_and_sigterm_stops_everything(tmp_path: Path) -> None:
+    """`serdab serve --engine ray --ray-ingress haproxy` in its own Ray (HAProxy is a cluster-wide choice)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    port, trust_file = _port(), tmp_path / "trust.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serdab", "serve", "lenet5", "--engine", "ray", "--ray-ingress", "haproxy",
+         "--secure", "1", "--public", "1", "--port", str(port), "--trust-file", str(trust_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    started: set[int] = set()
+    try:
+        lines = []
+        deadline = time.monotonic() + 180
+        while not any("Ctrl-C" in line for line in lines):
+            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)[-2000:]
+            lines.append(process.stdout.readline())  # type: ignore[union-attr]
+        started = _descendants(process.pid)
+        with Client(f"http://127.0.0.1:{port}", trust=json.loads(trust_file.read_text())) as client:
+            public = client.infer(X, secure=False)
+            secure = client.infer(X, secure=True)
+            assert client.served_by and client.served_by.startswith("enclave-")
+        assert float(np.abs(public - secure).max()) <= 1e-5
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    time.sleep(2)
+    left = [p for p in started if Path(f"/proc/{p}").exists() and "zombie" not in Path(f"/proc/{p}/status").read_text()]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert process.returncode == 0 and not left, f"exit {process.returncode}, left running: {left}"

@@ -181,7 +181,7 @@ def plot_scale_bench(result: dict[str, Any], png: Path) -> None:
             ax.text(k, r["throughput_fps"], f"{100 * r['throughput_vs_local']:.0f}%", ha="center", va="bottom")
     if serving:
         ax = axes[2]
-        for engine, marker in (("gateway", "o"), ("ray", "s")):
+        for engine, marker in (("gateway", "o"), ("ray", "s"), ("ray-haproxy", "^")):
             chosen = [r for r in serving["replicas"] if r["engine"] == engine]
             ax.plot([r["replicas"] for r in chosen], [r["throughput_rps"] for r in chosen], marker=marker,
                     label=engine)  # fmt: skip
@@ -227,6 +227,7 @@ def _closed_loop(url: str, trust: dict[str, Any] | None, secure: bool, shape: tu
 
 
 def _service(engine: str, model: str, secure: int, public: int, speed: float) -> Any:
+    """``gateway``, ``ray`` (Ray Serve's Python proxy: Serdab's router runs) or ``ray-haproxy``."""
     if engine == "gateway":
         from serdab.serve.service import ModelService, ServeOptions
 
@@ -235,7 +236,8 @@ def _service(engine: str, model: str, secure: int, public: int, speed: float) ->
     from serdab.serve.ray_engine import RayServeOptions, RayService
 
     return RayService(RayServeOptions(model, secure=secure, public=public, balancer="sed", enclave_speed=speed,
-                                      port=_free_port())).start()  # fmt: skip
+                                      port=_free_port(), ingress="haproxy" if engine == "ray-haproxy" else "proxy"),
+                      ).start()  # fmt: skip
 
 
 def _free_port() -> int:
@@ -261,7 +263,7 @@ def run_serving_scale(progress: Callable[[str], None] = lambda _: None, requests
     """Ray Serve against the gateway: per-request overhead (LeNet-5, one at a time) and 1..3 enclave replicas
     (ResNet-18 at emulated enclave speed 0.3, 6 closed-loop clients)."""
     overhead = []
-    for engine in ("gateway", "ray"):
+    for engine in ("gateway", "ray", "ray-haproxy"):
         progress(f"{engine}: one request at a time (lenet5)")
         service = _service(engine, "lenet5", secure=1, public=1, speed=1.0)
         try:
@@ -274,7 +276,7 @@ def run_serving_scale(progress: Callable[[str], None] = lambda _: None, requests
         base = next(r for r in overhead if r["engine"] == "gateway" and r["kind"] == row["kind"])
         row["p50_overhead_ms"] = row["p50_ms"] - base["p50_ms"]
     replicas = []
-    for engine in ("gateway", "ray"):
+    for engine in ("gateway", "ray", "ray-haproxy"):
         for count in (1, 2, 3):
             progress(f"{engine}: {count} enclave replica(s) (resnet18, speed 0.3)")
             service = _service(engine, "resnet18", secure=count, public=0, speed=0.3)

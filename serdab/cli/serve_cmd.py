@@ -65,6 +65,13 @@ def serve(
     address: Annotated[
         str, typer.Option(help="With --engine ray: local (start Ray here), auto, or ray://HOST:PORT.")
     ] = "local",
+    ray_ingress: Annotated[
+        str,
+        typer.Option(
+            help="With --engine ray: proxy (Ray Serve's, runs Serdab's router) or haproxy (faster; "
+            "HAProxy balances public replicas itself). Applies when Serdab starts Ray."
+        ),
+    ] = "proxy",
 ) -> None:
     """Serve MODEL from enclave and public replicas behind one gateway, until Ctrl-C.
 
@@ -82,7 +89,7 @@ def serve(
         raise ServeConfigError(f"unknown engine {engine!r}; choose gateway or ray")
     if engine == "ray":
         _serve_on_ray(model, secure, public, balancer, autoscale, port, enclave_speed, monitor_interval, trust_file,
-                      address)  # fmt: skip
+                      address, ray_ingress)  # fmt: skip
         return
     scaling = {}
     if autoscale:
@@ -132,12 +139,15 @@ def serve(
 
 
 def _serve_on_ray(model: str, secure: int, public: int, balancer: str, autoscale: str | None, port: int,
-                  enclave_speed: float, monitor_interval: float, trust_file: Path, address: str) -> None:  # fmt: skip
+                  enclave_speed: float, monitor_interval: float, trust_file: Path, address: str,
+                  ingress: str) -> None:  # fmt: skip
     """`serdab serve --engine ray`: the same replicas and policies as Ray Serve applications, until Ctrl-C."""
     from serdab.serve.autoscale import parse_range
     from serdab.serve.balancing import get_balancer
 
     get_balancer(balancer)  # a bad spec fails before Ray starts
+    if ingress not in ("proxy", "haproxy"):
+        raise ServeConfigError(f"unknown --ray-ingress {ingress!r}; choose proxy or haproxy")
     if secure + public == 0:
         raise ServeConfigError(f"serve at least one replica (--secure {secure}, --public {public})")
     scaling = {}
@@ -150,7 +160,7 @@ def _serve_on_ray(model: str, secure: int, public: int, balancer: str, autoscale
         raise ServeConfigError(f"--engine ray needs the ray extra: pip install 'serdab[ray]' ({exc})") from None
     options = RayServeOptions(model, public=public, secure=secure, balancer=balancer, autoscale=scaling,
                               enclave_speed=enclave_speed, address=address, port=port or 8000,
-                              stats_period_s=monitor_interval)  # fmt: skip
+                              stats_period_s=monitor_interval, ingress=ingress)  # fmt: skip
     stopped = threading.Event()
     service = RayService(options)
     previous: dict[Any, Any] = {}

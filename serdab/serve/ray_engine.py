@@ -48,6 +48,7 @@ __all__ = ["SECURE_PREFIX", "EnclaveModel", "PublicModel", "RayServeOptions", "R
            "SerdabRouter"]  # fmt: skip
 
 SECURE_PREFIX = "/secure"
+HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 # what /secure forwards to an enclave: sealed requests and what a client needs to seal to it, nothing in plaintext
 SECURE_ROUTES = {("POST", "/v1/sealed"), ("GET", "/v1/attestation"), ("GET", "/v1/service-certificate"),
                  ("GET", "/v2/health/live"), ("GET", "/v2/health/ready"), ("GET", "/v1/replica")}  # fmt: skip
@@ -67,12 +68,6 @@ def _host_label() -> str:
                 if name.startswith("serdab_host_"):
                     return name.removeprefix("serdab_host_")
     return node[:8]
-
-
-def _answer(reply: httpx.Response, replica: str, host: str) -> Response:
-    headers = {k: v for k, v in reply.headers.items() if k.lower() in FORWARDED_HEADERS}
-    return Response(reply.content, status_code=reply.status_code,
-                    headers={**headers, "x-serdab-replica": replica, "x-serdab-host": host})  # fmt: skip
 
 
 class _Served:
@@ -141,6 +136,32 @@ class FrontInfo:
                                       f"{SECURE_PREFIX}/v1/sealed"}, status_code=404)  # fmt: skip
 
 
+async def _secure_route(request: Request, forward: Any) -> Response:
+    """What ``/secure`` lets through to an enclave (sealed requests, attestation, certificate, health)."""
+    path = request.url.path.removeprefix(SECURE_PREFIX) or "/"
+    if (request.method, path) not in SECURE_ROUTES:
+        return JSONResponse({"error": f"{request.method} {SECURE_PREFIX}{path}: {REFUSED}"}, status_code=403)
+    status, headers, body = await forward(request.method, path, dict(request.query_params), await request.body(),
+                                          request.headers.get("content-type", ""))  # fmt: skip
+    return Response(body, status_code=status, headers=headers)
+
+
+class SecureFront:
+    """With Ray Serve's HAProxy ingress, which balances ingress replicas itself and allows no custom router
+    there: a thin ingress that hands each allowed secure request to the enclave replicas through a
+    deployment handle, where ``SerdabRouter`` (the EPC-aware policy) chooses."""
+
+    def __init__(self, enclaves: Any) -> None:
+        self.enclaves = enclaves
+
+    async def __call__(self, request: Request) -> Response:
+        async def forward(*args: Any) -> tuple[int, dict[str, str], bytes]:
+            status, headers, body = await self.enclaves.forward.remote(*args)
+            return int(status), dict(headers), bytes(body)
+
+        return await _secure_route(request, forward)
+
+
 class EnclaveModel:
     """An enclave replica: launches the measured replica image on this node and forwards sealed traffic."""
 
@@ -185,27 +206,19 @@ class EnclaveModel:
         self.backend.wait_ready(self.stress, 60)
 
     async def __call__(self, request: Request) -> Response:
-        path = request.url.path.removeprefix(SECURE_PREFIX) or "/"
-        if (request.method, path) not in SECURE_ROUTES:
-            return JSONResponse(
-                {
-                    "error": f"{request.method} {SECURE_PREFIX}{path}: secure requests travel sealed "
-                    f"(POST {SECURE_PREFIX}/v1/sealed with serdab.Client)"
-                },
-                status_code=403,
-            )
+        return await _secure_route(request, self.forward)
+
+    async def forward(self, method: str, path: str, query: dict[str, str], body: bytes,
+                      content_type: str) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
+        """One allowed secure request to this replica's enclave, as it came (ciphertext for a sealed one)."""
         self.in_flight += 1
         try:
-            reply = await self.client.request(
-                request.method,
-                path,
-                params=request.query_params,
-                content=await request.body(),
-                headers={"content-type": request.headers.get("content-type", "")},
-            )
+            reply = await self.client.request(method, path, params=query, content=body,
+                                              headers={"content-type": content_type})  # fmt: skip
         finally:
             self.in_flight -= 1
-        return _answer(reply, self.id, self.host)
+        headers = {k: v for k, v in reply.headers.items() if k.lower() in FORWARDED_HEADERS}
+        return reply.status_code, {**headers, "x-serdab-replica": self.id, "x-serdab-host": self.host}, reply.content
 
     def record_routing_stats(self) -> dict[str, Any]:
         stats = self.backend.epc.stats()
@@ -321,6 +334,7 @@ class RayServeOptions:
     cooldown_s: float = 15.0
     look_back_s: float = 30.0  # Ray Serve's window over request metrics for autoscaling
     stress_dir: str | None = None  # emulated EPC interference: one control file per host label (see EnclaveModel)
+    ingress: str = "proxy"  # Ray Serve's Python proxy, or "haproxy" (Ray's HAProxy ingress; see docs/scale-out.md)
 
 
 def _deployment(cls: type) -> Any:
@@ -358,7 +372,8 @@ def public_app(args: dict[str, Any]) -> Any:
     """The public application (Serve config ``import_path: serdab.serve.ray_engine:public_app``).
 
     ``args``: ``model`` (zoo name or .onnx path), ``replicas``, optional ``autoscale`` [min, max],
-    ``balancer``, ``threads``, ``stats_period_s``, ``cooldown_s``, ``look_back_s``, ``model_name``.
+    ``balancer``, ``threads``, ``stats_period_s``, ``cooldown_s``, ``look_back_s``, ``model_name``, ``ingress``
+    (``proxy``, Ray Serve's Python proxy, or ``haproxy``: HAProxy balances public replicas itself).
     With no public replica it is a front door that only answers ``/v1/gateway``."""
     from serdab.models.load import load_model
 
@@ -368,9 +383,10 @@ def public_app(args: dict[str, Any]) -> Any:
         return _deployment(FrontInfo).options(name="front", ray_actor_options={"num_cpus": 0}).bind(_info(name))
     loaded = load_model(str(args["model"]))
     name = str(args.get("model_name") or loaded.name)
+    routing = {} if args.get("ingress") == "haproxy" else {"request_router_config": _router(args, "public")}
     deployment = _deployment(PublicModel).options(
-        name="public", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=8,
-        request_router_config=_router(args, "public"), **_scaling(args, replicas),
+        name="public", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=8, **routing,
+        **_scaling(args, replicas),
     )  # fmt: skip
     return deployment.bind(name, loaded.proto.SerializeToString(), int(args.get("threads", 1)), _info(name))
 
@@ -380,7 +396,7 @@ def secure_app(args: dict[str, Any]) -> Any:
 
     ``args``: ``image`` (the replica image directory the owner built and registered), ``trust`` (the
     owner's trust statement file: key service URL and PCRs, service name, replica PCRs), ``model_name``,
-    ``replicas``, optional ``autoscale``, ``balancer``, ``enclave_speed``, ``threads``, ``stress_dir``.
+    ``replicas``, optional ``autoscale``, ``balancer``, ``enclave_speed``, ``threads``, ``stress_dir``, ``ingress``.
     The service CA comes from the key service itself, attested against the trust statement."""
     from serdab.serve.client import service_certificate
     from serdab.serve.trust import enclave_args
@@ -392,9 +408,12 @@ def secure_app(args: dict[str, Any]) -> Any:
         max_ongoing_requests=8, request_router_config=_router(args, "enclave"),
         **_scaling(args, int(args.get("replicas", 1))),
     )  # fmt: skip
-    return deployment.bind(str(args.get("model_name") or trust["model"]), pack_image(Path(str(args["image"]))),
-                           enclave_args(trust), certificate["ca_pem"], float(args.get("enclave_speed", 1.0)),
-                           int(args.get("threads", 1)), args.get("stress_dir"))  # fmt: skip
+    enclaves = deployment.bind(str(args.get("model_name") or trust["model"]), pack_image(Path(str(args["image"]))),
+                               enclave_args(trust), certificate["ca_pem"], float(args.get("enclave_speed", 1.0)),
+                               int(args.get("threads", 1)), args.get("stress_dir"))  # fmt: skip
+    if args.get("ingress") == "haproxy":  # HAProxy balances the ingress itself: route to enclaves behind it
+        return _deployment(SecureFront).options(name="secure-front", ray_actor_options={"num_cpus": 0}).bind(enclaves)
+    return enclaves
 
 
 class RayService:
@@ -429,7 +448,12 @@ class RayService:
                 init["resources"] = {ENCLAVE_RESOURCE: float(max(1, o.secure))}
             else:
                 init["address"] = o.address
-            ray.init(**init)
+            if o.ingress == "haproxy":  # read by the Serve controller Ray starts; a running cluster decides itself
+                os.environ[HAPROXY_ENV] = "1"
+            try:
+                ray.init(**init)
+            finally:
+                os.environ.pop(HAPROXY_ENV, None)
             self._owns_ray = True
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         loaded = load_model(o.model)
@@ -438,7 +462,8 @@ class RayService:
         model_file.write_bytes(loaded.proto.SerializeToString())
         serve.start(http_options={"host": "127.0.0.1", "port": o.port})
         common = {"model_name": self.model_name, "balancer": o.balancer, "stats_period_s": o.stats_period_s,
-                  "cooldown_s": o.cooldown_s, "look_back_s": o.look_back_s, "threads": o.threads}  # fmt: skip
+                  "cooldown_s": o.cooldown_s, "look_back_s": o.look_back_s, "threads": o.threads,
+                  "ingress": o.ingress}  # fmt: skip
         if o.secure or "enclave" in o.autoscale:
             self.trust_chain = ServiceTrust.start(self.model_name, model_file.read_bytes(), self.work_dir)
             trust_file = self.work_dir / "serve-trust.json"
