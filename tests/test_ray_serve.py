@@ -184,8 +184,10 @@ def test_serve_engine_ray_as_a_process_with_haproxy_ingress_and_sigterm_stops_ev
         finally:
             if process.poll() is None:
                 process.kill()
+            process.stdout.close()  # type: ignore[union-attr]
     time.sleep(2)
     left = [p for p in started if Path(f"/proc/{p}").exists() and "zombie" not in Path(f"/proc/{p}/status").read_text()]
+    names = {p: Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:120] for p in left}
     for pid in left:
         os.kill(pid, signal.SIGKILL)
-    assert process.returncode == 0 and not left, f"exit {process.returncode}, left running: {left}"
+    assert process.returncode == 0 and not left, f"exit {process.returncode}, left running: {names}"

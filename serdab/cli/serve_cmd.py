@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -100,15 +101,10 @@ def serve(
                            port=port, secure_port=secure_port, enclave_hosts=enclave_hosts,
                            enclave_speed=enclave_speed, monitor_interval_s=monitor_interval)  # fmt: skip
     options.check()
-    stopped = threading.Event()
-    # Ctrl-C and SIGTERM both stop everything (SIGINT is handled even where a shell started us ignoring it)
-    previous = {sig: signal.signal(sig, lambda *_: stopped.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     service = ModelService(options, log=lambda line: err_console.print(line))
-    try:
-        with err_console.status("starting key service, replicas and gateway"):
-            service.start()
-        trust = service.trust()
-        trust_file.write_text(json.dumps(trust, indent=2) + "\n")
+
+    def report() -> None:
+        trust_file.write_text(json.dumps(service.trust(), indent=2) + "\n")
         admin = trust_file.with_name(trust_file.stem + ".admin-token")
         from serdab.validation import write_private
 
@@ -126,6 +122,31 @@ def serve(
         console.print(f"trust    {trust_file}  (clients verify the key service and the enclaves against it)")
         console.print(f"try      serdab infer {service.gateway.url} synthetic:2 --secure --trust {trust_file}")
         console.print("Ctrl-C stops the gateway, every replica and the key service.")
+
+    _serve_until_signalled(service, "starting key service, replicas and gateway", report)
+
+
+def _serve_until_signalled(service: Any, starting: str, report: Callable[[], None], *,
+                           handlers_after_start: bool = False) -> None:  # fmt: skip
+    """Start ``service``, report, serve until Ctrl-C or SIGTERM, then stop everything it started.
+
+    SIGINT is handled even where a shell started us ignoring it. ``handlers_after_start``: Ray's
+    driver installs a SIGTERM handler of its own when it starts (which would exit without cleaning
+    up), so with Ray ours go in after it; otherwise before, so a signal during start-up is caught."""
+    stopped = threading.Event()
+    previous: dict[Any, Any] = {}
+
+    def install() -> None:
+        previous.update({sig: signal.signal(sig, lambda *_: stopped.set()) for sig in (signal.SIGTERM, signal.SIGINT)})
+
+    if not handlers_after_start:
+        install()
+    try:
+        with err_console.status(starting):
+            service.start()
+        if handlers_after_start:
+            install()
+        report()
         while not stopped.wait(0.5):
             pass
     except KeyboardInterrupt:
@@ -161,14 +182,9 @@ def _serve_on_ray(model: str, secure: int, public: int, balancer: str, autoscale
     options = RayServeOptions(model, public=public, secure=secure, balancer=balancer, autoscale=scaling,
                               enclave_speed=enclave_speed, address=address, port=port or 8000,
                               stats_period_s=monitor_interval, ingress=ingress)  # fmt: skip
-    stopped = threading.Event()
     service = RayService(options)
-    previous: dict[Any, Any] = {}
-    try:
-        with err_console.status("starting Ray, the key service and the Serve applications"):
-            service.start()
-        # after Ray is up: its driver installs a SIGTERM handler of its own that would exit without cleaning up
-        previous = {sig: signal.signal(sig, lambda *_: stopped.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def report() -> None:
         trust_file.write_text(json.dumps(service.trust(), indent=2) + "\n")
         counts = service.replicas()
         console.print(f"serving {service.model_name} on Ray Serve: {counts.get('enclave', 0)} enclave replica(s) "
@@ -177,16 +193,9 @@ def _serve_on_ray(model: str, secure: int, public: int, balancer: str, autoscale
         console.print(f"trust    {trust_file}  (clients verify the key service and the enclaves against it)")
         console.print(f"try      serdab infer {service.url} synthetic:2 --secure --trust {trust_file}")
         console.print("Ctrl-C stops the Serve applications, the key service and Ray.")
-        while not stopped.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        with err_console.status("stopping"):
-            service.stop()
-        err_console.print("stopped")
+
+    _serve_until_signalled(service, "starting Ray, the key service and the Serve applications", report,
+                           handlers_after_start=True)  # fmt: skip
 
 
 def _images(specs: list[str], side: int = 224) -> list[tuple[str, Any]]:

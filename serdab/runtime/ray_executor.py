@@ -127,7 +127,7 @@ class RayExecutor(Executor):
                 resources: dict[str, float] = {}
                 for host in sorted({d.host for d in (cluster.devices if cluster else [])}):
                     resources.update(node_resources(cluster, host) if cluster else {})
-                ray.init(resources=resources, **init)
+                ray.init(address="local", resources=resources, **init)  # a new Ray here, whatever RAY_ADDRESS says
             else:
                 try:
                     ray.init(address=address, **init)

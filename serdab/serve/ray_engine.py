@@ -444,10 +444,9 @@ class RayService:
         o = self.options
         if not ray.is_initialized():
             init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+            init["address"] = o.address  # "local" starts a new Ray here even where RAY_ADDRESS names another
             if o.address == "local":  # one node standing for one host with a TEE; each enclave replica takes it
                 init["resources"] = {ENCLAVE_RESOURCE: float(max(1, o.secure))}
-            else:
-                init["address"] = o.address
             if o.ingress == "haproxy":  # read by the Serve controller Ray starts; a running cluster decides itself
                 os.environ[HAPROXY_ENV] = "1"
             try:
