@@ -125,8 +125,9 @@ class RayExecutor(Executor):
                                     "log_to_driver": False}  # fmt: skip
             if address == "local":
                 resources: dict[str, float] = {}
-                for host in sorted({d.host for d in (cluster.devices if cluster else [])}):
-                    resources.update(node_resources(cluster, host) if cluster else {})
+                if cluster is not None:
+                    for host in {d.host for d in cluster.devices}:
+                        resources.update(node_resources(cluster, host))
                 ray.init(address="local", resources=resources, **init)  # a new Ray here, whatever RAY_ADDRESS says
             else:
                 try:
