@@ -71,30 +71,35 @@ def test_the_epc_aware_router_sheds_the_host_that_pages(ray_cluster, tmp_path: P
     stress = tmp_path / "stress"
     service = _service(ray_cluster, public=1, secure=2, balancer="epc-aware:2000:0.7:3", stats_period_s=0.25,
                        stress_dir=str(stress))  # fmt: skip
+    clients = [Client(service.url, trust=service.trust()) for _ in range(3)]  # connections land on either proxy
     try:
-        with Client(service.url, trust=service.trust()) as client:
 
-            def hosts(n: int) -> set[str]:
-                served = set()
-                for _ in range(n):
-                    client.infer(X, secure=True)
-                    served.add(str(client.served_by).split("-")[1])
-                return served
+        def hosts(n: int) -> set[str]:
+            served = set()
+            for i in range(n):
+                client = clients[i % len(clients)]
+                client.infer(X, secure=True)
+                served.add(str(client.served_by).split("-")[1])
+            return served
 
-            deadline = time.monotonic() + 20  # SED spreads equal replicas (once the router knows both)
-            while (served := hosts(6)) != {"h1", "h2"}:
-                assert time.monotonic() < deadline, f"only {served} served"
-            (stress / "h1").write_text(str(400 * 2**20))  # an enclave takes 400 MiB of h1's 93 MiB EPC
-            deadline = time.monotonic() + 20  # Ray Serve forwards routing stats every second or two
-            while hosts(4) != {"h2"}:
-                assert time.monotonic() < deadline, "h1 was never shed while it paged"
-            served = hosts(12)
-            assert served == {"h2"}, f"{served} served while h1 paged"  # and h1 stays shed while that lasts
-            (stress / "h1").write_text("0")  # the interference ends: h1 takes work again
-            deadline = time.monotonic() + 20
-            while "h1" not in hosts(6):
-                assert time.monotonic() < deadline, "h1 never came back after the interference ended"
+        deadline = time.monotonic() + 20  # SED spreads equal replicas (once the routers know both)
+        while (served := hosts(6)) != {"h1", "h2"}:
+            assert time.monotonic() < deadline, f"only {served} served"
+        (stress / "h1").write_text(str(400 * 2**20))  # an enclave takes 400 MiB of h1's 93 MiB EPC
+        deadline = time.monotonic() + 20  # Ray Serve forwards routing stats every second or two
+        while hosts(6) != {"h2"}:
+            assert time.monotonic() < deadline, "h1 was never shed while it paged"
+        # SED alone avoids h1 while its slow request is in flight; wait until its weight 0 reached every router
+        time.sleep(2.0)
+        served = hosts(18)  # every router sheds it, and for as long as the paging lasts
+        assert served == {"h2"}, f"{served} served while h1 paged"
+        (stress / "h1").write_text("0")  # the interference ends: h1 takes work again
+        deadline = time.monotonic() + 20
+        while "h1" not in hosts(6):
+            assert time.monotonic() < deadline, "h1 never came back after the interference ended"
     finally:
+        for client in clients:
+            client.close()
         service.stop()
 
 

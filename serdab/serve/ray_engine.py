@@ -14,9 +14,12 @@ requests, the attestation document and the service certificate; any plaintext se
 refused (403). Ray's proxy, object store and the replica actor see ciphertext only.
 
 Routing: ``SerdabRouter`` wraps the gateway's balancing policies (``serdab.serve.balancing``) as
-a Ray Serve request router; replicas report their host, in-flight requests and (enclaves) their
-host's EPC paging rate as routing stats. Autoscaling: ``SerdabAutoscaling`` is the gateway's rule
-(``serdab.serve.autoscale``) as a Ray Serve autoscaling policy. Needs the ``ray`` extra.
+a Ray Serve request router; replicas report their host, in-flight requests and (enclaves) the
+weight the policy's monitoring cycle gave their host as routing stats. The cycle runs in each
+enclave replica, not in the router, because Ray Serve runs one router per proxy and per handle:
+a decision kept in a router would differ from one router to the next. Autoscaling:
+``SerdabAutoscaling`` is the gateway's rule (``serdab.serve.autoscale``) as a Ray Serve
+autoscaling policy. Needs the ``ray`` extra.
 """
 
 from __future__ import annotations
@@ -166,7 +169,7 @@ class EnclaveModel:
     """An enclave replica: launches the measured replica image on this node and forwards sealed traffic."""
 
     def __init__(self, name: str, image: bytes, trust_args: list[str], ca_pem: str, speed: float,
-                 threads: int, stress_dir: str | None = None) -> None:  # fmt: skip
+                 threads: int, stress_dir: str | None = None, balancer: str = "sed") -> None:  # fmt: skip
         from serdab.runtime.ray_executor import TEE_BACKEND_ENV
         from serdab.serve.client import service_context
         from serdab.tee import get_backend
@@ -190,6 +193,8 @@ class EnclaveModel:
                                         verify=service_context(ca_pem))  # fmt: skip
         self.in_flight = 0
         self._paging: tuple[float, int] | None = None
+        self.policy = get_balancer(balancer)
+        self.monitor = self.policy.initial()
 
     def _start_stress(self, folder: str | None) -> None:
         """An idle interference enclave on this host whose EPC follows ``folder/<host>`` (emulated, S3ML sec. 5.1)."""
@@ -221,12 +226,16 @@ class EnclaveModel:
         return reply.status_code, {**headers, "x-serdab-replica": self.id, "x-serdab-host": self.host}, reply.content
 
     def record_routing_stats(self) -> dict[str, Any]:
+        """One monitoring cycle: Ray Serve's controller calls it once per stats period, as S3ML samples paging
+        once a second; the weight the policy gives this host travels to every router alike."""
         stats = self.backend.epc.stats()
         pages, now = stats.page_ins + stats.page_outs, time.monotonic()
         last, self._paging = self._paging, (now, pages)
         rate = (pages - last[1]) / (now - last[0]) if last and now > last[0] else 0.0
         interference = self.stress is not None and stats.resident_bytes.get(self.stress.id, 0) > 0
-        return {"host": self.host, "in_flight": self.in_flight, "paging_pages_per_s": rate,
+        self.monitor = self.policy.tick({self.host: HostSample(rate, interference)}, self.monitor)
+        weight = self.policy.weights(self.monitor).get(self.host, 1.0)
+        return {"host": self.host, "in_flight": self.in_flight, "paging_pages_per_s": rate, "weight": weight,
                 "interference": interference, "sampled_at": now, "enclave_pid": self.enclave.pid}  # fmt: skip
 
     def _stop(self) -> None:
@@ -243,42 +252,27 @@ class EnclaveModel:
 class SerdabRouter(RequestRouter):
     """The gateway's balancing policy as a Ray Serve request router.
 
-    Replicas report their host, requests in flight and (enclaves) the host's EPC paging rate as
-    routing stats (``record_routing_stats``). The policy's monitoring cycle is wall time, as at the
-    gateway: every ``monitor_interval_s`` counts one cycle with each host's latest report (Ray
-    Serve forwards routing stats to routers every second or two, so a host is shed that much later
-    than at the gateway). If the policy has shed every candidate the request still goes to one:
-    Ray Serve would otherwise retry it forever, where the gateway answers 503.
+    Replicas report their host, requests in flight and the weight the policy's monitoring cycle
+    gave their host (``record_routing_stats``, one cycle per stats period in each enclave replica),
+    so every router, one per proxy and per handle, sheds the same hosts. Ray Serve forwards routing
+    stats every second or two, so a host is shed that much later than at the gateway. If every
+    candidate is shed the request still goes to one: Ray Serve would otherwise retry it forever,
+    where the gateway answers 503.
     """
 
-    MAX_CATCH_UP = 10  # cycles counted at once after an idle spell
-
-    def initialize_state(self, balancer: str = "sed", monitor_interval_s: float = 1.0, **_: Any) -> None:
+    def initialize_state(self, balancer: str = "sed", **_: Any) -> None:
         self.policy = get_balancer(balancer)
         self.state = self.policy.initial()
-        self.interval = monitor_interval_s
-        self._next_tick: float | None = None
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:  # fmt: skip
         if not candidate_replicas:
             return []
-        latest: dict[str, HostSample] = {}
         views = []
         for replica in candidate_replicas:
             stats = replica.routing_stats or {}
-            host = str(stats.get("host", replica.node_id))
-            latest[host] = HostSample(float(stats.get("paging_pages_per_s", 0.0)), bool(stats.get("interference")))
-            views.append(ReplicaView(replica.replica_id.unique_id, host, int(stats.get("in_flight", 0))))
-        now = time.monotonic()
-        if self._next_tick is None:
-            self._next_tick = now
-        cycles = 0
-        while now >= self._next_tick:
-            self._next_tick += self.interval
-            cycles += 1
-        for _ in range(min(cycles, self.MAX_CATCH_UP)):
-            self.state = self.policy.tick(latest, self.state)
+            views.append(ReplicaView(replica.replica_id.unique_id, str(stats.get("host", replica.node_id)),
+                                     int(stats.get("in_flight", 0)), float(stats.get("weight", 1.0))))  # fmt: skip
         chosen, self.state = self.policy.choose(views, self.state)
         if chosen is None:
             return [candidate_replicas]
@@ -358,8 +352,7 @@ def _router(args: dict[str, Any], kind: str) -> RequestRouterConfig:
     if kind != "enclave" and balancer.split(":")[0] == "epc-aware":
         balancer = "sed"  # EPC only matters to enclaves: public replicas get plain SED, as at the gateway
     period = float(args.get("stats_period_s", 1.0))
-    config: dict[str, Any] = {"request_router_class": SerdabRouter,
-                              "request_router_kwargs": {"balancer": balancer, "monitor_interval_s": period},
+    config: dict[str, Any] = {"request_router_class": SerdabRouter, "request_router_kwargs": {"balancer": balancer},
                               "request_routing_stats_period_s": period}  # fmt: skip
     return RequestRouterConfig(**config)
 
@@ -410,7 +403,8 @@ def secure_app(args: dict[str, Any]) -> Any:
     )  # fmt: skip
     enclaves = deployment.bind(str(args.get("model_name") or trust["model"]), pack_image(Path(str(args["image"]))),
                                enclave_args(trust), certificate["ca_pem"], float(args.get("enclave_speed", 1.0)),
-                               int(args.get("threads", 1)), args.get("stress_dir"))  # fmt: skip
+                               int(args.get("threads", 1)), args.get("stress_dir"),
+                               str(args.get("balancer", "sed")))  # fmt: skip
     if args.get("ingress") == "haproxy":  # HAProxy balances the ingress itself: route to enclaves behind it
         return _deployment(SecureFront).options(name="secure-front", ray_actor_options={"num_cpus": 0}).bind(enclaves)
     return enclaves
