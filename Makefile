@@ -45,9 +45,11 @@ test: check
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-# Ray tests on a local two-node Ray cluster, one at a time (each shuts Ray down after itself)
+# Ray tests on a local two-node Ray cluster, one at a time (each shuts Ray down after itself); then the
+# Ray Serve ones again on a cluster with Ray Serve's HAProxy ingress (a cluster-wide choice)
 test-ray: $(RAY_STAMP)
 	$(PY) -m pytest -q -m ray
+	SERDAB_TEST_RAY_INGRESS=haproxy $(PY) -m pytest -q -m ray tests/test_ray_serve.py -k "not as_a_process"
 
 bench: $(STAMP)
 	$(VENV)/bin/serdab bench profile

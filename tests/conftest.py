@@ -55,6 +55,7 @@ def clusters_dir(repo_root: Path) -> Path:
 # the paper cluster's and test_runtime's THREE devices, split over two Ray nodes as their hosts are;
 # each node is also a host with a TEE (one enclave serving replica each) named h1, h2
 RAY_NODES = (("tee1", "e1"), ("tee2", "gpu2", "cpu3"))
+RAY_INGRESS = os.environ.get("SERDAB_TEST_RAY_INGRESS", "proxy")  # Ray Serve's front door: proxy or haproxy
 
 
 @pytest.fixture(scope="session")
@@ -73,10 +74,17 @@ def ray_cluster():
     for name in ("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S",
                  "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"):  # fmt: skip
         os.environ[name] = "0.25"
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": resources(0)})
-    cluster.add_node(num_cpus=1, resources=resources(1))
-    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
-    cluster.wait_for_nodes()
+    # `make test-ray` runs the Ray Serve tests a second time on a cluster started with Ray Serve's HAProxy
+    # ingress (a cluster-wide choice: the nodes' environment), where Serdab routes through its ingress router
+    if RAY_INGRESS == "haproxy":
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": resources(0)})
+        cluster.add_node(num_cpus=1, resources=resources(1))
+        ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+        cluster.wait_for_nodes()
+    finally:
+        os.environ.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
     try:
         yield cluster
     finally:

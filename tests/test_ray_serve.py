@@ -15,7 +15,7 @@ import pytest
 from serdab.errors import AttestationError, ServeError
 from serdab.serve.client import Client
 from serdab.testing import RecordingProxy
-from tests.conftest import chain_of
+from tests.conftest import RAY_INGRESS, chain_of
 
 pytestmark = pytest.mark.ray
 
@@ -31,7 +31,7 @@ def _port() -> int:
 def _service(ray_cluster, **options):
     from serdab.serve.ray_engine import RayServeOptions, RayService
 
-    return RayService(RayServeOptions("lenet5", port=_port(), **options)).start()
+    return RayService(RayServeOptions("lenet5", port=_port(), ingress=RAY_INGRESS, **options)).start()
 
 
 def test_each_kind_is_routed_right_and_secure_requests_travel_sealed(ray_cluster) -> None:

@@ -94,7 +94,7 @@ class Client:
         self._public = httpx.Client(timeout=timeout_s, transport=_transport())
         self._secure: httpx.Client | None = None
         self._engine: dict[str, Any] | None = None  # the front door's /v1/gateway answer
-        self._service_key: Any = None  # sealed mode: the attested service public key
+        self._session: Any = None  # sealed mode: the session sealed to the attested service key
         self.served_by: str | None = None  # the replica that answered the last request, where the engine says
         self.attested: dict[str, Any] | None = None
 
@@ -175,16 +175,16 @@ class Client:
 
     def _post_sealed(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
         """Seal the request to the attested service key, send it through the engine, open the answer."""
-        from serdab.serve.sealed import open_reply, seal_request
+        from serdab.serve.sealed import SealedSession
 
-        if self._service_key is None:
-            self._service_key = self._attest_sealed()
+        if self._session is None or self._session.spent:
+            self._session = SealedSession(self._attest_sealed())
         prefix = str((self._engine or {}).get("secure_prefix", ""))
         last: Exception | None = None
         for _ in range(self.retries + 1):
-            envelope, reply_key = seal_request(self._service_key, "POST", path, body, headers)
+            request = self._session.seal("POST", path, body, headers)
             try:
-                reply = self._public.post(f"{self.url}{prefix}/v1/sealed", content=envelope,
+                reply = self._public.post(f"{self.url}{prefix}/v1/sealed", content=request,
                                           headers={"content-type": "application/octet-stream"})  # fmt: skip
             except httpx.TransportError as exc:
                 last = exc
@@ -195,7 +195,7 @@ class Client:
             if reply.status_code != 200:
                 raise ServeError(f"{reply.status_code}: {reply.text}")
             self.served_by = reply.headers.get("x-serdab-replica")
-            status, answer_headers, content = open_reply(envelope, reply_key, reply.content)
+            status, answer_headers, content = self._session.open(request, reply.content)
             answer = httpx.Response(status, headers=answer_headers, content=content)
             if status >= 400:
                 try:

@@ -11,19 +11,24 @@ Ray's proxy terminates HTTP, so TLS cannot pass through to the enclave as it doe
 gateway's L4 port. Secure requests therefore travel *sealed* (``serdab.serve.sealed``): the
 client seals the request to the attested service key, and ``/secure`` forwards only sealed
 requests, the attestation document and the service certificate; any plaintext secure route is
-refused (403). Ray's proxy, object store and the replica actor see ciphertext only.
+refused (403). Ray's proxy, object store and the replica actor see ciphertext only. The replica hands a
+sealed request to its enclave as it came, on the enclave's sealed stream (no HTTP or TLS to redo).
 
 Routing: ``SerdabRouter`` wraps the gateway's balancing policies (``serdab.serve.balancing``) as
 a Ray Serve request router; replicas report their host, in-flight requests and (enclaves) the
 weight the policy's monitoring cycle gave their host as routing stats. The cycle runs in each
 enclave replica, not in the router, because Ray Serve runs one router per proxy and per handle:
-a decision kept in a router would differ from one router to the next. Autoscaling:
+a decision kept in a router would differ from one router to the next. With Ray Serve's HAProxy
+ingress (``ingress="haproxy"``), HAProxy sends each secure POST straight to the enclave replica that
+``EnclaveRoute`` names for it (Ray Serve's ingress-router hook, 2.60 and later; ``SecureFront``
+before). Autoscaling:
 ``SerdabAutoscaling`` is the gateway's rule (``serdab.serve.autoscale``) as a Ray Serve
 autoscaling policy. Needs the ``ray`` extra.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -34,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import httpx
 import ray
 from ray import serve
@@ -45,6 +51,7 @@ from starlette.responses import JSONResponse, Response
 from serdab.runtime.ray_resources import ENCLAVE_RESOURCE
 from serdab.serve.autoscale import AutoscaleConfig, AutoscaleState, ScaleInput, decide
 from serdab.serve.balancing import HostSample, ReplicaView, get_balancer
+from serdab.serve.sealed import read_frame, write_frame
 from serdab.tee.image import pack_image, unpack_image
 
 __all__ = ["SECURE_PREFIX", "EnclaveModel", "PublicModel", "RayServeOptions", "RayService", "SerdabAutoscaling",
@@ -59,6 +66,14 @@ REFUSED = (
     f"secure requests travel sealed to an enclave: POST {SECURE_PREFIX}/v1/sealed "
     "(serdab.Client with the owner's trust statement)"
 )
+# Ray Serve runs user code and a handle's router each on an event loop of its own thread by default; every
+# request then crosses threads. Serdab's replicas and router never block their loop (inference runs in a
+# thread pool, the enclave is awaited), so they run on the replica's one loop, as Ray's throughput mode does.
+# Behind HAProxy a stopping replica stays reachable 30 s by default so that HAProxy can drop it; Ray reloads
+# HAProxy's configuration when a replica goes, so a few seconds do, and a service stops in seconds, not 30+.
+REPLICA_ENV = {"runtime_env": {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+                                            "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+                                            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3"}}}  # fmt: skip
 FORWARDED_HEADERS = ("content-type", "server-timing", "inference-header-content-length")
 
 
@@ -150,9 +165,9 @@ async def _secure_route(request: Request, forward: Any) -> Response:
 
 
 class SecureFront:
-    """With Ray Serve's HAProxy ingress, which balances ingress replicas itself and allows no custom router
-    there: a thin ingress that hands each allowed secure request to the enclave replicas through a
-    deployment handle, where ``SerdabRouter`` (the EPC-aware policy) chooses."""
+    """With Ray Serve's HAProxy ingress on a Ray without the ingress-router hook (below 2.60): a thin
+    ingress that hands each allowed secure request to the enclave replicas through a deployment
+    handle, where ``SerdabRouter`` chooses; HAProxy allows no custom router on an ingress itself."""
 
     def __init__(self, enclaves: Any) -> None:
         self.enclaves = enclaves
@@ -165,6 +180,78 @@ class SecureFront:
         return await _secure_route(request, forward)
 
 
+class _SecureRoutes:
+    """ASGI: what ``/secure`` lets through to an enclave (the deployment's own app: no wrapper per request)."""
+
+    def __init__(self, forward: Any) -> None:
+        self.forward = forward
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            response = await _secure_route(Request(scope, receive), self.forward)
+            await response(scope, receive, send)
+
+
+class _ChooseEnclave:
+    """ASGI: ``/internal/route`` answered with the replica ``SerdabRouter`` picks on ``enclaves``, a handle."""
+
+    def __init__(self, enclaves: Any) -> None:
+        self.enclaves = enclaves
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"].rstrip("/").endswith("/internal/route"):
+            async with self.enclaves.choose_replica(_reserve=False) as selection:
+                answer = JSONResponse({"replica_id": selection._replica.replica_id.to_full_id_str()})
+        else:
+            answer = JSONResponse({"error": "this deployment only answers HAProxy's /internal/route"}, 404)
+        await answer(scope, receive, send)
+
+
+@serve.ingress()
+class EnclaveRoute:
+    """With Ray Serve's HAProxy ingress: HAProxy asks this deployment which enclave replica takes each
+    POST (``/internal/route``, Ray Serve's ingress-router hook) and then sends the request straight to
+    that replica. The choice is ``SerdabRouter``'s, on the enclave deployment's handle, without
+    dispatching through it: the request itself takes one hop fewer than through ``SecureFront``."""
+
+    def __init__(self, enclaves: Any) -> None:
+        self.choose = _ChooseEnclave(enclaves)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return self.choose
+
+
+class SealedStream:
+    """Connections to an enclave's sealed stream (``serdab.serve.sealed``), one per request in flight, kept
+    for the next: a sealed request crosses to the enclave as it came, with no HTTP or TLS to redo."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def call(self, request: bytes) -> tuple[int, bytes]:
+        """The enclave's status and body; 502 when the enclave is not there to answer (the client retries)."""
+        try:
+            reader, writer = self.idle.pop() if self.idle else await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError as exc:
+            return 502, json.dumps({"error": f"enclave unreachable: {exc}"}).encode()
+        try:
+            write_frame(writer, request)
+            await writer.drain()
+            frame = await read_frame(reader)
+            if frame is None:
+                raise ConnectionError("the enclave closed its sealed stream")
+            answer = cbor2.loads(frame)
+        except (OSError, ValueError, asyncio.IncompleteReadError, cbor2.CBORDecodeError) as exc:
+            writer.close()
+            return 502, json.dumps({"error": f"enclave stream broken: {exc}"}).encode()
+        self.idle.append((reader, writer))
+        return int(answer["status"]), bytes(answer["body"])
+
+
+@serve.ingress()
 class EnclaveModel:
     """An enclave replica: launches the measured replica image on this node and forwards sealed traffic."""
 
@@ -184,13 +271,14 @@ class EnclaveModel:
                                            log_path=self.dir / "replica.log")  # fmt: skip
         self.stress: Any = None
         try:
-            port = int(self.backend.wait_ready(self.enclave, 120)["port"])
+            ready = self.backend.wait_ready(self.enclave, 120)
             self._start_stress(stress_dir)
         except BaseException:
             self._stop()
             raise
-        self.client = httpx.AsyncClient(base_url=f"https://127.0.0.1:{port}", timeout=120,
+        self.client = httpx.AsyncClient(base_url=f"https://127.0.0.1:{int(ready['port'])}", timeout=120,
                                         verify=service_context(ca_pem))  # fmt: skip
+        self.stream = SealedStream(int(ready["sealed_port"])) if ready.get("sealed_port") else None
         self.in_flight = 0
         self._paging: tuple[float, int] | None = None
         self.policy = get_balancer(balancer)
@@ -210,20 +298,26 @@ class EnclaveModel:
         self.stress = self.backend.launch(image, ["--control", str(control)], log_path=self.dir / "stress.log")
         self.backend.wait_ready(self.stress, 60)
 
-    async def __call__(self, request: Request) -> Response:
-        return await _secure_route(request, self.forward)
+    def __serve_build_asgi_app__(self) -> Any:
+        return _SecureRoutes(self.forward)
 
     async def forward(self, method: str, path: str, query: dict[str, str], body: bytes,
                       content_type: str) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
-        """One allowed secure request to this replica's enclave, as it came (ciphertext for a sealed one)."""
+        """One allowed secure request to this replica's enclave, as it came (ciphertext for a sealed one):
+        sealed requests on the enclave's sealed stream, the rest (attestation, certificate, health) over TLS."""
         self.in_flight += 1
         try:
-            reply = await self.client.request(method, path, params=query, content=body,
-                                              headers={"content-type": content_type})  # fmt: skip
+            if (method, path) == ("POST", "/v1/sealed") and self.stream is not None:
+                status, content = await self.stream.call(body)
+                headers = {"content-type": "application/octet-stream" if status == 200 else "application/json"}
+            else:
+                reply = await self.client.request(method, path, params=query, content=body,
+                                                  headers={"content-type": content_type})  # fmt: skip
+                status, content = reply.status_code, reply.content
+                headers = {k: v for k, v in reply.headers.items() if k.lower() in FORWARDED_HEADERS}
         finally:
             self.in_flight -= 1
-        headers = {k: v for k, v in reply.headers.items() if k.lower() in FORWARDED_HEADERS}
-        return reply.status_code, {**headers, "x-serdab-replica": self.id, "x-serdab-host": self.host}, reply.content
+        return status, {**headers, "x-serdab-replica": self.id, "x-serdab-host": self.host}, content
 
     def record_routing_stats(self) -> dict[str, Any]:
         """One monitoring cycle: Ray Serve's controller calls it once per stats period, as S3ML samples paging
@@ -378,7 +472,7 @@ def public_app(args: dict[str, Any]) -> Any:
     name = str(args.get("model_name") or loaded.name)
     routing = {} if args.get("ingress") == "haproxy" else {"request_router_config": _router(args, "public")}
     deployment = _deployment(PublicModel).options(
-        name="public", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=8, **routing,
+        name="public", ray_actor_options={"num_cpus": 0, **REPLICA_ENV}, max_ongoing_requests=8, **routing,
         **_scaling(args, replicas),
     )  # fmt: skip
     return deployment.bind(name, loaded.proto.SerializeToString(), int(args.get("threads", 1)), _info(name))
@@ -397,7 +491,7 @@ def secure_app(args: dict[str, Any]) -> Any:
     trust = json.loads(Path(str(args["trust"])).read_text())
     certificate = service_certificate(trust)[0]
     deployment = _deployment(EnclaveModel).options(
-        name="enclave", ray_actor_options={"num_cpus": 0, "resources": {ENCLAVE_RESOURCE: 1}},
+        name="enclave", ray_actor_options={"num_cpus": 0, "resources": {ENCLAVE_RESOURCE: 1}, **REPLICA_ENV},
         max_ongoing_requests=8, request_router_config=_router(args, "enclave"),
         **_scaling(args, int(args.get("replicas", 1))),
     )  # fmt: skip
@@ -405,9 +499,46 @@ def secure_app(args: dict[str, Any]) -> Any:
                                enclave_args(trust), certificate["ca_pem"], float(args.get("enclave_speed", 1.0)),
                                int(args.get("threads", 1)), args.get("stress_dir"),
                                str(args.get("balancer", "sed")))  # fmt: skip
-    if args.get("ingress") == "haproxy":  # HAProxy balances the ingress itself: route to enclaves behind it
-        return _deployment(SecureFront).options(name="secure-front", ray_actor_options={"num_cpus": 0}).bind(enclaves)
-    return enclaves
+    if args.get("ingress") != "haproxy":
+        return enclaves
+    options = {"ray_actor_options": {"num_cpus": 0, **REPLICA_ENV}, "max_ongoing_requests": 64}
+    with_router = getattr(enclaves, "_with_ingress_request_router", None)  # Ray Serve >= 2.60 (its LLM stack's hook)
+    if with_router is None:  # HAProxy balances the ingress itself: route to enclaves behind a front deployment
+        return _deployment(SecureFront).options(name="secure-front", **options).bind(enclaves)
+    return with_router(_deployment(EnclaveRoute).options(name="enclave-route", **options).bind(enclaves))
+
+
+def _proxy_location(ingress: str) -> str:
+    """A front door on every node, except HAProxy on nodes that share a machine: each would bind the same
+    ports (Ray's Python proxies share theirs with SO_REUSEPORT; HAProxy does not), so only the head's runs."""
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    shared = len({n["NodeManagerAddress"] for n in alive}) < len(alive)
+    return "HeadOnly" if ingress == "haproxy" and shared else "EveryNode"
+
+
+def _run_app(app: Any, name: str, route_prefix: str, ingress: str) -> None:
+    """``serve.run`` here, or with the HAProxy ingress in a Ray task: Ray Serve checks that HAProxy is on
+    (for the ingress-router hook) in the process that deploys, and only the cluster's processes have it."""
+    if ingress != "haproxy":
+        serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
+        return
+
+    def deploy() -> None:
+        serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
+
+    # one call per worker process: a reused worker would keep its Serve client to an earlier controller
+    task = ray.remote(num_cpus=0, max_calls=1, runtime_env={"env_vars": {HAPROXY_ENV: "1"}})(deploy)
+    ray.get(task.remote())
+
+
+def _wait_gone(actor: str, namespace: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(actor, namespace=namespace)
+        except ValueError:
+            return
+        time.sleep(0.2)
 
 
 class RayService:
@@ -453,7 +584,7 @@ class RayService:
         self.model_name = loaded.name
         model_file = self.work_dir / f"{loaded.name}.onnx"
         model_file.write_bytes(loaded.proto.SerializeToString())
-        serve.start(http_options={"host": "127.0.0.1", "port": o.port})
+        serve.start(http_options={"host": "127.0.0.1", "port": o.port}, proxy_location=_proxy_location(o.ingress))
         common = {"model_name": self.model_name, "balancer": o.balancer, "stats_period_s": o.stats_period_s,
                   "cooldown_s": o.cooldown_s, "look_back_s": o.look_back_s, "threads": o.threads,
                   "ingress": o.ingress}  # fmt: skip
@@ -464,10 +595,10 @@ class RayService:
             secure = secure_app({**common, "image": str(self.trust_chain.image.path), "trust": str(trust_file),
                                  "replicas": o.secure, "autoscale": o.autoscale.get("enclave"),
                                  "enclave_speed": o.enclave_speed, "stress_dir": o.stress_dir})  # fmt: skip
-            serve.run(secure, name="secure", route_prefix=SECURE_PREFIX, blocking=False)
+            _run_app(secure, "secure", SECURE_PREFIX, o.ingress)
         public = public_app({**common, "model": str(model_file), "replicas": o.public,
                              "autoscale": o.autoscale.get("public")})  # fmt: skip
-        serve.run(public, name="public", route_prefix="/", blocking=False)
+        _run_app(public, "public", "/", o.ingress)
         self._wait_running()
 
     def _wait_running(self, timeout_s: float = 180.0) -> None:
@@ -516,6 +647,8 @@ class RayService:
             stopping = threading.Thread(target=serve.shutdown, daemon=True)
             stopping.start()
             stopping.join(timeout_s)
+            if not self._owns_ray:  # a shared Ray: the next service must not find this one's controller
+                _wait_gone("SERVE_CONTROLLER_ACTOR", "serve", timeout_s)
         if self._owns_ray:
             ray.shutdown()
         shutil.rmtree(self.work_dir, ignore_errors=True)
