@@ -4,6 +4,8 @@ session and answers to their request, and a session costs one key agreement per 
 from __future__ import annotations
 
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 
 from serdab.crypto import new_key
 from serdab.errors import ServeError
@@ -64,3 +66,52 @@ def test_a_sealed_request_may_only_ask_for_inference() -> None:
                          ("DELETE", INFER)):  # fmt: skip
         with pytest.raises(ServeError, match="may not ask for|needs GET or POST"):
             SessionKeys(service).open(session.seal(method, path, b"", {}))
+
+
+def test_the_sealed_stream_answers_sealed_requests_and_refuses_the_rest() -> None:
+    """The enclave's sealed stream (what a Ray Serve replica forwards on): a sealed request is answered
+    through the app in-process, junk gets the same 400 as at /v1/sealed, an oversized frame ends the
+    connection, and the host side reconnects and answers 502 when the enclave is gone."""
+    import asyncio
+    import json
+    import struct
+
+    from serdab.serve.replica import SealedHandler
+    from serdab.serve.sealed import SealedStream
+    from serdab.web import listen_http
+
+    service = new_key()
+    app = FastAPI()
+
+    @app.post(INFER)
+    async def echo(request: Request) -> Response:
+        return Response(b"seen:" + await request.body(), media_type="application/octet-stream")
+
+    handler = SealedHandler(app, service)
+    session = SealedSession(service.public_key())
+
+    async def scenario() -> None:
+        sock = listen_http()
+        server = await asyncio.start_server(handler.serve_stream, sock=sock)
+        stream = SealedStream(sock.getsockname()[1])
+        request = session.seal("POST", INFER, b"pixels", {"content-type": "application/octet-stream"})
+        for _ in range(2):  # the second reuses the kept connection
+            status, body = await stream.call(request)
+            assert status == 200 and b"pixels" not in body
+            assert session.open(request, body)[::2] == (200, b"seen:pixels")
+        assert len(stream.idle) == 1
+        status, body = await stream.call(b"junk")
+        assert status == 400 and "not a request sealed" in json.loads(body)["error"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        writer.write(struct.pack(">I", 2**31))  # a frame over the limit: refused before anything is read
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        for idle in stream.idle:
+            idle[1].close()
+        stream.idle.clear()
+        status, body = await stream.call(request)
+        assert status == 502 and "enclave unreachable" in json.loads(body)["error"]
+
+    asyncio.run(scenario())

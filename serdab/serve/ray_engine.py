@@ -28,7 +28,6 @@ autoscaling policy. Needs the ``ray`` extra.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -39,7 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cbor2
 import httpx
 import ray
 from ray import serve
@@ -51,7 +49,7 @@ from starlette.responses import JSONResponse, Response
 from serdab.runtime.ray_resources import ENCLAVE_RESOURCE
 from serdab.serve.autoscale import AutoscaleConfig, AutoscaleState, ScaleInput, decide
 from serdab.serve.balancing import HostSample, ReplicaView, get_balancer
-from serdab.serve.sealed import read_frame, write_frame
+from serdab.serve.sealed import SealedStream
 from serdab.tee.image import pack_image, unpack_image
 
 __all__ = ["SECURE_PREFIX", "EnclaveModel", "PublicModel", "RayServeOptions", "RayService", "SerdabAutoscaling",
@@ -221,34 +219,6 @@ class EnclaveRoute:
 
     def __serve_build_asgi_app__(self) -> Any:
         return self.choose
-
-
-class SealedStream:
-    """Connections to an enclave's sealed stream (``serdab.serve.sealed``), one per request in flight, kept
-    for the next: a sealed request crosses to the enclave as it came, with no HTTP or TLS to redo."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-
-    async def call(self, request: bytes) -> tuple[int, bytes]:
-        """The enclave's status and body; 502 when the enclave is not there to answer (the client retries)."""
-        try:
-            reader, writer = self.idle.pop() if self.idle else await asyncio.open_connection("127.0.0.1", self.port)
-        except OSError as exc:
-            return 502, json.dumps({"error": f"enclave unreachable: {exc}"}).encode()
-        try:
-            write_frame(writer, request)
-            await writer.drain()
-            frame = await read_frame(reader)
-            if frame is None:
-                raise ConnectionError("the enclave closed its sealed stream")
-            answer = cbor2.loads(frame)
-        except (OSError, ValueError, asyncio.IncompleteReadError, cbor2.CBORDecodeError) as exc:
-            writer.close()
-            return 502, json.dumps({"error": f"enclave stream broken: {exc}"}).encode()
-        self.idle.append((reader, writer))
-        return int(answer["status"]), bytes(answer["body"])
 
 
 @serve.ingress()
