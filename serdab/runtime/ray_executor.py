@@ -29,6 +29,7 @@ from cryptography import x509
 from serdab.cluster import Cluster
 from serdab.errors import TeeError
 from serdab.runtime.executor import Executor, LocalExecutor, WorkerHandle, WorkerSpec
+from serdab.runtime.ray_address import check_ray_address
 from serdab.runtime.ray_resources import device_resource, host_resource, node_resources
 from serdab.tee.image import pack_image, unpack_image
 
@@ -130,6 +131,10 @@ class RayExecutor(Executor):
                         resources.update(node_resources(cluster, host))
                 ray.init(address="local", resources=resources, **init)  # a new Ray here, whatever RAY_ADDRESS says
             else:
+                try:
+                    check_ray_address(address)
+                except (ConnectionError, ValueError) as exc:
+                    raise TeeError(f"{exc} (start one with `ray start --head`, or use --address local)") from None
                 try:
                     ray.init(address=address, **init)
                 except (ConnectionError, RuntimeError, ValueError) as exc:

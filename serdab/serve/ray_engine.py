@@ -46,6 +46,7 @@ from ray.serve.request_router import PendingRequest, RequestRouter, RunningRepli
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from serdab.runtime.ray_address import check_ray_address
 from serdab.runtime.ray_resources import ENCLAVE_RESOURCE
 from serdab.serve.autoscale import AutoscaleConfig, AutoscaleState, ScaleInput, decide
 from serdab.serve.balancing import HostSample, ReplicaView, get_balancer
@@ -545,7 +546,12 @@ class RayService:
             if o.ingress == "haproxy":  # read by the Serve controller Ray starts; a running cluster decides itself
                 os.environ[HAPROXY_ENV] = "1"
             try:
+                check_ray_address(o.address)
                 ray.init(**init)
+            except (ConnectionError, ValueError) as exc:
+                from serdab.errors import ServeConfigError
+
+                raise ServeConfigError(f"{exc} (start one with `ray start --head`, or use --address local)") from None
             finally:
                 os.environ.pop(HAPROXY_ENV, None)
             self._owns_ray = True
