@@ -494,12 +494,15 @@ def _run_app(app: Any, name: str, route_prefix: str, ingress: str) -> None:
         serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
         return
 
-    def deploy() -> None:
-        serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
+    # one call per worker process: a reused worker would keep its Serve client to an earlier controller;
+    # the app travels as an argument (through the object store), not in the closure, since a model's
+    # weights would push the function past Ray's size limit
+    task = ray.remote(num_cpus=0, max_calls=1, runtime_env={"env_vars": {HAPROXY_ENV: "1"}})(_deploy)
+    ray.get(task.remote(app, name, route_prefix))
 
-    # one call per worker process: a reused worker would keep its Serve client to an earlier controller
-    task = ray.remote(num_cpus=0, max_calls=1, runtime_env={"env_vars": {HAPROXY_ENV: "1"}})(deploy)
-    ray.get(task.remote())
+
+def _deploy(app: Any, name: str, route_prefix: str) -> None:
+    serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
 
 
 def _wait_gone(actor: str, namespace: str, timeout_s: float) -> None:
