@@ -438,7 +438,8 @@ def public_app(args: dict[str, Any]) -> Any:
     replicas = int(args.get("replicas", 1))
     if not replicas and not args.get("autoscale"):
         name = str(args.get("model_name") or Path(str(args["model"])).stem)
-        return _deployment(FrontInfo).options(name="front", ray_actor_options={"num_cpus": 0}).bind(_info(name))
+        front = _deployment(FrontInfo).options(name="front", ray_actor_options={"num_cpus": 0, **REPLICA_ENV})
+        return front.bind(_info(name))
     loaded = load_model(str(args["model"]))
     name = str(args.get("model_name") or loaded.name)
     routing = {} if args.get("ingress") == "haproxy" else {"request_router_config": _router(args, "public")}
