@@ -31,7 +31,11 @@ def _port() -> int:
 def _service(ray_cluster, **options):
     from serdab.serve.ray_engine import RayServeOptions, RayService
 
-    return RayService(RayServeOptions("lenet5", port=_port(), ingress=RAY_INGRESS, **options)).start()
+    service = RayService(RayServeOptions("lenet5", port=_port(), **options)).start()
+    if service.ingress != RAY_INGRESS:
+        service.stop()
+        pytest.fail(f"auto took the {service.ingress} ingress on a cluster started with {RAY_INGRESS}")
+    return service
 
 
 def test_each_kind_is_routed_right_and_secure_requests_travel_sealed(ray_cluster) -> None:
@@ -161,7 +165,7 @@ def _descendants(pid: int) -> set[int]:
 
 
 def test_serve_engine_ray_as_a_process_with_haproxy_ingress_and_sigterm_stops_everything(tmp_path: Path) -> None:
-    """`serdab serve --engine ray --ray-ingress haproxy` in its own Ray (HAProxy is a cluster-wide choice)."""
+    """`serdab serve --engine ray` in its own Ray: HAProxy by default there (a cluster-wide choice)."""
     import json
     import os
     import signal
@@ -171,7 +175,7 @@ def test_serve_engine_ray_as_a_process_with_haproxy_ingress_and_sigterm_stops_ev
     pytest.importorskip("ray", reason="the ray extra is not installed")
     port, trust_file = _port(), tmp_path / "trust.json"
     process = subprocess.Popen(
-        [sys.executable, "-m", "serdab", "serve", "lenet5", "--engine", "ray", "--ray-ingress", "haproxy",
+        [sys.executable, "-m", "serdab", "serve", "lenet5", "--engine", "ray",
          "--secure", "1", "--public", "1", "--port", str(port), "--trust-file", str(trust_file)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
     )  # fmt: skip
@@ -183,6 +187,7 @@ def test_serve_engine_ray_as_a_process_with_haproxy_ingress_and_sigterm_stops_ev
             assert process.poll() is None and time.monotonic() < deadline, "".join(lines)[-2000:]
             lines.append(process.stdout.readline())  # type: ignore[union-attr]
         started = _descendants(process.pid)
+        assert any("haproxy ingress" in line for line in lines), "".join(lines)
         with Client(f"http://127.0.0.1:{port}", trust=json.loads(trust_file.read_text())) as client:
             public = client.infer(X, secure=False)
             secure = client.infer(X, secure=True)

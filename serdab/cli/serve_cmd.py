@@ -69,10 +69,11 @@ def serve(
     ray_ingress: Annotated[
         str,
         typer.Option(
-            help="With --engine ray: proxy (Ray Serve's, runs Serdab's router) or haproxy (faster; "
-            "HAProxy balances public replicas itself). Applies when Serdab starts Ray."
+            help="With --engine ray, Ray Serve's front door: haproxy (Ray's HAProxy ingress; Serdab's router "
+            "names the replica for each request), proxy (Ray's Python proxy, about 5 ms slower per request) or "
+            "auto: haproxy when Serdab starts Ray, else what the running cluster was started with."
         ),
-    ] = "proxy",
+    ] = "auto",
 ) -> None:
     """Serve MODEL from enclave and public replicas behind one gateway, until Ctrl-C.
 
@@ -167,8 +168,8 @@ def _serve_on_ray(model: str, secure: int, public: int, balancer: str, autoscale
     from serdab.serve.balancing import get_balancer
 
     get_balancer(balancer)  # a bad spec fails before Ray starts
-    if ingress not in ("proxy", "haproxy"):
-        raise ServeConfigError(f"unknown --ray-ingress {ingress!r}; choose proxy or haproxy")
+    if ingress not in ("auto", "haproxy", "proxy"):
+        raise ServeConfigError(f"unknown --ray-ingress {ingress!r}; choose auto, haproxy or proxy")
     if secure + public == 0:
         raise ServeConfigError(f"serve at least one replica (--secure {secure}, --public {public})")
     scaling = {}
@@ -189,7 +190,8 @@ def _serve_on_ray(model: str, secure: int, public: int, balancer: str, autoscale
         counts = service.replicas()
         console.print(f"serving {service.model_name} on Ray Serve: {counts.get('enclave', 0)} enclave replica(s) "
                       f"(simulated TEE, speed and EPC emulated), {counts.get('public', 0)} public")  # fmt: skip
-        console.print(f"front    {service.url}  (secure requests sealed to the enclaves at {service.url}/secure)")
+        console.print(f"front    {service.url}  (Ray Serve's {service.ingress} ingress; secure requests sealed to "
+                      f"the enclaves at {service.url}/secure)")  # fmt: skip
         console.print(f"trust    {trust_file}  (clients verify the key service and the enclaves against it)")
         console.print(f"try      serdab infer {service.url} synthetic:2 --secure --trust {trust_file}")
         console.print("Ctrl-C stops the Serve applications, the key service and Ray.")

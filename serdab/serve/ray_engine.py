@@ -19,9 +19,9 @@ a Ray Serve request router; replicas report their host, in-flight requests and (
 weight the policy's monitoring cycle gave their host as routing stats. The cycle runs in each
 enclave replica, not in the router, because Ray Serve runs one router per proxy and per handle:
 a decision kept in a router would differ from one router to the next. With Ray Serve's HAProxy
-ingress (``ingress="haproxy"``), HAProxy sends each secure POST straight to the enclave replica that
-``EnclaveRoute`` names for it (Ray Serve's ingress-router hook, 2.60 and later; ``SecureFront``
-before). Autoscaling:
+ingress (``ingress="haproxy"``), HAProxy sends each POST straight to the replica that ``ReplicaRoute``
+names for it with ``SerdabRouter``'s choice (Ray Serve's ingress-router hook, 2.60 and later; before,
+HAProxy balances public replicas and ``SecureFront`` hands secure requests on). Autoscaling:
 ``SerdabAutoscaling`` is the gateway's rule (``serdab.serve.autoscale``) as a Ray Serve
 autoscaling policy. Needs the ``ray`` extra.
 """
@@ -58,6 +58,7 @@ __all__ = ["SECURE_PREFIX", "EnclaveModel", "PublicModel", "RayServeOptions", "R
 
 SECURE_PREFIX = "/secure"
 HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+INGRESSES = ("auto", "haproxy", "proxy")
 # what /secure forwards to an enclave: sealed requests and what a client needs to seal to it, nothing in plaintext
 SECURE_ROUTES = {("POST", "/v1/sealed"), ("GET", "/v1/attestation"), ("GET", "/v1/service-certificate"),
                  ("GET", "/v2/health/live"), ("GET", "/v2/health/ready"), ("GET", "/v1/replica")}  # fmt: skip
@@ -73,6 +74,8 @@ REFUSED = (
 REPLICA_ENV = {"runtime_env": {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
                                             "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
                                             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3"}}}  # fmt: skip
+# Ray Serve's ingress-router hook (2.60 and later; its LLM stack uses it; private, hence the check)
+_HAS_ROUTER_HOOK = hasattr(serve.Application, "_with_ingress_request_router")
 FORWARDED_HEADERS = ("content-type", "server-timing", "inference-header-content-length")
 
 
@@ -191,17 +194,17 @@ class _SecureRoutes:
             await response(scope, receive, send)
 
 
-class _ChooseEnclave:
-    """ASGI: ``/internal/route`` answered with the replica ``SerdabRouter`` picks on ``enclaves``, a handle."""
+class _ChooseReplica:
+    """ASGI: ``/internal/route`` answered with the replica ``SerdabRouter`` picks on ``handle``'s deployment."""
 
-    def __init__(self, enclaves: Any) -> None:
-        self.enclaves = enclaves
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         if scope["path"].rstrip("/").endswith("/internal/route"):
-            async with self.enclaves.choose_replica(_reserve=False) as selection:
+            async with self.handle.choose_replica(_reserve=False) as selection:
                 answer = JSONResponse({"replica_id": selection._replica.replica_id.to_full_id_str()})
         else:
             answer = JSONResponse({"error": "this deployment only answers HAProxy's /internal/route"}, 404)
@@ -209,17 +212,25 @@ class _ChooseEnclave:
 
 
 @serve.ingress()
-class EnclaveRoute:
-    """With Ray Serve's HAProxy ingress: HAProxy asks this deployment which enclave replica takes each
-    POST (``/internal/route``, Ray Serve's ingress-router hook) and then sends the request straight to
-    that replica. The choice is ``SerdabRouter``'s, on the enclave deployment's handle, without
-    dispatching through it: the request itself takes one hop fewer than through ``SecureFront``."""
+class ReplicaRoute:
+    """With Ray Serve's HAProxy ingress: HAProxy asks this deployment which replica takes each POST
+    (``/internal/route``, Ray Serve's ingress-router hook) and then sends the request straight to that
+    replica. The choice is ``SerdabRouter``'s, on the served deployment's handle, without dispatching
+    through it, so HAProxy's speed and the gateway's policies (EPC-aware for enclaves) go together."""
 
-    def __init__(self, enclaves: Any) -> None:
-        self.choose = _ChooseEnclave(enclaves)
+    def __init__(self, handle: Any) -> None:
+        self.choose = _ChooseReplica(handle)
 
     def __serve_build_asgi_app__(self) -> Any:
         return self.choose
+
+
+def _routed(served: Any, kind: str) -> Any:
+    """``served`` with ``ReplicaRoute`` attached as its ingress router (Ray Serve 2.60 and later)."""
+    options = {"ray_actor_options": {"num_cpus": 0, **REPLICA_ENV}, "max_ongoing_requests": 64}
+    return served._with_ingress_request_router(
+        _deployment(ReplicaRoute).options(name=f"{kind}-route", **options).bind(served)
+    )
 
 
 @serve.ingress()
@@ -393,7 +404,9 @@ class RayServeOptions:
     cooldown_s: float = 15.0
     look_back_s: float = 30.0  # Ray Serve's window over request metrics for autoscaling
     stress_dir: str | None = None  # emulated EPC interference: one control file per host label (see EnclaveModel)
-    ingress: str = "proxy"  # Ray Serve's Python proxy, or "haproxy" (Ray's HAProxy ingress; see docs/scale-out.md)
+    # "haproxy" (Ray Serve's HAProxy ingress), "proxy" (its Python proxy) or "auto": HAProxy on a Ray that
+    # Serdab starts, else the one the running cluster was started with (see docs/scale-out.md)
+    ingress: str = "auto"
 
 
 def _deployment(cls: type) -> Any:
@@ -442,12 +455,15 @@ def public_app(args: dict[str, Any]) -> Any:
         return front.bind(_info(name))
     loaded = load_model(str(args["model"]))
     name = str(args.get("model_name") or loaded.name)
-    routing = {} if args.get("ingress") == "haproxy" else {"request_router_config": _router(args, "public")}
+    haproxy = args.get("ingress") == "haproxy"
+    # behind HAProxy without the ingress-router hook (Ray below 2.60), HAProxy balances public replicas itself
+    routing = {} if haproxy and not _HAS_ROUTER_HOOK else {"request_router_config": _router(args, "public")}
     deployment = _deployment(PublicModel).options(
         name="public", ray_actor_options={"num_cpus": 0, **REPLICA_ENV}, max_ongoing_requests=8, **routing,
         **_scaling(args, replicas),
     )  # fmt: skip
-    return deployment.bind(name, loaded.proto.SerializeToString(), int(args.get("threads", 1)), _info(name))
+    public = deployment.bind(name, loaded.proto.SerializeToString(), int(args.get("threads", 1)), _info(name))
+    return _routed(public, "public") if haproxy and _HAS_ROUTER_HOOK else public
 
 
 def secure_app(args: dict[str, Any]) -> Any:
@@ -473,11 +489,22 @@ def secure_app(args: dict[str, Any]) -> Any:
                                str(args.get("balancer", "sed")))  # fmt: skip
     if args.get("ingress") != "haproxy":
         return enclaves
+    if _HAS_ROUTER_HOOK:
+        return _routed(enclaves, "enclave")
+    # HAProxy balances an ingress itself: SerdabRouter chooses the enclave behind a front deployment
     options = {"ray_actor_options": {"num_cpus": 0, **REPLICA_ENV}, "max_ongoing_requests": 64}
-    with_router = getattr(enclaves, "_with_ingress_request_router", None)  # Ray Serve >= 2.60 (its LLM stack's hook)
-    if with_router is None:  # HAProxy balances the ingress itself: route to enclaves behind a front deployment
-        return _deployment(SecureFront).options(name="secure-front", **options).bind(enclaves)
-    return with_router(_deployment(EnclaveRoute).options(name="enclave-route", **options).bind(enclaves))
+    return _deployment(SecureFront).options(name="secure-front", **options).bind(enclaves)
+
+
+def _cluster_ingress() -> str:
+    """The front door a running Ray cluster serves with: HAProxy where its nodes run with
+    ``RAY_SERVE_ENABLE_HA_PROXY`` set (a Ray task sees its node's environment), else Ray's Python proxy."""
+
+    def read() -> str:
+        return os.environ.get(HAPROXY_ENV, "")
+
+    flag = ray.get(ray.remote(num_cpus=0)(read).remote(), timeout=60)
+    return "haproxy" if flag.lower() in ("1", "true") else "proxy"
 
 
 def _proxy_location(ingress: str) -> str:
@@ -521,6 +548,7 @@ class RayService:
 
     def __init__(self, options: RayServeOptions) -> None:
         self.options = options
+        self.ingress = options.ingress  # "auto" resolved in start()
         self.work_dir = Path(tempfile.mkdtemp(prefix="serdab-ray-serve-"))
         self.trust_chain: Any = None
         self._owns_ray = False
@@ -542,12 +570,18 @@ class RayService:
         from serdab.serve.trust import ServiceTrust
 
         o = self.options
+        if o.ingress not in INGRESSES:
+            from serdab.errors import ServeConfigError
+
+            raise ServeConfigError(f"unknown ingress {o.ingress!r}; choose {', '.join(INGRESSES)}")
+        starts_ray = not ray.is_initialized() and o.address == "local"
+        self.ingress = "haproxy" if o.ingress == "auto" and starts_ray else o.ingress
         if not ray.is_initialized():
             init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
             init["address"] = o.address  # "local" starts a new Ray here even where RAY_ADDRESS names another
             if o.address == "local":  # one node standing for one host with a TEE; each enclave replica takes it
                 init["resources"] = {ENCLAVE_RESOURCE: float(max(1, o.secure))}
-            if o.ingress == "haproxy":  # read by the Serve controller Ray starts; a running cluster decides itself
+            if self.ingress == "haproxy":  # read by the Serve controller Ray starts; a running cluster decides itself
                 os.environ[HAPROXY_ENV] = "1"
             try:
                 check_ray_address(o.address)
@@ -560,14 +594,16 @@ class RayService:
                 os.environ.pop(HAPROXY_ENV, None)
             self._owns_ray = True
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
+        if self.ingress == "auto":
+            self.ingress = _cluster_ingress()
         loaded = load_model(o.model)
         self.model_name = loaded.name
         model_file = self.work_dir / f"{loaded.name}.onnx"
         model_file.write_bytes(loaded.proto.SerializeToString())
-        serve.start(http_options={"host": "127.0.0.1", "port": o.port}, proxy_location=_proxy_location(o.ingress))
+        serve.start(http_options={"host": "127.0.0.1", "port": o.port}, proxy_location=_proxy_location(self.ingress))
         common = {"model_name": self.model_name, "balancer": o.balancer, "stats_period_s": o.stats_period_s,
                   "cooldown_s": o.cooldown_s, "look_back_s": o.look_back_s, "threads": o.threads,
-                  "ingress": o.ingress}  # fmt: skip
+                  "ingress": self.ingress}  # fmt: skip
         if o.secure or "enclave" in o.autoscale:
             self.trust_chain = ServiceTrust.start(self.model_name, model_file.read_bytes(), self.work_dir)
             trust_file = self.work_dir / "serve-trust.json"
@@ -575,10 +611,10 @@ class RayService:
             secure = secure_app({**common, "image": str(self.trust_chain.image.path), "trust": str(trust_file),
                                  "replicas": o.secure, "autoscale": o.autoscale.get("enclave"),
                                  "enclave_speed": o.enclave_speed, "stress_dir": o.stress_dir})  # fmt: skip
-            _run_app(secure, "secure", SECURE_PREFIX, o.ingress)
+            _run_app(secure, "secure", SECURE_PREFIX, self.ingress)
         public = public_app({**common, "model": str(model_file), "replicas": o.public,
                              "autoscale": o.autoscale.get("public")})  # fmt: skip
-        _run_app(public, "public", "/", o.ingress)
+        _run_app(public, "public", "/", self.ingress)
         self._wait_running()
 
     def _wait_running(self, timeout_s: float = 180.0) -> None:
@@ -605,15 +641,12 @@ class RayService:
 
     def replicas(self) -> dict[str, int]:
         """Running replicas per kind (Ray Serve's own count)."""
-        out = {}
-        for app_name, app in serve.status().applications.items():
-            for deployment in app.deployments.values():
-                out[app_name] = sum(
-                    n for state, n in deployment.replica_states.items() if str(state).endswith("RUNNING")
-                )
-        counts = {"enclave" if k == "secure" else k: v for k, v in out.items()}
-        if not (self.options.public or "public" in self.options.autoscale):
-            counts["public"] = 0  # the front-door deployment serves no model
+        counts = {"enclave": 0, "public": 0}
+        for app in serve.status().applications.values():
+            for name, deployment in app.deployments.items():
+                if name in counts:  # the model's replicas, not a route or front deployment beside them
+                    counts[name] = sum(n for state, n in deployment.replica_states.items()
+                                       if str(state).endswith("RUNNING"))  # fmt: skip
         return counts
 
     def stop(self, timeout_s: float = 60.0) -> None:

@@ -407,6 +407,9 @@ def _route_of(path: str) -> str:
     return "other"
 
 
+GRACEFUL_S = 5
+
+
 def serve_app(app: FastAPI, sock: socket.socket, on_started: Callable[[], None], tls: tuple[bytes, bytes] | None = None,
               stream: tuple[socket.socket, Callable] | None = None) -> None:  # fmt: skip
     """Run uvicorn on ``sock``; ``tls`` = (certificate PEM, key PEM) are written to a private temp
@@ -423,8 +426,11 @@ def serve_app(app: FastAPI, sock: socket.socket, on_started: Callable[[], None],
         (secrets_dir / "cert.pem").write_bytes(tls[0])
         write_private(secrets_dir / "key.pem", tls[1])
         options = {"ssl_certfile": str(secrets_dir / "cert.pem"), "ssl_keyfile": str(secrets_dir / "key.pem")}
+    # on SIGTERM uvicorn closes each TLS connection and waits for the peer's close_notify, which an idle
+    # keep-alive client (a Ray replica's pool) never sends: without a bound a replica takes asyncio's 30 s
+    # to stop; requests in flight get GRACEFUL_S to finish
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=30,
-                            **options)  # fmt: skip
+                            timeout_graceful_shutdown=GRACEFUL_S, **options)  # fmt: skip
     server = uvicorn.Server(config)
 
     async def serve() -> None:
