@@ -74,6 +74,8 @@ REFUSED = (
 REPLICA_ENV = {"runtime_env": {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
                                             "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
                                             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3"}}}  # fmt: skip
+# a deployment in front of the model's replicas (a route or SecureFront): no CPU of its own, many requests at once
+FRONT_OPTIONS = {"ray_actor_options": {"num_cpus": 0, **REPLICA_ENV}, "max_ongoing_requests": 64}
 # Ray Serve's ingress-router hook (2.60 and later; its LLM stack uses it; private, hence the check)
 _HAS_ROUTER_HOOK = hasattr(serve.Application, "_with_ingress_request_router")
 FORWARDED_HEADERS = ("content-type", "server-timing", "inference-header-content-length")
@@ -227,9 +229,8 @@ class ReplicaRoute:
 
 def _routed(served: Any, kind: str) -> Any:
     """``served`` with ``ReplicaRoute`` attached as its ingress router (Ray Serve 2.60 and later)."""
-    options = {"ray_actor_options": {"num_cpus": 0, **REPLICA_ENV}, "max_ongoing_requests": 64}
     return served._with_ingress_request_router(
-        _deployment(ReplicaRoute).options(name=f"{kind}-route", **options).bind(served)
+        _deployment(ReplicaRoute).options(name=f"{kind}-route", **FRONT_OPTIONS).bind(served)
     )
 
 
@@ -457,7 +458,7 @@ def public_app(args: dict[str, Any]) -> Any:
     name = str(args.get("model_name") or loaded.name)
     haproxy = args.get("ingress") == "haproxy"
     # behind HAProxy without the ingress-router hook (Ray below 2.60), HAProxy balances public replicas itself
-    routing = {} if haproxy and not _HAS_ROUTER_HOOK else {"request_router_config": _router(args, "public")}
+    routing = {"request_router_config": _router(args, "public")} if _HAS_ROUTER_HOOK or not haproxy else {}
     deployment = _deployment(PublicModel).options(
         name="public", ray_actor_options={"num_cpus": 0, **REPLICA_ENV}, max_ongoing_requests=8, **routing,
         **_scaling(args, replicas),
@@ -492,8 +493,7 @@ def secure_app(args: dict[str, Any]) -> Any:
     if _HAS_ROUTER_HOOK:
         return _routed(enclaves, "enclave")
     # HAProxy balances an ingress itself: SerdabRouter chooses the enclave behind a front deployment
-    options = {"ray_actor_options": {"num_cpus": 0, **REPLICA_ENV}, "max_ongoing_requests": 64}
-    return _deployment(SecureFront).options(name="secure-front", **options).bind(enclaves)
+    return _deployment(SecureFront).options(name="secure-front", **FRONT_OPTIONS).bind(enclaves)
 
 
 def _cluster_ingress() -> str:
