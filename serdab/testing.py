@@ -46,10 +46,15 @@ def random_request(rng: random.Random, replicate: bool, max_blocks: int = 5, max
     host_names = ["h0", "h1", "h2"][: rng.randint(1, 3)]
     # a few hardware templates, so identical devices (replica candidates) are common
     templates = [
-        {"kind": kind, "trusted": kind == "tee", "speed": rng.choice([0.25, 1.0, 4.0]),
-         "memory": rng.choice([100, 1000, 10**9]), "paging_factor": rng.choice([None, 3.0]) if kind == "tee" else None}
+        {
+            "kind": kind,
+            "trusted": kind == "tee",
+            "speed": rng.choice([0.25, 1.0, 4.0]),
+            "memory": rng.choice([100, 1000, 10**9]),
+            "paging_factor": rng.choice([None, 3.0]) if kind == "tee" else None,
+        }
         for kind in ("tee", "tee", "cpu", "gpu")
-    ]  # fmt: skip
+    ]
     devices: list[dict[str, Any]] = []
     for i in range(k):
         template = templates[0] if i == 0 else rng.choice(templates)

@@ -67,12 +67,17 @@ def ray_cluster():
     from serdab.runtime.ray_resources import ENCLAVE_RESOURCE, device_resource, host_resource
 
     def resources(k: int) -> dict[str, float]:
-        return {**{device_resource(d): 1.0 for d in RAY_NODES[k]}, host_resource(f"h{k + 1}"): 1.0,
-                ENCLAVE_RESOURCE: 1.0}  # fmt: skip
+        return {
+            **{device_resource(d): 1.0 for d in RAY_NODES[k]},
+            host_resource(f"h{k + 1}"): 1.0,
+            ENCLAVE_RESOURCE: 1.0,
+        }
 
     # Ray Serve pushes autoscaling metrics every 10 s by default: too slow for a test of the rule
-    for name in ("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S",
-                 "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"):  # fmt: skip
+    for name in (
+        "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S",
+        "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S",
+    ):
         os.environ[name] = "0.25"
     # `make test-ray` runs the Ray Serve tests a second time on a cluster started with Ray Serve's HAProxy
     # ingress (a cluster-wide choice: the nodes' environment), where Serdab routes through its ingress router

@@ -71,13 +71,29 @@ def test_unknown_attack_is_refused() -> None:
 
 def _report(ssims: dict[int, float], blocks: int = 5) -> AuditReport:
     def cut(index: int, ssim: float) -> CutAudit:
-        score = AttackScore(attack="whitebox", ssim_mean=ssim, ssim_worst=ssim, psnr_mean=10, psnr_worst=10,
-                            chance_ssim=0.1, per_image={}, seconds=1.0)  # fmt: skip
+        score = AttackScore(
+            attack="whitebox",
+            ssim_mean=ssim,
+            ssim_worst=ssim,
+            psnr_mean=10,
+            psnr_worst=10,
+            chance_ssim=0.1,
+            per_image={},
+            seconds=1.0,
+        )
         return CutAudit(index=index, name="x", out_shape=[1, 4, 8, 8], resolution=[8, 8], scores={"whitebox": score})
 
-    return AuditReport(model="m", model_digest="d", blocks=blocks, input_shape=[1, 1, 28, 28], images=["a"],
-                       train_images=[], attacks=["whitebox"], steps={"whitebox": 1},
-                       cuts=[cut(i, s) for i, s in ssims.items()])  # fmt: skip
+    return AuditReport(
+        model="m",
+        model_digest="d",
+        blocks=blocks,
+        input_shape=[1, 1, 28, 28],
+        images=["a"],
+        train_images=[],
+        attacks=["whitebox"],
+        steps={"whitebox": 1},
+        cuts=[cut(i, s) for i, s in ssims.items()],
+    )
 
 
 def test_attack_ssim_policy_allows_below_refuses_above_and_unaudited() -> None:
@@ -118,8 +134,12 @@ def test_audit_cli_bad_inputs_one_line_exit_2(tmp_path, capsys) -> None:
     ]
     other = tmp_path / "other.json"
     other.write_text(json.dumps(_report({0: 0.1}).model_dump()))
-    cases.append((["plan", "lenet5", "--cluster", "paper", "--privacy", "attack-ssim:0.3", "--audit", str(other)],
-                  "not for lenet5"))  # fmt: skip
+    cases.append(
+        (
+            ["plan", "lenet5", "--cluster", "paper", "--privacy", "attack-ssim:0.3", "--audit", str(other)],
+            "not for lenet5",
+        )
+    )
     for args, message in cases:
         code = main(args)
         err = capsys.readouterr().err.strip().splitlines()
@@ -130,8 +150,22 @@ def test_audit_cli_bad_inputs_one_line_exit_2(tmp_path, capsys) -> None:
 
 def test_audit_cli_runs_and_writes_json_and_png(tmp_path) -> None:
     out, png = tmp_path / "a.json", tmp_path / "a.png"
-    code = main(["audit", "lenet5", "--cuts", "2", "--attack", "whitebox,baseline", "--steps", "20",
-                 "--json", str(out), "--png", str(png)])  # fmt: skip
+    code = main(
+        [
+            "audit",
+            "lenet5",
+            "--cuts",
+            "2",
+            "--attack",
+            "whitebox,baseline",
+            "--steps",
+            "20",
+            "--json",
+            str(out),
+            "--png",
+            str(png),
+        ]
+    )
     assert code == 0
     report = AuditReport.model_validate_json(out.read_text())
     assert [c.index for c in report.cuts] == [2] and set(report.cuts[0].scores) == {"whitebox", "baseline"}

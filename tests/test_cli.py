@@ -165,11 +165,22 @@ def test_plan_from_a_model_with_strategy_and_replication(clusters_dir, capsys) -
         (["--cluster", "{clusters}/paper.yaml", "--privacy", "blur:3"], "unknown privacy policy"),
         (["--cluster", "{clusters}/paper.yaml", "--privacy", "ssim:0.2"], "needs leakage measurements"),
         (["--cluster", "{clusters}/paper.yaml", "--strategy", "serdab", "--replicate"], "--replicate applies to"),
-        (["--cluster", "{clusters}/single-tee.yaml", "--strategy", "two-tees", "--privacy", "trusted-only",
-          "--leakage", "{tmp}/missing.json"], "leakage file not found"),
+        (
+            [
+                "--cluster",
+                "{clusters}/single-tee.yaml",
+                "--strategy",
+                "two-tees",
+                "--privacy",
+                "trusted-only",
+                "--leakage",
+                "{tmp}/missing.json",
+            ],
+            "leakage file not found",
+        ),
         (["--cluster", "{tmp}/tiny.yaml"], "nothing can hold the first stage"),
     ],
-)  # fmt: skip
+)
 def test_plan_errors_are_one_line(saved_profile, clusters_dir, tmp_path, capsys, args, message) -> None:
     (tmp_path / "tiny.yaml").write_text(
         "source: t\ndevices:\n  - {name: t, kind: tee, trusted: true, host: h, speed: 1, memory: 1KiB}\n"
@@ -219,8 +230,25 @@ def test_schedule_train_then_eval_and_a_corrupt_policy(tmp_path, capsys) -> None
     assert main(["schedule", "train", "--out", str(policy), "--steps", "300", "--devices", "8"]) == 0
     assert policy.exists() and json.loads(policy.with_suffix(".json").read_text())["masked"] is True
     out = tmp_path / "eval.json"
-    assert main(["schedule", "eval", "--devices", "8", "--requests", "10", "--policy", "greedy", "--policy",
-                 str(policy), "--json", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "schedule",
+                "eval",
+                "--devices",
+                "8",
+                "--requests",
+                "10",
+                "--policy",
+                "greedy",
+                "--policy",
+                str(policy),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert [r["policy"] for r in json.loads(out.read_text())["rows"]] == ["greedy", str(policy)]
     capsys.readouterr()
     assert main(["schedule", "eval", "--devices", "9", "--policy", str(policy)]) == 2

@@ -21,8 +21,22 @@ devices:
 def test_run_a_video_through_the_paper_cluster(tmp_path: Path, capsys) -> None:
     video = write_video(tmp_path / "clip.mp4", 9, height=40, width=48)
     out, summary = tmp_path / "results.jsonl", tmp_path / "summary.json"
-    code = main(["run", "lenet5", "--cluster", "paper", "--input", str(video), "--chunk", "4", "--out", str(out),
-                 "--json", str(summary)])  # fmt: skip
+    code = main(
+        [
+            "run",
+            "lenet5",
+            "--cluster",
+            "paper",
+            "--input",
+            str(video),
+            "--chunk",
+            "4",
+            "--out",
+            str(out),
+            "--json",
+            str(summary),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["frame"] for line in lines] == list(range(9))

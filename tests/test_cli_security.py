@@ -47,8 +47,11 @@ def kms_process(tmp_path):
     env = {**os.environ, "SERDAB_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
     process = subprocess.Popen(
         [sys.executable, "-m", "serdab", "kms", "start", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     lines = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -20,10 +20,25 @@ def gateway(tmp_path_factory):
     trust = work / "serve-trust.json"
     log = open(work / "serve.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [sys.executable, "-m", "serdab", "serve", "lenet5", "--secure", "1", "--public", "1", "--port", "0",
-         "--trust-file", str(trust)],
-        stdout=log, stderr=log, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "serdab",
+            "serve",
+            "lenet5",
+            "--secure",
+            "1",
+            "--public",
+            "1",
+            "--port",
+            "0",
+            "--trust-file",
+            str(trust),
+        ],
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while not (work / "serve-trust.admin-token").exists():
         assert process.poll() is None, (work / "serve.log").read_text()
@@ -48,8 +63,22 @@ def test_infer_public_and_secure(gateway, capsys):
 def test_load_writes_json_and_png(gateway, tmp_path, capsys):
     url, trust, _ = gateway
     out = tmp_path / "load.json"
-    code = main(["load", url, "--threads", "2", "--requests", "3", "--secure-fraction", "0.5", "--trust", str(trust),
-                 "--json", str(out)])  # fmt: skip
+    code = main(
+        [
+            "load",
+            url,
+            "--threads",
+            "2",
+            "--requests",
+            "3",
+            "--secure-fraction",
+            "0.5",
+            "--trust",
+            str(trust),
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     result = json.loads(out.read_text())
     assert result["summary"]["all"]["requests"] == 6 and result["summary"]["all"]["errors"] == 0

@@ -33,9 +33,13 @@ def test_untagged_cose_is_accepted_as_real_nitro_documents_are() -> None:
 
 @pytest.mark.parametrize(
     ("data", "message"),
-    [(b"\xff\x00", "not CBOR"), (cbor2.dumps([1, 2]), "array of 4"), (cbor2.dumps(cbor2.CBORTag(17, [])), "tag 17"),
-     (cbor2.dumps([cbor2.dumps({1: -7}), {}, b"p", b"s"]), "not ES384")],
-)  # fmt: skip
+    [
+        (b"\xff\x00", "not CBOR"),
+        (cbor2.dumps([1, 2]), "array of 4"),
+        (cbor2.dumps(cbor2.CBORTag(17, [])), "tag 17"),
+        (cbor2.dumps([cbor2.dumps({1: -7}), {}, b"p", b"s"]), "not ES384"),
+    ],
+)
 def test_malformed_cose(data, message) -> None:
     with pytest.raises(CoseError, match=message):
         decode_sign1(data)

@@ -46,12 +46,18 @@ CASES = {
     "conv 2 input channels, padding (falls back to folding)": (nn.Sequential(nn.Conv2d(2, 3, 3, padding=1)), (2, 6, 6)),
     "square": (nn.Sequential(nn.Conv2d(1, 2, 2), Square()), (1, 5, 5)),
     "average pooling folded into linear": (
-        nn.Sequential(nn.Conv2d(1, 2, 3), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(2 * 3 * 3, 5)), (1, 8, 8)),
+        nn.Sequential(nn.Conv2d(1, 2, 3), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(2 * 3 * 3, 5)),
+        (1, 8, 8),
+    ),
     "linear then linear (periodic input)": (
-        nn.Sequential(nn.Flatten(), nn.Linear(36, 20), Square(), nn.Linear(20, 7)), (1, 6, 6)),
+        nn.Sequential(nn.Flatten(), nn.Linear(36, 20), Square(), nn.Linear(20, 7)),
+        (1, 6, 6),
+    ),
     "pooling then convolution (folded convolution)": (
-        nn.Sequential(nn.Conv2d(1, 2, 3), Square(), nn.AvgPool2d(2), nn.Conv2d(2, 3, 2)), (1, 10, 10)),
-}  # fmt: skip
+        nn.Sequential(nn.Conv2d(1, 2, 3), Square(), nn.AvgPool2d(2), nn.Conv2d(2, 3, 2)),
+        (1, 10, 10),
+    ),
+}
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -35,8 +35,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with log.open("wb") as sink:  # --port 0: the server binds a free port and prints it
         process = subprocess.Popen(
             [sys.executable, "-m", "serdab.cli.app", "he", "serve", "--model", "he_cnn5", "--port", "0"],
-            stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy(),
-        )  # fmt: skip
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy(),
+        )
     try:
         url = None
         for _ in range(1800):  # the printed URL, then /v1/health (training and self-test come first)
@@ -209,8 +211,12 @@ def test_he_infer_command(server: str, tmp_path, capsys) -> None:
     assert "(144,)" in capsys.readouterr().out
     np.save(tmp_path / "wrong.npy", np.zeros((5, 5)))
     (tmp_path / "text.png").write_text("not an image")
-    for image, words in (("digits:4000", "0 <= N < 360"), (str(tmp_path / "wrong.npy"), "expected 28 x 28"),
-                         (str(tmp_path / "text.png"), "not a readable image"), ("nope.png", "no image")):  # fmt: skip
+    for image, words in (
+        ("digits:4000", "0 <= N < 360"),
+        (str(tmp_path / "wrong.npy"), "expected 28 x 28"),
+        (str(tmp_path / "text.png"), "not a readable image"),
+        ("nope.png", "no image"),
+    ):
         assert main(["he", "infer", image, "--url", server]) == 2
         assert words in capsys.readouterr().err
     assert main(["he", "infer", "digits:1", "--url", server, "--mode", "sideways"]) == 2

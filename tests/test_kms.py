@@ -51,13 +51,27 @@ def postgres() -> Iterator[str]:
         run_as = ["runuser", "-u", "postgres", "--"]
         shutil.chown(base, "postgres")
     port = _free_port()
-    subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [*run_as, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
     server = subprocess.Popen(
-        [*run_as, str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(data),
-         "-c", "listen_addresses=127.0.0.1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            *run_as,
+            str(bindir / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-k",
+            str(data),
+            "-c",
+            "listen_addresses=127.0.0.1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     deadline = time.monotonic() + 30
     while True:
@@ -180,8 +194,13 @@ def test_rotation_keeps_the_model_key(service, host) -> None:
 @pytest.fixture
 def api(service, host) -> TestClient:
     device = NsmDevice(host, "sim-kms", PCRS, debug=False)
-    app = create_app(service, attest=lambda nonce: device.attest(nonce=nonce), admin_token="t" * 32,
-                     share_storage_key=lambda document: b"", replica_id="sim-kms")  # fmt: skip
+    app = create_app(
+        service,
+        attest=lambda nonce: device.attest(nonce=nonce),
+        admin_token="t" * 32,
+        share_storage_key=lambda document: b"",
+        replica_id="sim-kms",
+    )
     return TestClient(app)
 
 
@@ -192,10 +211,13 @@ def api(service, host) -> TestClient:
         ({"content": cbor2.dumps({"doc": 1}), "headers": {"content-type": "application/cbor"}}, 400, "'document'"),
         ({"content": b"x" * (MAX_BODY + 1), "headers": {"content-type": "application/cbor"}}, 413, "limit"),
         ({"json": {"document": "x"}}, 415, "content type must be application/cbor"),
-        ({"content": cbor2.dumps({"document": b"forged"}), "headers": {"content-type": "application/cbor"}},
-         403, "MalformedDocumentError"),
+        (
+            {"content": cbor2.dumps({"document": b"forged"}), "headers": {"content-type": "application/cbor"}},
+            403,
+            "MalformedDocumentError",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_a_4xx_and_the_server_keeps_serving(api, request_kwargs, status, message) -> None:
     response = api.post("/v1/services/echo/keys", **request_kwargs)
     assert response.status_code == status
@@ -211,8 +233,12 @@ def test_unknown_service_and_admin_token(api) -> None:
     assert api.post("/v1/services", json=body, headers={"authorization": "Bearer wrong"}).status_code == 401
     created = api.post("/v1/services", json=body, headers={"authorization": "Bearer " + "t" * 32})
     assert created.status_code == 201 and created.json()["generation"] == 1
-    assert api.post("/v1/services", json={"name": "bad name!"}, headers={"authorization": "Bearer " + "t" * 32}
-                    ).status_code == 422  # fmt: skip
+    assert (
+        api.post(
+            "/v1/services", json={"name": "bad name!"}, headers={"authorization": "Bearer " + "t" * 32}
+        ).status_code
+        == 422
+    )
 
 
 def test_attestation_endpoint_returns_a_document_with_the_nonce(api, host) -> None:
@@ -220,8 +246,9 @@ def test_attestation_endpoint_returns_a_document_with_the_nonce(api, host) -> No
 
     response = api.get("/v1/attestation", params={"nonce": "ab" * 16})
     assert response.headers["content-type"] == "application/cbor"
-    verified = verify_attestation(response.content, allow_simulated=True, simulated_roots=[host.root_cert],
-                                  nonce=bytes.fromhex("ab" * 16))  # fmt: skip
+    verified = verify_attestation(
+        response.content, allow_simulated=True, simulated_roots=[host.root_cert], nonce=bytes.fromhex("ab" * 16)
+    )
     assert verified.module_id == "sim-kms"
     assert api.get("/v1/attestation", params={"nonce": "zz"}).status_code == 400
 

@@ -93,18 +93,29 @@ def test_structure_errors() -> None:
 
 @pytest.mark.parametrize(
     ("text", "spec"),
-    [("resolution:20", "resolution:20"), ("resolution", "resolution:20"), ("trusted-only", "trusted-only"),
-     ("pearson:0.5", "pearson:0.5"), ("SSIM:0.3", "ssim:0.3"), ("mse:0.05", "mse:0.05")],
-)  # fmt: skip
+    [
+        ("resolution:20", "resolution:20"),
+        ("resolution", "resolution:20"),
+        ("trusted-only", "trusted-only"),
+        ("pearson:0.5", "pearson:0.5"),
+        ("SSIM:0.3", "ssim:0.3"),
+        ("mse:0.05", "mse:0.05"),
+    ],
+)
 def test_policies_parse(text, spec) -> None:
     assert parse_policy(text).spec == spec
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("secret", "unknown privacy policy"), ("pearson", "needs a bound"), ("resolution:big", "is not a number"),
-     ("resolution:2.5", "whole number"), ("trusted-only:1", "takes no value")],
-)  # fmt: skip
+    [
+        ("secret", "unknown privacy policy"),
+        ("pearson", "needs a bound"),
+        ("resolution:big", "is not a number"),
+        ("resolution:2.5", "whole number"),
+        ("trusted-only:1", "takes no value"),
+    ],
+)
 def test_bad_policies(text, message) -> None:
     with pytest.raises(PolicyError, match=message):
         parse_policy(text)
@@ -118,10 +129,19 @@ def test_resolution_policy_never_releases_the_input() -> None:
 
 def _leakage(values: list[tuple[float, float, float]]) -> LeakageReport:
     cuts = [
-        CutLeakage(index=i, name=f"b{i}", out_shape=[1], resolution=None, pixels=1, pearson=p, ssim=s, mse=m,
-                   worst_image={"pearson": "x"})
+        CutLeakage(
+            index=i,
+            name=f"b{i}",
+            out_shape=[1],
+            resolution=None,
+            pixels=1,
+            pearson=p,
+            ssim=s,
+            mse=m,
+            worst_image={"pearson": "x"},
+        )
         for i, (p, s, m) in enumerate(values)
-    ]  # fmt: skip
+    ]
     return LeakageReport(model="m", input_shape=[1], images=["x"], method="test", cuts=cuts)
 
 
@@ -279,8 +299,17 @@ def test_a_profile_with_only_the_contract_fields_plans(resnet18_profile, cluster
 
     from serdab.cli.app import main
 
-    contract = ("index", "name", "out_shape", "out_bytes", "resolution", "macs", "params_bytes", "latency_ms",
-                "latency_p95_ms")  # fmt: skip
+    contract = (
+        "index",
+        "name",
+        "out_shape",
+        "out_bytes",
+        "resolution",
+        "macs",
+        "params_bytes",
+        "latency_ms",
+        "latency_p95_ms",
+    )
     full = json.loads(resnet18_profile.model_dump_json())
     minimal = {k: full[k] for k in ("model", "input_shape", "input_bytes", "whole_ms")}
     minimal["blocks"] = [{k: b[k] for k in contract} for b in full["blocks"]]

@@ -104,15 +104,24 @@ def test_an_unreachable_or_malformed_ray_address_fails_in_seconds_with_one_line(
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
     commands = {
-        f"127.0.0.1:{closed}": ["run", "lenet5", "--cluster", str(clusters_dir / "paper.yaml"), "--executor", "ray",
-                                "--input", "synthetic:2"],
+        f"127.0.0.1:{closed}": [
+            "run",
+            "lenet5",
+            "--cluster",
+            str(clusters_dir / "paper.yaml"),
+            "--executor",
+            "ray",
+            "--input",
+            "synthetic:2",
+        ],
         f"ray://127.0.0.1:{closed}": ["serve", "lenet5", "--engine", "ray"],
         "nowhere": ["run", "lenet5", "--cluster", str(clusters_dir / "paper.yaml"), "--executor", "ray"],
-    }  # fmt: skip
+    }
     for address, args in commands.items():
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "serdab", *args, "--address", address], capture_output=True,
-                              text=True, timeout=120)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "serdab", *args, "--address", address], capture_output=True, text=True, timeout=120
+        )
         errors = [line for line in done.stderr.splitlines() if line.startswith("serdab: error:")]
         assert done.returncode == 2, (address, done.returncode, done.stderr[-1500:])
         assert len(errors) == 1 and ("no Ray cluster answers" in errors[0] or "a Ray address is" in errors[0])

@@ -61,8 +61,12 @@ def test_each_kind_is_routed_right_and_secure_requests_travel_sealed(ray_cluster
         with httpx.Client(base_url=service.url) as http:  # plaintext secure routes are refused, not forwarded
             assert http.post("/predict-secure", json={"images": []}).status_code == 403
             assert http.post("/secure/v2/models/lenet5/infer", json={"inputs": []}).status_code == 403
-            assert http.post("/secure/v1/sealed", content=b"junk",
-                             headers={"content-type": "application/octet-stream"}).status_code == 400  # fmt: skip
+            assert (
+                http.post(
+                    "/secure/v1/sealed", content=b"junk", headers={"content-type": "application/octet-stream"}
+                ).status_code
+                == 400
+            )
         wrong = service.trust() | {"replica_pcrs": {"0": "00" * 48, "1": "00" * 48, "2": "00" * 48}}
         with Client(service.url, trust=wrong) as client, pytest.raises(AttestationError, match="other PCRs"):
             client.infer(X, secure=True)
@@ -73,8 +77,9 @@ def test_each_kind_is_routed_right_and_secure_requests_travel_sealed(ray_cluster
 
 def test_the_epc_aware_router_sheds_the_host_that_pages(ray_cluster, tmp_path: Path) -> None:
     stress = tmp_path / "stress"
-    service = _service(ray_cluster, public=0, secure=2, balancer="epc-aware:2000:0.7:3", stats_period_s=0.25,
-                       stress_dir=str(stress))  # fmt: skip
+    service = _service(
+        ray_cluster, public=0, secure=2, balancer="epc-aware:2000:0.7:3", stats_period_s=0.25, stress_dir=str(stress)
+    )
     clients = [Client(service.url, trust=service.trust()) for _ in range(3)]  # connections land on either proxy
     try:
 
@@ -111,8 +116,7 @@ def test_the_epc_aware_router_sheds_the_host_that_pages(ray_cluster, tmp_path: P
 
 
 def test_the_autoscaling_rule_scales_ray_serve_up_and_down(ray_cluster) -> None:
-    service = _service(ray_cluster, public=1, secure=0, autoscale={"public": (1, 2)}, cooldown_s=1.0,
-                       look_back_s=1.0)  # fmt: skip
+    service = _service(ray_cluster, public=1, secure=0, autoscale={"public": (1, 2)}, cooldown_s=1.0, look_back_s=1.0)
     stop = threading.Event()
     errors: list[Exception] = []
 
@@ -175,10 +179,28 @@ def test_serve_engine_ray_as_a_process_with_haproxy_ingress_and_sigterm_stops_ev
     pytest.importorskip("ray", reason="the ray extra is not installed")
     port, trust_file = _port(), tmp_path / "trust.json"
     process = subprocess.Popen(
-        [sys.executable, "-m", "serdab", "serve", "lenet5", "--engine", "ray",
-         "--secure", "1", "--public", "1", "--port", str(port), "--trust-file", str(trust_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "serdab",
+            "serve",
+            "lenet5",
+            "--engine",
+            "ray",
+            "--secure",
+            "1",
+            "--public",
+            "1",
+            "--port",
+            str(port),
+            "--trust-file",
+            str(trust_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
     started: set[int] = set()
     try:
         lines = []

@@ -137,8 +137,15 @@ def three(tmp_path: Path):
 
 def test_three_stage_dag_pipeline_equals_the_whole_model(three, executor) -> None:
     chain = chain_of("resnet18")
-    manager = _manager("resnet18", three, executor, chunk=3, native=True, keep_outputs=True,
-                       placement="tee1[0-7] -> tee2[8-11] -> cpu3[12-21]")  # fmt: skip
+    manager = _manager(
+        "resnet18",
+        three,
+        executor,
+        chunk=3,
+        native=True,
+        keep_outputs=True,
+        placement="tee1[0-7] -> tee2[8-11] -> cpu3[12-21]",
+    )
     lines: list[dict] = []
     summary = manager.run(open_source("synthetic:5", chain.input_shape).frames(), on_result=lines.append)
     whole = make_session(chain.model)
@@ -217,8 +224,15 @@ def test_killing_a_worker_mid_stream_loses_no_frame(victim: str, executor) -> No
 
 
 def test_an_injected_slowdown_triggers_repartitioning_without_losing_frames() -> None:
-    manager = _manager("lenet5", load_cluster("paper"), chunk=4, placement=None, dilation=40.0,
-                       slowdowns={"e1": (20.0, 0)}, repartition=Repartitioner(0.2, 2))  # fmt: skip
+    manager = _manager(
+        "lenet5",
+        load_cluster("paper"),
+        chunk=4,
+        placement=None,
+        dilation=40.0,
+        slowdowns={"e1": (20.0, 0)},
+        repartition=Repartitioner(0.2, 2),
+    )
     lines: list[dict] = []
     summary = manager.run(open_source("synthetic:24", (1, 1, 28, 28)).frames(), on_result=lines.append)
     assert [line["frame"] for line in lines] == list(range(24))
@@ -253,8 +267,7 @@ def test_an_enclave_from_other_code_is_refused_by_the_manager_and_by_the_kms(mon
     import serdab.tee.verify as verify
 
     real = verify.verify_attestation
-    monkeypatch.setattr(verify, "verify_attestation",
-                        lambda doc, **kw: real(doc, **{**kw, "expected_pcrs": None}))  # fmt: skip
+    monkeypatch.setattr(verify, "verify_attestation", lambda doc, **kw: real(doc, **{**kw, "expected_pcrs": None}))
     manager = _manager("lenet5", load_cluster("paper"), chunk=4, placement="tee1[0-2] -> e1[3-11]")
     monkeypatch.setattr("serdab.kms.service.verify_attestation", real)
     with pytest.raises(WorkerError, match="refused: PcrMismatchError"):

@@ -46,17 +46,21 @@ def test_layer_tables_follow_eq_1_to_3() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"devices": 0}, "at least one participant"), ({"mix": (0.5, 0.6, 0.0)}, "summing to 1"),
-     ({"privacy": "max"}, "unknown privacy level")],
-)  # fmt: skip
+    [
+        ({"devices": 0}, "at least one participant"),
+        ({"mix": (0.5, 0.6, 0.0)}, "summing to 1"),
+        ({"privacy": "max"}, "unknown privacy level"),
+    ],
+)
 def test_bad_configurations(kwargs, message) -> None:
     with pytest.raises(SerdabError, match=message):
         SystemConfig(**kwargs)
 
 
 @pytest.mark.parametrize("privacy", ["none", "hidden2", "half"])
-@pytest.mark.parametrize("make_policy", [GreedyPolicy, StaticPolicy, lambda: RandomPolicy(seed=2)],
-                         ids=["greedy", "static", "random"])  # fmt: skip
+@pytest.mark.parametrize(
+    "make_policy", [GreedyPolicy, StaticPolicy, lambda: RandomPolicy(seed=2)], ids=["greedy", "static", "random"]
+)
 def test_stream_invariants(make_policy, privacy) -> None:
     policy = make_policy()  # a fresh instance per case: no state shared between parametrised runs
     config = SystemConfig(devices=12, sources=3, privacy=privacy)
@@ -73,8 +77,11 @@ def test_stream_invariants(make_policy, privacy) -> None:
         source = state.source_device(request.source)
         assert request.devices[0] == request.devices[-1] == source  # 4.e-f
         assert len(request.devices) == request.cnn.depth
-        for free, cap in ((state.free_compute, state.cap_compute), (state.free_memory, state.cap_memory),
-                          (state.free_bandwidth, state.cap_bandwidth)):  # fmt: skip
+        for free, cap in (
+            (state.free_compute, state.cap_compute),
+            (state.free_memory, state.cap_memory),
+            (state.free_bandwidth, state.cap_bandwidth),
+        ):
             assert (free >= -1e-6).all() and (free <= cap + 1e-6).all()  # never negative, never above capacity
         if ok:  # exposure: exactly the (device, layer) pairs this request used were added
             c = state.cnn_index(request.cnn)
@@ -105,8 +112,9 @@ def test_greedy_only_picks_devices_the_constraints_allow() -> None:
 
 
 def _toy_state(privacy: str) -> SystemState:
-    state = SystemState(SystemConfig(devices=2, sources=1, mix=(0.5, 0.0, 0.5), privacy=privacy), (TOY,),
-                        np.random.default_rng(0))  # fmt: skip
+    state = SystemState(
+        SystemConfig(devices=2, sources=1, mix=(0.5, 0.0, 0.5), privacy=privacy), (TOY,), np.random.default_rng(0)
+    )
     return state
 
 
@@ -134,8 +142,9 @@ def test_exact_solver_on_a_hand_checked_instance(privacy) -> None:
 
 def test_exact_is_never_worse_than_greedy() -> None:
     for privacy in ("none", "half"):
-        state = SystemState(SystemConfig(devices=5, sources=2, privacy=privacy), workload("lenet"),
-                            np.random.default_rng(3))  # fmt: skip
+        state = SystemState(
+            SystemConfig(devices=5, sources=2, privacy=privacy), workload("lenet"), np.random.default_rng(3)
+        )
         requests = [state.new_request(i % 2, 0.0) for i in range(3)]
         exact = solve_exact(state, requests)
         greedy_state, greedy_requests = copy.deepcopy(state), copy.deepcopy(requests)
@@ -151,8 +160,9 @@ def test_search_finds_a_valid_placement_whenever_one_exists_and_matches_the_opti
     from serdab.schedule import SearchPolicy, feasible_exists
 
     for privacy in ("none", "hidden2", "half"):
-        state = SystemState(SystemConfig(devices=6, sources=2, privacy=privacy), workload("lenet"),
-                            np.random.default_rng(0))  # fmt: skip
+        state = SystemState(
+            SystemConfig(devices=6, sources=2, privacy=privacy), workload("lenet"), np.random.default_rng(0)
+        )
         requests = [state.new_request(i % 2, 0.0) for i in range(3)]
         exact = solve_exact(state, requests)
         total = 0.0
@@ -240,8 +250,16 @@ def test_tiny_benchmark_writes_the_json_contract(tmp_path) -> None:
     result = run_rlpdnn_bench(True, workloads=["lenet"], steps=400, requests=15, sweeps=False)
     assert {r["policy"] for r in result["rows"]} == {"static", "greedy", "search", "dqn", "dqn-masked"}
     for row in result["rows"]:
-        assert {"workload", "privacy", "policy", "accuracy", "mean_latency_s", "shared_mb", "decision_ms",
-                "gap_to_optimal"} <= set(row)  # fmt: skip
+        assert {
+            "workload",
+            "privacy",
+            "policy",
+            "accuracy",
+            "mean_latency_s",
+            "shared_mb",
+            "decision_ms",
+            "gap_to_optimal",
+        } <= set(row)
     search = [r for r in result["rows"] if r["policy"] == "search"]
     assert all(r["accuracy_feasible"] >= 0.99 for r in search)
     assert all(r["gap_to_optimal"] is not None and r["gap_to_optimal"] < 0.05 for r in search)

@@ -17,8 +17,9 @@ INFER = "/v2/models/m/infer"
 def test_a_sealed_request_opens_only_with_the_service_key_and_its_answer_only_for_its_request() -> None:
     service, other = new_key(), new_key()
     session = SealedSession(service.public_key())
-    request = session.seal("POST", INFER, b"tensor bytes", {"content-type": "application/octet-stream",
-                                                             "x-other": "dropped"})  # fmt: skip
+    request = session.seal(
+        "POST", INFER, b"tensor bytes", {"content-type": "application/octet-stream", "x-other": "dropped"}
+    )
     assert b"tensor bytes" not in request and INFER.encode() not in request
     opened = SessionKeys(service).open(request)
     assert (opened.method, opened.path, opened.body) == ("POST", INFER, b"tensor bytes")
@@ -62,8 +63,12 @@ def test_a_request_cannot_be_moved_to_another_session_and_sessions_are_opened_on
 def test_a_sealed_request_may_only_ask_for_inference() -> None:
     service = new_key()
     session = SealedSession(service.public_key())
-    for method, path in (("POST", "/v1/sealed"), ("POST", "/metrics"), ("POST", "/v2/models/../../v1/sealed"),
-                         ("DELETE", INFER)):  # fmt: skip
+    for method, path in (
+        ("POST", "/v1/sealed"),
+        ("POST", "/metrics"),
+        ("POST", "/v2/models/../../v1/sealed"),
+        ("DELETE", INFER),
+    ):
         with pytest.raises(ServeError, match="may not ask for|needs GET or POST"):
             SessionKeys(service).open(session.seal(method, path, b"", {}))
 

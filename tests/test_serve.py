@@ -64,7 +64,7 @@ def test_oip_request_and_response_round_trip(binary):
         ),
         (b"{}", "999", "outside the 2-byte body"),
         (b"{}", "two", "must be an integer"),
-    ],  # fmt: skip
+    ],
 )
 def test_malformed_oip_requests_are_named(body, header, message):
     with pytest.raises(InferenceRequestError, match=message):
@@ -95,8 +95,10 @@ def test_oip_endpoints_answer_as_the_protocol_says(replica_url):
         assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
         assert meta["outputs"][0]["datatype"] == "FP32"
         assert http.get("/v2/models/lenet5/ready").json()["ready"] is True
-        body = {"id": "q", "inputs": [{"name": "input", "shape": [2, 1, 28, 28], "datatype": "FP32",
-                                       "data": X.tolist()}]}  # fmt: skip
+        body = {
+            "id": "q",
+            "inputs": [{"name": "input", "shape": [2, 1, 28, 28], "datatype": "FP32", "data": X.tolist()}],
+        }
         reply = http.post("/v2/models/lenet5/infer", json=body)
         assert reply.status_code == 200 and reply.json()["id"] == "q"
         out = reply.json()["outputs"][0]
@@ -127,11 +129,13 @@ def test_bad_requests_get_a_4xx_with_a_message_and_the_replica_keeps_serving(rep
     if kind == "malformed":
         body = b'{"inputs": [{'
     elif kind == "shape":
-        body = json.dumps({"inputs": [{"name": "input", "shape": [2, 1, 28, 27], "datatype": "FP32",
-                                       "data": [0.0] * (2 * 28 * 27)}]}).encode()  # fmt: skip
+        body = json.dumps(
+            {"inputs": [{"name": "input", "shape": [2, 1, 28, 27], "datatype": "FP32", "data": [0.0] * (2 * 28 * 27)}]}
+        ).encode()
     elif kind == "dtype":
-        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "INT32",
-                                       "data": [0] * 784}]}).encode()  # fmt: skip
+        body = json.dumps(
+            {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "INT32", "data": [0] * 784}]}
+        ).encode()
     elif kind == "unknown-model":
         path, body = "/v2/models/resnet50/infer", b"{}"
     elif kind == "unknown-input":

@@ -100,7 +100,7 @@ def pick_from(policy, replicas, state, n):
         ("sed:3", "takes no options"),
         ("epc-aware:x", "bad epc-aware"),
         ("epc-aware:100:2", "fraction <= 1"),
-    ],  # fmt: skip
+    ],
 )
 def test_bad_balancer_specs_say_what_is_valid(spec, message):
     with pytest.raises(ServeConfigError, match=message):

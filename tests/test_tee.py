@@ -94,8 +94,9 @@ def test_pcrs_follow_what_changed(tmp_path, image, pcrs) -> None:
     assert pcrs[PCR_TLS] == bytes(48)  # extended at run time, not build time
     (tmp_path / "src2").mkdir()
     (tmp_path / "src2" / "app.py").write_text(APP + "\n# one more line\n")
-    other = measure_image(build_image(tmp_path / "src2", tmp_path / "img2", "app:main",
-                                      models={"w.bin": tmp_path / "weights.bin"}))  # fmt: skip
+    other = measure_image(
+        build_image(tmp_path / "src2", tmp_path / "img2", "app:main", models={"w.bin": tmp_path / "weights.bin"})
+    )
     assert other[PCR_APP] != pcrs[PCR_APP] and other[PCR_IMAGE] != pcrs[PCR_IMAGE]
     assert other[PCR_MODELS] == pcrs[PCR_MODELS]
     debug = measure_image(build_image(tmp_path / "src", tmp_path / "dbg", "app:main", debug=True))
@@ -115,8 +116,16 @@ def test_simulated_document_verifies_and_says_simulated(host, pcrs) -> None:
     assert verified.tee_type == "simulated"
     assert verified.module_id.startswith("sim-")
     assert set(cbor2.loads(cbor2.loads(document).value[2])) >= {
-        "module_id", "digest", "timestamp", "pcrs", "certificate", "cabundle", "public_key", "user_data", "nonce"
-    }  # fmt: skip
+        "module_id",
+        "digest",
+        "timestamp",
+        "pcrs",
+        "certificate",
+        "cabundle",
+        "public_key",
+        "user_data",
+        "nonce",
+    }
 
 
 def test_aws_nitro_root_is_pinned_by_its_published_fingerprint() -> None:

@@ -39,12 +39,27 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _cert(subject: str, issuer: x509.Name, public_key, signer, *, ca: bool | None, path: int | None = None,
-          usage: x509.KeyUsage | None = None, algorithm=hashes.SHA384()) -> x509.Certificate:  # fmt: skip
+def _cert(
+    subject: str,
+    issuer: x509.Name,
+    public_key,
+    signer,
+    *,
+    ca: bool | None,
+    path: int | None = None,
+    usage: x509.KeyUsage | None = None,
+    algorithm=hashes.SHA384(),
+) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
-    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer).public_key(public_key)
-               .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-               .not_valid_after(now + dt.timedelta(days=1)))  # fmt: skip
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+    )
     if ca is not None:
         builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=path), critical=True)
     if usage is not None:
@@ -52,13 +67,22 @@ def _cert(subject: str, issuer: x509.Name, public_key, signer, *, ca: bool | Non
     return builder.sign(signer, algorithm)
 
 
-def _document(host: HostIdentity, leaf: x509.Certificate, key, bundle: list[x509.Certificate] | None = None,
-              module_id: str = "sim-test-enc0000", **fields) -> bytes:  # fmt: skip
+def _document(
+    host: HostIdentity,
+    leaf: x509.Certificate,
+    key,
+    bundle: list[x509.Certificate] | None = None,
+    module_id: str = "sim-test-enc0000",
+    **fields,
+) -> bytes:
     document = AttestationDocument(
-        module_id=module_id, timestamp_ms=int(dt.datetime.now(dt.UTC).timestamp() * 1000), pcrs=PCRS,
-        certificate=cert_der(leaf), cabundle=[cert_der(c) for c in bundle or [host.root_cert, host.host_cert]],
+        module_id=module_id,
+        timestamp_ms=int(dt.datetime.now(dt.UTC).timestamp() * 1000),
+        pcrs=PCRS,
+        certificate=cert_der(leaf),
+        cabundle=[cert_der(c) for c in bundle or [host.root_cert, host.host_cert]],
         **fields,
-    )  # fmt: skip
+    )
     return cose_sign1(document.payload(), key)
 
 
@@ -203,8 +227,15 @@ def test_the_kms_release_endpoint_never_answers_500(host, tmp_path) -> None:
     service = KeyService(StateStore(SqliteStore(tmp_path / "kms.db"), os.urandom(32)), simulated_roots=[host.root_cert])
     service.register("echo", ServicePolicy(pcrs={i: v.hex() for i, v in PCRS.items()}, allow_simulated=True))
     device = NsmDevice(host, "sim-kms", PCRS, debug=False)
-    api = TestClient(create_app(service, attest=lambda nonce: device.attest(nonce=nonce), admin_token="t" * 32,
-                                share_storage_key=lambda document: b"", replica_id="sim-kms"))  # fmt: skip
+    api = TestClient(
+        create_app(
+            service,
+            attest=lambda nonce: device.attest(nonce=nonce),
+            admin_token="t" * 32,
+            share_storage_key=lambda document: b"",
+            replica_id="sim-kms",
+        )
+    )
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     rsa_public = rsa_key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -216,8 +247,11 @@ def test_the_kms_release_endpoint_never_answers_500(host, tmp_path) -> None:
         b"\xa0" * 100,
     ]
     for document in documents:
-        response = api.post("/v1/services/echo/keys", content=cbor2.dumps({"document": document}),
-                            headers={"content-type": "application/cbor"})  # fmt: skip
+        response = api.post(
+            "/v1/services/echo/keys",
+            content=cbor2.dumps({"document": document}),
+            headers={"content-type": "application/cbor"},
+        )
         assert 400 <= response.status_code < 500, response.text
     assert api.get("/v1/health").status_code == 200
 
@@ -225,10 +259,14 @@ def test_the_kms_release_endpoint_never_answers_500(host, tmp_path) -> None:
 # --- fuzzing genuine documents ---------------------------------------------------------------------------
 FIELDS = ["module_id", "digest", "timestamp", "pcrs", "certificate", "cabundle", "public_key", "user_data", "nonce"]
 VALUES = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), st.binary(max_size=80),
-    st.text(max_size=20), st.lists(st.binary(max_size=40), max_size=3),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.binary(max_size=80),
+    st.text(max_size=20),
+    st.lists(st.binary(max_size=40), max_size=3),
     st.dictionaries(st.integers(-3, 40), st.binary(max_size=70), max_size=3),
-)  # fmt: skip
+)
 
 
 @pytest.fixture(scope="module")
@@ -251,9 +289,16 @@ def _outcome(document: bytes, host: HostIdentity, original: dict | None) -> None
 
 
 def _as_fields(f: dict) -> dict:
-    return {"module_id": f["module_id"], "timestamp_ms": f["timestamp"], "pcrs": f["pcrs"],
-            "certificate": f["certificate"], "cabundle": list(f["cabundle"]), "public_key": f["public_key"],
-            "user_data": f["user_data"], "nonce": f["nonce"]}  # fmt: skip
+    return {
+        "module_id": f["module_id"],
+        "timestamp_ms": f["timestamp"],
+        "pcrs": f["pcrs"],
+        "certificate": f["certificate"],
+        "cabundle": list(f["cabundle"]),
+        "public_key": f["public_key"],
+        "user_data": f["user_data"],
+        "nonce": f["nonce"],
+    }
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

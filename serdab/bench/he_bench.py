@@ -175,10 +175,23 @@ def run_he_bench(quick: bool = False, progress: Callable[[str], None] = lambda _
         plain_acc = _transfer_accuracies(plain_train, y_train.numpy(), plain_test, labels[:n])
         approx_acc = _transfer_accuracies(approx_train, y_train.numpy(), approx_test, labels[:n])
         enc_acc = _transfer_accuracies(encrypted_train, y_train.numpy(), np.asarray(features), labels[:n])
-        rows.append(_row(net, "transfer", session, stats, n, layer=layer, features=int(np.asarray(features).shape[1]),
-                         acc_plain=plain_acc["svm"], acc_approx=approx_acc["svm"], acc_encrypted=enc_acc["svm"],
-                         acc_encrypted_fc=enc_acc["fc"], acc_approx_fc=approx_acc["fc"],
-                         classifier_train_features=train_source))  # fmt: skip
+        rows.append(
+            _row(
+                net,
+                "transfer",
+                session,
+                stats,
+                n,
+                layer=layer,
+                features=int(np.asarray(features).shape[1]),
+                acc_plain=plain_acc["svm"],
+                acc_approx=approx_acc["svm"],
+                acc_encrypted=enc_acc["svm"],
+                acc_encrypted_fc=enc_acc["fc"],
+                acc_approx_fc=approx_acc["fc"],
+                classifier_train_features=train_source,
+            )
+        )
         # batch mode, a full ring of images (the held-out digits repeated), he_cnn5 at the chosen ring
         if net == "he_cnn5" and ring is None:
             slots = model.params.slots

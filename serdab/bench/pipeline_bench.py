@@ -46,15 +46,22 @@ PLAN_CHUNK = 10_800
 
 def _measure(chain: Any, name: str, profile: Any, cluster: Cluster, placement: Any, frames: int, native: bool = False):
     devices = [cluster.device(d) for d in placement.devices]
-    options = RunOptions(chunk=frames, placement=placement.describe(), native=native, repartition=None,
-                         dilation=None if native else choose_dilation(devices), replicate=True)  # fmt: skip
+    options = RunOptions(
+        chunk=frames,
+        placement=placement.describe(),
+        native=native,
+        repartition=None,
+        dilation=None if native else choose_dilation(devices),
+        replicate=True,
+    )
     manager = ApplicationManager(chain, name, profile, cluster, options)
     summary = manager.run(open_source(f"synthetic:{frames}", chain.input_shape).frames())
     return summary, summary.chunks[-1]
 
 
-def run_pipeline_bench(cluster: Cluster, models: list[str], frames: int,
-                       progress: Callable[[str], None] = lambda _: None) -> list[dict[str, Any]]:  # fmt: skip
+def run_pipeline_bench(
+    cluster: Cluster, models: list[str], frames: int, progress: Callable[[str], None] = lambda _: None
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for model in models:
         progress(f"profiling {model}")
@@ -73,20 +80,31 @@ def run_pipeline_bench(cluster: Cluster, models: list[str], frames: int,
             summary, chunk = _measure(opened.chain, opened.name, profile, cluster, placement, frames)
             long_run = request.evaluate(placement)
             row.update(
-                feasible=True, placement=placement.describe(), dilation=summary.dilation,
-                measured_chunk_s=chunk.measured_chunk_s, predicted_chunk_s=chunk.predicted_chunk_s,
+                feasible=True,
+                placement=placement.describe(),
+                dilation=summary.dilation,
+                measured_chunk_s=chunk.measured_chunk_s,
+                predicted_chunk_s=chunk.predicted_chunk_s,
                 simulated_chunk_s=chunk.simulated_chunk_s,
-                measured_latency_s=chunk.measured_latency_s, predicted_latency_s=chunk.predicted_latency_s,
+                measured_latency_s=chunk.measured_latency_s,
+                predicted_latency_s=chunk.predicted_latency_s,
                 first_frame_latency_s=chunk.first_frame_latency_s,
-                measured_period_s=chunk.measured_period_s, predicted_period_s=chunk.predicted_period_s,
-                predicted_bottleneck=chunk.predicted_bottleneck, measured_bottleneck=chunk.measured_bottleneck,
+                measured_period_s=chunk.measured_period_s,
+                predicted_period_s=chunk.predicted_period_s,
+                predicted_bottleneck=chunk.predicted_bottleneck,
+                measured_bottleneck=chunk.measured_bottleneck,
                 throughput_ratio=(chunk.predicted_period_s / chunk.measured_period_s) if chunk.measured_period_s else 0,
-                predicted_chunk_10800_s=long_run.chunk_time_s, wall_s=summary.wall_s,
+                predicted_chunk_10800_s=long_run.chunk_time_s,
+                wall_s=summary.wall_s,
                 stages=[s.model_dump() for s in chunk.stages],
-            )  # fmt: skip
+            )
             if planner == "single-tee":
-                base = {"T": chunk.measured_chunk_s, "P": chunk.measured_period_s, "T_pred": chunk.predicted_chunk_s,
-                        "P_pred": long_run.chunk_time_s}  # fmt: skip
+                base = {
+                    "T": chunk.measured_chunk_s,
+                    "P": chunk.measured_period_s,
+                    "T_pred": chunk.predicted_chunk_s,
+                    "P_pred": long_run.chunk_time_s,
+                }
             if base:
                 row["speedup_measured_chunk"] = base["T"] / chunk.measured_chunk_s
                 row["speedup_measured_period"] = base["P"] / chunk.measured_period_s
@@ -131,8 +149,14 @@ def hop_overhead(
         times = results.get(timeout=60)
         child.join(timeout=10)
         sock.close()
-        rows.append({"bytes": size, "processes": processes, "median_ms": 1000 * statistics.median(times),
-                     "p95_ms": 1000 * float(np.percentile(times, 95))})  # fmt: skip
+        rows.append(
+            {
+                "bytes": size,
+                "processes": processes,
+                "median_ms": 1000 * statistics.median(times),
+                "p95_ms": 1000 * float(np.percentile(times, 95)),
+            }
+        )
     return rows
 
 
@@ -141,8 +165,9 @@ def worker_overhead(cluster: Cluster, model: str = "resnet18", frames: int = 30)
     directly, timed before and after the pipeline run (the lower median counts: noise only adds)."""
     opened = open_chain(model)
     profile, _ = cached_profile(opened.chain, opened.name)
-    single = get_planner("single-tee").plan(_request(Workload.from_profile(profile), cluster, PLAN_CHUNK,
-                                                     "resolution:20", False))  # fmt: skip
+    single = get_planner("single-tee").plan(
+        _request(Workload.from_profile(profile), cluster, PLAN_CHUNK, "resolution:20", False)
+    )
     if single is None:
         raise RuntimeError(f"{model} does not fit one enclave of {cluster.name}")
     session = make_session(opened.chain.model)
@@ -161,9 +186,15 @@ def worker_overhead(cluster: Cluster, model: str = "resnet18", frames: int = 30)
     after = direct()
     direct_ms = min(before, after)
     period_ms = 1000 * chunk.measured_period_s
-    return {"model": model, "direct_ms": direct_ms, "direct_before_ms": before, "direct_after_ms": after,
-            "stage_ms": chunk.stages[0].measured_ms, "pipeline_period_ms": period_ms,
-            "overhead_per_frame_ms": period_ms - direct_ms}  # fmt: skip
+    return {
+        "model": model,
+        "direct_ms": direct_ms,
+        "direct_before_ms": before,
+        "direct_after_ms": after,
+        "stage_ms": chunk.stages[0].measured_ms,
+        "pipeline_period_ms": period_ms,
+        "overhead_per_frame_ms": period_ms - direct_ms,
+    }
 
 
 def plot_pipeline_bench(result: dict[str, Any], path: Path) -> None:
@@ -173,10 +204,14 @@ def plot_pipeline_bench(result: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     width = 0.8 / len(labels)
     for i, label in enumerate(labels):
-        measured = [next((r.get("speedup_measured_period") or 0 for r in rows
-                          if r["model"] == m and r["strategy"] == label), 0) for m in models]  # fmt: skip
-        predicted = [next((r.get("speedup_predicted_10800") or 0 for r in rows
-                           if r["model"] == m and r["strategy"] == label), 0) for m in models]  # fmt: skip
+        measured = [
+            next((r.get("speedup_measured_period") or 0 for r in rows if r["model"] == m and r["strategy"] == label), 0)
+            for m in models
+        ]
+        predicted = [
+            next((r.get("speedup_predicted_10800") or 0 for r in rows if r["model"] == m and r["strategy"] == label), 0)
+            for m in models
+        ]
         xs = np.arange(len(models)) + i * width
         axes[0].bar(xs, measured, width, label=label)
         axes[0].scatter(xs, predicted, color="black", marker="_", s=80, zorder=3)

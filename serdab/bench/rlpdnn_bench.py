@@ -123,18 +123,37 @@ def run_rlpdnn_bench(
     for devices in ((15, 30, 51, 60) if not quick else (15, 51)) if sweeps else ():
         for policy in (GreedyPolicy(), SearchPolicy()):
             say(f"device sweep: {devices} devices, {policy.name}")
-            result = run_stream(policy, SystemConfig(devices=devices, privacy="half"), workload("hetero"),
-                                requests, seed=seed + 200, check_feasible=False)  # fmt: skip
-            sweep.append({"devices": devices, "policy": policy.name, "accuracy": result.accuracy,
-                          "mean_latency_s": result.mean_latency_s})  # fmt: skip
+            result = run_stream(
+                policy,
+                SystemConfig(devices=devices, privacy="half"),
+                workload("hetero"),
+                requests,
+                seed=seed + 200,
+                check_feasible=False,
+            )
+            sweep.append(
+                {
+                    "devices": devices,
+                    "policy": policy.name,
+                    "accuracy": result.accuracy,
+                    "mean_latency_s": result.mean_latency_s,
+                }
+            )
     mixes = []
     mix_options = ((1.0, 0.0, 0.0), (1 / 3, 1 / 3, 1 / 3), (0.0, 0.5, 0.5)) if not quick else ((1 / 3, 1 / 3, 1 / 3),)
     for mix in mix_options if sweeps else ():
         say(f"device mix {mix}")
-        result = run_stream(SearchPolicy(), SystemConfig(mix=mix, privacy="none"), workload("vgg"), requests // 2,
-                            seed=seed + 300, check_feasible=False)  # fmt: skip
-        mixes.append({"mix": list(mix), "policy": "search", "accuracy": result.accuracy,
-                      "mean_latency_s": result.mean_latency_s})  # fmt: skip
+        result = run_stream(
+            SearchPolicy(),
+            SystemConfig(mix=mix, privacy="none"),
+            workload("vgg"),
+            requests // 2,
+            seed=seed + 300,
+            check_feasible=False,
+        )
+        mixes.append(
+            {"mix": list(mix), "policy": "search", "accuracy": result.accuracy, "mean_latency_s": result.mean_latency_s}
+        )
     return {
         "quick": quick,
         "train_steps": steps,
@@ -158,11 +177,15 @@ def plot_rlpdnn(result: dict[str, Any], path: Path) -> None:
     configs = list(dict.fromkeys((r["workload"], r["privacy"]) for r in rows))
     fig, axes = plt.subplots(2, 3, figsize=(19, 9), gridspec_kw={"width_ratios": [3, 3, 1.4]})
     width = 0.8 / len(policies)
-    for ax, key, label in ((axes[0, 0], "accuracy", "accuracy (constraints met)"),
-                           (axes[0, 1], "mean_latency_s", "mean latency (s, log)")):  # fmt: skip
+    for ax, key, label in (
+        (axes[0, 0], "accuracy", "accuracy (constraints met)"),
+        (axes[0, 1], "mean_latency_s", "mean latency (s, log)"),
+    ):
         for j, policy in enumerate(policies):
-            values = [next((r[key] for r in rows if (r["workload"], r["privacy"]) == c and r["policy"] == policy), 0)
-                      for c in configs]  # fmt: skip
+            values = [
+                next((r[key] for r in rows if (r["workload"], r["privacy"]) == c and r["policy"] == policy), 0)
+                for c in configs
+            ]
             values = [0 if v is None or v != v else v for v in values]
             ax.bar(
                 [i + (j - len(policies) / 2 + 0.5) * width for i in range(len(configs))], values, width, label=policy

@@ -75,8 +75,15 @@ def _tree_rss(roots: list[int], exclude: set[int] = frozenset()) -> int:  # type
     return sum(_rss_bytes(p) for p in seen)
 
 
-def _run(model: str, placement: str, frames: int, chunk: int, native: bool, executor: Any,
-         on_sample: Callable[[], dict[str, int]]) -> dict[str, Any]:  # fmt: skip
+def _run(
+    model: str,
+    placement: str,
+    frames: int,
+    chunk: int,
+    native: bool,
+    executor: Any,
+    on_sample: Callable[[], dict[str, int]],
+) -> dict[str, Any]:
     opened = open_chain(model)
     profile, _ = cached_profile(opened.chain, opened.name)
     options = RunOptions(chunk=chunk, placement=placement, native=native, repartition=None)
@@ -97,8 +104,11 @@ def _run(model: str, placement: str, frames: int, chunk: int, native: bool, exec
     stream_s = sum(c.measured_chunk_s for c in summary.chunks) * d  # host seconds streaming, deploys excluded
     host_latency = [line["latency_ms"] * d for line in lines]
     return {
-        "frames": len(lines), "in_order": [line["frame"] for line in lines] == list(range(frames)),
-        "dilation": d, "wall_s": wall, "deploy_s": wall - stream_s,
+        "frames": len(lines),
+        "in_order": [line["frame"] for line in lines] == list(range(frames)),
+        "dilation": d,
+        "wall_s": wall,
+        "deploy_s": wall - stream_s,
         "throughput_fps": len(lines) / stream_s if stream_s > 0 else 0.0,
         "latency_p50_ms": float(np.percentile(host_latency, 50)),
         "latency_p99_ms": float(np.percentile(host_latency, 99)),
@@ -106,7 +116,7 @@ def _run(model: str, placement: str, frames: int, chunk: int, native: bool, exec
         "predicted_period_ms": float(np.mean([c.predicted_period_s for c in steady])) * 1000 * d,
         "measured_period_ms": float(np.mean([c.measured_period_s for c in steady])) * 1000 * d,
         "memory_bytes": memory,
-    }  # fmt: skip
+    }
 
 
 def run_pipeline_scale(
@@ -134,8 +144,10 @@ def run_pipeline_scale(
         rows.append({"executor": "local", "nodes": 0, "mode": mode, **row})
         for label, layout in LAYOUTS.items():
             progress(f"{label}, {mode}")
-            cluster = Cluster(initialize_head=True, head_node_args={
-                "num_cpus": 1, "resources": {device_resource(d): 1.0 for d in layout[0]}})  # fmt: skip
+            cluster = Cluster(
+                initialize_head=True,
+                head_node_args={"num_cpus": 1, "resources": {device_resource(d): 1.0 for d in layout[0]}},
+            )
             for devices in layout[1:]:
                 cluster.add_node(num_cpus=1, resources={device_resource(d): 1.0 for d in devices})
             ray.init(address=cluster.address, logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
@@ -183,8 +195,7 @@ def plot_scale_bench(result: dict[str, Any], png: Path) -> None:
         ax = axes[2]
         for engine, marker in (("gateway", "o"), ("ray", "s"), ("ray-haproxy", "^")):
             chosen = [r for r in serving["replicas"] if r["engine"] == engine]
-            ax.plot([r["replicas"] for r in chosen], [r["throughput_rps"] for r in chosen], marker=marker,
-                    label=engine)  # fmt: skip
+            ax.plot([r["replicas"] for r in chosen], [r["throughput_rps"] for r in chosen], marker=marker, label=engine)
         ax.set_xlabel("enclave replicas (resnet18, emulated speed 0.3)")
         ax.set_ylabel("requests/s (6 closed-loop clients)")
         ax.set_title("serving: gateway vs Ray Serve")
@@ -194,8 +205,9 @@ def plot_scale_bench(result: dict[str, Any], png: Path) -> None:
     plt.close(fig)
 
 
-def _closed_loop(url: str, trust: dict[str, Any] | None, secure: bool, shape: tuple[int, ...], threads: int,
-                 requests: int) -> dict[str, Any]:  # fmt: skip
+def _closed_loop(
+    url: str, trust: dict[str, Any] | None, secure: bool, shape: tuple[int, ...], threads: int, requests: int
+) -> dict[str, Any]:
     """``threads`` clients, each sending its share of ``requests`` one after another (after one warm-up each)."""
     import threading
 
@@ -222,8 +234,12 @@ def _closed_loop(url: str, trust: dict[str, Any] | None, secure: bool, shape: tu
         w.join()
     wall = time.perf_counter() - started
     ms = np.array(latencies) * 1000
-    return {"requests": len(latencies), "throughput_rps": len(latencies) / wall,
-            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}  # fmt: skip
+    return {
+        "requests": len(latencies),
+        "throughput_rps": len(latencies) / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
 
 
 def _service(engine: str, model: str, secure: int, public: int, speed: float) -> Any:
@@ -231,13 +247,22 @@ def _service(engine: str, model: str, secure: int, public: int, speed: float) ->
     if engine == "gateway":
         from serdab.serve.service import ModelService, ServeOptions
 
-        return ModelService(ServeOptions(model, secure=secure, public=public, balancer="sed",
-                                         enclave_speed=speed)).start()  # fmt: skip
+        return ModelService(
+            ServeOptions(model, secure=secure, public=public, balancer="sed", enclave_speed=speed)
+        ).start()
     from serdab.serve.ray_engine import RayServeOptions, RayService
 
-    return RayService(RayServeOptions(model, secure=secure, public=public, balancer="sed", enclave_speed=speed,
-                                      port=_free_port(), ingress="haproxy" if engine == "ray-haproxy" else "proxy"),
-                      ).start()  # fmt: skip
+    return RayService(
+        RayServeOptions(
+            model,
+            secure=secure,
+            public=public,
+            balancer="sed",
+            enclave_speed=speed,
+            port=_free_port(),
+            ingress="haproxy" if engine == "ray-haproxy" else "proxy",
+        ),
+    ).start()
 
 
 def _free_port() -> int:

@@ -71,8 +71,9 @@ class Served:
     process: subprocess.Popen
 
     def admin(self, action: str, **body: Any) -> dict[str, Any]:
-        reply = httpx.post(f"{self.url}/v1/admin/{action}", json=body, timeout=120,
-                           headers={"authorization": f"Bearer {self.token}"})  # fmt: skip
+        reply = httpx.post(
+            f"{self.url}/v1/admin/{action}", json=body, timeout=120, headers={"authorization": f"Bearer {self.token}"}
+        )
         reply.raise_for_status()
         return reply.json()
 
@@ -81,19 +82,48 @@ class Served:
 
 
 @contextmanager
-def served(model: str, work: Path, *, secure: int, public: int, balancer: str = "round-robin", enclave_hosts: int = 0,
-           enclave_speed: float = 1.0, monitor_interval: float = 1.0) -> Iterator[Served]:  # fmt: skip
+def served(
+    model: str,
+    work: Path,
+    *,
+    secure: int,
+    public: int,
+    balancer: str = "round-robin",
+    enclave_hosts: int = 0,
+    enclave_speed: float = 1.0,
+    monitor_interval: float = 1.0,
+) -> Iterator[Served]:
     """`serdab serve` in its own process group; SIGTERM (it stops everything it started) on exit."""
     work.mkdir(parents=True, exist_ok=True)
     trust_file = work / "trust.json"
     trust_file.unlink(missing_ok=True)
     log = open(work / "serve.log", "ab")  # noqa: SIM115 - handed to the child, closed below
-    command = [sys.executable, "-m", "serdab", "serve", model, "--secure", str(secure), "--public", str(public),
-               "--balancer", balancer, "--port", "0", "--enclave-hosts", str(enclave_hosts),
-               "--enclave-speed", str(enclave_speed), "--monitor-interval", str(monitor_interval),
-               "--trust-file", str(trust_file)]  # fmt: skip
-    process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "serdab",
+        "serve",
+        model,
+        "--secure",
+        str(secure),
+        "--public",
+        str(public),
+        "--balancer",
+        balancer,
+        "--port",
+        "0",
+        "--enclave-hosts",
+        str(enclave_hosts),
+        "--enclave-speed",
+        str(enclave_speed),
+        "--monitor-interval",
+        str(monitor_interval),
+        "--trust-file",
+        str(trust_file),
+    ]
+    process = subprocess.Popen(
+        command, stdout=log, stderr=log, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     try:
         deadline = time.monotonic() + 180
         while not trust_file.exists():
@@ -169,8 +199,9 @@ def seed001(model: str, work: Path, quick: bool, progress: Progress) -> dict[str
         for kind, fraction in (("enclave", 1.0), ("public", 0.0)):
             for threads in threads_list:
                 progress(f"seed 001 Fig. 3: {kind}, {threads} threads x 2 requests")
-                samples, wall = closed_loop(s.url, x, threads=threads, requests=2, secure_fraction=fraction,
-                                            trust=s.trust, model=model)  # fmt: skip
+                samples, wall = closed_loop(
+                    s.url, x, threads=threads, requests=2, secure_fraction=fraction, trust=s.trust, model=model
+                )
                 fig3.append({"kind": kind, "threads": threads, **summarise(samples, wall)["all"]})
         result["fig3"] = fig3
         sampling = threading.Event()
@@ -187,11 +218,25 @@ def seed001(model: str, work: Path, quick: bool, progress: Progress) -> dict[str
         fig5 = []
         for fraction in fractions:
             progress(f"seed 001 Fig. 5: {fraction:.0%} secure")
-            samples, wall = closed_loop(s.url, x, threads=8, requests=3 if quick else 6, secure_fraction=fraction,
-                                        trust=s.trust, model=model, seed=int(100 * fraction))  # fmt: skip
+            samples, wall = closed_loop(
+                s.url,
+                x,
+                threads=8,
+                requests=3 if quick else 6,
+                secure_fraction=fraction,
+                trust=s.trust,
+                model=model,
+                seed=int(100 * fraction),
+            )
             summary = summarise(samples, wall)
-            fig5.append({"secure_fraction": fraction, "secure": summary.get("secure"), "public": summary.get("public"),
-                         "throughput_per_s": summary["throughput_per_s"]})  # fmt: skip
+            fig5.append(
+                {
+                    "secure_fraction": fraction,
+                    "secure": summary.get("secure"),
+                    "public": summary.get("public"),
+                    "throughput_per_s": summary["throughput_per_s"],
+                }
+            )
         sampling.set()
         sampler.join()
         result["fig5"] = fig5
@@ -264,10 +309,11 @@ def tls_cost(models: Sequence[str], count: int, progress: Progress) -> list[dict
             public_ca = ssl.create_default_context(cafile=str(svc.public_tls_files()[0]))
             public_ca.check_hostname = False
             configs: list[tuple[str, bool, str, Any]] = [
-                       ("outside", False, f"http://127.0.0.1:{public.port}", True),
-                       ("outside", True, f"https://127.0.0.1:{tls_public.port}", public_ca),
-                       ("inside", False, f"http://127.0.0.1:{plain_enclave.port}", True),
-                       ("inside", True, f"https://127.0.0.1:{enclave.port}", service_ca)]  # fmt: skip
+                ("outside", False, f"http://127.0.0.1:{public.port}", True),
+                ("outside", True, f"https://127.0.0.1:{tls_public.port}", public_ca),
+                ("inside", False, f"http://127.0.0.1:{plain_enclave.port}", True),
+                ("inside", True, f"https://127.0.0.1:{enclave.port}", service_ca),
+            ]
             for where, tls, base, verify in configs:
                 with httpx.Client(verify=verify) as http:
                     started = time.perf_counter()
@@ -283,9 +329,17 @@ def tls_cost(models: Sequence[str], count: int, progress: Progress) -> list[dict
                             e2e.append(1000 * elapsed)
                             infer.append(_server_ms(reply.headers.get("server-timing", "")))
                 e2e_ms, infer_ms = float(np.median(e2e)), float(np.median(infer))
-                rows.append({"model": model, "where": where, "tls": tls, "e2e_ms": e2e_ms,
-                             "inference_ms": infer_ms, "communication_ms": e2e_ms - infer_ms,
-                             "first_request_connect_ms": connect_ms})  # fmt: skip
+                rows.append(
+                    {
+                        "model": model,
+                        "where": where,
+                        "tls": tls,
+                        "e2e_ms": e2e_ms,
+                        "inference_ms": infer_ms,
+                        "communication_ms": e2e_ms - infer_ms,
+                        "first_request_connect_ms": connect_ms,
+                    }
+                )
     return rows
 
 
@@ -316,8 +370,9 @@ def epc_interference(model: str, work: Path, quick: bool, progress: Progress) ->
     rows = []
     for policy in policies:
         progress(f"seed 002 Table 1: {policy}")
-        with served(model, work / "table1", secure=3, public=0, balancer=policy, enclave_hosts=3,
-                    monitor_interval=monitor) as s:  # fmt: skip
+        with served(
+            model, work / "table1", secure=3, public=0, balancer=policy, enclave_hosts=3, monitor_interval=monitor
+        ) as s:
             closed_loop(s.url, x, threads=3, requests=5, secure_fraction=1.0, trust=s.trust, model=model)  # warm
             s.admin("unstress", name=s.admin("stress", host="h1", epc_bytes=2**20)["stress"])  # its enclave is up
             for degree, epc_bytes in degrees.items():
@@ -335,15 +390,31 @@ def epc_interference(model: str, work: Path, quick: bool, progress: Progress) ->
 
                 thread = threading.Thread(target=interfere, daemon=True)
                 thread.start()
-                samples, wall = open_loop(s.url, x, rate_per_s=rate, duration_s=duration, secure_fraction=1.0,
-                                          trust=s.trust, model=model, workers=24, seed=7)  # fmt: skip
+                samples, wall = open_loop(
+                    s.url,
+                    x,
+                    rate_per_s=rate,
+                    duration_s=duration,
+                    secure_fraction=1.0,
+                    trust=s.trust,
+                    model=model,
+                    workers=24,
+                    seed=7,
+                )
                 stop.set()
                 thread.join()
                 summary = summarise(samples, wall)["all"]
                 rows.append({"policy": policy.split(":")[0], "degree": degree, "epc_bytes": epc_bytes, **summary})
                 time.sleep(3 * monitor + 1)  # weights back to 1 before the next run
-    return {"model": model, "rate_per_s": rate, "duration_s": duration, "windows_s": windows,
-            "monitor_interval_s": monitor, "boundary_pages_per_s": boundary, "rows": rows}  # fmt: skip
+    return {
+        "model": model,
+        "rate_per_s": rate,
+        "duration_s": duration,
+        "windows_s": windows,
+        "monitor_interval_s": monitor,
+        "boundary_pages_per_s": boundary,
+        "rows": rows,
+    }
 
 
 def replica_scaling(model: str, work: Path, quick: bool, progress: Progress) -> list[dict[str, Any]]:
@@ -355,22 +426,47 @@ def replica_scaling(model: str, work: Path, quick: bool, progress: Progress) -> 
     for speed in (1.0, 0.3):
         for count in (1, 2, 3):
             progress(f"seed 002 Fig. 7: {count} enclave replica(s), speed {speed}")
-            with served(model, work / "fig7", secure=count, public=0, balancer="least-connections",
-                        enclave_hosts=count, enclave_speed=speed) as s:  # fmt: skip
+            with served(
+                model,
+                work / "fig7",
+                secure=count,
+                public=0,
+                balancer="least-connections",
+                enclave_hosts=count,
+                enclave_speed=speed,
+            ) as s:
                 closed_loop(s.url, x, threads=2, requests=3, secure_fraction=1.0, trust=s.trust, model=model)
-                samples, wall = closed_loop(s.url, x, threads=6, requests=8 if quick else 25, secure_fraction=1.0,
-                                            trust=s.trust, model=model, fresh_connections=True)  # fmt: skip
+                samples, wall = closed_loop(
+                    s.url,
+                    x,
+                    threads=6,
+                    requests=8 if quick else 25,
+                    secure_fraction=1.0,
+                    trust=s.trust,
+                    model=model,
+                    fresh_connections=True,
+                )
                 summary = summarise(samples, wall)
-                rows.append({"replicas": count, "enclave_speed": speed, "throughput_per_s": summary["throughput_per_s"],
-                             **summary["all"]})  # fmt: skip
+                rows.append(
+                    {
+                        "replicas": count,
+                        "enclave_speed": speed,
+                        "throughput_per_s": summary["throughput_per_s"],
+                        **summary["all"],
+                    }
+                )
     return rows
 
 
 PARTS = ("overhead", "seed001", "fig6", "table1", "fig7")
 
 
-def run_serving_bench(quick: bool = False, progress: Progress | None = None, parts: Sequence[str] = PARTS,
-                      previous: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def run_serving_bench(
+    quick: bool = False,
+    progress: Progress | None = None,
+    parts: Sequence[str] = PARTS,
+    previous: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Every part, or only ``parts`` with the others kept from ``previous`` (a result file of the
     same mode); ``part_wall_s`` and ``measured_at`` say when each part was measured."""
     say = progress or (lambda _: None)
@@ -378,8 +474,9 @@ def run_serving_bench(quick: bool = False, progress: Progress | None = None, par
     result: dict[str, Any] = dict(previous or {})
     result["quick"] = quick
     walls, stamps = dict(result.get("part_wall_s", {})), dict(result.get("measured_at", {}))
-    fig6_models = ["mobilenetv2", "squeezenet1_1"] if quick else ["mobilenetv2", "squeezenet1_1", "resnet18",
-                                                                  "googlenet"]  # fmt: skip
+    fig6_models = (
+        ["mobilenetv2", "squeezenet1_1"] if quick else ["mobilenetv2", "squeezenet1_1", "resnet18", "googlenet"]
+    )
     runs: dict[str, Callable[[Path], Any]] = {
         "overhead": lambda work: gateway_overhead(work, 100 if quick else 400, say),
         "seed001": lambda work: seed001("resnet18", work, quick, say),
@@ -398,8 +495,10 @@ def run_serving_bench(quick: bool = False, progress: Progress | None = None, par
         raise ValueError(f"parts {', '.join(missing)} were neither run nor found in the previous result")
     result["part_wall_s"], result["measured_at"] = walls, stamps
     result["wall_s"] = sum(walls.values()) if previous else time.perf_counter() - started
-    result["emulated"] = ("enclaves are simulated processes; their speed is this host's unless enclave_speed says "
-                          "otherwise; EPC budget and paging are emulated")  # fmt: skip
+    result["emulated"] = (
+        "enclaves are simulated processes; their speed is this host's unless enclave_speed says "
+        "otherwise; EPC budget and paging are emulated"
+    )
     return result
 
 
@@ -442,8 +541,9 @@ def plot_serving_bench(result: dict[str, Any], path: Path) -> None:
     t1 = result["table1"]["rows"]
     policies = list(dict.fromkeys(r["policy"] for r in t1))
     for k, degree in enumerate(("high", "low")):
-        values = [next((r.get("p99_ms", 0) for r in t1 if r["policy"] == p and r["degree"] == degree), 0)
-                  for p in policies]  # fmt: skip
+        values = [
+            next((r.get("p99_ms", 0) for r in t1 if r["policy"] == p and r["degree"] == degree), 0) for p in policies
+        ]
         ax.bar([i + 0.4 * k for i in range(len(policies))], values, 0.4, label=f"{degree} interference")
     ax.set_xticks([i + 0.2 for i in range(len(policies))], policies, fontsize=8)
     ax.set(ylabel="P99 ms", title="seed 002 Table 1: P99 under EPC interference (emulated)")
@@ -451,8 +551,13 @@ def plot_serving_bench(result: dict[str, Any], path: Path) -> None:
     ax = axes[1][2]
     for speed, colour in ((1.0, "tab:blue"), (0.3, "tab:red")):
         rows = [r for r in result["fig7"] if r["enclave_speed"] == speed]
-        ax.plot([r["replicas"] for r in rows], [r["throughput_per_s"] for r in rows], marker="o", c=colour,
-                label=f"throughput, enclave speed {speed}")  # fmt: skip
+        ax.plot(
+            [r["replicas"] for r in rows],
+            [r["throughput_per_s"] for r in rows],
+            marker="o",
+            c=colour,
+            label=f"throughput, enclave speed {speed}",
+        )
     ax.set(xlabel="enclave replicas", ylabel="requests/s", title="seed 002 Fig. 7: scaling (2 cores)")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -53,8 +53,13 @@ def run_startup_bench(repeat: int = 7) -> dict[str, Any]:
     for label, args in COMMANDS.items():
         _timed(args)  # warm the file cache
         samples = [_timed(args) for _ in range(repeat)]
-        rows.append({"command": label, "wall_s": statistics.median(s[0] for s in samples),
-                     "cpu_s": statistics.median(s[1] for s in samples)})  # fmt: skip
+        rows.append(
+            {
+                "command": label,
+                "wall_s": statistics.median(s[0] for s in samples),
+                "cpu_s": statistics.median(s[1] for s in samples),
+            }
+        )
     imports = {}
     for label, code in ENTRY_POINTS.items():
         probe = f"import sys, json\n{code}\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))"

@@ -21,17 +21,34 @@ def audit_table(report: AuditReport) -> Table:
         title=f"{report.model}: reconstruction attacks at each cut, {len(report.images)} images "
         f"(SSIM 1 = the input rebuilt; chance = SSIM against another image)"
     )
-    for column in ("cut after", "block", "resolution", "attack", "SSIM mean", "SSIM worst", "chance",
-                   "PSNR worst", "time"):  # fmt: skip
+    for column in (
+        "cut after",
+        "block",
+        "resolution",
+        "attack",
+        "SSIM mean",
+        "SSIM worst",
+        "chance",
+        "PSNR worst",
+        "time",
+    ):
         table.add_column(column, justify="left" if column in ("block", "attack") else "right")
     for cut in report.cuts:
         res = "x".join(map(str, cut.resolution)) if cut.resolution else "none (1x1)"
         for k, (name, s) in enumerate(cut.scores.items()):
             chance = f"{s.chance_ssim:.3f}" if s.chance_ssim is not None else "-"
             first = k == 0
-            table.add_row(str(cut.index) if first else "", cut.name if first else "", res if first else "", name,
-                          f"{s.ssim_mean:.3f}", f"{s.ssim_worst:.3f}", chance, f"{s.psnr_worst:.1f} dB",
-                          f"{s.seconds:.1f} s")  # fmt: skip
+            table.add_row(
+                str(cut.index) if first else "",
+                cut.name if first else "",
+                res if first else "",
+                name,
+                f"{s.ssim_mean:.3f}",
+                f"{s.ssim_worst:.3f}",
+                chance,
+                f"{s.psnr_worst:.1f} dB",
+                f"{s.seconds:.1f} s",
+            )
     return table
 
 
@@ -47,7 +64,7 @@ def audit(
         typer.Option(
             help="Attacks: whitebox, decoder, baseline (comma-separated). Default: whitebox,baseline "
             "for zoo models, decoder,baseline for ONNX files."
-        ),  # fmt: skip
+        ),
     ] = None,
     images: Annotated[Path | None, typer.Option(help="Victim images (a directory). Default: 3 bundled photos.")] = None,
     train_images: Annotated[
@@ -85,14 +102,26 @@ def audit(
         list(range(len(chain.blocks) - 1)) if all_cuts else parse_cuts(chain, cuts) if cuts else default_cuts(chain)
     )
     step_counts = {n: steps for n in names} if steps else None
-    columns = (TextColumn("audit {task.fields[model]}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-               TimeElapsedColumn(), TextColumn("{task.fields[label]}"))  # fmt: skip
+    columns = (
+        TextColumn("audit {task.fields[model]}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[label]}"),
+    )
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task("audit", total=1.0, model=opened.name, label="")
         report, recon = audit_model(
-            model, chain, opened.name, chosen, names, victims=victims, attackers=attackers, steps=step_counts,
+            model,
+            chain,
+            opened.name,
+            chosen,
+            names,
+            victims=victims,
+            attackers=attackers,
+            steps=step_counts,
             progress=lambda label, frac: bar.update(task, completed=frac, label=label),
-        )  # fmt: skip
+        )
     console.print(audit_table(report))
     write_json(json_path, report)
     if png is not None:

@@ -157,16 +157,35 @@ def bench_rlpdnn(
     with err_console.status("RL-PDNN benchmark") as status:
         result = run_rlpdnn_bench(quick, progress=status.update)
     png = _write(result, json_path, plot_rlpdnn)
-    table = Table(title=f"RL-PDNN (simulated IoT system), {result['requests']} requests per row, "
-                        f"DQN trained {result['train_steps']} steps")  # fmt: skip
-    for column in ("workload", "privacy", "policy", "accuracy", "when feasible", "latency s", "shared MB",
-                   "decision ms", "gap to optimal"):  # fmt: skip
+    table = Table(
+        title=f"RL-PDNN (simulated IoT system), {result['requests']} requests per row, "
+        f"DQN trained {result['train_steps']} steps"
+    )
+    for column in (
+        "workload",
+        "privacy",
+        "policy",
+        "accuracy",
+        "when feasible",
+        "latency s",
+        "shared MB",
+        "decision ms",
+        "gap to optimal",
+    ):
         table.add_column(column, justify="left" if column in ("workload", "privacy", "policy") else "right")
     for r in result["rows"]:
         gap = r["gap_to_optimal"]
-        table.add_row(r["workload"], r["privacy"], r["policy"], f"{r['accuracy']:.3f}", f"{r['accuracy_feasible']:.3f}",
-                      f"{r['mean_latency_s']:.4f}", f"{r['shared_mb']:.3f}", f"{r['decision_ms']:.3f}",
-                      "-" if gap is None else f"{100 * gap:+.1f}%")  # fmt: skip
+        table.add_row(
+            r["workload"],
+            r["privacy"],
+            r["policy"],
+            f"{r['accuracy']:.3f}",
+            f"{r['accuracy_feasible']:.3f}",
+            f"{r['mean_latency_s']:.4f}",
+            f"{r['shared_mb']:.3f}",
+            f"{r['decision_ms']:.3f}",
+            "-" if gap is None else f"{100 * gap:+.1f}%",
+        )
     console.print(table)
     err_console.print(f"wrote {json_path} and {png} in {result['wall_s']:.0f} s")
 
@@ -187,21 +206,56 @@ def bench_he(
         result = run_he_bench(quick, progress=status.update)
     png = _write(result, json_path, plot_he_bench)
     table = Table(title=f"HE inference per image at {result['link_bits_per_s'] / 1e6:.1f} Mb/s (seed 004's link)")
-    for column in ("net", "mode", "N", "images", "client s", "upload KiB", "server s", "e2e s", "keys MiB",
-                   "acc plain", "acc approx", "acc encrypted"):  # fmt: skip
+    for column in (
+        "net",
+        "mode",
+        "N",
+        "images",
+        "client s",
+        "upload KiB",
+        "server s",
+        "e2e s",
+        "keys MiB",
+        "acc plain",
+        "acc approx",
+        "acc encrypted",
+    ):
         table.add_column(column, justify="left" if column in ("net", "mode") else "right")
     for r in result["rows"]:
-        table.add_row(r["net"], r["mode"], str(r["params"]["poly_modulus_degree"]), str(r["images"]),
-                      f"{r['client_s']:.4f}", f"{r['upload_bytes'] / 1024:.0f}", f"{r['server_s']:.4f}",
-                      f"{r['e2e_s']:.4f}", f"{r['key_bytes'] / 2**20:.0f}", f"{r['acc_plain']:.3f}",
-                      f"{r['acc_approx']:.3f}", f"{r['acc_encrypted']:.3f}")  # fmt: skip
+        table.add_row(
+            r["net"],
+            r["mode"],
+            str(r["params"]["poly_modulus_degree"]),
+            str(r["images"]),
+            f"{r['client_s']:.4f}",
+            f"{r['upload_bytes'] / 1024:.0f}",
+            f"{r['server_s']:.4f}",
+            f"{r['e2e_s']:.4f}",
+            f"{r['key_bytes'] / 2**20:.0f}",
+            f"{r['acc_plain']:.3f}",
+            f"{r['acc_approx']:.3f}",
+            f"{r['acc_encrypted']:.3f}",
+        )
     b = result["baseline"]
-    table.add_row(b["net"], "baseline BFV/pixel", str(b["params"]["poly_modulus_degree"]), str(b["images"]),
-                  f"{b['client_s']:.2f}", f"{b['upload_bytes'] / 1024:.0f}", f"{b['server_s']:.2f}",
-                  f"{b['e2e_s']:.2f}", "-", "-", "-", f"{b['acc_encrypted']:.3f}")  # fmt: skip
+    table.add_row(
+        b["net"],
+        "baseline BFV/pixel",
+        str(b["params"]["poly_modulus_degree"]),
+        str(b["images"]),
+        f"{b['client_s']:.2f}",
+        f"{b['upload_bytes'] / 1024:.0f}",
+        f"{b['server_s']:.2f}",
+        f"{b['e2e_s']:.2f}",
+        "-",
+        "-",
+        "-",
+        f"{b['acc_encrypted']:.3f}",
+    )
     console.print(table)
-    console.print(f"packed he_cnn5 vs baseline: {result['speedup_e2e']:.0f}x end to end, "
-                  f"{result['speedup_server']:.0f}x server time")  # fmt: skip
+    console.print(
+        f"packed he_cnn5 vs baseline: {result['speedup_e2e']:.0f}x end to end, "
+        f"{result['speedup_server']:.0f}x server time"
+    )
     err_console.print(f"wrote {json_path} and {png} in {result['wall_s']:.0f} s")
 
 
@@ -227,34 +281,65 @@ def bench_pipeline(
         hops = hop_overhead(sizes) + hop_overhead(sizes, processes=False)
         status.update("worker overhead")
         worker = worker_overhead(spec)
-    result = {"cluster": spec.name, "frames": count, "quick": quick, "rows": rows, "hops": hops, "worker": worker,
-              "emulated": "device speeds and links from the cluster file, time-dilated per row"}  # fmt: skip
+    result = {
+        "cluster": spec.name,
+        "frames": count,
+        "quick": quick,
+        "rows": rows,
+        "hops": hops,
+        "worker": worker,
+        "emulated": "device speeds and links from the cluster file, time-dilated per row",
+    }
     png = _write(result, json_path, plot_pipeline_bench)
     table = Table(title=f"measured pipeline on {spec.name}, {count} frames per run (emulated speeds)")
-    for column in ("model", "strategy", "placement", "T meas s", "T pred s", "gap", "P meas ms", "P pred ms", "gap",
-                   "L gap", "1st frame gap", "speedup T", "speedup P", "pred T(10800)"):  # fmt: skip
+    for column in (
+        "model",
+        "strategy",
+        "placement",
+        "T meas s",
+        "T pred s",
+        "gap",
+        "P meas ms",
+        "P pred ms",
+        "gap",
+        "L gap",
+        "1st frame gap",
+        "speedup T",
+        "speedup P",
+        "pred T(10800)",
+    ):
         table.add_column(column, justify="left" if column in ("model", "strategy", "placement") else "right")
     for r in rows:
         if not r.get("feasible"):
             table.add_row(r["model"], r["strategy"], "infeasible", *[""] * 11)
             continue
         table.add_row(
-            r["model"], r["strategy"], r["placement"], f"{r['measured_chunk_s']:.3f}", f"{r['predicted_chunk_s']:.3f}",
+            r["model"],
+            r["strategy"],
+            r["placement"],
+            f"{r['measured_chunk_s']:.3f}",
+            f"{r['predicted_chunk_s']:.3f}",
             f"{100 * (r['measured_chunk_s'] / r['predicted_chunk_s'] - 1):+.1f}%",
-            f"{1000 * r['measured_period_s']:.1f}", f"{1000 * r['predicted_period_s']:.1f}",
+            f"{1000 * r['measured_period_s']:.1f}",
+            f"{1000 * r['predicted_period_s']:.1f}",
             f"{100 * (r['measured_period_s'] / r['predicted_period_s'] - 1):+.1f}%",
             f"{100 * (r['measured_latency_s'] / r['predicted_latency_s'] - 1):+.1f}%",
             f"{100 * (r['first_frame_latency_s'] / r['predicted_latency_s'] - 1):+.1f}%",
-            f"{r.get('speedup_measured_chunk', 0):.2f}x", f"{r.get('speedup_measured_period', 0):.2f}x",
+            f"{r.get('speedup_measured_chunk', 0):.2f}x",
+            f"{r.get('speedup_measured_period', 0):.2f}x",
             f"{r.get('speedup_predicted_10800', 0):.2f}x",
-        )  # fmt: skip
+        )
     console.print(table)
     for h in hops:
         where = "between two processes" if h["processes"] else "between two threads"
-        console.print(f"one encrypted hop, {h['bytes'] / 1024:.0f} KiB on loopback {where}: median "
-                      f"{h['median_ms']:.3f} ms, p95 {h['p95_ms']:.3f} ms")  # fmt: skip
-    console.print(f"worker vs ONNX Runtime directly ({worker['model']}, native): {worker['pipeline_period_ms']:.2f} ms "
-                  f"per frame vs {worker['direct_ms']:.2f} ms ({worker['overhead_per_frame_ms']:+.2f} ms)")  # fmt: skip
+        console.print(
+            f"one encrypted hop, {h['bytes'] / 1024:.0f} KiB on loopback {where}: median "
+            f"{h['median_ms']:.3f} ms, p95 {h['p95_ms']:.3f} ms"
+        )
+    console.print(
+        f"worker vs ONNX Runtime directly ({worker['model']}, native): {worker['pipeline_period_ms']:.2f} ms "
+        f"per frame vs {worker['direct_ms']:.2f} ms ({worker['overhead_per_frame_ms']:+.2f} ms)"
+    )
     err_console.print(f"wrote {json_path} and {png}")
 
 
@@ -309,8 +394,17 @@ def bench_audit(
     for r in result["audits"]:
         side = "x".join(map(str, r["resolution"])) if r["resolution"] else "1x1"
         chance = "-" if r["chance_ssim"] is None else f"{r['chance_ssim']:.3f}"
-        table.add_row(r["model"], f"{r['cut']} {r['block']}", side, r["attack"], f"{r['ssim_mean']:.3f}",
-                      f"{r['ssim_worst']:.3f}", chance, f"{r['psnr_worst']:.1f}", f"{r['seconds']:.0f}")  # fmt: skip
+        table.add_row(
+            r["model"],
+            f"{r['cut']} {r['block']}",
+            side,
+            r["attack"],
+            f"{r['ssim_mean']:.3f}",
+            f"{r['ssim_worst']:.3f}",
+            chance,
+            f"{r['psnr_worst']:.1f}",
+            f"{r['seconds']:.0f}",
+        )
     console.print(table)
     plans = Table(title=f"optimal plan on {result['cluster']} under each policy (emulated speeds, T(10800))")
     for column in ("model", "policy", "placement", "first untrusted cut", "speedup over 1 TEE"):
@@ -320,8 +414,9 @@ def bench_audit(
             plans.add_row(p["model"], p["policy"], "infeasible", "-", "-")
             continue
         first = p["first_untrusted_cut"]
-        plans.add_row(p["model"], p["policy"], p["placement"], "-" if first is None else str(first),
-                      f"{p['speedup']:.2f}x")  # fmt: skip
+        plans.add_row(
+            p["model"], p["policy"], p["placement"], "-" if first is None else str(first), f"{p['speedup']:.2f}x"
+        )
     console.print(plans)
     err_console.print(f"wrote {json_path} and {png} in {result['total_s']:.0f} s")
 
@@ -358,16 +453,22 @@ def bench_serving(
         result = run_serving_bench(quick, progress=status.update, parts=chosen, previous=previous)
     png = _write(result, json_path, plot_serving_bench)
     s1 = result["seed001"]
-    console.print(f"gateway overhead at p50: {result['overhead']['overhead_p50_ms']:.3f} ms "
-                  f"({result['overhead']['direct_p50_ms']:.2f} ms direct, {result['overhead']['gateway_p50_ms']:.2f} "
-                  "ms through the gateway)")  # fmt: skip
+    console.print(
+        f"gateway overhead at p50: {result['overhead']['overhead_p50_ms']:.3f} ms "
+        f"({result['overhead']['direct_p50_ms']:.2f} ms direct, {result['overhead']['gateway_p50_ms']:.2f} "
+        "ms through the gateway)"
+    )
     start, channel = s1["start_s"], s1["channel"]
-    console.print(f"start time: enclave replica {start['enclave']:.2f} s, public {start['public']:.2f} s; channel: "
-                  f"enclave TLS {channel['enclave_tls_mb_s']:.0f} MB/s, public plain "
-                  f"{channel['public_plain_mb_s']:.0f} MB/s")  # fmt: skip
+    console.print(
+        f"start time: enclave replica {start['enclave']:.2f} s, public {start['public']:.2f} s; channel: "
+        f"enclave TLS {channel['enclave_tls_mb_s']:.0f} MB/s, public plain "
+        f"{channel['public_plain_mb_s']:.0f} MB/s"
+    )
     seq = s1["sequential"]
-    console.print(f"{s1['model']} one at a time: secure p50 {seq['secure_p50_ms']:.1f} ms, public "
-                  f"{seq['public_p50_ms']:.1f} ms ({100 * seq['secure_over_public']:+.1f}%)")  # fmt: skip
+    console.print(
+        f"{s1['model']} one at a time: secure p50 {seq['secure_p50_ms']:.1f} ms, public "
+        f"{seq['public_p50_ms']:.1f} ms ({100 * seq['secure_over_public']:+.1f}%)"
+    )
     table = Table(title=f"seed 001 Fig. 3: {s1['model']}, threads x 2 requests, batch 2")
     for column in ("kind", "threads", "min ms", "mean ms", "max ms"):
         table.add_column(column, justify="left" if column == "kind" else "right")
@@ -379,9 +480,14 @@ def bench_serving(
         table.add_column(column, justify="right")
     for r in s1["fig5"]:
         sec, pub = r["secure"] or {}, r["public"] or {}
-        table.add_row(f"{100 * r['secure_fraction']:.0f}", *(f"{d[k]:.1f}" if k in d else "-" for d, k in
-                      ((sec, "mean_ms"), (sec, "max_ms"), (pub, "mean_ms"), (pub, "max_ms"))),
-                      f"{r['throughput_per_s']:.1f}")  # fmt: skip
+        table.add_row(
+            f"{100 * r['secure_fraction']:.0f}",
+            *(
+                f"{d[k]:.1f}" if k in d else "-"
+                for d, k in ((sec, "mean_ms"), (sec, "max_ms"), (pub, "mean_ms"), (pub, "max_ms"))
+            ),
+            f"{r['throughput_per_s']:.1f}",
+        )
     console.print(table)
     table = Table(title="seed 001 Table 1: memory (MiB)")
     for column in ("process", "peak at start", "mean under light load"):
@@ -393,27 +499,45 @@ def bench_serving(
     for column in ("model", "where", "TLS", "inference ms", "communication ms", "e2e ms", "connect ms"):
         table.add_column(column, justify="left" if column in ("model", "where", "TLS") else "right")
     for r in result["fig6"]:
-        table.add_row(r["model"], r["where"], "yes" if r["tls"] else "no", f"{r['inference_ms']:.2f}",
-                      f"{r['communication_ms']:.2f}", f"{r['e2e_ms']:.2f}",
-                      f"{r['first_request_connect_ms']:.2f}")  # fmt: skip
+        table.add_row(
+            r["model"],
+            r["where"],
+            "yes" if r["tls"] else "no",
+            f"{r['inference_ms']:.2f}",
+            f"{r['communication_ms']:.2f}",
+            f"{r['e2e_ms']:.2f}",
+            f"{r['first_request_connect_ms']:.2f}",
+        )
     console.print(table)
     t1 = result["table1"]
-    table = Table(title=f"seed 002 Table 1: {t1['model']}, 3 enclave replicas, {t1['rate_per_s']:g}/s Poisson for "
-                        f"{t1['duration_s']:.0f} s, interference on h1 in {len(t1['windows_s'])} windows "
-                        "(emulated EPC)")  # fmt: skip
+    table = Table(
+        title=f"seed 002 Table 1: {t1['model']}, 3 enclave replicas, {t1['rate_per_s']:g}/s Poisson for "
+        f"{t1['duration_s']:.0f} s, interference on h1 in {len(t1['windows_s'])} windows "
+        "(emulated EPC)"
+    )
     for column in ("policy", "interference", "p50 ms", "p99 ms", "max ms", "errors"):
         table.add_column(column, justify="left" if column in ("policy", "interference") else "right")
     for r in t1["rows"]:
-        table.add_row(r["policy"], r["degree"], f"{r.get('p50_ms', float('nan')):.1f}",
-                      f"{r.get('p99_ms', float('nan')):.1f}", f"{r.get('max_ms', float('nan')):.1f}",
-                      str(r["errors"]))  # fmt: skip
+        table.add_row(
+            r["policy"],
+            r["degree"],
+            f"{r.get('p50_ms', float('nan')):.1f}",
+            f"{r.get('p99_ms', float('nan')):.1f}",
+            f"{r.get('max_ms', float('nan')):.1f}",
+            str(r["errors"]),
+        )
     console.print(table)
     table = Table(title="seed 002 Fig. 7: enclave replicas (closed loop, 6 threads; 2 cores)")
     for column in ("replicas", "enclave speed", "req/s", "p50 ms", "p99 ms"):
         table.add_column(column, justify="right")
     for r in result["fig7"]:
-        table.add_row(str(r["replicas"]), f"{r['enclave_speed']:g}", f"{r['throughput_per_s']:.1f}",
-                      f"{r.get('p50_ms', float('nan')):.1f}", f"{r.get('p99_ms', float('nan')):.1f}")  # fmt: skip
+        table.add_row(
+            str(r["replicas"]),
+            f"{r['enclave_speed']:g}",
+            f"{r['throughput_per_s']:.1f}",
+            f"{r.get('p50_ms', float('nan')):.1f}",
+            f"{r.get('p99_ms', float('nan')):.1f}",
+        )
     console.print(table)
     err_console.print(f"wrote {json_path} and {png} in {result['wall_s']:.0f} s")
 
@@ -438,37 +562,66 @@ def bench_scale(
     with err_console.status("pipeline") as status:
         rows = run_pipeline_scale(model, placement, frames, progress=lambda m: status.update(m))
         serving = run_serving_scale(progress=lambda m: status.update(m)) if not pipeline_only else None
-    result = {"model": model, "placement": placement, "frames": frames, "pipeline": rows, "serving": serving,
-              "cores": __import__("os").cpu_count()}  # fmt: skip
+    result = {
+        "model": model,
+        "placement": placement,
+        "frames": frames,
+        "pipeline": rows,
+        "serving": serving,
+        "cores": __import__("os").cpu_count(),
+    }
     png = _write(result, json_path, plot_scale_bench)
     table = Table(title=f"pipeline {model} {placement}, {frames} frames: local executor vs Ray nodes on this machine")
-    for column in ("mode", "executor", "frames/s", "vs local", "+ms/frame", "p50 ms", "p99 ms", "L probe ms",
-                   "deploy s", "memory MiB per node"):  # fmt: skip
+    for column in (
+        "mode",
+        "executor",
+        "frames/s",
+        "vs local",
+        "+ms/frame",
+        "p50 ms",
+        "p99 ms",
+        "L probe ms",
+        "deploy s",
+        "memory MiB per node",
+    ):
         table.add_column(column, justify="left" if column in ("mode", "executor") else "right")
     for r in rows:
         memory = ", ".join(f"{v / 2**20:.0f}" for v in r["memory_bytes"].values())
         table.add_row(
-            r["mode"], "local" if r["executor"] == "local" else f"ray, {r['nodes']} node(s)",
-            f"{r['throughput_fps']:.2f}", f"{100 * r['throughput_vs_local']:.1f}%",
+            r["mode"],
+            "local" if r["executor"] == "local" else f"ray, {r['nodes']} node(s)",
+            f"{r['throughput_fps']:.2f}",
+            f"{100 * r['throughput_vs_local']:.1f}%",
             f"{r['overhead_per_frame_ms']:+.2f}",
-            f"{r['latency_p50_ms']:.1f}", f"{r['latency_p99_ms']:.1f}", f"{r['probe_latency_ms']:.1f}",
-            f"{r['deploy_s']:.1f}", memory,
-        )  # fmt: skip
+            f"{r['latency_p50_ms']:.1f}",
+            f"{r['latency_p99_ms']:.1f}",
+            f"{r['probe_latency_ms']:.1f}",
+            f"{r['deploy_s']:.1f}",
+            memory,
+        )
     console.print(table)
     if serving:
         table = Table(title="serving, one request at a time (lenet5): gateway vs Ray Serve")
         for column in ("engine", "kind", "p50 ms", "p99 ms", "p50 overhead ms"):
             table.add_column(column, justify="left" if column in ("engine", "kind") else "right")
         for r in serving["overhead"]:
-            table.add_row(r["engine"], r["kind"], f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
-                          f"{r['p50_overhead_ms']:+.2f}")  # fmt: skip
+            table.add_row(
+                r["engine"], r["kind"], f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['p50_overhead_ms']:+.2f}"
+            )
         console.print(table)
         table = Table(title="serving, enclave replicas (resnet18, emulated speed 0.3, 6 closed-loop clients)")
         for column in ("engine", "replicas", "req/s", "vs 1 replica", "vs gateway", "p50 ms", "p99 ms", "memory MiB"):
             table.add_column(column, justify="left" if column == "engine" else "right")
         for r in serving["replicas"]:
-            table.add_row(r["engine"], str(r["replicas"]), f"{r['throughput_rps']:.2f}", f"{r['speedup_vs_1']:.2f}x",
-                          f"{100 * r['vs_gateway']:.0f}%", f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}",
-                          f"{r['memory_bytes'] / 2**20:.0f}")  # fmt: skip
+            table.add_row(
+                r["engine"],
+                str(r["replicas"]),
+                f"{r['throughput_rps']:.2f}",
+                f"{r['speedup_vs_1']:.2f}x",
+                f"{100 * r['vs_gateway']:.0f}%",
+                f"{r['p50_ms']:.0f}",
+                f"{r['p99_ms']:.0f}",
+                f"{r['memory_bytes'] / 2**20:.0f}",
+            )
         console.print(table)
     err_console.print(f"wrote {json_path} and {png}")

@@ -129,7 +129,9 @@ def _run_step(opened: NamedChain, prof: Profile, spec: Cluster, frames: int, chu
     source = open_source(f"synthetic:{frames}", opened.chain.input_shape)
     with progress_bar("streaming (key service, enclaves and workers start first)", frames) as update:
         summary = manager.run(source.frames(), total=frames, progress=lambda u: update(u["done"], frames, ""))
-    console.print(f"{summary.placements[-1]}: {summary.frames} frames, every one answered once, in "
-                  f"{summary.wall_s:.1f} s host time; {summary.emulation}")  # fmt: skip
+    console.print(
+        f"{summary.placements[-1]}: {summary.frames} frames, every one answered once, in "
+        f"{summary.wall_s:.1f} s host time; {summary.emulation}"
+    )
     console.print(_summary_table(summary))
     console.print(_stage_table(summary))

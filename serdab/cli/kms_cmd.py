@@ -60,14 +60,25 @@ def start(
     store = store or f"sqlite:{home / 'kms' / 'kms.db'}"
     data = data or home / "kms" / "replica"
     with err_console.status("starting the key service enclave ..."):
-        replica = start_kms_replica(tee, home / "images", store=store, data=data, admin_token=token, host=host,
-                                    port=port, peers=peer, allow_simulated=backend == "simulated")  # fmt: skip
+        replica = start_kms_replica(
+            tee,
+            home / "images",
+            store=store,
+            data=data,
+            admin_token=token,
+            host=host,
+            port=port,
+            peers=peer,
+            allow_simulated=backend == "simulated",
+        )
     enclave, info, pcrs, log, url = replica.enclave, replica.info, replica.pcrs, replica.log_path, replica.url
     table = Table(title=f"Serdab key service at {url}", show_header=False)
     table.add_column("")
     table.add_column("")
-    table.add_row("enclave", f"{enclave.id} (pid {enclave.pid}, {backend}" +
-                  (": emulated, NOT A TEE)" if backend == "simulated" else ")"))  # fmt: skip
+    table.add_row(
+        "enclave",
+        f"{enclave.id} (pid {enclave.pid}, {backend}" + (": emulated, NOT A TEE)" if backend == "simulated" else ")"),
+    )
     table.add_row("store", store)
     table.add_row("storage key", str(info["storage_key"]))
     for index in (PCR_IMAGE, PCR_RUNTIME, PCR_APP):
@@ -75,8 +86,11 @@ def start(
     table.add_row("admin token", str(token_path))
     table.add_row("log", str(log))
     console.print(table)
-    console.print(f"verify it: serdab attest {url}" + (" --allow-simulated" if backend == "simulated" else "")
-                  + f" --pcr {PCR_APP}={pcrs[PCR_APP].hex()}")  # fmt: skip
+    console.print(
+        f"verify it: serdab attest {url}"
+        + (" --allow-simulated" if backend == "simulated" else "")
+        + f" --pcr {PCR_APP}={pcrs[PCR_APP].hex()}"
+    )
     replica.serve_until_stopped()
     err_console.print("key service stopped")
 
@@ -104,11 +118,14 @@ def register(
     if not expected:
         raise KmsError("give --image DIR or --pcr N=HEX: a policy with no PCRs would release keys to any enclave")
     roots = local_simulated_roots(create=allow_simulated)
-    kms = attest_kms(url, expected_pcrs=parse_pcr_options(kms_pcr or []), allow_simulated=allow_simulated,
-                     simulated_roots=roots)  # fmt: skip
+    kms = attest_kms(
+        url, expected_pcrs=parse_pcr_options(kms_pcr or []), allow_simulated=allow_simulated, simulated_roots=roots
+    )
     try:
         result = kms.register(name, _token(admin_token_file or _default_token()), expected, allow_simulated)
     finally:
         kms.close()
-    console.print(f"service {result['name']} registered (PKI generation {result['generation']}); keys go to "
-                  f"enclaves with {', '.join(f'PCR{i}' for i in sorted(expected))} as measured")  # fmt: skip
+    console.print(
+        f"service {result['name']} registered (PKI generation {result['generation']}); keys go to "
+        f"enclaves with {', '.join(f'PCR{i}' for i in sorted(expected))} as measured"
+    )

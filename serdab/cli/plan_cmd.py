@@ -122,8 +122,17 @@ def plan(
         with progress_bar(f"leakage of {opened.name}", len(images)) as update:
             report = measure_leakage(opened.chain, opened.name, images, progress=update)
     audited = read_audit(audit, policy, opened.chain if opened else None, model or prof.model)
-    planned = plan_model(prof, spec, strategy=strategy, policy=policy, chunk=chunk, trusted_tail=trusted_tail,
-                         replicate=replicate, leakage=report, audit=audited)  # fmt: skip
+    planned = plan_model(
+        prof,
+        spec,
+        strategy=strategy,
+        policy=policy,
+        chunk=chunk,
+        trusted_tail=trusted_tail,
+        replicate=replicate,
+        leakage=report,
+        audit=audited,
+    )
     request, placement, cost, planner_s = planned.request, planned.placement, planned.cost, planned.planner_s
     costs = request.costs
     console.print(plan_table(cost, request))

@@ -54,14 +54,23 @@ def _summary_table(summary: Any) -> Table:
     for column in ("", "measured", "predicted", "gap"):
         table.add_column(column, justify="left" if not column else "right")
     rows = summary.measured_vs_predicted()
-    names = {"L": "frame latency L (probe)", "P": "period P", "T": f"chunk time T({summary.chunk})",
-             "L_first": "first frame of a chunk", "T_simulated": f"T({summary.chunk}) vs event simulation"}  # fmt: skip
+    names = {
+        "L": "frame latency L (probe)",
+        "P": "period P",
+        "T": f"chunk time T({summary.chunk})",
+        "L_first": "first frame of a chunk",
+        "T_simulated": f"T({summary.chunk}) vs event simulation",
+    }
     for key, value in rows.items():
         gap = value["measured"] / value["predicted"] - 1 if value["predicted"] > 0 else 0.0
         unit = 1000.0 if key in ("L", "L_first", "P") else 1.0
         suffix = " ms" if unit == 1000.0 else " s"
-        table.add_row(names[key], f"{unit * value['measured']:.3f}{suffix}", f"{unit * value['predicted']:.3f}{suffix}",
-                      f"{100 * gap:+.1f}%")  # fmt: skip
+        table.add_row(
+            names[key],
+            f"{unit * value['measured']:.3f}{suffix}",
+            f"{unit * value['predicted']:.3f}{suffix}",
+            f"{100 * gap:+.1f}%",
+        )
     return table
 
 
@@ -71,8 +80,14 @@ def _stage_table(summary: Any) -> Table:
     for column in ("stage", "devices", "blocks", "measured ms/frame", "predicted ms/frame", "busy"):
         table.add_column(column, justify="left" if column in ("devices", "blocks") else "right")
     for s in last.stages:
-        table.add_row(str(s.stage), "+".join(s.devices), s.blocks, f"{s.measured_ms:.2f}", f"{s.predicted_ms:.2f}",
-                      f"{100 * s.utilisation:.0f}%")  # fmt: skip
+        table.add_row(
+            str(s.stage),
+            "+".join(s.devices),
+            s.blocks,
+            f"{s.measured_ms:.2f}",
+            f"{s.predicted_ms:.2f}",
+            f"{100 * s.utilisation:.0f}%",
+        )
     return table
 
 
@@ -159,10 +174,18 @@ def run(
         with progress_bar(f"leakage of {opened.name}", len(images)) as update:
             leakage = measure_leakage(opened.chain, opened.name, images, progress=update)
     options = RunOptions(
-        chunk=chunk, strategy=strategy, privacy=privacy, trusted_tail=trusted_tail, replicate=replicate, native=native,
-        dilation=dilation, placement=placement, slowdowns=slowdowns, kms_url=kms,
+        chunk=chunk,
+        strategy=strategy,
+        privacy=privacy,
+        trusted_tail=trusted_tail,
+        replicate=replicate,
+        native=native,
+        dilation=dilation,
+        placement=placement,
+        slowdowns=slowdowns,
+        kms_url=kms,
         repartition=None if no_repartition else Repartitioner(repartition_threshold, repartition_chunks),
-    )  # fmt: skip
+    )
     audited = read_audit(audit, parse_policy(privacy), opened.chain, opened.name)
     manager = ApplicationManager(opened.chain, opened.name, prof, spec, options, leakage=leakage, audit=audited)
     first = manager.plan()  # fails here, before any process starts, on a bad or refused placement
@@ -170,12 +193,18 @@ def run(
         from serdab.runtime.executor import get_executor
 
         manager.executor = get_executor("ray", address=address, cluster=spec)
-    console.print(f"[bold]{opened.name}[/bold] on {spec.name}: {first.describe()} (policy {manager.policy.spec}); "
-                  f"input {source.describe()}, chunks of {chunk}"
-                  + (f"; workers on Ray ({address})" if executor == "ray" else ""))  # fmt: skip
+    console.print(
+        f"[bold]{opened.name}[/bold] on {spec.name}: {first.describe()} (policy {manager.policy.spec}); "
+        f"input {source.describe()}, chunks of {chunk}" + (f"; workers on Ray ({address})" if executor == "ray" else "")
+    )
     sink = out.open("w") if out else None
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[info]}"))  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
     try:
         with Progress(*columns, console=err_console, transient=False) as bar:
             task = bar.add_task("starting key service and workers", total=source.count, info="")
@@ -194,8 +223,10 @@ def run(
             sink.close()
     console.print(f"{summary.frames} frames in {summary.wall_s:.1f} s host time; {summary.emulation}")
     for switch in summary.switches:
-        console.print(f"re-partitioned after chunk {switch['after_chunk']} (before frame {switch['before_frame']}): "
-                      f"{switch['from']} -> {switch['to']}: {switch['reason']}")  # fmt: skip
+        console.print(
+            f"re-partitioned after chunk {switch['after_chunk']} (before frame {switch['before_frame']}): "
+            f"{switch['from']} -> {switch['to']}: {switch['reason']}"
+        )
     for fault in summary.faults:
         console.print(f"fault at frame {fault['frame']}: {fault['reason']}; {fault['action']}")
     console.print(_summary_table(summary))

@@ -78,8 +78,15 @@ def train(
         returns = train_agent(agent, steps, warm_episodes=200, decay=0.99, on_episode=tick)
     out.parent.mkdir(parents=True, exist_ok=True)
     agent.save(out)
-    settings = {"workload": workload_name, "privacy": privacy, "devices": devices, "mix": mix,
-                "masked": not unmasked, "steps": steps, "seed": seed}  # fmt: skip
+    settings = {
+        "workload": workload_name,
+        "privacy": privacy,
+        "devices": devices,
+        "mix": mix,
+        "masked": not unmasked,
+        "steps": steps,
+        "seed": seed,
+    }
     out.with_suffix(".json").write_text(json.dumps(settings, indent=2) + "\n")
     tail = returns[-100:]
     kind = "unmasked" if unmasked else "masked"
@@ -105,8 +112,10 @@ def _policy(name: str, config: SystemConfig, cnns) -> Policy:  # noqa: ANN001
         ) from None
     expected = (len(cnns), config.devices)
     if (len(workload(settings["workload"])), settings["devices"]) != expected:
-        raise SerdabError(f"{path} was trained for {settings['devices']} devices and workload {settings['workload']}; "
-                          f"evaluate it on the same system")  # fmt: skip
+        raise SerdabError(
+            f"{path} was trained for {settings['devices']} devices and workload {settings['workload']}; "
+            f"evaluate it on the same system"
+        )
     from serdab.schedule.agent import DqnPolicy
     from serdab.schedule.env import observe
 
@@ -128,8 +137,9 @@ def evaluate(
     config = _config(devices, mix, privacy)
     cnns = workload(workload_name)
     names = policy or ["static", "greedy", "search"]
-    table = Table(title=f"{workload_name} requests, privacy {privacy}, {devices} participants, {requests} requests "
-                        "(simulated)")  # fmt: skip
+    table = Table(
+        title=f"{workload_name} requests, privacy {privacy}, {devices} participants, {requests} requests (simulated)"
+    )
     for column in ("policy", "accuracy", "when feasible", "mean latency s", "shared MB", "decision ms"):
         table.add_column(column, justify="left" if column == "policy" else "right")
     rows = []
@@ -138,7 +148,13 @@ def evaluate(
         with err_console.status(f"evaluating {name}"):
             result = run_stream(chosen, config, cnns, requests, seed=seed)
         rows.append({**result.__dict__, "policy": name, "kind": result.policy})
-        table.add_row(name, f"{result.accuracy:.3f}", f"{result.accuracy_feasible:.3f}", f"{result.mean_latency_s:.4f}",
-                      f"{result.shared_mb:.3f}", f"{result.decision_ms:.3f}")  # fmt: skip
+        table.add_row(
+            name,
+            f"{result.accuracy:.3f}",
+            f"{result.accuracy_feasible:.3f}",
+            f"{result.mean_latency_s:.4f}",
+            f"{result.shared_mb:.3f}",
+            f"{result.decision_ms:.3f}",
+        )
     console.print(table)
     write_json(json_path, {"workload": workload_name, "privacy": privacy, "devices": devices, "rows": rows})

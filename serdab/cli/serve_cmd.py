@@ -90,17 +90,41 @@ def serve(
     if engine not in ("gateway", "ray"):
         raise ServeConfigError(f"unknown engine {engine!r}; choose gateway or ray")
     if engine == "ray":
-        _serve_on_ray(model, secure, public, balancer, autoscale, port, enclave_speed, monitor_interval, trust_file,
-                      address, ray_ingress)  # fmt: skip
+        _serve_on_ray(
+            model,
+            secure,
+            public,
+            balancer,
+            autoscale,
+            port,
+            enclave_speed,
+            monitor_interval,
+            trust_file,
+            address,
+            ray_ingress,
+        )
         return
     scaling = {}
     if autoscale:
         low, high = parse_range(autoscale)
-        scaling = {kind: AutoscaleConfig(min_replicas=low, max_replicas=high)
-                   for kind, count in (("enclave", secure), ("public", public)) if count}  # fmt: skip
-    options = ServeOptions(model, secure=secure, public=public, balancer=balancer, autoscale=scaling, host=host,
-                           port=port, secure_port=secure_port, enclave_hosts=enclave_hosts,
-                           enclave_speed=enclave_speed, monitor_interval_s=monitor_interval)  # fmt: skip
+        scaling = {
+            kind: AutoscaleConfig(min_replicas=low, max_replicas=high)
+            for kind, count in (("enclave", secure), ("public", public))
+            if count
+        }
+    options = ServeOptions(
+        model,
+        secure=secure,
+        public=public,
+        balancer=balancer,
+        autoscale=scaling,
+        host=host,
+        port=port,
+        secure_port=secure_port,
+        enclave_hosts=enclave_hosts,
+        enclave_speed=enclave_speed,
+        monitor_interval_s=monitor_interval,
+    )
     options.check()
     service = ModelService(options, log=lambda line: err_console.print(line))
 
@@ -127,8 +151,9 @@ def serve(
     _serve_until_signalled(service, "starting key service, replicas and gateway", report)
 
 
-def _serve_until_signalled(service: Any, starting: str, report: Callable[[], None], *,
-                           handlers_after_start: bool = False) -> None:  # fmt: skip
+def _serve_until_signalled(
+    service: Any, starting: str, report: Callable[[], None], *, handlers_after_start: bool = False
+) -> None:
     """Start ``service``, report, serve until Ctrl-C or SIGTERM, then stop everything it started.
 
     SIGINT is handled even where a shell started us ignoring it. ``handlers_after_start``: Ray's
@@ -160,9 +185,19 @@ def _serve_until_signalled(service: Any, starting: str, report: Callable[[], Non
         err_console.print("stopped")
 
 
-def _serve_on_ray(model: str, secure: int, public: int, balancer: str, autoscale: str | None, port: int,
-                  enclave_speed: float, monitor_interval: float, trust_file: Path, address: str,
-                  ingress: str) -> None:  # fmt: skip
+def _serve_on_ray(
+    model: str,
+    secure: int,
+    public: int,
+    balancer: str,
+    autoscale: str | None,
+    port: int,
+    enclave_speed: float,
+    monitor_interval: float,
+    trust_file: Path,
+    address: str,
+    ingress: str,
+) -> None:
     """`serdab serve --engine ray`: the same replicas and policies as Ray Serve applications, until Ctrl-C."""
     from serdab.serve.autoscale import parse_range
     from serdab.serve.balancing import get_balancer
@@ -180,24 +215,38 @@ def _serve_on_ray(model: str, secure: int, public: int, balancer: str, autoscale
         from serdab.serve.ray_engine import RayServeOptions, RayService
     except ImportError as exc:
         raise ServeConfigError(f"--engine ray needs the ray extra: pip install 'serdab[ray]' ({exc})") from None
-    options = RayServeOptions(model, public=public, secure=secure, balancer=balancer, autoscale=scaling,
-                              enclave_speed=enclave_speed, address=address, port=port or 8000,
-                              stats_period_s=monitor_interval, ingress=ingress)  # fmt: skip
+    options = RayServeOptions(
+        model,
+        public=public,
+        secure=secure,
+        balancer=balancer,
+        autoscale=scaling,
+        enclave_speed=enclave_speed,
+        address=address,
+        port=port or 8000,
+        stats_period_s=monitor_interval,
+        ingress=ingress,
+    )
     service = RayService(options)
 
     def report() -> None:
         trust_file.write_text(json.dumps(service.trust(), indent=2) + "\n")
         counts = service.replicas()
-        console.print(f"serving {service.model_name} on Ray Serve: {counts.get('enclave', 0)} enclave replica(s) "
-                      f"(simulated TEE, speed and EPC emulated), {counts.get('public', 0)} public")  # fmt: skip
-        console.print(f"front    {service.url}  (Ray Serve's {service.ingress} ingress; secure requests sealed to "
-                      f"the enclaves at {service.url}/secure)")  # fmt: skip
+        console.print(
+            f"serving {service.model_name} on Ray Serve: {counts.get('enclave', 0)} enclave replica(s) "
+            f"(simulated TEE, speed and EPC emulated), {counts.get('public', 0)} public"
+        )
+        console.print(
+            f"front    {service.url}  (Ray Serve's {service.ingress} ingress; secure requests sealed to "
+            f"the enclaves at {service.url}/secure)"
+        )
         console.print(f"trust    {trust_file}  (clients verify the key service and the enclaves against it)")
         console.print(f"try      serdab infer {service.url} synthetic:2 --secure --trust {trust_file}")
         console.print("Ctrl-C stops the Serve applications, the key service and Ray.")
 
-    _serve_until_signalled(service, "starting Ray, the key service and the Serve applications", report,
-                           handlers_after_start=True)  # fmt: skip
+    _serve_until_signalled(
+        service, "starting Ray, the key service and the Serve applications", report, handlers_after_start=True
+    )
 
 
 def _images(specs: list[str], side: int = 224) -> list[tuple[str, Any]]:
@@ -304,11 +353,29 @@ def load(
             status.update(f"{done}/{total} requests")
 
         if rate is not None:
-            samples, wall = open_loop(url, x, rate_per_s=rate, duration_s=duration, secure_fraction=secure_fraction,
-                                      trust=trust_data, model=model, progress=progress, warmup=not cold)  # fmt: skip
+            samples, wall = open_loop(
+                url,
+                x,
+                rate_per_s=rate,
+                duration_s=duration,
+                secure_fraction=secure_fraction,
+                trust=trust_data,
+                model=model,
+                progress=progress,
+                warmup=not cold,
+            )
         else:
-            samples, wall = closed_loop(url, x, threads=threads, requests=requests, secure_fraction=secure_fraction,
-                                        trust=trust_data, model=model, progress=progress, warmup=not cold)  # fmt: skip
+            samples, wall = closed_loop(
+                url,
+                x,
+                threads=threads,
+                requests=requests,
+                secure_fraction=secure_fraction,
+                trust=trust_data,
+                model=model,
+                progress=progress,
+                warmup=not cold,
+            )
     summary = summarise(samples, wall)
     mode = f"open loop, {rate:g}/s Poisson" if rate is not None else f"closed loop, {threads} threads x {requests}"
     table = Table(title=f"{model} at {url}: {mode}, batch {batch}, {secure_fraction:.0%} secure")
@@ -326,8 +393,17 @@ def load(
     if json_path is not None:
         from serdab.bench.serving_bench import plot_latency
 
-        write_json(json_path, {"url": url, "mode": mode, "batch": batch, "secure_fraction": secure_fraction,
-                               "summary": summary, "samples": [s.__dict__ for s in samples]})  # fmt: skip
+        write_json(
+            json_path,
+            {
+                "url": url,
+                "mode": mode,
+                "batch": batch,
+                "secure_fraction": secure_fraction,
+                "summary": summary,
+                "samples": [s.__dict__ for s in samples],
+            },
+        )
         plot_latency(samples, json_path.with_suffix(".png"), title=f"{model}: {mode}")
         err_console.print(f"wrote {json_path.with_suffix('.png')}")
 
@@ -352,8 +428,9 @@ def stress(
         raise ServeConfigError(f"cannot read the admin token {token_file}: {exc.strerror}") from None
     action, body = ("unstress", {"name": stop}) if stop else ("stress", {"host": host, "epc_bytes": parse_bytes(epc)})
     try:
-        reply = httpx.post(f"{url.rstrip('/')}/v1/admin/{action}", json=body, timeout=60,
-                           headers={"authorization": f"Bearer {token}"})  # fmt: skip
+        reply = httpx.post(
+            f"{url.rstrip('/')}/v1/admin/{action}", json=body, timeout=60, headers={"authorization": f"Bearer {token}"}
+        )
     except httpx.HTTPError as exc:
         raise ServeConfigError(f"no Serdab gateway answers at {url}: {exc}") from None
     if reply.status_code != 200:

@@ -76,8 +76,15 @@ def measure(
         table.add_row(str(index), meaning, pcrs[index].hex())
     console.print(table)
     console.print("policy: " + " ".join(f"--pcr {i}={pcrs[i].hex()}" for i in (PCR_IMAGE, PCR_RUNTIME, PCR_APP)))
-    write_json(json_path, {"image": str(image), "name": manifest.name, "debug": manifest.debug,
-                           "pcrs": {str(i): v.hex() for i, v in pcrs.items()}})  # fmt: skip
+    write_json(
+        json_path,
+        {
+            "image": str(image),
+            "name": manifest.name,
+            "debug": manifest.debug,
+            "pcrs": {str(i): v.hex() for i, v in pcrs.items()},
+        },
+    )
 
 
 def attest(
@@ -97,8 +104,13 @@ def attest(
     except ValueError:
         raise PolicyError(f"--nonce {nonce!r} is not hex") from None
     roots = local_simulated_roots(create=allow_simulated)  # known either way, so the error can say "simulated"
-    kms = attest_kms(url, expected_pcrs=parse_pcr_options(pcr or []), allow_simulated=allow_simulated,
-                     simulated_roots=roots, nonce=raw_nonce)  # fmt: skip
+    kms = attest_kms(
+        url,
+        expected_pcrs=parse_pcr_options(pcr or []),
+        allow_simulated=allow_simulated,
+        simulated_roots=roots,
+        nonce=raw_nonce,
+    )
     kms.close()
     document = kms.attestation.document
     chain = [cert_from_der(c).subject.rfc4514_string() for c in [*document.cabundle, document.certificate]]
@@ -117,8 +129,16 @@ def attest(
     table.add_row("nonce", (document.nonce or b"").hex())
     table.add_row("chain", " -> ".join(chain))
     console.print(table)
-    write_json(json_path, {
-        "url": url, "tee_type": kms.attestation.tee_type, "module_id": document.module_id,
-        "timestamp_ms": document.timestamp_ms, "pcrs": {str(i): v.hex() for i, v in document.pcrs.items()},
-        "user_data": (document.user_data or b"").hex(), "nonce": (document.nonce or b"").hex(), "chain": chain,
-    })  # fmt: skip
+    write_json(
+        json_path,
+        {
+            "url": url,
+            "tee_type": kms.attestation.tee_type,
+            "module_id": document.module_id,
+            "timestamp_ms": document.timestamp_ms,
+            "pcrs": {str(i): v.hex() for i, v in document.pcrs.items()},
+            "user_data": (document.user_data or b"").hex(),
+            "nonce": (document.nonce or b"").hex(),
+            "chain": chain,
+        },
+    )

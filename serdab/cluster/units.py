@@ -13,16 +13,36 @@ __all__ = ["parse_bandwidth_bytes_per_s", "parse_bytes", "parse_seconds"]
 _NUMBER = r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*"
 
 _SIZE = {
-    "": 1, "b": 1,
-    "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}  # fmt: skip
+    "": 1,
+    "b": 1,
+    "kb": 1e3,
+    "mb": 1e6,
+    "gb": 1e9,
+    "tb": 1e12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 _RATE = {  # per second, in bytes
-    "": 1, "b/s": 1, "bps": 1 / 8, "bit": 1 / 8, "bit/s": 1 / 8,
-    "kbit": 1e3 / 8, "kbps": 1e3 / 8, "kbit/s": 1e3 / 8, "kb/s": 1e3,
-    "mbit": 1e6 / 8, "mbps": 1e6 / 8, "mbit/s": 1e6 / 8, "mb/s": 1e6,
-    "gbit": 1e9 / 8, "gbps": 1e9 / 8, "gbit/s": 1e9 / 8, "gb/s": 1e9,
-}  # fmt: skip
+    "": 1,
+    "b/s": 1,
+    "bps": 1 / 8,
+    "bit": 1 / 8,
+    "bit/s": 1 / 8,
+    "kbit": 1e3 / 8,
+    "kbps": 1e3 / 8,
+    "kbit/s": 1e3 / 8,
+    "kb/s": 1e3,
+    "mbit": 1e6 / 8,
+    "mbps": 1e6 / 8,
+    "mbit/s": 1e6 / 8,
+    "mb/s": 1e6,
+    "gbit": 1e9 / 8,
+    "gbps": 1e9 / 8,
+    "gbit/s": 1e9 / 8,
+    "gb/s": 1e9,
+}
 _TIME = {"": 1, "s": 1, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
 

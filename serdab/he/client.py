@@ -98,18 +98,25 @@ class Client:
         query = {} if layer is None else {"layer": layer}
         call = time.perf_counter()
         reply = self._call(
-            "POST", f"/v1/sessions/{self.session}/infer-batch", content=body,
-            headers={"content-type": "application/cbor"}, params=query,
-        )  # fmt: skip
+            "POST",
+            f"/v1/sessions/{self.session}/infer-batch",
+            content=body,
+            headers={"content-type": "application/cbor"},
+            params=query,
+        )
         round_trip = time.perf_counter() - call
         started = time.perf_counter()
         cts = [self.backend.from_bytes(item) for item in cbor2.loads(reply.content)]
         out = np.stack([self.backend.decrypt(ct)[: len(flat)] for ct in cts], axis=1)
         cut = self.spec.cut(int(reply.headers["X-Serdab-Layer"]))
         self.last = CallStats(
-            client_s + time.perf_counter() - started, float(reply.headers["X-Serdab-Server-Seconds"]),
-            round_trip, len(body), len(reply.content), len(flat),
-        )  # fmt: skip
+            client_s + time.perf_counter() - started,
+            float(reply.headers["X-Serdab-Server-Seconds"]),
+            round_trip,
+            len(body),
+            len(reply.content),
+            len(flat),
+        )
         return out.reshape(len(flat), *cut.shape)
 
     def _one(self, image: np.ndarray, layer: int | None) -> np.ndarray:
@@ -120,16 +127,20 @@ class Client:
         call = time.perf_counter()
         if self.json:
             reply = self._call(
-                "POST", f"/v1/sessions/{self.session}/infer-json",
+                "POST",
+                f"/v1/sessions/{self.session}/infer-json",
                 json={"ciphertext": base64.b64encode(data).decode(), "layer": layer},
-            )  # fmt: skip
+            )
             answer = reply.json()
             result, server_s, cut = base64.b64decode(answer["ciphertext"]), answer["server_s"], answer["layer"]
         else:
             reply = self._call(
-                "POST", f"/v1/sessions/{self.session}/infer", content=data,
-                headers={"content-type": "application/octet-stream"}, params=query,
-            )  # fmt: skip
+                "POST",
+                f"/v1/sessions/{self.session}/infer",
+                content=data,
+                headers={"content-type": "application/octet-stream"},
+                params=query,
+            )
             result = reply.content
             server_s, cut = float(reply.headers["X-Serdab-Server-Seconds"]), int(reply.headers["X-Serdab-Layer"])
         round_trip = time.perf_counter() - call

@@ -93,10 +93,21 @@ class AttestedKms:
     def service_certificate(self, name: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/services/{name}/certificate").json()
 
-    def register(self, name: str, admin_token: str, pcrs: Mapping[int, bytes], allow_simulated: bool = False,
-                 allow_debug: bool = False, model_key: bytes | None = None) -> dict[str, Any]:  # fmt: skip
-        body: dict[str, Any] = {"name": name, "pcrs": {str(i): v.hex() for i, v in pcrs.items()},
-                                "allow_simulated": allow_simulated, "allow_debug": allow_debug}  # fmt: skip
+    def register(
+        self,
+        name: str,
+        admin_token: str,
+        pcrs: Mapping[int, bytes],
+        allow_simulated: bool = False,
+        allow_debug: bool = False,
+        model_key: bytes | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "name": name,
+            "pcrs": {str(i): v.hex() for i, v in pcrs.items()},
+            "allow_simulated": allow_simulated,
+            "allow_debug": allow_debug,
+        }
         if model_key is not None:
             body["model_key"] = model_key.hex()
         return self.request("POST", "/v1/services", json=body, headers=_bearer(admin_token)).json()
@@ -190,9 +201,12 @@ def open_service(
 ) -> ssl.SSLSocket:
     """Attest-then-connect in one call: verify the KMS, fetch the service CA, open pinned TLS to the enclave."""
     kms = attest_kms(
-        kms_url, expected_pcrs=expected_kms_pcrs, allow_simulated=allow_simulated,
-        simulated_roots=simulated_roots, timeout_s=timeout_s,
-    )  # fmt: skip
+        kms_url,
+        expected_pcrs=expected_kms_pcrs,
+        allow_simulated=allow_simulated,
+        simulated_roots=simulated_roots,
+        timeout_s=timeout_s,
+    )
     try:
         return connect_service(kms, service, address, timeout_s)
     finally:

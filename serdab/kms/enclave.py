@@ -56,9 +56,11 @@ def _from_peer(peer: str, nsm: NsmClient, own: dict[int, bytes], allow_simulated
         key = new_key()
         document = nsm.attest(nonce=kms.nonce(), public_key=public_der(key.public_key()))
         reply = kms.request(
-            "POST", "/v1/replica/storage-key", content=cbor2.dumps({"document": document}),
+            "POST",
+            "/v1/replica/storage-key",
+            content=cbor2.dumps({"document": document}),
             headers={"content-type": "application/cbor"},
-        )  # fmt: skip
+        )
         return open_envelope(cbor2.loads(reply.content)["envelope"], key, context=b"storage-key")
     finally:
         kms.close()
@@ -155,9 +157,13 @@ def main(argv: list[str]) -> int:
     sock = listen_http(args.host, args.port)
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        app, ssl_keyfile=str(secrets_dir / "key.pem"), ssl_certfile=str(secrets_dir / "cert.pem"),
-        log_level="warning", access_log=False, lifespan="off",
-    )  # fmt: skip
+        app,
+        ssl_keyfile=str(secrets_dir / "key.pem"),
+        ssl_certfile=str(secrets_dir / "cert.pem"),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
     server = uvicorn.Server(config)
 
     async def serve() -> None:

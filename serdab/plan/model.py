@@ -67,8 +67,16 @@ def plan_model(
     audit: AuditReport | None = None,
 ) -> PlannedModel:
     """The ``strategy``'s placement for a stream of ``chunk`` frames; InfeasibleError says why not."""
-    request = plan_request(profile, cluster, policy=policy, chunk=chunk, trusted_tail=trusted_tail,
-                           replicate=replicate, leakage=leakage, audit=audit)  # fmt: skip
+    request = plan_request(
+        profile,
+        cluster,
+        policy=policy,
+        chunk=chunk,
+        trusted_tail=trusted_tail,
+        replicate=replicate,
+        leakage=leakage,
+        audit=audit,
+    )
     started = time.perf_counter()
     placement = get_planner(strategy).plan(request)
     planner_s = time.perf_counter() - started

@@ -116,8 +116,9 @@ def _psnr(original: torch.Tensor, rebuilt: torch.Tensor) -> float:
     return 99.0 if mse <= 1e-10 else 10.0 * float(np.log10(1.0 / mse))
 
 
-def _score(name: str, images: Sequence[LabelledImage], originals: torch.Tensor, rebuilt: torch.Tensor,
-           seconds: float) -> AttackScore:  # fmt: skip
+def _score(
+    name: str, images: Sequence[LabelledImage], originals: torch.Tensor, rebuilt: torch.Tensor, seconds: float
+) -> AttackScore:
     grey_o, grey_r = originals.mean(dim=1), rebuilt.mean(dim=1)
     ssim = [float(ssim_batch(grey_o[i], grey_r[i][None])[0]) for i in range(len(images))]
     psnr = [_psnr(originals[i], rebuilt[i]) for i in range(len(images))]
@@ -214,16 +215,22 @@ def run_audit(
         from serdab.privacy.prefix import prefix_modules
 
         probes = inputs[:2]
-        prefixes = prefix_modules(module, [p[None] for p in probes], [
-            {c: observed[c][i : i + 1] for c in cuts} for i in range(len(probes))
-        ])  # fmt: skip
+        prefixes = prefix_modules(
+            module, [p[None] for p in probes], [{c: observed[c][i : i + 1] for c in cuts} for i in range(len(probes))]
+        )
     rows, rebuilt_all = [], {}
     jobs = [(c, a) for c in cuts for a in attacks]
     for done, (cut, attack_name) in enumerate(jobs):
         label = f"cut {cut} {attack_name}"
         attack = ATTACKS[attack_name](steps=steps[attack_name] or None)
-        key = _cache_key(digest, cut, attack_name, steps[attack_name], inputs,
-                         train_pixels.numpy() if train_pixels is not None else None)  # fmt: skip
+        key = _cache_key(
+            digest,
+            cut,
+            attack_name,
+            steps[attack_name],
+            inputs,
+            train_pixels.numpy() if train_pixels is not None else None,
+        )
         cached = _read_cache(key)
         if cached is not None:
             score, rebuilt_np = cached
@@ -318,8 +325,9 @@ def audit_model(
         if any(v.pixels.shape == a.pixels.shape and (v.pixels == a.pixels).all() for v in victims for a in attackers):
             raise AuditError("the decoder's training images include a victim image: use disjoint directories")
     module = build_module(model) if whitebox else None
-    return run_audit(chain, name, cuts, attacks, victims, module=module, train_images=attackers or [],
-                     steps=steps, progress=progress)  # fmt: skip
+    return run_audit(
+        chain, name, cuts, attacks, victims, module=module, train_images=attackers or [], steps=steps, progress=progress
+    )
 
 
 def check_audit_for(report: AuditReport, model_name: str, blocks: int, digest: str | None = None) -> None:
@@ -341,8 +349,9 @@ def save_grid(path: Path, report: AuditReport, recon: Reconstructions) -> None:
 
     columns = [(c.index, a) for c in report.cuts for a in report.attacks]
     n_img = len(report.images)
-    fig, axes = plt.subplots(n_img, len(columns) + 1, figsize=(1.6 * (len(columns) + 1), 1.7 * n_img + 0.4),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        n_img, len(columns) + 1, figsize=(1.6 * (len(columns) + 1), 1.7 * n_img + 0.4), squeeze=False
+    )
     by_cut = {c.index: c for c in report.cuts}
     for row in range(n_img):
         tiles = [("original", recon.originals[row])]

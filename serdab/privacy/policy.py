@@ -185,8 +185,9 @@ def allowed_cuts(
     if policy.needs_leakage and leakage is None:
         raise PolicyError(f"policy {policy.spec} needs leakage measurements: give the model or --leakage FILE.json")
     if policy.needs_audit and audit is None:
-        raise PolicyError(f"policy {policy.spec} needs an audit: run `serdab audit MODEL --all --json A.json`, "
-                          "then --audit A.json")  # fmt: skip
+        raise PolicyError(
+            f"policy {policy.spec} needs an audit: run `serdab audit MODEL --all --json A.json`, then --audit A.json"
+        )
     if audit is not None and audit.blocks != len(resolutions) - 1:
         raise PolicyError(
             f"the audit is for {audit.model} with {audit.blocks} blocks but this model has {len(resolutions) - 1}: "

@@ -93,8 +93,14 @@ class DeploymentContext:
 
 
 class Deployment:
-    def __init__(self, ctx: DeploymentContext, placement: Placement, artifacts: list[StageArtifact], epoch: int,
-                 physical: CostModel) -> None:  # fmt: skip
+    def __init__(
+        self,
+        ctx: DeploymentContext,
+        placement: Placement,
+        artifacts: list[StageArtifact],
+        epoch: int,
+        physical: CostModel,
+    ) -> None:
         self.ctx = ctx
         self.placement = placement
         self.epoch = epoch
@@ -123,8 +129,15 @@ class Deployment:
             if link is None:
                 raise WorkerError(f"no link between {a} and {b} in cluster {self.ctx.cluster.name}")
             bandwidth, rtt = link.bandwidth_bytes_per_s, link.rtt_s
-        return LinkSpec(self.stream, src.id if src else SOURCE, dst.id if dst else SINK, os.urandom(32), bandwidth,
-                        rtt, self.ctx.dilation)  # fmt: skip
+        return LinkSpec(
+            self.stream,
+            src.id if src else SOURCE,
+            dst.id if dst else SINK,
+            os.urandom(32),
+            bandwidth,
+            rtt,
+            self.ctx.dilation,
+        )
 
     def _plan_workers(self, artifacts: list[StageArtifact], physical: CostModel) -> list[_Worker]:
         cost = physical.evaluate(self.placement, 1)
@@ -134,11 +147,18 @@ class Deployment:
             for device in stage.devices:
                 slow = self.ctx.slowdowns.get(device)
                 config: dict[str, Any] = {
-                    "worker": f"e{self.epoch}-s{k}-{device}", "device": device, "stage": k,
-                    "stage_file": artifact.stage_file, "native": self.ctx.native, "dilation": self.ctx.dilation,
-                    "compute_emulated_s": cost.stages[k].compute_s, "slowdowns": [list(slow)] if slow else [],
-                    "memory_bytes": cost.stages[k].memory_bytes, "threads": 1, "queue_depth": 2,
-                }  # fmt: skip
+                    "worker": f"e{self.epoch}-s{k}-{device}",
+                    "device": device,
+                    "stage": k,
+                    "stage_file": artifact.stage_file,
+                    "native": self.ctx.native,
+                    "dilation": self.ctx.dilation,
+                    "compute_emulated_s": cost.stages[k].compute_s,
+                    "slowdowns": [list(slow)] if slow else [],
+                    "memory_bytes": cost.stages[k].memory_bytes,
+                    "threads": 1,
+                    "queue_depth": 2,
+                }
                 if artifact.trusted:
                     config["kms"] = self.ctx.kms_view(artifact.service or "")
                 if k == 0:  # frames arrive as uint8 pixels; the first stage normalises them
@@ -170,10 +190,15 @@ class Deployment:
         address = self._control.getsockname()
         for w in self.workers:
             spec = WorkerSpec(
-                w.id, w.device, address, self._token, self.ctx.run_dir / "logs" / f"{w.id}.log",
+                w.id,
+                w.device,
+                address,
+                self._token,
+                self.ctx.run_dir / "logs" / f"{w.id}.log",
                 w.artifact.image if w.artifact.trusted else None,
-                None if w.artifact.trusted else Path(w.artifact.stage_file), (self.ctx.cluster.device(w.device).host,),
-            )  # fmt: skip
+                None if w.artifact.trusted else Path(w.artifact.stage_file),
+                (self.ctx.cluster.device(w.device).host,),
+            )
             try:
                 w.handle = self.ctx.executor.start(spec)
             except SerdabError as exc:  # the executor could not put a worker there: the device is gone
@@ -295,8 +320,16 @@ class Deployment:
             else:
                 channel.send(op="configure", config=w.config)
         except AttestationError as exc:
-            self.events.put((w.id, {"op": "refused", "message": f"the enclave for {w.device} is not the stage "
-                                    f"image it should run, refused: {type(exc).__name__}: {exc}"}))  # fmt: skip
+            self.events.put(
+                (
+                    w.id,
+                    {
+                        "op": "refused",
+                        "message": f"the enclave for {w.device} is not the stage "
+                        f"image it should run, refused: {type(exc).__name__}: {exc}",
+                    },
+                )
+            )
             channel.close()
             return
         except OSError:
@@ -322,9 +355,12 @@ class Deployment:
         if not isinstance(document, bytes):
             raise MalformedDocumentError("the worker sent no attestation document")
         verified = verify_attestation(
-            document, expected_pcrs=w.artifact.pcrs, allow_simulated=self.ctx.allow_simulated, nonce=nonce,
+            document,
+            expected_pcrs=w.artifact.pcrs,
+            allow_simulated=self.ctx.allow_simulated,
+            nonce=nonce,
             simulated_roots=self.ctx.executor.simulated_roots(),
-        )  # fmt: skip
+        )
         if not verified.public_key:
             raise MalformedDocumentError("the attestation document carries no public key for the configuration")
         return seal_envelope(

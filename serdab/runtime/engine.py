@@ -186,8 +186,13 @@ class _Worker:
             x = norm.apply(arrays[0]) if norm is not None and arrays[0].dtype == np.uint8 else arrays[0]
             outputs = self.session.run(None, {self.input_name: x})
             host_s = time.monotonic() - started
-            record = {"stage": cfg["stage"], "device": cfg["device"], "worker": cfg["worker"],
-                      "queue_ms": 1000 * (started - arrived), "host_ms": 1000 * host_s}  # fmt: skip
+            record = {
+                "stage": cfg["stage"],
+                "device": cfg["device"],
+                "worker": cfg["worker"],
+                "queue_ms": 1000 * (started - arrived),
+                "host_ms": 1000 * host_s,
+            }
             target = 0.0
             if not native:
                 factor = 1.0
@@ -211,8 +216,9 @@ class _Worker:
 
     def heartbeat(self) -> None:
         while not self.stopping.wait(HEARTBEAT_S):
-            self._report(op="heartbeat", frames=self.frames, busy_s=self.busy_s,
-                         link_busy_s=[s.busy_s for s in self.senders])  # fmt: skip
+            self._report(
+                op="heartbeat", frames=self.frames, busy_s=self.busy_s, link_busy_s=[s.busy_s for s in self.senders]
+            )
 
 
 def run(control_address: tuple[str, int], worker_id: str, nsm: Any | None, stage_file: str | None = None) -> int:
@@ -222,8 +228,12 @@ def run(control_address: tuple[str, int], worker_id: str, nsm: Any | None, stage
     sock = connect(control_address)
     control = Channel(sock)
     challenge = control.recv() or {}
-    hello: dict[str, Any] = {"op": "hello", "worker": worker_id, "token": os.environ.get(TOKEN_ENV, ""),
-                             "pid": os.getpid()}  # fmt: skip
+    hello: dict[str, Any] = {
+        "op": "hello",
+        "worker": worker_id,
+        "token": os.environ.get(TOKEN_ENV, ""),
+        "pid": os.getpid(),
+    }
     key = None
     if nsm is not None:
         from serdab.crypto import new_key, public_der

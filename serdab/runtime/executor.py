@@ -130,8 +130,11 @@ class LocalExecutor(Executor):
             try:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "serdab.runtime.engine", *spec.args],
-                    env={**os.environ, **env}, stdout=log, stderr=log, start_new_session=True,
-                )  # fmt: skip
+                    env={**os.environ, **env},
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                )
             except OSError as exc:
                 raise TeeError(f"cannot start the worker for {spec.device}: {exc}") from None
         return _ProcessHandle(spec, process=process)

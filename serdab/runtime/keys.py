@@ -26,8 +26,9 @@ __all__ = ["RunKms"]
 class RunKms:
     """An attested, admin-authenticated session with the run's key service."""
 
-    def __init__(self, kms: AttestedKms, token: str, pcrs: dict[int, bytes], allow_simulated: bool,
-                 stop: object | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, kms: AttestedKms, token: str, pcrs: dict[int, bytes], allow_simulated: bool, stop: object | None = None
+    ) -> None:
         self.kms = kms
         self.token = token
         self.pcrs = pcrs
@@ -45,9 +46,15 @@ class RunKms:
         token = secrets.token_hex(24)
         directory.mkdir(parents=True, exist_ok=True)
         try:
-            replica = start_kms_replica(backend, images, store=f"sqlite:{directory / 'kms.db'}",
-                                        data=directory / "replica", admin_token=token, allow_simulated=True,
-                                        timeout_s=timeout_s)  # fmt: skip
+            replica = start_kms_replica(
+                backend,
+                images,
+                store=f"sqlite:{directory / 'kms.db'}",
+                data=directory / "replica",
+                admin_token=token,
+                allow_simulated=True,
+                timeout_s=timeout_s,
+            )
         except BaseException:
             backend.close()
             raise
@@ -67,12 +74,24 @@ class RunKms:
         return cls(kms, token, pcrs, True, stop)
 
     @classmethod
-    def external(cls, url: str, token_file: Path, roots: list[x509.Certificate], pcrs: dict[int, bytes],
-                 allow_simulated: bool, timeout_s: float = 10.0) -> RunKms:  # fmt: skip
+    def external(
+        cls,
+        url: str,
+        token_file: Path,
+        roots: list[x509.Certificate],
+        pcrs: dict[int, bytes],
+        allow_simulated: bool,
+        timeout_s: float = 10.0,
+    ) -> RunKms:
         """A running KMS (``serdab kms start``): verified before anything is sent to it."""
         try:
-            kms = attest_kms(url, expected_pcrs=pcrs or None, allow_simulated=allow_simulated, simulated_roots=roots,
-                             timeout_s=timeout_s)  # fmt: skip
+            kms = attest_kms(
+                url,
+                expected_pcrs=pcrs or None,
+                allow_simulated=allow_simulated,
+                simulated_roots=roots,
+                timeout_s=timeout_s,
+            )
         except KmsUnreachableError as exc:
             raise KmsUnreachableError(f"the key service is down, so no enclave stage can get its key: {exc}") from None
         try:
@@ -86,13 +105,18 @@ class RunKms:
         """Upload a trusted stage's key under a policy that names its image's PCRs."""
         if artifact.service is None or artifact.key is None or artifact.pcrs is None:
             raise KmsError(f"stage {artifact.index} runs untrusted: it has no key to register")
-        self.kms.register(artifact.service, self.token, artifact.pcrs, allow_simulated=self.allow_simulated,
-                          model_key=artifact.key)  # fmt: skip
+        self.kms.register(
+            artifact.service, self.token, artifact.pcrs, allow_simulated=self.allow_simulated, model_key=artifact.key
+        )
 
     def worker_view(self, service: str) -> dict[str, Any]:
         """What a stage enclave needs to find and verify this KMS."""
-        return {"url": self.url, "service": service, "pcrs": {i: v for i, v in self.pcrs.items() if i in MEASURED_PCRS},
-                "allow_simulated": self.allow_simulated}  # fmt: skip
+        return {
+            "url": self.url,
+            "service": service,
+            "pcrs": {i: v for i, v in self.pcrs.items() if i in MEASURED_PCRS},
+            "allow_simulated": self.allow_simulated,
+        }
 
     def close(self) -> None:
         self.kms.close()

@@ -57,13 +57,21 @@ class LinkSpec:
     dilation: float = 1.0
 
     def to_wire(self) -> dict[str, Any]:
-        return {"stream": self.stream, "src": self.src, "dst": self.dst, "key": self.key,
-                "bandwidth": self.bandwidth_bytes_per_s, "rtt": self.rtt_s, "dilation": self.dilation}  # fmt: skip
+        return {
+            "stream": self.stream,
+            "src": self.src,
+            "dst": self.dst,
+            "key": self.key,
+            "bandwidth": self.bandwidth_bytes_per_s,
+            "rtt": self.rtt_s,
+            "dilation": self.dilation,
+        }
 
     @classmethod
     def from_wire(cls, item: dict[str, Any]) -> LinkSpec:
-        return cls(item["stream"], item["src"], item["dst"], item["key"], item["bandwidth"], item["rtt"],
-                   item["dilation"])  # fmt: skip
+        return cls(
+            item["stream"], item["src"], item["dst"], item["key"], item["bandwidth"], item["rtt"], item["dilation"]
+        )
 
 
 def _aad(spec: LinkSpec, seq: int, frame: int, at: float) -> bytes:
@@ -165,8 +173,9 @@ class LinkShaper:
 
 def encode_tensors(arrays: Sequence[np.ndarray], meta: Any = None) -> bytes:
     """Tensors (dtype, shape, raw bytes) and per-stage timing records as one CBOR payload."""
-    return cbor2.dumps({"t": [[a.dtype.str, list(a.shape), np.ascontiguousarray(a).tobytes()] for a in arrays],
-                        "m": meta})  # fmt: skip
+    return cbor2.dumps(
+        {"t": [[a.dtype.str, list(a.shape), np.ascontiguousarray(a).tobytes()] for a in arrays], "m": meta}
+    )
 
 
 def decode_tensors(payload: bytes) -> tuple[list[np.ndarray], Any]:

@@ -88,8 +88,17 @@ Progress = Callable[[dict[str, Any]], None]
 
 
 class ApplicationManager:
-    def __init__(self, chain: Chain, model: str, profile: Profile, cluster: Cluster, options: RunOptions,
-                 executor: Executor | None = None, leakage: Any = None, audit: Any = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        chain: Chain,
+        model: str,
+        profile: Profile,
+        cluster: Cluster,
+        options: RunOptions,
+        executor: Executor | None = None,
+        leakage: Any = None,
+        audit: Any = None,
+    ) -> None:
         self.chain = chain
         self.model = model
         self.profile = profile
@@ -114,8 +123,16 @@ class ApplicationManager:
     # --- planning -------------------------------------------------------------------------------
     def _request(self, cluster: Cluster) -> PlanRequest:
         o = self.options
-        return plan_request(self.workload, cluster, policy=self.policy, chunk=o.chunk, trusted_tail=o.trusted_tail,
-                            replicate=o.replicate, leakage=self.leakage, audit=self.audit)  # fmt: skip
+        return plan_request(
+            self.workload,
+            cluster,
+            policy=self.policy,
+            chunk=o.chunk,
+            trusted_tail=o.trusted_tail,
+            replicate=o.replicate,
+            leakage=self.leakage,
+            audit=self.audit,
+        )
 
     def belief(self) -> Cluster:
         cluster = self.resources.cluster(self.speeds)
@@ -144,8 +161,13 @@ class ApplicationManager:
             raise PlanError(f"refusing to deploy {placement.describe()}: {error}")
 
     # --- running --------------------------------------------------------------------------------
-    def run(self, frames: Iterator[Frame], total: int | None = None, on_result: Callable[[dict], None] | None = None,
-            progress: Progress | None = None) -> RunSummary:  # fmt: skip
+    def run(
+        self,
+        frames: Iterator[Frame],
+        total: int | None = None,
+        on_result: Callable[[dict], None] | None = None,
+        progress: Progress | None = None,
+    ) -> RunSummary:
         o = self.options
         run_dir = Path(tempfile.mkdtemp(prefix="serdab-run-"))
         run_id = f"run-{secrets.token_hex(4)}"
@@ -163,10 +185,17 @@ class ApplicationManager:
             if any(self.cluster.device(d).trusted for d in self.cluster.names):
                 kms = self._kms(run_dir)
             ctx = DeploymentContext(
-                self.executor, self.resources, self.cluster, kms.worker_view if kms else (lambda s: {}), run_dir,
-                o.native, dilation, dict(o.slowdowns), allow_simulated=True,
+                self.executor,
+                self.resources,
+                self.cluster,
+                kms.worker_view if kms else (lambda s: {}),
+                run_dir,
+                o.native,
+                dilation,
+                dict(o.slowdowns),
+                allow_simulated=True,
                 normalise=normalisation(self.chain.input_shape[1]).to_wire(),
-            )  # fmt: skip
+            )
             self._deploy(ctx, placement, kms, run_dir, run_id)
             streak: dict[tuple[str, ...], int] = {}
             done = 0
@@ -202,8 +231,9 @@ class ApplicationManager:
             return RunKms.external(self.options.kms_url, token, roots, {}, allow_simulated=True)
         return RunKms.embedded(run_dir / "kms", roots, serdab_home() / "images")
 
-    def _deploy(self, ctx: DeploymentContext, placement: Placement, kms: RunKms | None, run_dir: Path,
-                run_id: str) -> None:  # fmt: skip
+    def _deploy(
+        self, ctx: DeploymentContext, placement: Placement, kms: RunKms | None, run_dir: Path, run_id: str
+    ) -> None:
         key = placement.describe()
         if key not in self._artifacts:
             trusted = {d.name: d.trusted for d in self.cluster.devices}
@@ -231,8 +261,9 @@ class ApplicationManager:
         if not self.summary.placements or self.summary.placements[-1] != key:
             self.summary.placements.append(key)
 
-    def _run_chunk(self, ctx: DeploymentContext, chunk: list[Frame], kms: RunKms | None, run_dir: Path,
-                   run_id: str) -> tuple[dict[int, FrameResult], bool]:  # fmt: skip
+    def _run_chunk(
+        self, ctx: DeploymentContext, chunk: list[Frame], kms: RunKms | None, run_dir: Path, run_id: str
+    ) -> tuple[dict[int, FrameResult], bool]:
         results: dict[int, FrameResult] = {}
         interrupted = False
         restarts: dict[str, int] = {}
@@ -255,8 +286,10 @@ class ApplicationManager:
                     deployment.check()
                     if time.monotonic() > deadline:
                         missing = sorted({f.id for f in chunk} - set(results))
-                        raise RunError(f"frames {missing[:5]} never came out of the pipeline within "
-                                       f"{self.options.chunk_timeout_s:.0f} s")  # fmt: skip
+                        raise RunError(
+                            f"frames {missing[:5]} never came out of the pipeline within "
+                            f"{self.options.chunk_timeout_s:.0f} s"
+                        )
             except WorkerLost as lost:
                 stop.set()
                 interrupted = True
@@ -271,8 +304,9 @@ class ApplicationManager:
                 else:
                     action = f"restarted the workers (attempt {restarts[lost.device]})"
                     placement = deployment.placement
-                self.summary.faults.append({"device": lost.device, "reason": str(lost), "action": action,
-                                            "frame": first_missing})  # fmt: skip
+                self.summary.faults.append(
+                    {"device": lost.device, "reason": str(lost), "action": action, "frame": first_missing}
+                )
                 try:
                     self._deploy(ctx, placement, kms, run_dir, run_id)
                 except WorkerError as exc:
@@ -280,9 +314,14 @@ class ApplicationManager:
                         raise
                     restarts[lost.device] = self.options.max_restarts  # it does not come back: plan around it
                     self.resources.deregister(lost.device, str(exc))
-                    self.summary.faults.append({"device": lost.device, "reason": str(exc),
-                                                "action": f"re-planned without {lost.device}",
-                                                "frame": first_missing})  # fmt: skip
+                    self.summary.faults.append(
+                        {
+                            "device": lost.device,
+                            "reason": str(exc),
+                            "action": f"re-planned without {lost.device}",
+                            "frame": first_missing,
+                        }
+                    )
                     self._deploy(ctx, self.plan(), kms, run_dir, run_id)
             finally:
                 stop.set()
@@ -302,12 +341,16 @@ class ApplicationManager:
         for k, stage in enumerate(cost.placement.stages):
             times = [rec["emulated_ms"] / 1000 for r in ordered for rec in r.records if rec["stage"] == k]
             span = (done[-1] - min(r.sent_s for r in ordered)) / d
-            stages.append(StageReport(
-                stage=k, devices=list(stage.devices), blocks=f"{stage.first}-{stage.last}",
-                predicted_ms=1000 * cost.stages[k].compute_s,
-                measured_ms=1000 * float(np.median(times)) if times else 0.0,
-                utilisation=(sum(times) / (span * stage.replicas)) if span > 0 else 0.0,
-            ))  # fmt: skip
+            stages.append(
+                StageReport(
+                    stage=k,
+                    devices=list(stage.devices),
+                    blocks=f"{stage.first}-{stage.last}",
+                    predicted_ms=1000 * cost.stages[k].compute_s,
+                    measured_ms=1000 * float(np.median(times)) if times else 0.0,
+                    utilisation=(sum(times) / (span * stage.replicas)) if span > 0 else 0.0,
+                )
+            )
         measured_t = (done[-1] - min(r.sent_s for r in ordered)) / d
         probed = self.deployment.latency_s if self.deployment is not None else None
         latency = probed if probed is not None else first.done_s - first.sent_s
@@ -315,37 +358,54 @@ class ApplicationManager:
         predicted = costs.evaluate(cost.placement, n)
         simulated = simulate(costs, cost.placement, n).chunk_time_s
         return ChunkReport(
-            index=index, frames=n, first_frame=chunk[0].id, placement=cost.placement.describe(),
+            index=index,
+            frames=n,
+            first_frame=chunk[0].id,
+            placement=cost.placement.describe(),
             interrupted=interrupted,
-            measured_chunk_s=measured_t, measured_latency_s=latency / d,
+            measured_chunk_s=measured_t,
+            measured_latency_s=latency / d,
             first_frame_latency_s=(first.done_s - first.sent_s) / d,
             measured_period_s=((done[-1] - done[0]) / (n - 1) / d) if n > 1 else 0.0,
-            predicted_chunk_s=predicted.chunk_time_s, predicted_latency_s=predicted.latency_s,
-            predicted_period_s=predicted.period_s, predicted_bottleneck=predicted.bottleneck,
-            simulated_chunk_s=simulated, stages=stages,
-        )  # fmt: skip
+            predicted_chunk_s=predicted.chunk_time_s,
+            predicted_latency_s=predicted.latency_s,
+            predicted_period_s=predicted.period_s,
+            predicted_bottleneck=predicted.bottleneck,
+            simulated_chunk_s=simulated,
+            stages=stages,
+        )
 
     def _line(self, frame: Frame, result: FrameResult, chunk: int) -> dict[str, Any]:
         d = self.emulation.dilation
         line: dict[str, Any] = {
-            "frame": frame.id, "source": frame.name, "chunk": chunk,
+            "frame": frame.id,
+            "source": frame.name,
+            "chunk": chunk,
             "top5": top_k(result.outputs[-1], 5),
             "latency_ms": 1000 * (result.done_s - result.sent_s) / d,
             "stages": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in result.records],
-        }  # fmt: skip
+        }
         if self.options.keep_outputs:
             line["outputs"] = result.outputs
         return line
 
-    def _maybe_replan(self, ctx: DeploymentContext, report: ChunkReport, streak: dict, kms: RunKms | None,
-                      run_dir: Path, run_id: str, index: int) -> dict:  # fmt: skip
+    def _maybe_replan(
+        self,
+        ctx: DeploymentContext,
+        report: ChunkReport,
+        streak: dict,
+        kms: RunKms | None,
+        run_dir: Path,
+        run_id: str,
+        index: int,
+    ) -> dict:
         rule = self.options.repartition
         assert rule is not None and self.deployment is not None
         belief = self.belief()
         observations = [
             StageObservation(
                 tuple(s.devices), belief.device(s.devices[0]).speed, s.predicted_ms / 1000, s.measured_ms / 1000
-            )  # fmt: skip
+            )
             for s in report.stages
         ]
         speeds, streak, reason = rule.decide(observations, streak)
@@ -354,9 +414,16 @@ class ApplicationManager:
         self.speeds.update(speeds)
         old = self.deployment.placement
         new = self.plan() if not self.options.placement else old
-        self.summary.switches.append({"after_chunk": index, "before_frame": report.first_frame + report.frames,
-                                      "reason": reason, "from": old.describe(), "to": new.describe(),
-                                      "speeds": {k: round(v, 4) for k, v in speeds.items()}})  # fmt: skip
+        self.summary.switches.append(
+            {
+                "after_chunk": index,
+                "before_frame": report.first_frame + report.frames,
+                "reason": reason,
+                "from": old.describe(),
+                "to": new.describe(),
+                "speeds": {k: round(v, 4) for k, v in speeds.items()},
+            }
+        )
         if new.describe() != old.describe():
             self.deployment.stop()
             self.deployment = None

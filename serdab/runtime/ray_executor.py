@@ -122,8 +122,7 @@ class RayExecutor(Executor):
         self.tee_backend = tee_backend
         self._owns_ray = False
         if not ray.is_initialized():
-            init: dict[str, Any] = {"logging_level": "ERROR", "include_dashboard": False,
-                                    "log_to_driver": False}  # fmt: skip
+            init: dict[str, Any] = {"logging_level": "ERROR", "include_dashboard": False, "log_to_driver": False}
             if address == "local":
                 resources: dict[str, float] = {}
                 if cluster is not None:
@@ -138,8 +137,10 @@ class RayExecutor(Executor):
                 try:
                     ray.init(address=address, **init)
                 except (ConnectionError, RuntimeError, ValueError) as exc:
-                    raise TeeError(f"no Ray cluster at {address}: {exc} (start one with `ray start --head`, "
-                                   f"or use --address local)") from None  # fmt: skip
+                    raise TeeError(
+                        f"no Ray cluster at {address}: {exc} (start one with `ray start --head`, "
+                        f"or use --address local)"
+                    ) from None
             self._owns_ray = True
         self._agent: Any = ray.remote(num_cpus=0)(EngineAgent)
         self._handles: list[_RayHandle] = []

@@ -47,8 +47,9 @@ class MaskedDQN(DQN):
 class EpsilonPerEpisode(BaseCallback):
     """epsilon = 1 for ``warm`` episodes, then x ``decay`` after each episode (floor ``minimum``)."""
 
-    def __init__(self, warm: int, decay: float, minimum: float = 0.02,
-                 on_episode: Callable[[int, float], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, warm: int, decay: float, minimum: float = 0.02, on_episode: Callable[[int, float], None] | None = None
+    ) -> None:
         super().__init__()
         self.warm, self.decay, self.minimum = warm, decay, minimum
         self.episodes = 0
@@ -74,10 +75,22 @@ class EpsilonPerEpisode(BaseCallback):
 def make_agent(env, masked: bool, learning_rate: float = 5e-4, seed: int = 0) -> DQN:  # noqa: ANN001
     kind = MaskedDQN if masked else DQN
     return kind(
-        "MlpPolicy", env, learning_rate=learning_rate, buffer_size=100_000, batch_size=64, gamma=0.95,
-        target_update_interval=1000, learning_starts=500, train_freq=4, exploration_initial_eps=1.0,
-        exploration_final_eps=1.0, policy_kwargs={"net_arch": [64, 64]}, seed=seed, verbose=0, device="cpu",
-    )  # fmt: skip
+        "MlpPolicy",
+        env,
+        learning_rate=learning_rate,
+        buffer_size=100_000,
+        batch_size=64,
+        gamma=0.95,
+        target_update_interval=1000,
+        learning_starts=500,
+        train_freq=4,
+        exploration_initial_eps=1.0,
+        exploration_final_eps=1.0,
+        policy_kwargs={"net_arch": [64, 64]},
+        seed=seed,
+        verbose=0,
+        device="cpu",
+    )
 
 
 def train_agent(

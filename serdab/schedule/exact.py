@@ -77,8 +77,11 @@ def solve_exact(
                 use_bandwidth[i].append((layers[layer].out_bytes, out))
                 cost.append((round(layers[layer].out_bytes / state.rate[i] * _US), out))
     for i in range(len(state.speed)):
-        for uses, free in ((use_compute[i], state.free_compute[i]), (use_memory[i], state.free_memory[i]),
-                           (use_bandwidth[i], state.free_bandwidth[i])):  # fmt: skip
+        for uses, free in (
+            (use_compute[i], state.free_compute[i]),
+            (use_memory[i], state.free_memory[i]),
+            (use_bandwidth[i], state.free_bandwidth[i]),
+        ):
             constant = sum(u for u in uses if isinstance(u, int))
             terms = [c * v for c, v in (u for u in uses if not isinstance(u, int))]
             model.add(sum(terms) + constant <= int(free))

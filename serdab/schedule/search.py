@@ -89,8 +89,15 @@ def search_placement(
                 state.config.privacy, layer, int(base[i, 1:layer].sum())
             ):
                 continue
-            key = (state.speed[i], state.rate[i], compute[i], memory[i], bandwidth[i], i == previous,
-                   base[i, 1:last].tobytes())  # fmt: skip
+            key = (
+                state.speed[i],
+                state.rate[i],
+                compute[i],
+                memory[i],
+                bandwidth[i],
+                i == previous,
+                base[i, 1:last].tobytes(),
+            )
             if key in classes:
                 continue
             classes.add(key)

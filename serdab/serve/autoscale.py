@@ -91,9 +91,13 @@ def decide(config: AutoscaleConfig, now: ScaleInput, state: AutoscaleState) -> t
         want = math.ceil(now.in_service * ratio)
         add = min(want - now.in_service, config.max_replicas - now.total)
         if add > 0:
-            return _change(add, f"utilisation {now.utilisation:.0%} (ahead {ahead:.0%} over the "
-                                f"{now.start_time_s:.1f} s start) > target {config.target_utilisation:.0%}",
-                           now, sampled)  # fmt: skip
+            return _change(
+                add,
+                f"utilisation {now.utilisation:.0%} (ahead {ahead:.0%} over the "
+                f"{now.start_time_s:.1f} s start) > target {config.target_utilisation:.0%}",
+                now,
+                sampled,
+            )
         return ScaleDecision(0, f"utilisation {now.utilisation:.0%} over target, at max {config.max_replicas}"), sampled
     if ratio < 1 - config.tolerance and now.starting == 0:
         if now.now_s - state.last_change_s < config.cooldown_s:
@@ -101,8 +105,9 @@ def decide(config: AutoscaleConfig, now: ScaleInput, state: AutoscaleState) -> t
         want = max(math.ceil(now.in_service * now.utilisation / config.target_utilisation), 1)
         remove = min(now.in_service - want, now.total - config.min_replicas)  # want >= 1 keeps one in service
         if remove > 0:
-            return _change(-remove, f"utilisation {now.utilisation:.0%} < target {config.target_utilisation:.0%}",
-                           now, sampled)  # fmt: skip
+            return _change(
+                -remove, f"utilisation {now.utilisation:.0%} < target {config.target_utilisation:.0%}", now, sampled
+            )
     return ScaleDecision(0, "steady"), sampled
 
 

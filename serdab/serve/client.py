@@ -42,8 +42,9 @@ def service_context(ca_pem: str) -> ssl.SSLContext:
     return context
 
 
-def service_certificate(trust: Mapping[str, Any], timeout_s: float = 60.0) -> tuple[dict[str, Any], dict[int, bytes],
-                                                                                   bool, list[Any]]:  # fmt: skip
+def service_certificate(
+    trust: Mapping[str, Any], timeout_s: float = 60.0
+) -> tuple[dict[str, Any], dict[int, bytes], bool, list[Any]]:
     """From the key service, attested against the owner's trust statement: the service's CA and release
     policy, which must name exactly the stated replica PCRs; with those PCRs, the simulated-root flag and roots."""
     from cryptography import x509
@@ -53,21 +54,30 @@ def service_certificate(trust: Mapping[str, Any], timeout_s: float = 60.0) -> tu
     t = trust
     missing = [k for k in ("kms", "kms_pcrs", "service", "replica_pcrs") if k not in t]
     if missing:
-        raise AttestationError(f"a secure request needs the owner's trust statement ({', '.join(missing)} "
-                               "missing): pass trust=json.load(open('serve-trust.json'))")  # fmt: skip
+        raise AttestationError(
+            f"a secure request needs the owner's trust statement ({', '.join(missing)} "
+            "missing): pass trust=json.load(open('serve-trust.json'))"
+        )
     allow_simulated = bool(t.get("allow_simulated"))
     roots = [x509.load_pem_x509_certificate(t["simulated_root_pem"].encode())] if t.get("simulated_root_pem") else []
     replica_pcrs = {int(i): bytes.fromhex(v) for i, v in t["replica_pcrs"].items()}
-    kms = attest_kms(t["kms"], expected_pcrs={int(i): bytes.fromhex(v) for i, v in t["kms_pcrs"].items()},
-                     allow_simulated=allow_simulated, simulated_roots=roots, timeout_s=timeout_s)  # fmt: skip
+    kms = attest_kms(
+        t["kms"],
+        expected_pcrs={int(i): bytes.fromhex(v) for i, v in t["kms_pcrs"].items()},
+        allow_simulated=allow_simulated,
+        simulated_roots=roots,
+        timeout_s=timeout_s,
+    )
     try:
         certificate = kms.service_certificate(t["service"])
     finally:
         kms.close()
     policy = {int(i): bytes.fromhex(v) for i, v in (certificate.get("policy") or {}).get("pcrs", {}).items()}
     if policy != replica_pcrs:
-        raise AttestationError(f"the key service would release {t['service']}'s keys to other PCRs than the "
-                               "replica image's: refusing to send")  # fmt: skip
+        raise AttestationError(
+            f"the key service would release {t['service']}'s keys to other PCRs than the "
+            "replica image's: refusing to send"
+        )
     return certificate, replica_pcrs, allow_simulated, roots
 
 
@@ -184,8 +194,11 @@ class Client:
         for _ in range(self.retries + 1):
             request = self._session.seal("POST", path, body, headers)
             try:
-                reply = self._public.post(f"{self.url}{prefix}/v1/sealed", content=request,
-                                          headers={"content-type": "application/octet-stream"})  # fmt: skip
+                reply = self._public.post(
+                    f"{self.url}{prefix}/v1/sealed",
+                    content=request,
+                    headers={"content-type": "application/octet-stream"},
+                )
             except httpx.TransportError as exc:
                 last = exc
                 continue
@@ -263,12 +276,17 @@ class Client:
         client = httpx.Client(timeout=self.timeout_s, transport=_transport(context))
         nonce = secrets.token_bytes(32)
         try:
-            reply = client.get(self._secure_base + "/v1/attestation", params={"nonce": nonce.hex()},
-                               extensions={})  # fmt: skip
+            reply = client.get(self._secure_base + "/v1/attestation", params={"nonce": nonce.hex()}, extensions={})
             peer = reply.extensions["network_stream"].get_extra_info("ssl_object").getpeercert(True)
             reply.raise_for_status()
-            verified = verify_attestation(reply.content, expected_pcrs=replica_pcrs, allow_simulated=allow_simulated,
-                                          simulated_roots=roots, nonce=nonce, user_data=sha384(peer))  # fmt: skip
+            verified = verify_attestation(
+                reply.content,
+                expected_pcrs=replica_pcrs,
+                allow_simulated=allow_simulated,
+                simulated_roots=roots,
+                nonce=nonce,
+                user_data=sha384(peer),
+            )
         except httpx.HTTPError as exc:
             client.close()
             raise NoReplicaError(f"no enclave replica answered at {self._secure_base}: {exc}") from None

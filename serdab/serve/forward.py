@@ -58,8 +58,11 @@ class UpstreamPool:
         self, method: str, target: str, headers: Sequence[tuple[bytes, bytes]], body: bytes, timeout_s: float
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """(status, headers, body) of the replica's answer; raises UpstreamError or asyncio.TimeoutError."""
-        head = [f"{method} {target} HTTP/1.1".encode(), b"host: " + self.host_header,
-                b"content-length: " + str(len(body)).encode()]  # fmt: skip
+        head = [
+            f"{method} {target} HTTP/1.1".encode(),
+            b"host: " + self.host_header,
+            b"content-length: " + str(len(body)).encode(),
+        ]
         head += [name + b": " + value for name, value in headers]
         data = b"\r\n".join(head) + b"\r\n\r\n" + body
         reused = bool(self._idle)

@@ -42,8 +42,18 @@ from serdab.web import listen_http
 
 __all__ = ["Gateway", "GatewayConfig", "ReplicaEntry"]
 
-_HOP_HEADERS = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-                "transfer-encoding", "upgrade", "host", "content-length"}  # fmt: skip
+_HOP_HEADERS = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+}
 
 
 @dataclass
@@ -83,24 +93,42 @@ class _Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.latency = Histogram("serdab_gateway_request_seconds", "Request (public) or connection (secure) time",
-                                 ["route", "kind"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.latency = Histogram(
+            "serdab_gateway_request_seconds",
+            "Request (public) or connection (secure) time",
+            ["route", "kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.in_flight = Gauge("serdab_gateway_in_flight", "Requests or connections in flight", ["kind"], registry=r)
-        self.retries = Counter("serdab_gateway_retries_total", "Attempts moved to another replica", ["kind"],
-                               registry=r)  # fmt: skip
-        self.refused = Counter("serdab_gateway_refused_total", "Requests refused by the gateway", ["reason"],
-                               registry=r)  # fmt: skip
-        self.weight = Gauge("serdab_gateway_replica_weight", "Balancing weight (0 = shed)", ["replica", "kind"],
-                            registry=r)  # fmt: skip
-        self.healthy = Gauge("serdab_gateway_replica_healthy", "1 when the last health check passed",
-                             ["replica", "kind"], registry=r)  # fmt: skip
-        self.replica_in_flight = Gauge("serdab_gateway_replica_in_flight", "Requests or connections per replica",
-                                       ["replica", "kind"], registry=r)  # fmt: skip
-        self.paging = Gauge("serdab_epc_paging_pages_per_second", "Host EPC paging throughput (emulated)",
-                            ["host", "emulated"], registry=r)  # fmt: skip
+        self.retries = Counter(
+            "serdab_gateway_retries_total", "Attempts moved to another replica", ["kind"], registry=r
+        )
+        self.refused = Counter(
+            "serdab_gateway_refused_total", "Requests refused by the gateway", ["reason"], registry=r
+        )
+        self.weight = Gauge(
+            "serdab_gateway_replica_weight", "Balancing weight (0 = shed)", ["replica", "kind"], registry=r
+        )
+        self.healthy = Gauge(
+            "serdab_gateway_replica_healthy", "1 when the last health check passed", ["replica", "kind"], registry=r
+        )
+        self.replica_in_flight = Gauge(
+            "serdab_gateway_replica_in_flight", "Requests or connections per replica", ["replica", "kind"], registry=r
+        )
+        self.paging = Gauge(
+            "serdab_epc_paging_pages_per_second",
+            "Host EPC paging throughput (emulated)",
+            ["host", "emulated"],
+            registry=r,
+        )
         self.replicas = Gauge("serdab_replicas", "Replicas behind the gateway", ["kind"], registry=r)
-        self.scaling = Counter("serdab_autoscaler_decisions_total", "Replicas added or removed by the autoscaler",
-                               ["kind", "direction"], registry=r)  # fmt: skip
+        self.scaling = Counter(
+            "serdab_autoscaler_decisions_total",
+            "Replicas added or removed by the autoscaler",
+            ["kind", "direction"],
+            registry=r,
+        )
 
 
 class Gateway:
@@ -194,9 +222,18 @@ class Gateway:
 
         def copy() -> list[dict[str, Any]]:
             weights = {k: self.policies[k].weights(self.states[k]) for k in self.policies}
-            return [{"id": r.id, "kind": r.kind, "host": r.host, "healthy": r.healthy, "in_flight": r.in_flight,
-                     "served": r.served, "weight": 0.0 if weights.get(r.kind, {}).get(r.host) == 0.0 else 1.0}
-                    for r in self.replicas.values()]  # fmt: skip
+            return [
+                {
+                    "id": r.id,
+                    "kind": r.kind,
+                    "host": r.host,
+                    "healthy": r.healthy,
+                    "in_flight": r.in_flight,
+                    "served": r.served,
+                    "weight": 0.0 if weights.get(r.kind, {}).get(r.host) == 0.0 else 1.0,
+                }
+                for r in self.replicas.values()
+            ]
 
         return self.call(copy)
 
@@ -216,13 +253,15 @@ class Gateway:
         self._shutdown = asyncio.Event()
         self._connections: set[asyncio.Task] = set()
         self._writers: set[asyncio.StreamWriter] = set()
-        secure = await asyncio.start_server(self._pass_through, self.config.host, self.config.secure_port,
-                                            reuse_address=True)  # fmt: skip
+        secure = await asyncio.start_server(
+            self._pass_through, self.config.host, self.config.secure_port, reuse_address=True
+        )
         self.secure_port = secure.sockets[0].getsockname()[1]
         sock = listen_http(self.config.host, self.config.port, backlog=512)
         self.port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(self._app(), log_level="warning", access_log=False, lifespan="off",
-                                               timeout_keep_alive=30))  # fmt: skip
+        server = uvicorn.Server(
+            uvicorn.Config(self._app(), log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=30)
+        )
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not serving.done():
             await asyncio.sleep(0.02)
@@ -276,8 +315,14 @@ class Gateway:
 
     async def _gateway_info(self, _: Request) -> JSONResponse:
         kinds = {k: sum(1 for r in self.replicas.values() if r.kind == k and r.healthy) for k in self.policies}
-        return JSONResponse({**self._info, "secure_port": self.secure_port, "healthy": kinds,
-                             "balancers": {k: p.name for k, p in self.policies.items()}})  # fmt: skip
+        return JSONResponse(
+            {
+                **self._info,
+                "secure_port": self.secure_port,
+                "healthy": kinds,
+                "balancers": {k: p.name for k, p in self.policies.items()},
+            }
+        )
 
     async def _admin_call(self, request: Request) -> JSONResponse:
         from starlette.concurrency import run_in_threadpool
@@ -301,24 +346,31 @@ class Gateway:
 
     async def _refuse_plain(self, _: Request) -> JSONResponse:
         self.metrics.refused.labels("plaintext-secure").inc()
-        return JSONResponse({"error": f"secure requests go over TLS straight to an enclave replica (secure port "
-                                      f"{self.secure_port}); use serdab.Client(url).infer(..., secure=True)"},
-                            status_code=403)  # fmt: skip
+        return JSONResponse(
+            {
+                "error": f"secure requests go over TLS straight to an enclave replica (secure port "
+                f"{self.secure_port}); use serdab.Client(url).infer(..., secure=True)"
+            },
+            status_code=403,
+        )
 
     async def _proxy(self, request: Request) -> Response:
         path = request.url.path
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.config.max_body_bytes:
             self.metrics.refused.labels("too-large").inc()
-            return JSONResponse({"error": f"body of {declared} bytes is over the {self.config.max_body_bytes}-byte "
-                                          "limit"}, status_code=413)  # fmt: skip
+            return JSONResponse(
+                {"error": f"body of {declared} bytes is over the {self.config.max_body_bytes}-byte limit"},
+                status_code=413,
+            )
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > self.config.max_body_bytes:
                 self.metrics.refused.labels("too-large").inc()
-                return JSONResponse({"error": f"body is over the {self.config.max_body_bytes}-byte limit"},
-                                    status_code=413)  # fmt: skip
+                return JSONResponse(
+                    {"error": f"body is over the {self.config.max_body_bytes}-byte limit"}, status_code=413
+                )
         headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in _HOP_HEADERS]
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         route = "/predict-public" if path == "/predict-public" else "/v2/..." if path.startswith("/v2") else "other"
@@ -338,8 +390,9 @@ class Gateway:
                         entry.address, connect_timeout_s=self.config.connect_timeout_s
                     )
                 try:
-                    status, out, content = await pool.request(request.method, target, headers, bytes(body),
-                                                              self.config.request_timeout_s)  # fmt: skip
+                    status, out, content = await pool.request(
+                        request.method, target, headers, bytes(body), self.config.request_timeout_s
+                    )
                 except TimeoutError:
                     self.metrics.refused.labels("timeout").inc()
                     message = f"replica {entry.id} did not answer within {self.config.request_timeout_s:.0f} s"
@@ -376,8 +429,9 @@ class Gateway:
                 break
             tried.add(entry.id)
             try:
-                upstream = await asyncio.wait_for(asyncio.open_connection(*entry.address),
-                                                  self.config.connect_timeout_s)  # fmt: skip
+                upstream = await asyncio.wait_for(
+                    asyncio.open_connection(*entry.address), self.config.connect_timeout_s
+                )
                 break
             except (TimeoutError, OSError):
                 entry.healthy = False

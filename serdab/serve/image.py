@@ -44,8 +44,13 @@ def build_replica_image(model_name: str, model: bytes, out_dir: Path, entrypoint
     code = out_dir / "replica-code"
     code.mkdir(exist_ok=True)
     (code / "replica_enclave.py").write_text(entrypoint)
-    image = build_image(code, out_dir / "replica-image", "replica_enclave:main", name=f"serdab-serve-{model_name}",
-                        models={name: encrypted})  # fmt: skip
+    image = build_image(
+        code,
+        out_dir / "replica-image",
+        "replica_enclave:main",
+        name=f"serdab-serve-{model_name}",
+        models={name: encrypted},
+    )
     encrypted.unlink()
     pcrs = {i: v for i, v in measure_image(image).items() if i in MEASURED_PCRS}
     digest = hashlib.sha256(b"".join(pcrs.values())).hexdigest()[:12]

@@ -169,13 +169,23 @@ def summarise(samples: list[Sample], wall_s: float) -> dict[str, Any]:
         ok = np.array([s.latency_s for s in rows if s.ok]) * 1000
         out: dict[str, Any] = {"requests": len(rows), "errors": sum(1 for s in rows if not s.ok)}
         if len(ok):
-            out.update({"min_ms": float(ok.min()), "mean_ms": float(ok.mean()), "p50_ms": float(np.percentile(ok, 50)),
-                        "p95_ms": float(np.percentile(ok, 95)), "p99_ms": float(np.percentile(ok, 99)),
-                        "max_ms": float(ok.max())})  # fmt: skip
+            out.update(
+                {
+                    "min_ms": float(ok.min()),
+                    "mean_ms": float(ok.mean()),
+                    "p50_ms": float(np.percentile(ok, 50)),
+                    "p95_ms": float(np.percentile(ok, 95)),
+                    "p99_ms": float(np.percentile(ok, 99)),
+                    "max_ms": float(ok.max()),
+                }
+            )
         return out
 
-    summary = {"wall_s": wall_s, "throughput_per_s": sum(1 for s in samples if s.ok) / wall_s if wall_s else 0.0,
-               "all": stats(samples)}  # fmt: skip
+    summary = {
+        "wall_s": wall_s,
+        "throughput_per_s": sum(1 for s in samples if s.ok) / wall_s if wall_s else 0.0,
+        "all": stats(samples),
+    }
     for name, secure in (("secure", True), ("public", False)):
         rows = [s for s in samples if s.secure == secure]
         if rows:

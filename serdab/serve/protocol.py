@@ -68,8 +68,9 @@ class TensorSpec(BaseModel):
     shape: list[int]
 
 
-Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
-                   "FP64"]  # fmt: skip
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"
+]
 
 
 class InferInput(BaseModel):

@@ -53,15 +53,28 @@ from serdab.serve.balancing import HostSample, ReplicaView, get_balancer
 from serdab.serve.sealed import SealedStream
 from serdab.tee.image import pack_image, unpack_image
 
-__all__ = ["SECURE_PREFIX", "EnclaveModel", "PublicModel", "RayServeOptions", "RayService", "SerdabAutoscaling",
-           "SerdabRouter"]  # fmt: skip
+__all__ = [
+    "SECURE_PREFIX",
+    "EnclaveModel",
+    "PublicModel",
+    "RayServeOptions",
+    "RayService",
+    "SerdabAutoscaling",
+    "SerdabRouter",
+]
 
 SECURE_PREFIX = "/secure"
 HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 INGRESSES = ("auto", "haproxy", "proxy")
 # what /secure forwards to an enclave: sealed requests and what a client needs to seal to it, nothing in plaintext
-SECURE_ROUTES = {("POST", "/v1/sealed"), ("GET", "/v1/attestation"), ("GET", "/v1/service-certificate"),
-                 ("GET", "/v2/health/live"), ("GET", "/v2/health/ready"), ("GET", "/v1/replica")}  # fmt: skip
+SECURE_ROUTES = {
+    ("POST", "/v1/sealed"),
+    ("GET", "/v1/attestation"),
+    ("GET", "/v1/service-certificate"),
+    ("GET", "/v2/health/live"),
+    ("GET", "/v2/health/ready"),
+    ("GET", "/v1/replica"),
+}
 REFUSED = (
     f"secure requests travel sealed to an enclave: POST {SECURE_PREFIX}/v1/sealed "
     "(serdab.Client with the owner's trust statement)"
@@ -71,9 +84,15 @@ REFUSED = (
 # thread pool, the enclave is awaited), so they run on the replica's one loop, as Ray's throughput mode does.
 # Behind HAProxy a stopping replica stays reachable 30 s by default so that HAProxy can drop it; Ray reloads
 # HAProxy's configuration when a replica goes, so a few seconds do, and a service stops in seconds, not 30+.
-REPLICA_ENV = {"runtime_env": {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-                                            "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-                                            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3"}}}  # fmt: skip
+REPLICA_ENV = {
+    "runtime_env": {
+        "env_vars": {
+            "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+            "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3",
+        }
+    }
+}
 # a deployment in front of the model's replicas (a route or SecureFront): no CPU of its own, many requests at once
 FRONT_OPTIONS = {"ray_actor_options": {"num_cpus": 0, **REPLICA_ENV}, "max_ongoing_requests": 64}
 # Ray Serve's ingress-router hook (2.60 and later; its LLM stack uses it; private, hence the check)
@@ -141,8 +160,13 @@ class PublicModel:
         return self.served
 
     def record_routing_stats(self) -> dict[str, Any]:
-        return {"host": self.host, "in_flight": self.served.in_flight, "paging_pages_per_s": 0.0,
-                "interference": False, "sampled_at": time.monotonic()}  # fmt: skip
+        return {
+            "host": self.host,
+            "in_flight": self.served.in_flight,
+            "paging_pages_per_s": 0.0,
+            "interference": False,
+            "sampled_at": time.monotonic(),
+        }
 
 
 class FrontInfo:
@@ -154,8 +178,13 @@ class FrontInfo:
     async def __call__(self, request: Request) -> Response:
         if request.url.path == "/v1/gateway":
             return JSONResponse(self.info)
-        return JSONResponse({"error": "this service has no public replicas; secure requests travel sealed to "
-                                      f"{SECURE_PREFIX}/v1/sealed"}, status_code=404)  # fmt: skip
+        return JSONResponse(
+            {
+                "error": "this service has no public replicas; secure requests travel sealed to "
+                f"{SECURE_PREFIX}/v1/sealed"
+            },
+            status_code=404,
+        )
 
 
 async def _secure_route(request: Request, forward: Any) -> Response:
@@ -163,8 +192,9 @@ async def _secure_route(request: Request, forward: Any) -> Response:
     path = request.url.path.removeprefix(SECURE_PREFIX) or "/"
     if (request.method, path) not in SECURE_ROUTES:
         return JSONResponse({"error": f"{request.method} {SECURE_PREFIX}{path}: {REFUSED}"}, status_code=403)
-    status, headers, body = await forward(request.method, path, dict(request.query_params), await request.body(),
-                                          request.headers.get("content-type", ""))  # fmt: skip
+    status, headers, body = await forward(
+        request.method, path, dict(request.query_params), await request.body(), request.headers.get("content-type", "")
+    )
     return Response(body, status_code=status, headers=headers)
 
 
@@ -238,8 +268,17 @@ def _routed(served: Any, kind: str) -> Any:
 class EnclaveModel:
     """An enclave replica: launches the measured replica image on this node and forwards sealed traffic."""
 
-    def __init__(self, name: str, image: bytes, trust_args: list[str], ca_pem: str, speed: float,
-                 threads: int, stress_dir: str | None = None, balancer: str = "sed") -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        image: bytes,
+        trust_args: list[str],
+        ca_pem: str,
+        speed: float,
+        threads: int,
+        stress_dir: str | None = None,
+        balancer: str = "sed",
+    ) -> None:
         from serdab.runtime.ray_executor import TEE_BACKEND_ENV
         from serdab.serve.client import service_context
         from serdab.tee import get_backend
@@ -250,8 +289,9 @@ class EnclaveModel:
         self.id = f"enclave-{self.host}-{os.getpid()}"
         self.backend: Any = get_backend(os.environ.get(TEE_BACKEND_ENV) or "simulated")
         args = ["--name", name, *trust_args, "--speed", str(speed), "--id", self.id, "--threads", str(threads)]
-        self.enclave = self.backend.launch(self.dir / "image", args, env={"OMP_NUM_THREADS": str(threads)},
-                                           log_path=self.dir / "replica.log")  # fmt: skip
+        self.enclave = self.backend.launch(
+            self.dir / "image", args, env={"OMP_NUM_THREADS": str(threads)}, log_path=self.dir / "replica.log"
+        )
         self.stress: Any = None
         try:
             ready = self.backend.wait_ready(self.enclave, 120)
@@ -259,8 +299,9 @@ class EnclaveModel:
         except BaseException:
             self._stop()
             raise
-        self.client = httpx.AsyncClient(base_url=f"https://127.0.0.1:{int(ready['port'])}", timeout=120,
-                                        verify=service_context(ca_pem))  # fmt: skip
+        self.client = httpx.AsyncClient(
+            base_url=f"https://127.0.0.1:{int(ready['port'])}", timeout=120, verify=service_context(ca_pem)
+        )
         self.stream = SealedStream(int(ready["sealed_port"])) if ready.get("sealed_port") else None
         self.in_flight = 0
         self._paging: tuple[float, int] | None = None
@@ -284,8 +325,9 @@ class EnclaveModel:
     def __serve_build_asgi_app__(self) -> Any:
         return _SecureRoutes(self.forward)
 
-    async def forward(self, method: str, path: str, query: dict[str, str], body: bytes,
-                      content_type: str) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
+    async def forward(
+        self, method: str, path: str, query: dict[str, str], body: bytes, content_type: str
+    ) -> tuple[int, dict[str, str], bytes]:
         """One allowed secure request to this replica's enclave, as it came (ciphertext for a sealed one):
         sealed requests on the enclave's sealed stream, the rest (attestation, certificate, health) over TLS."""
         self.in_flight += 1
@@ -294,8 +336,9 @@ class EnclaveModel:
                 status, content = await self.stream.call(body)
                 headers = {"content-type": "application/octet-stream" if status == 200 else "application/json"}
             else:
-                reply = await self.client.request(method, path, params=query, content=body,
-                                                  headers={"content-type": content_type})  # fmt: skip
+                reply = await self.client.request(
+                    method, path, params=query, content=body, headers={"content-type": content_type}
+                )
                 status, content = reply.status_code, reply.content
                 headers = {k: v for k, v in reply.headers.items() if k.lower() in FORWARDED_HEADERS}
         finally:
@@ -312,8 +355,15 @@ class EnclaveModel:
         interference = self.stress is not None and stats.resident_bytes.get(self.stress.id, 0) > 0
         self.monitor = self.policy.tick({self.host: HostSample(rate, interference)}, self.monitor)
         weight = self.policy.weights(self.monitor).get(self.host, 1.0)
-        return {"host": self.host, "in_flight": self.in_flight, "paging_pages_per_s": rate, "weight": weight,
-                "interference": interference, "sampled_at": now, "enclave_pid": self.enclave.pid}  # fmt: skip
+        return {
+            "host": self.host,
+            "in_flight": self.in_flight,
+            "paging_pages_per_s": rate,
+            "weight": weight,
+            "interference": interference,
+            "sampled_at": now,
+            "enclave_pid": self.enclave.pid,
+        }
 
     def _stop(self) -> None:
         for enclave in (self.stress, self.enclave):
@@ -341,15 +391,22 @@ class SerdabRouter(RequestRouter):
         self.policy = get_balancer(balancer)
         self.state = self.policy.initial()
 
-    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
-                              pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:  # fmt: skip
+    async def choose_replicas(
+        self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
+    ) -> list[list[RunningReplica]]:
         if not candidate_replicas:
             return []
         views = []
         for replica in candidate_replicas:
             stats = replica.routing_stats or {}
-            views.append(ReplicaView(replica.replica_id.unique_id, str(stats.get("host", replica.node_id)),
-                                     int(stats.get("in_flight", 0)), float(stats.get("weight", 1.0))))  # fmt: skip
+            views.append(
+                ReplicaView(
+                    replica.replica_id.unique_id,
+                    str(stats.get("host", replica.node_id)),
+                    int(stats.get("in_flight", 0)),
+                    float(stats.get("weight", 1.0)),
+                )
+            )
         chosen, self.state = self.policy.choose(views, self.state)
         if chosen is None:
             return [candidate_replicas]
@@ -364,30 +421,44 @@ class SerdabAutoscaling:
     starting, so no scale-down happens under them.
     """
 
-    def __init__(self, target_utilisation: float = 0.6, tolerance: float = 0.1, cooldown_s: float = 15.0,
-                 start_time_s: float = 1.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        target_utilisation: float = 0.6,
+        tolerance: float = 0.1,
+        cooldown_s: float = 15.0,
+        start_time_s: float = 1.0,
+    ) -> None:
         self.target = target_utilisation
         self.tolerance = tolerance
         self.cooldown_s = cooldown_s
         self.start_time_s = start_time_s
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
-        config = AutoscaleConfig(min_replicas=ctx.capacity_adjusted_min_replicas,
-                                 max_replicas=max(1, ctx.capacity_adjusted_max_replicas),
-                                 target_utilisation=self.target, tolerance=self.tolerance,
-                                 cooldown_s=self.cooldown_s)  # fmt: skip
+        config = AutoscaleConfig(
+            min_replicas=ctx.capacity_adjusted_min_replicas,
+            max_replicas=max(1, ctx.capacity_adjusted_max_replicas),
+            target_utilisation=self.target,
+            tolerance=self.tolerance,
+            cooldown_s=self.cooldown_s,
+        )
         running = len(ctx.running_replicas)
         now = ctx.current_time if ctx.current_time is not None else time.time()
         utilisation = min(1.0, float(ctx.total_num_requests) / running) if running else 0.0
         saved = ctx.policy_state or {}
-        state = AutoscaleState(saved.get("last_change_s", float("-inf")), saved.get("last_utilisation"),
-                               saved.get("last_sample_s"))  # fmt: skip
+        state = AutoscaleState(
+            saved.get("last_change_s", float("-inf")), saved.get("last_utilisation"), saved.get("last_sample_s")
+        )
         target = max(ctx.target_num_replicas, running)
-        decision, state = decide(config, ScaleInput(now, running, max(0, target - running), target, utilisation,
-                                                    self.start_time_s), state)  # fmt: skip
+        decision, state = decide(
+            config, ScaleInput(now, running, max(0, target - running), target, utilisation, self.start_time_s), state
+        )
         desired = max(config.min_replicas, min(config.max_replicas, target + decision.delta))
-        return desired, {"last_change_s": state.last_change_s, "last_utilisation": state.last_utilisation,
-                         "last_sample_s": state.last_sample_s, "reason": decision.reason}  # fmt: skip
+        return desired, {
+            "last_change_s": state.last_change_s,
+            "last_utilisation": state.last_utilisation,
+            "last_sample_s": state.last_sample_s,
+            "reason": decision.reason,
+        }
 
 
 @dataclass
@@ -418,12 +489,20 @@ def _scaling(args: dict[str, Any], count: int) -> dict[str, Any]:
     if not args.get("autoscale"):
         return {"num_replicas": count}
     low, high = args["autoscale"]
-    policy = AutoscalingPolicy(policy_function=SerdabAutoscaling,
-                               policy_kwargs={"cooldown_s": float(args.get("cooldown_s", 15.0))})  # fmt: skip
-    return {"autoscaling_config": AutoscalingConfig(
-        min_replicas=low, max_replicas=high, initial_replicas=max(low, min(high, count)), upscale_delay_s=0,
-        downscale_delay_s=0, look_back_period_s=float(args.get("look_back_s", 30.0)), policy=policy,
-    )}  # fmt: skip
+    policy = AutoscalingPolicy(
+        policy_function=SerdabAutoscaling, policy_kwargs={"cooldown_s": float(args.get("cooldown_s", 15.0))}
+    )
+    return {
+        "autoscaling_config": AutoscalingConfig(
+            min_replicas=low,
+            max_replicas=high,
+            initial_replicas=max(low, min(high, count)),
+            upscale_delay_s=0,
+            downscale_delay_s=0,
+            look_back_period_s=float(args.get("look_back_s", 30.0)),
+            policy=policy,
+        )
+    }
 
 
 def _router(args: dict[str, Any], kind: str) -> RequestRouterConfig:
@@ -431,8 +510,11 @@ def _router(args: dict[str, Any], kind: str) -> RequestRouterConfig:
     if kind != "enclave" and balancer.split(":")[0] == "epc-aware":
         balancer = "sed"  # EPC only matters to enclaves: public replicas get plain SED, as at the gateway
     period = float(args.get("stats_period_s", 1.0))
-    config: dict[str, Any] = {"request_router_class": SerdabRouter, "request_router_kwargs": {"balancer": balancer},
-                              "request_routing_stats_period_s": period}  # fmt: skip
+    config: dict[str, Any] = {
+        "request_router_class": SerdabRouter,
+        "request_router_kwargs": {"balancer": balancer},
+        "request_routing_stats_period_s": period,
+    }
     return RequestRouterConfig(**config)
 
 
@@ -460,9 +542,12 @@ def public_app(args: dict[str, Any]) -> Any:
     # behind HAProxy without the ingress-router hook (Ray below 2.60), HAProxy balances public replicas itself
     routing = {"request_router_config": _router(args, "public")} if _HAS_ROUTER_HOOK or not haproxy else {}
     deployment = _deployment(PublicModel).options(
-        name="public", ray_actor_options={"num_cpus": 0, **REPLICA_ENV}, max_ongoing_requests=8, **routing,
+        name="public",
+        ray_actor_options={"num_cpus": 0, **REPLICA_ENV},
+        max_ongoing_requests=8,
+        **routing,
         **_scaling(args, replicas),
-    )  # fmt: skip
+    )
     public = deployment.bind(name, loaded.proto.SerializeToString(), int(args.get("threads", 1)), _info(name))
     return _routed(public, "public") if haproxy and _HAS_ROUTER_HOOK else public
 
@@ -480,14 +565,22 @@ def secure_app(args: dict[str, Any]) -> Any:
     trust = json.loads(Path(str(args["trust"])).read_text())
     certificate = service_certificate(trust)[0]
     deployment = _deployment(EnclaveModel).options(
-        name="enclave", ray_actor_options={"num_cpus": 0, "resources": {ENCLAVE_RESOURCE: 1}, **REPLICA_ENV},
-        max_ongoing_requests=8, request_router_config=_router(args, "enclave"),
+        name="enclave",
+        ray_actor_options={"num_cpus": 0, "resources": {ENCLAVE_RESOURCE: 1}, **REPLICA_ENV},
+        max_ongoing_requests=8,
+        request_router_config=_router(args, "enclave"),
         **_scaling(args, int(args.get("replicas", 1))),
-    )  # fmt: skip
-    enclaves = deployment.bind(str(args.get("model_name") or trust["model"]), pack_image(Path(str(args["image"]))),
-                               enclave_args(trust), certificate["ca_pem"], float(args.get("enclave_speed", 1.0)),
-                               int(args.get("threads", 1)), args.get("stress_dir"),
-                               str(args.get("balancer", "sed")))  # fmt: skip
+    )
+    enclaves = deployment.bind(
+        str(args.get("model_name") or trust["model"]),
+        pack_image(Path(str(args["image"]))),
+        enclave_args(trust),
+        certificate["ca_pem"],
+        float(args.get("enclave_speed", 1.0)),
+        int(args.get("threads", 1)),
+        args.get("stress_dir"),
+        str(args.get("balancer", "sed")),
+    )
     if args.get("ingress") != "haproxy":
         return enclaves
     if _HAS_ROUTER_HOOK:
@@ -601,19 +694,34 @@ class RayService:
         model_file = self.work_dir / f"{loaded.name}.onnx"
         model_file.write_bytes(loaded.proto.SerializeToString())
         serve.start(http_options={"host": "127.0.0.1", "port": o.port}, proxy_location=_proxy_location(self.ingress))
-        common = {"model_name": self.model_name, "balancer": o.balancer, "stats_period_s": o.stats_period_s,
-                  "cooldown_s": o.cooldown_s, "look_back_s": o.look_back_s, "threads": o.threads,
-                  "ingress": self.ingress}  # fmt: skip
+        common = {
+            "model_name": self.model_name,
+            "balancer": o.balancer,
+            "stats_period_s": o.stats_period_s,
+            "cooldown_s": o.cooldown_s,
+            "look_back_s": o.look_back_s,
+            "threads": o.threads,
+            "ingress": self.ingress,
+        }
         if o.secure or "enclave" in o.autoscale:
             self.trust_chain = ServiceTrust.start(self.model_name, model_file.read_bytes(), self.work_dir)
             trust_file = self.work_dir / "serve-trust.json"
             trust_file.write_text(json.dumps(self.trust()))
-            secure = secure_app({**common, "image": str(self.trust_chain.image.path), "trust": str(trust_file),
-                                 "replicas": o.secure, "autoscale": o.autoscale.get("enclave"),
-                                 "enclave_speed": o.enclave_speed, "stress_dir": o.stress_dir})  # fmt: skip
+            secure = secure_app(
+                {
+                    **common,
+                    "image": str(self.trust_chain.image.path),
+                    "trust": str(trust_file),
+                    "replicas": o.secure,
+                    "autoscale": o.autoscale.get("enclave"),
+                    "enclave_speed": o.enclave_speed,
+                    "stress_dir": o.stress_dir,
+                }
+            )
             _run_app(secure, "secure", SECURE_PREFIX, self.ingress)
-        public = public_app({**common, "model": str(model_file), "replicas": o.public,
-                             "autoscale": o.autoscale.get("public")})  # fmt: skip
+        public = public_app(
+            {**common, "model": str(model_file), "replicas": o.public, "autoscale": o.autoscale.get("public")}
+        )
         _run_app(public, "public", "/", self.ingress)
         self._wait_running()
 
@@ -645,8 +753,9 @@ class RayService:
         for app in serve.status().applications.values():
             for name, deployment in app.deployments.items():
                 if name in counts:  # the model's replicas, not a route or front deployment beside them
-                    counts[name] = sum(n for state, n in deployment.replica_states.items()
-                                       if str(state).endswith("RUNNING"))  # fmt: skip
+                    counts[name] = sum(
+                        n for state, n in deployment.replica_states.items() if str(state).endswith("RUNNING")
+                    )
         return counts
 
     def stop(self, timeout_s: float = 60.0) -> None:

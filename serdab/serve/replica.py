@@ -50,9 +50,16 @@ from serdab.web import HttpError, listen_http, read_body
 __all__ = ["MAX_BODY_BYTES", "ModelRunner", "create_replica_app", "enclave_main", "main"]
 
 MAX_BODY_BYTES = 64 * 2**20
-_ORT_TYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16)": "FP16",
-              "tensor(int64)": "INT64", "tensor(int32)": "INT32", "tensor(int8)": "INT8", "tensor(uint8)": "UINT8",
-              "tensor(bool)": "BOOL"}  # fmt: skip
+_ORT_TYPES = {
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(float16)": "FP16",
+    "tensor(int64)": "INT64",
+    "tensor(int32)": "INT32",
+    "tensor(int8)": "INT8",
+    "tensor(uint8)": "UINT8",
+    "tensor(bool)": "BOOL",
+}
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -77,8 +84,11 @@ class ModelRunner:
 
     @staticmethod
     def _spec(arg: Any) -> TensorSpec:
-        return TensorSpec(name=arg.name, datatype=_ORT_TYPES.get(arg.type, "FP32"),
-                          shape=[d if isinstance(d, int) else -1 for d in arg.shape])  # fmt: skip
+        return TensorSpec(
+            name=arg.name,
+            datatype=_ORT_TYPES.get(arg.type, "FP32"),
+            shape=[d if isinstance(d, int) else -1 for d in arg.shape],
+        )
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -103,8 +113,9 @@ class ModelRunner:
             if array.ndim != len(spec.shape) or any(
                 e not in (-1, g) for e, g in zip(spec.shape, array.shape, strict=True)
             ):
-                raise InferenceRequestError(f"input {spec.name!r} has shape {list(array.shape)}; the model takes "
-                                            f"{spec.shape} (-1 = any)")  # fmt: skip
+                raise InferenceRequestError(
+                    f"input {spec.name!r} has shape {list(array.shape)}; the model takes {spec.shape} (-1 = any)"
+                )
             if array.ndim and array.shape[0] > 64:
                 raise InferenceRequestError(f"batch of {array.shape[0]} is over the limit of 64")
             feeds[spec.name] = array
@@ -198,16 +209,29 @@ def create_replica_app(
     ``SealedHandler`` is ``app.state.sealed`` for the sealed stream."""
     app = FastAPI(title=f"serdab {kind} replica", version="1", docs_url=None, redoc_url=None)
     registry = CollectorRegistry()
-    latency = Histogram("serdab_replica_request_seconds", "Request latency by route", ["route", "kind"],
-                        buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
+    latency = Histogram(
+        "serdab_replica_request_seconds",
+        "Request latency by route",
+        ["route", "kind"],
+        buckets=LATENCY_BUCKETS,
+        registry=registry,
+    )
     in_flight = Gauge("serdab_replica_in_flight", "Requests being served", ["kind"], registry=registry)
     errors = Counter("serdab_replica_errors_total", "Requests answered 4xx/5xx", ["route", "kind"], registry=registry)
     busy = Gauge("serdab_replica_busy_seconds", "Seconds spent inside inference", ["kind"], registry=registry)
     queue = Gauge("serdab_replica_queue", "Requests waiting for the model", ["kind"], registry=registry)
-    page_ins = Gauge("serdab_epc_page_ins", "EPC pages swapped in on this replica's host (emulated)",
-                     ["kind", "emulated"], registry=registry)  # fmt: skip
-    page_outs = Gauge("serdab_epc_page_outs", "EPC pages swapped out on this replica's host (emulated)",
-                      ["kind", "emulated"], registry=registry)  # fmt: skip
+    page_ins = Gauge(
+        "serdab_epc_page_ins",
+        "EPC pages swapped in on this replica's host (emulated)",
+        ["kind", "emulated"],
+        registry=registry,
+    )
+    page_outs = Gauge(
+        "serdab_epc_page_outs",
+        "EPC pages swapped out on this replica's host (emulated)",
+        ["kind", "emulated"],
+        registry=registry,
+    )
     started_at = time.monotonic()
 
     @app.exception_handler(HttpError)
@@ -239,19 +263,28 @@ def create_replica_app(
     @app.get("/v2/models/{name}")
     def model_metadata(name: str) -> dict[str, Any]:
         _model(name)
-        return {"name": runner.name, "versions": ["1"], "platform": "onnxruntime_onnx",
-                "inputs": [s.model_dump() for s in runner.inputs],
-                "outputs": [s.model_dump() for s in runner.outputs]}  # fmt: skip
+        return {
+            "name": runner.name,
+            "versions": ["1"],
+            "platform": "onnxruntime_onnx",
+            "inputs": [s.model_dump() for s in runner.inputs],
+            "outputs": [s.model_dump() for s in runner.outputs],
+        }
 
     @app.get("/v2/models/{name}/ready")
     def model_ready(name: str) -> dict[str, Any]:
         _model(name)
         return {"name": runner.name, "ready": True}
 
-    infer_body = {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": _inline(InferRequest.model_json_schema())},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-    }}}  # fmt: skip
+    infer_body = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _inline(InferRequest.model_json_schema())},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    }
     batch = {"application/json": {"schema": _inline(ImageBatch.model_json_schema())}}
     batch_body = {"requestBody": {"required": True, "content": batch}}
 
@@ -282,14 +315,22 @@ def create_replica_app(
         return JSONResponse(answer, headers={"server-timing": timing})
 
     # seed 001's routes: the gateway sends each prefix to its kind; a replica answers only its own
-    app.add_api_route(f"/predict-{'secure' if kind == 'enclave' else 'public'}", predict, methods=["POST"],
-                      openapi_extra=batch_body)  # fmt: skip
+    app.add_api_route(
+        f"/predict-{'secure' if kind == 'enclave' else 'public'}", predict, methods=["POST"], openapi_extra=batch_body
+    )
 
     @app.get("/v1/replica")
     def stats() -> dict[str, Any]:
-        info = {"id": replica_id, "kind": kind, "model": runner.name, "busy_s": runner.busy_s,
-                "inferences": runner.inferences, "uptime_s": time.monotonic() - started_at, "pid": os.getpid(),
-                "emulation": emulation or {}}  # fmt: skip
+        info = {
+            "id": replica_id,
+            "kind": kind,
+            "model": runner.name,
+            "busy_s": runner.busy_s,
+            "inferences": runner.inferences,
+            "uptime_s": time.monotonic() - started_at,
+            "pid": os.getpid(),
+            "emulation": emulation or {},
+        }
         if epc_stats is not None:
             info["epc"] = epc_stats()
         return info
@@ -356,14 +397,25 @@ class SealedHandler:
             writer.close()
 
 
-async def _call_app(app: Any, method: str, path: str, headers: dict[str, str],
-                    body: bytes) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
+async def _call_app(
+    app: Any, method: str, path: str, headers: dict[str, str], body: bytes
+) -> tuple[int, dict[str, str], bytes]:
     """One request through the ASGI app in-process (a fifth of what an HTTP client over ASGI costs)."""
     raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "https",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [*raw, (b"content-length", str(len(body)).encode())], "client": ("sealed", 0),
-             "server": ("enclave", 443)}  # fmt: skip
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "https",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [*raw, (b"content-length", str(len(body)).encode())],
+        "client": ("sealed", 0),
+        "server": ("enclave", 443),
+    }
     messages = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def receive() -> dict[str, Any]:
@@ -388,15 +440,32 @@ def _sealed_routes(app: FastAPI, handler: SealedHandler, certificate_pem: bytes)
     def service_certificate() -> Response:
         return Response(certificate_pem, media_type="application/x-pem-file")
 
-    @app.post("/v1/sealed", openapi_extra={"requestBody": {"required": True, "content": {
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})  # fmt: skip
+    @app.post(
+        "/v1/sealed",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+    )
     async def sealed_request(request: Request) -> Response:
         sealed = await read_body(request, ("application/octet-stream",), MAX_BODY_BYTES)
         return Response(await handler.answer(sealed), media_type="application/octet-stream")
 
 
-_FIXED = {"/v2", "/v2/health/live", "/v2/health/ready", "/metrics", "/v1/replica", "/v1/attestation",
-          "/predict-secure", "/predict-public", "/v1/sealed", "/v1/service-certificate"}  # fmt: skip
+_FIXED = {
+    "/v2",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/metrics",
+    "/v1/replica",
+    "/v1/attestation",
+    "/predict-secure",
+    "/predict-public",
+    "/v1/sealed",
+    "/v1/service-certificate",
+}
 
 
 def _route_of(path: str) -> str:
@@ -410,8 +479,13 @@ def _route_of(path: str) -> str:
 GRACEFUL_S = 5
 
 
-def serve_app(app: FastAPI, sock: socket.socket, on_started: Callable[[], None], tls: tuple[bytes, bytes] | None = None,
-              stream: tuple[socket.socket, Callable] | None = None) -> None:  # fmt: skip
+def serve_app(
+    app: FastAPI,
+    sock: socket.socket,
+    on_started: Callable[[], None],
+    tls: tuple[bytes, bytes] | None = None,
+    stream: tuple[socket.socket, Callable] | None = None,
+) -> None:
     """Run uvicorn on ``sock``; ``tls`` = (certificate PEM, key PEM) are written to a private temp
     dir only until uvicorn has loaded them; ``stream`` = (listening socket, connection handler) serves
     a raw stream beside it in the same event loop (the enclave's sealed stream)."""
@@ -429,8 +503,15 @@ def serve_app(app: FastAPI, sock: socket.socket, on_started: Callable[[], None],
     # on SIGTERM uvicorn closes each TLS connection and waits for the peer's close_notify, which an idle
     # keep-alive client (a Ray replica's pool) never sends: without a bound a replica takes asyncio's 30 s
     # to stop; requests in flight get GRACEFUL_S to finish
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=30,
-                            timeout_graceful_shutdown=GRACEFUL_S, **options)  # fmt: skip
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=GRACEFUL_S,
+        **options,
+    )
     server = uvicorn.Server(config)
 
     async def serve() -> None:
@@ -497,14 +578,19 @@ def enclave_main(argv: list[str]) -> int:
     parser.add_argument("--allow-simulated", action="store_true")
     parser.add_argument("--speed", type=float, default=1.0, help="emulated enclave speed relative to this host")
     parser.add_argument(
-        "--plaintext-benchmark-only", action="store_true",
+        "--plaintext-benchmark-only",
+        action="store_true",
         help="plain HTTP, only to measure what TLS costs (seed 002 Fig. 6); never for data",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     nsm = NsmClient.from_env()
     roots = [HostIdentity.load_or_create().root_cert] if args.allow_simulated else []
-    kms = attest_kms(args.kms, expected_pcrs={int(i): bytes.fromhex(v) for i, v in json.loads(args.kms_pcrs).items()},
-                     allow_simulated=args.allow_simulated, simulated_roots=roots)  # fmt: skip
+    kms = attest_kms(
+        args.kms,
+        expected_pcrs={int(i): bytes.fromhex(v) for i, v in json.loads(args.kms_pcrs).items()},
+        allow_simulated=args.allow_simulated,
+        simulated_roots=roots,
+    )
     try:
         keys = kms.release_keys(args.service, nsm)
     finally:
@@ -535,15 +621,24 @@ def enclave_main(argv: list[str]) -> int:
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     service_key = load_pem_private_key(keys.key_pem.encode(), password=None)
-    app = create_replica_app(runner, "enclave", replica_id=replica_id, attest=attest, epc_stats=epc,
-                             emulation={"speed": args.speed, "epc": "emulated"},
-                             sealed=(service_key, keys.cert_pem.encode()))  # fmt: skip
+    app = create_replica_app(
+        runner,
+        "enclave",
+        replica_id=replica_id,
+        attest=attest,
+        epc_stats=epc,
+        emulation={"speed": args.speed, "epc": "emulated"},
+        sealed=(service_key, keys.cert_pem.encode()),
+    )
     sock, stream = listen_http(args.host, args.port), listen_http(args.host, 0)
     port, stream_port = sock.getsockname()[1], stream.getsockname()[1]
-    serve_app(app, sock, lambda: nsm.ready(port=port, sealed_port=stream_port, id=replica_id,
-                                           tls_sha384=tls_hash.hex()),
-              tls=None if args.plaintext_benchmark_only else (keys.cert_pem.encode(), keys.key_pem.encode()),
-              stream=(stream, app.state.sealed.serve_stream))  # fmt: skip
+    serve_app(
+        app,
+        sock,
+        lambda: nsm.ready(port=port, sealed_port=stream_port, id=replica_id, tls_sha384=tls_hash.hex()),
+        tls=None if args.plaintext_benchmark_only else (keys.cert_pem.encode(), keys.key_pem.encode()),
+        stream=(stream, app.state.sealed.serve_stream),
+    )
     return 0
 
 

@@ -81,8 +81,9 @@ class OpenedRequest:
         """The answer under the session key, bound to the request it answers."""
         nonce = os.urandom(12)
         kept = {k: v for k, v in headers.items() if k.lower() in REPLY_HEADERS}
-        return nonce + self.session.encrypt(nonce, cbor2.dumps({"status": status, "headers": kept, "body": body}),
-                                            self.binding)  # fmt: skip
+        return nonce + self.session.encrypt(
+            nonce, cbor2.dumps({"status": status, "headers": kept, "body": body}), self.binding
+        )
 
 
 class SealedSession:
@@ -105,8 +106,9 @@ class SealedSession:
         kept = {k.lower(): v for k, v in headers.items() if k.lower() in REQUEST_HEADERS}
         nonce = os.urandom(12)
         inner = cbor2.dumps({"method": method, "path": path, "headers": kept, "body": body})
-        return cbor2.dumps({"v": 2, "session": self.envelope, "nonce": nonce,
-                            "ct": self._aead.encrypt(nonce, inner, self._context)})  # fmt: skip
+        return cbor2.dumps(
+            {"v": 2, "session": self.envelope, "nonce": nonce, "ct": self._aead.encrypt(nonce, inner, self._context)}
+        )
 
     def open(self, request: bytes, blob: bytes) -> tuple[int, dict[str, str], bytes]:
         """Status, headers and body of the answer to ``request``, or ``ServeError`` if anything was changed."""
@@ -154,9 +156,14 @@ class SessionKeys:
             aead, context = self._session(bytes(item["session"]))
             inner = cbor2.loads(aead.decrypt(bytes(item["nonce"]), bytes(item["ct"]), context))
             headers = {str(k).lower(): str(v) for k, v in dict(inner["headers"]).items()}
-            opened = OpenedRequest(str(inner["method"]), str(inner["path"]),
-                                   {k: v for k, v in headers.items() if k in REQUEST_HEADERS}, bytes(inner["body"]),
-                                   aead, REPLY_CONTEXT + _digest(request))  # fmt: skip
+            opened = OpenedRequest(
+                str(inner["method"]),
+                str(inner["path"]),
+                {k: v for k, v in headers.items() if k in REQUEST_HEADERS},
+                bytes(inner["body"]),
+                aead,
+                REPLY_CONTEXT + _digest(request),
+            )
         except Exception:  # a wrong key, a tampered request, or not CBOR: all the same to the sender
             raise ServeError("not a request sealed to this service's key") from None
         if opened.method not in ("GET", "POST"):

@@ -72,8 +72,9 @@ class ServeOptions:
                 raise ServeConfigError(f"autoscale kind must be one of {', '.join(KINDS)} (got {kind!r})")
             wanted = self.secure if kind == "enclave" else self.public
             if not config.min_replicas <= wanted <= config.max_replicas:
-                raise ServeConfigError(f"{wanted} {kind} replica(s) is outside --autoscale "
-                                       f"{config.min_replicas}:{config.max_replicas}")  # fmt: skip
+                raise ServeConfigError(
+                    f"{wanted} {kind} replica(s) is outside --autoscale {config.min_replicas}:{config.max_replicas}"
+                )
 
 
 @dataclass
@@ -89,8 +90,9 @@ class ReplicaProcess:
 
 
 class ModelService:
-    def __init__(self, options: ServeOptions, work_dir: Path | None = None,
-                 log: Callable[[str], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, options: ServeOptions, work_dir: Path | None = None, log: Callable[[str], None] | None = None
+    ) -> None:
         options.check()
         self.options = options
         self._own_dir = work_dir is None
@@ -137,11 +139,15 @@ class ModelService:
             spec = o.balancer if kind == "enclave" or o.balancer.split(":")[0] != "epc-aware" else "sed"
             policies[kind] = get_balancer(spec)  # EPC only matters to enclaves: public replicas get plain SED
         self.admin_token = secrets.token_hex(24)
-        self.gateway = Gateway(policies, GatewayConfig(host=o.host, port=o.port, secure_port=o.secure_port,
-                                                       monitor_interval_s=o.monitor_interval_s),
-                               enclave_ssl=self.service_ssl, host_samples=self._host_samples,
-                               info={"model": self.model_name, "service": self.service_name},
-                               admin=self._admin, admin_token=self.admin_token)  # fmt: skip
+        self.gateway = Gateway(
+            policies,
+            GatewayConfig(host=o.host, port=o.port, secure_port=o.secure_port, monitor_interval_s=o.monitor_interval_s),
+            enclave_ssl=self.service_ssl,
+            host_samples=self._host_samples,
+            info={"model": self.model_name, "service": self.service_name},
+            admin=self._admin,
+            admin_token=self.admin_token,
+        )
         self.gateway.start()
         self.log(f"gateway on {self.gateway.url} (secure TLS pass-through on port {self.gateway.secure_port})")
         launches = [("enclave", i) for i in range(o.secure)] + [("public", i) for i in range(o.public)]
@@ -219,8 +225,9 @@ class ModelService:
             self._backends[host] = get_backend("simulated")
         return self._backends[host]
 
-    def add_replica(self, kind: str, host: str | None = None, tls: bool | None = None,
-                    register: bool = True) -> ReplicaProcess:  # fmt: skip
+    def add_replica(
+        self, kind: str, host: str | None = None, tls: bool | None = None, register: bool = True
+    ) -> ReplicaProcess:
         """Start a replica and put it behind the gateway. ``tls`` other than the kind's own (enclaves
         TLS, public plain) and ``register=False`` exist for benchmarks that address replicas directly."""
         started = time.monotonic()
@@ -258,24 +265,48 @@ class ModelService:
             extra = ["--tls-cert", str(cert), "--tls-key", str(key)]
         with open(log, "ab") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "serdab.serve.replica", "--name", self.model_name, "--model-file",
-                 str(self._model_file), "--ready-file", str(ready), "--id", replica_id,
-                 "--threads", str(self.options.threads), *extra],
-                stdout=out, stderr=out, start_new_session=True,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "serdab.serve.replica",
+                    "--name",
+                    self.model_name,
+                    "--model-file",
+                    str(self._model_file),
+                    "--ready-file",
+                    str(ready),
+                    "--id",
+                    replica_id,
+                    "--threads",
+                    str(self.options.threads),
+                    *extra,
+                ],
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + self.options.start_timeout_s
         while not ready.exists():
             if process.poll() is not None:
                 tail = log.read_text()[-600:].strip().splitlines()
-                raise ReplicaError(f"public replica exited with code {process.returncode}"
-                                   f"{': ' + tail[-1] if tail else ''}")  # fmt: skip
+                raise ReplicaError(
+                    f"public replica exited with code {process.returncode}{': ' + tail[-1] if tail else ''}"
+                )
             if time.monotonic() > deadline:
                 stop_process(process)
                 raise ReplicaError(f"public replica not ready after {self.options.start_timeout_s:.0f} s")
             time.sleep(0.02)
         info = json.loads(ready.read_text())
-        return ReplicaProcess(replica_id, "public", "public", int(info["port"]), process.pid, 0.0,
-                              lambda: stop_process(process), lambda: process.poll() is None)  # fmt: skip
+        return ReplicaProcess(
+            replica_id,
+            "public",
+            "public",
+            int(info["port"]),
+            process.pid,
+            0.0,
+            lambda: stop_process(process),
+            lambda: process.poll() is None,
+        )
 
     def _launch_enclave(self, host: str | None = None, tls: bool = True) -> ReplicaProcess:
         if self._trust is None:
@@ -283,20 +314,40 @@ class ModelService:
         host = host or self._enclave_host()
         backend = self.backend(host)
         replica_id = self._next_id("enclave")
-        args = ["--name", self.model_name, *self._trust.enclave_args(), "--speed", str(self.options.enclave_speed),
-                "--id", replica_id,
-                "--threads", str(self.options.threads)]  # fmt: skip
+        args = [
+            "--name",
+            self.model_name,
+            *self._trust.enclave_args(),
+            "--speed",
+            str(self.options.enclave_speed),
+            "--id",
+            replica_id,
+            "--threads",
+            str(self.options.threads),
+        ]
         if not tls:
             args.append("--plaintext-benchmark-only")
-        enclave = backend.launch(self._trust.image.path, args, env={"OMP_NUM_THREADS": str(self.options.threads)},
-                                 log_path=self.work_dir / f"{replica_id}.log")  # fmt: skip
+        enclave = backend.launch(
+            self._trust.image.path,
+            args,
+            env={"OMP_NUM_THREADS": str(self.options.threads)},
+            log_path=self.work_dir / f"{replica_id}.log",
+        )
         try:
             info = backend.wait_ready(enclave, self.options.start_timeout_s)
         except TeeError as exc:
             backend.terminate(enclave)
             raise ReplicaError(f"enclave replica did not start: {exc}") from None
-        return ReplicaProcess(replica_id, "enclave", host, int(info["port"]), enclave.pid, 0.0,
-                              lambda: backend.terminate(enclave), enclave.alive)  # fmt: skip
+        return ReplicaProcess(
+            replica_id,
+            "enclave",
+            host,
+            int(info["port"]),
+            enclave.pid,
+            0.0,
+            lambda: backend.terminate(enclave),
+            enclave.alive,
+        )
 
     def remove_replica(self, replica_id: str, drain_s: float = 10.0) -> None:
         """Take a replica out of rotation, let its requests finish (up to ``drain_s``), stop it."""
@@ -335,9 +386,14 @@ class ModelService:
             self.stop_stress(name)
             return {"stopped": name}
         if action == "replicas":
-            return {"replicas": [{"id": r.id, "kind": r.kind, "host": r.host, "port": r.port, "pid": r.pid,
-                                  "start_s": r.start_s} for r in self.replicas.values()],
-                    "stress": list(self.stress), "decisions": self.decisions[-20:]}  # fmt: skip
+            return {
+                "replicas": [
+                    {"id": r.id, "kind": r.kind, "host": r.host, "port": r.port, "pid": r.pid, "start_s": r.start_s}
+                    for r in self.replicas.values()
+                ],
+                "stress": list(self.stress),
+                "decisions": self.decisions[-20:],
+            }
         raise ServeConfigError(f"unknown admin action {action!r}: stress, unstress or replicas")
 
     # --- EPC interference (emulated) ------------------------------------------------------------------
@@ -437,13 +493,21 @@ class ModelService:
                     last_busy[r.id] = (now, busy)
                 utilisation = sum(utilisations) / len(utilisations) if utilisations else 0.0
                 start_s = max(self.start_times[kind][-3:], default=5.0)
-                decision, states[kind] = decide(config, ScaleInput(now, len(in_service), 0, len(mine), utilisation,
-                                                                   start_s), states[kind])  # fmt: skip
+                decision, states[kind] = decide(
+                    config, ScaleInput(now, len(in_service), 0, len(mine), utilisation, start_s), states[kind]
+                )
                 if decision.delta == 0:
                     continue
                 self.gateway.scaled(kind, decision.delta)
-                self.decisions.append({"t": now, "kind": kind, "delta": decision.delta, "reason": decision.reason,
-                                       "replicas": len(mine) + decision.delta})  # fmt: skip
+                self.decisions.append(
+                    {
+                        "t": now,
+                        "kind": kind,
+                        "delta": decision.delta,
+                        "reason": decision.reason,
+                        "replicas": len(mine) + decision.delta,
+                    }
+                )
                 self.log(f"autoscale {kind}: {decision.delta:+d} ({decision.reason})")
                 try:
                     if decision.delta > 0:

@@ -20,8 +20,14 @@ __all__ = ["ServiceTrust", "enclave_args"]
 def enclave_args(statement: dict[str, Any]) -> list[str]:
     """What an enclave replica needs to find and verify the key service (``replica.enclave_main``),
     from the owner's trust statement."""
-    args = ["--kms", str(statement["kms"]), "--service", str(statement["service"]),
-            "--kms-pcrs", json.dumps(statement["kms_pcrs"])]  # fmt: skip
+    args = [
+        "--kms",
+        str(statement["kms"]),
+        "--service",
+        str(statement["service"]),
+        "--kms-pcrs",
+        json.dumps(statement["kms_pcrs"]),
+    ]
     return args + (["--allow-simulated"] if statement.get("allow_simulated") else [])
 
 

@@ -120,12 +120,18 @@ class _Unavailable(TeeBackend):
     def __init__(self) -> None:
         missing = [d for d in self.devices if not os.path.exists(d)] + [t for t in self.tools if not shutil.which(t)]
         if missing:
-            raise TeeUnavailableError(f"{self.name} is not available on this machine: {self.needs} "
-                                      f"(missing: {', '.join(missing)})")  # fmt: skip
+            raise TeeUnavailableError(
+                f"{self.name} is not available on this machine: {self.needs} (missing: {', '.join(missing)})"
+            )
         raise TeeUnavailableError(f"{self.name}: hardware found, but Serdab has no driver for it yet")
 
-    def launch(self, image: Path, args: list[str] | None = None, env: dict[str, str] | None = None,
-               log_path: Path | None = None) -> Enclave:  # fmt: skip
+    def launch(
+        self,
+        image: Path,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> Enclave:
         raise TeeError("unreachable")
 
     def wait_ready(self, enclave: Enclave, timeout_s: float = 60.0) -> dict[str, Any]:

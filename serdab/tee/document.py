@@ -85,8 +85,13 @@ def decode_payload(payload: bytes) -> AttestationDocument:
         raise MalformedDocumentError("attestation payload must be a CBOR map")
     item = dict(item)
     expected = {
-        "module_id": str, "digest": str, "timestamp": int, "pcrs": Mapping, "certificate": bytes, "cabundle": list
-    }  # fmt: skip
+        "module_id": str,
+        "digest": str,
+        "timestamp": int,
+        "pcrs": Mapping,
+        "certificate": bytes,
+        "cabundle": list,
+    }
     for name, kind in expected.items():
         value = item.get(name)
         if kind is list and isinstance(value, tuple):
@@ -100,10 +105,13 @@ def decode_payload(payload: bytes) -> AttestationDocument:
         raise MalformedDocumentError(f"timestamp {item['timestamp']} is not a time in milliseconds since 1970")
     pcrs = item["pcrs"]
     if not pcrs or not all(
-        isinstance(k, int) and not isinstance(k, bool) and 0 <= k <= MAX_PCR_INDEX and isinstance(v, bytes)
+        isinstance(k, int)
+        and not isinstance(k, bool)
+        and 0 <= k <= MAX_PCR_INDEX
+        and isinstance(v, bytes)
         and len(v) in (32, 48, 64)
         for k, v in pcrs.items()
-    ):  # fmt: skip
+    ):
         raise MalformedDocumentError(f"pcrs must map indices 0..{MAX_PCR_INDEX} to 32/48/64-byte values")
     bundle = item["cabundle"]
     if not bundle or len(bundle) >= MAX_CERTIFICATES or not all(isinstance(c, bytes) for c in bundle):

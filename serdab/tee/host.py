@@ -61,9 +61,14 @@ class HostIdentity:
         root = self_signed_ca(root_key, SIMULATED_ROOT_CN, "Serdab simulated TEE (NOT A TEE)", days=3650)
         host_key = new_key()
         host = issue_certificate(
-            root_key, root, host_key.public_key(), f"sim-host-{platform.node() or 'local'}",
-            organisation="Serdab simulated TEE (NOT A TEE)", ca=True, days=3650,
-        )  # fmt: skip
+            root_key,
+            root,
+            host_key.public_key(),
+            f"sim-host-{platform.node() or 'local'}",
+            organisation="Serdab simulated TEE (NOT A TEE)",
+            ca=True,
+            days=3650,
+        )
         (directory / "root.pem").write_bytes(cert_pem(root))
         write_private(directory / "root.key", key_pem(root_key))
         (directory / "host.pem").write_bytes(cert_pem(host))

@@ -53,9 +53,24 @@ MANIFEST = "enclave.json"
 LOCK = "runtime.lock"
 # what stage workers and the key service import (and httpx's optional command line, which it loads
 # whenever click and rich are installed); their requirements are added by ``runtime_packages``
-_RUNTIME_PACKAGES = ("cryptography", "cbor2", "fastapi", "uvicorn", "httptools", "uvloop", "httpx", "numpy",
-                     "onnxruntime", "pydantic", "psycopg", "click", "rich", "pygments", "prometheus-client",
-                     "pillow")  # fmt: skip
+_RUNTIME_PACKAGES = (
+    "cryptography",
+    "cbor2",
+    "fastapi",
+    "uvicorn",
+    "httptools",
+    "uvloop",
+    "httpx",
+    "numpy",
+    "onnxruntime",
+    "pydantic",
+    "psycopg",
+    "click",
+    "rich",
+    "pygments",
+    "prometheus-client",
+    "pillow",
+)
 
 
 class ImageManifest(BaseModel):

@@ -70,9 +70,14 @@ class NsmDevice:
         key = new_key()
         now = dt.datetime.now(dt.UTC)
         leaf = issue_certificate(
-            self.host.host_key, self.host.host_cert, key.public_key(), self.module_id,
-            organisation="Serdab simulated TEE (NOT A TEE)", days=1, now=now,
-        )  # fmt: skip
+            self.host.host_key,
+            self.host.host_cert,
+            key.public_key(),
+            self.module_id,
+            organisation="Serdab simulated TEE (NOT A TEE)",
+            days=1,
+            now=now,
+        )
         document = AttestationDocument(
             module_id=self.module_id,
             timestamp_ms=int(now.timestamp() * 1000),
@@ -123,8 +128,14 @@ class NsmDevice:
             return {"slowdown": self.access()}
         if op == "stats":
             s = self.stats()
-            return {"budget": s.budget_bytes, "resident": s.resident_bytes, "page_ins": s.page_ins,
-                    "page_outs": s.page_outs, "slowdown": s.slowdown, "emulated": True}  # fmt: skip
+            return {
+                "budget": s.budget_bytes,
+                "resident": s.resident_bytes,
+                "page_ins": s.page_ins,
+                "page_outs": s.page_outs,
+                "slowdown": s.slowdown,
+                "emulated": True,
+            }
         if op == "ready":
             self.mark_ready(request.get("info") or {})
             return {}

@@ -63,8 +63,12 @@ class SimulatedBackend(TeeBackend):
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "serdab.tee.runner", str(image), *(args or [])],
-                env=child_env, cwd=image, stdout=log, stderr=log, start_new_session=True,
-            )  # fmt: skip
+                env=child_env,
+                cwd=image,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
         except OSError as exc:
             server.close()
             raise TeeError(f"cannot start enclave process: {exc}") from None
@@ -93,8 +97,10 @@ class SimulatedBackend(TeeBackend):
             if not enclave.alive():
                 tail = enclave.log_path.read_text()[-800:] if enclave.log_path and enclave.log_path.exists() else ""
                 code = enclave.process.returncode if enclave.process else None
-                raise TeeError(f"enclave {enclave.id} exited with code {code} before it was "
-                               f"ready{': ' + tail.strip().splitlines()[-1] if tail.strip() else ''}")  # fmt: skip
+                raise TeeError(
+                    f"enclave {enclave.id} exited with code {code} before it was "
+                    f"ready{': ' + tail.strip().splitlines()[-1] if tail.strip() else ''}"
+                )
             if waited > timeout_s:
                 raise TeeError(f"enclave {enclave.id} not ready after {timeout_s:.0f} s")
         enclave.info.update(device.ready_info)

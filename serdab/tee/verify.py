@@ -169,8 +169,10 @@ def _check_chain(chain: list[x509.Certificate], at: dt.datetime) -> None:
     ECDSA signatures verify, every certificate is valid at ``at``."""
     for parent, child in zip(chain, chain[1:], strict=False):
         if child.issuer != parent.subject:
-            raise CertificateChainError(f"{_name(child)} names its issuer {child.issuer.rfc4514_string()}, "
-                                        f"but the certificate above it is {_name(parent)}")  # fmt: skip
+            raise CertificateChainError(
+                f"{_name(child)} names its issuer {child.issuer.rfc4514_string()}, "
+                f"but the certificate above it is {_name(parent)}"
+            )
         constraints = _extension(parent, x509.BasicConstraints)
         if not isinstance(constraints, x509.BasicConstraints) or not constraints.ca:
             raise CertificateChainError(f"{_name(parent)} is not a CA certificate, so it may not sign {_name(child)}")
@@ -179,8 +181,9 @@ def _check_chain(chain: list[x509.Certificate], at: dt.datetime) -> None:
             raise CertificateChainError(f"{_name(parent)} has no keyCertSign usage, so it may not sign certificates")
         algorithm = _ECDSA.get(child.signature_algorithm_oid)
         if algorithm is None:
-            raise CertificateChainError(f"{_name(child)} is signed with {child.signature_algorithm_oid.dotted_string}, "
-                                        "not ECDSA with SHA-2")  # fmt: skip
+            raise CertificateChainError(
+                f"{_name(child)} is signed with {child.signature_algorithm_oid.dotted_string}, not ECDSA with SHA-2"
+            )
         key = parent.public_key()
         assert isinstance(key, ec.EllipticCurvePublicKey)  # _parse checked it
         try:
@@ -268,15 +271,18 @@ def verify_attestation(
                 f"module_id {document.module_id!r} under the simulated root must start with sim-"
             )
         if _common_name(leaf) != document.module_id:
-            raise CertificateChainError(f"the signing certificate is issued to {_common_name(leaf)!r}, "
-                                        f"not to module {document.module_id!r}")  # fmt: skip
+            raise CertificateChainError(
+                f"the signing certificate is issued to {_common_name(leaf)!r}, not to module {document.module_id!r}"
+            )
     else:
         raise UnknownRootError(f"the chain ends at {_name(root)}, which is not a pinned root")
     now = now or dt.datetime.now(dt.UTC)
     age = (now - document.time).total_seconds()
     if age > max_age_s or age < -30:
-        raise StaleDocumentError(f"document timestamp {document.time:%Y-%m-%d %H:%M:%S} UTC is {age:.0f} s old "
-                                 f"(accepted: up to {max_age_s:.0f} s)")  # fmt: skip
+        raise StaleDocumentError(
+            f"document timestamp {document.time:%Y-%m-%d %H:%M:%S} UTC is {age:.0f} s old "
+            f"(accepted: up to {max_age_s:.0f} s)"
+        )
     _check_chain([*bundle, leaf], document.time)
 
     zero = [document.pcrs.get(i) for i in DEBUG_PCRS]
