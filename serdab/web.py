@@ -1,17 +1,53 @@
-"""What Serdab's HTTP services share: a 4xx carrying a one-line detail, and bounded body reads.
+"""What every Serdab HTTP service shares: its socket, its server, its error body and its body reads.
 
-A body is refused (413) as soon as its declared length or the bytes streamed so far pass the
-limit, so an oversized upload never sits whole in memory; the content type is checked first (415).
+One home, so a fix reaches the replicas, the gateway, the key service and the HE service alike:
+
+- ``listen_http`` makes the listening socket (Nagle off, see there) and ``serve_app`` runs an ASGI
+  app on it with uvicorn, TLS or not, with a bounded graceful shutdown, a keep-alive bound, a
+  header read timeout and a body read timeout (a slow client cannot hold a connection forever);
+- every error answer is the Open Inference Protocol's ``{"error": "..."}`` (``error_response``,
+  ``install_errors``: our ``HttpError``, Starlette's 404/405 and FastAPI's validation errors all
+  come out that way), and ``error_message`` reads it on the client side;
+- ``read_body`` refuses a body (413) as soon as its declared length or the bytes streamed so far
+  pass the limit, so an oversized upload never sits whole in memory; the content type is checked
+  first (415).
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+if TYPE_CHECKING:  # a client that only reads error bodies (error_message) loads no web framework
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
 
-__all__ = ["HttpError", "install_http_error", "listen_http", "read_body"]
+__all__ = [
+    "HttpError",
+    "ServerLimits",
+    "error_message",
+    "error_response",
+    "install_errors",
+    "listen_http",
+    "read_body",
+    "serve_app",
+    "serve_app_async",
+]
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """How long a server waits for its clients; the defaults are every Serdab service's."""
+
+    graceful_s: float = 5.0  # on SIGTERM, requests in flight get this long to finish
+    keep_alive_s: float = 30.0  # an idle keep-alive connection is closed after this long
+    header_timeout_s: float = 30.0  # a request's headers must be complete this long after its first byte
+    body_timeout_s: float = 60.0  # each chunk of a request body must arrive within this long of the last
 
 
 def listen_http(host: str = "127.0.0.1", port: int = 0, backlog: int = 256) -> socket.socket:
@@ -30,22 +66,75 @@ def listen_http(host: str = "127.0.0.1", port: int = 0, backlog: int = 256) -> s
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
+    """An answer other than 2xx, raised anywhere inside a request: ``install_errors`` sends it."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
         self.status = status
-        self.detail = detail
+        self.message = message
 
 
-def install_http_error(app: FastAPI) -> None:
-    @app.exception_handler(HttpError)
-    async def _http_error(_: Request, error: HttpError) -> JSONResponse:
-        return JSONResponse({"detail": error.detail}, status_code=error.status)
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """The one error body every Serdab service answers with (the Open Inference Protocol's)."""
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status, headers=dict(headers) if headers else None)
 
 
-async def read_body(request: Request, kinds: tuple[str, ...], limit: int) -> bytes:
-    kind = request.headers.get("content-type", "").split(";")[0].strip()
-    if kind not in kinds:
-        raise HttpError(415, f"content type must be {' or '.join(kinds)}, got {kind or 'none'}")
+def install_errors(app: Any, statuses: Mapping[type[Exception], Callable[[Exception], int]] | None = None) -> None:
+    """Answer ``HttpError``, Starlette's HTTP errors (404 unknown path, 405) and request validation
+    errors (422, first problem named) with ``{"error"}``; ``statuses`` maps further exception types
+    (e.g. ``SerdabError``) to the status their instances get."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HttpError)
+        return error_response(exc.status, exc.message)
+
+    async def starlette_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        return error_response(exc.status_code, str(exc.detail), exc.headers)
+
+    async def invalid(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = exc.errors()
+        first = problems[0] if problems else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        return error_response(422, f"{where}: {first.get('msg', 'invalid')}")
+
+    app.add_exception_handler(HttpError, http_error)
+    app.add_exception_handler(HTTPException, starlette_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    for kind, status in (statuses or {}).items():
+
+        def handler(_: Request, exc: Exception, status: Callable[[Exception], int] = status) -> JSONResponse:
+            return error_response(status(exc), str(exc))
+
+        app.add_exception_handler(kind, handler)
+
+
+def error_message(response: Any) -> str:
+    """What a non-2xx answer says: its ``{"error"}`` (``{"detail"}`` from services that are not ours),
+    else its text. ``response`` is an httpx (or requests-like) response."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for field in ("error", "detail"):
+            if body.get(field):
+                return str(body[field])
+    return str(response.text).strip() or f"HTTP {response.status_code}"
+
+
+async def read_body(request: Request, kinds: tuple[str, ...] | None, limit: int) -> bytes:
+    """The whole body, refused early: 415 when ``kinds`` (content types) does not list the request's,
+    413 once the declared length or the bytes read so far pass ``limit``."""
+    if kinds is not None:
+        kind = request.headers.get("content-type", "").split(";")[0].strip()
+        if kind not in kinds:
+            raise HttpError(415, f"content type must be {' or '.join(kinds)}, got {kind or 'none'}")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HttpError(413, f"body of {declared} bytes is over the {limit}-byte limit")
@@ -55,3 +144,143 @@ async def read_body(request: Request, kinds: tuple[str, ...], limit: int) -> byt
         if len(chunks) > limit:
             raise HttpError(413, f"body is over the {limit}-byte limit")
     return bytes(chunks)
+
+
+class _BodyTimeout:
+    """ASGI middleware: a request body that stalls for ``timeout_s`` ends in 408 (``HttpError``
+    raised from ``receive``); once the body is complete, waits (for a disconnect) are not bounded."""
+
+    def __init__(self, app: Any, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        complete = False
+
+        async def timed() -> dict[str, Any]:
+            nonlocal complete
+            if complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except TimeoutError:
+                raise HttpError(408, f"the request body stalled for {self.timeout_s:.0f} s") from None
+            complete = message.get("type") != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, timed, send)
+
+
+def _header_timeout_protocol(timeout_s: float) -> type:
+    """uvicorn's httptools protocol with a header read timeout, which uvicorn lacks: a connection whose
+    request headers are not complete ``timeout_s`` after it opened (or after its request began) is
+    closed. Uses the protocol's parser callbacks, the only uvicorn internals Serdab relies on."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HeaderTimeoutProtocol(HttpToolsProtocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(timeout_s, self._headers_late)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_late(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            self._arm()
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutProtocol
+
+
+def serve_app(
+    app: Any,
+    sock: socket.socket,
+    on_started: Callable[[], None] = lambda: None,
+    *,
+    tls: tuple[bytes, bytes] | None = None,
+    stream: tuple[socket.socket, Callable] | None = None,
+    should_exit: asyncio.Event | None = None,
+    limits: ServerLimits = ServerLimits(),
+) -> None:
+    """Run ``app`` on ``sock`` until SIGTERM/SIGINT (or ``should_exit`` is set); ``on_started`` runs
+    once it accepts. ``tls`` = (certificate PEM, key PEM) are written to a private temp dir only until
+    uvicorn has loaded them; ``stream`` = (listening socket, connection handler) serves a raw stream
+    beside it in the same event loop (an enclave replica's sealed stream)."""
+    asyncio.run(serve_app_async(app, sock, on_started, tls=tls, stream=stream, should_exit=should_exit, limits=limits))
+
+
+async def serve_app_async(
+    app: Any,
+    sock: socket.socket,
+    on_started: Callable[[], None] = lambda: None,
+    *,
+    tls: tuple[bytes, bytes] | None = None,
+    stream: tuple[socket.socket, Callable] | None = None,
+    should_exit: asyncio.Event | None = None,
+    limits: ServerLimits = ServerLimits(),
+) -> None:
+    """``serve_app`` inside a running event loop (the gateway runs its own beside other tasks)."""
+    import uvicorn
+
+    from serdab.validation import write_private
+
+    options: dict[str, Any] = {}
+    secrets_dir = None
+    if tls is not None:
+        secrets_dir = Path(tempfile.mkdtemp(prefix="serdab-tls-"))
+        (secrets_dir / "cert.pem").write_bytes(tls[0])
+        write_private(secrets_dir / "key.pem", tls[1])
+        options = {"ssl_certfile": str(secrets_dir / "cert.pem"), "ssl_keyfile": str(secrets_dir / "key.pem")}
+    # on SIGTERM uvicorn closes each TLS connection and waits for the peer's close_notify, which an idle
+    # keep-alive client (a Ray replica's pool) never sends: without a bound a server takes asyncio's 30 s
+    # to stop; requests in flight get limits.graceful_s to finish
+    config = uvicorn.Config(
+        _BodyTimeout(app, limits.body_timeout_s),
+        http=_header_timeout_protocol(limits.header_timeout_s),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_keep_alive=int(limits.keep_alive_s),
+        timeout_graceful_shutdown=int(limits.graceful_s),
+        **options,
+    )
+    server = uvicorn.Server(config)
+    if stream is not None:
+        await asyncio.start_server(stream[1], sock=stream[0])
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.02)
+    if secrets_dir is not None:
+        (secrets_dir / "key.pem").unlink(missing_ok=True)  # loaded: do not leave it on disk
+    if server.started:
+        on_started()
+    if should_exit is not None:
+        stop = asyncio.create_task(should_exit.wait())
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        stop.cancel()
+    await task

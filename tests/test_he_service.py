@@ -121,7 +121,7 @@ def _bad_inputs(http: httpx.Client, client: Client) -> None:
 
     def status(reply: httpx.Response, code: int, words: str) -> None:
         assert reply.status_code == code, reply.text
-        assert words in reply.json()["detail"], reply.json()
+        assert words in reply.json()["error"], reply.json()
 
     status(http.post(infer, content=b"\x00garbage" * 100, headers=binary), 400, "does not load")
     status(http.post(infer, content=b"", headers=binary), 400, "empty")

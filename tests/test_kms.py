@@ -221,13 +221,13 @@ def api(service, host) -> TestClient:
 def test_bad_input_is_a_4xx_and_the_server_keeps_serving(api, request_kwargs, status, message) -> None:
     response = api.post("/v1/services/echo/keys", **request_kwargs)
     assert response.status_code == status
-    assert message in response.json()["detail"]
+    assert message in response.json()["error"]
     assert api.get("/v1/health").json()["status"] == "ok"
 
 
 def test_unknown_service_and_admin_token(api) -> None:
     missing = api.get("/v1/services/nope/certificate")
-    assert missing.status_code == 404 and "no service named 'nope'" in missing.json()["detail"]
+    assert missing.status_code == 404 and "no service named 'nope'" in missing.json()["error"]
     body = {"name": "new", "pcrs": {}, "allow_simulated": True}
     assert api.post("/v1/services", json=body).status_code == 401
     assert api.post("/v1/services", json=body, headers={"authorization": "Bearer wrong"}).status_code == 401

@@ -99,7 +99,7 @@ def test_two_replicas_two_enclaves_one_service(world) -> None:
         ({"content": b"{}", "headers": {"content-type": "application/json"}}, 415),
     ]:
         response = client.client.post(url_b + "/v1/services/echo/keys", **kwargs)
-        assert response.status_code == status and response.json()["detail"]
+        assert response.status_code == status and response.json()["error"]
     assert client.client.get(url_b + "/v1/services/nope/certificate").status_code == 404
     assert client.request("GET", "/v1/health").json()["status"] == "ok"
 

@@ -244,19 +244,27 @@ def test_an_injected_slowdown_triggers_repartitioning_without_losing_frames() ->
 
 
 def test_an_enclave_from_other_code_is_refused_by_the_manager_and_by_the_kms(monkeypatch, tmp_path) -> None:
+    import dataclasses
+
     import serdab.runtime.stages as stages
+    from serdab.tee.image import build_image
 
     manager = _manager("lenet5", load_cluster("paper"), chunk=4, placement="tee1[0-2] -> e1[3-11]")
     genuine = stages.package_stages
+    rogue_code = tmp_path / "rogue_entry.py"  # the genuine entrypoint, and one line more
+    rogue_code.write_text(f"from {stages.STAGE_ENTRYPOINT.replace(':', ' import ')} as main\n# one changed line\n")
 
     def rogue_images(chain, placement, trusted, out_dir, run_id):
         artifacts = genuine(chain, placement, trusted, out_dir, run_id)
-        for a in artifacts:
-            if a.trusted:  # the same encrypted weights in an image whose code differs by a comment
-                rogue = out_dir / "rogue"
-                code = stages.ENTRYPOINT + "# one changed line\n"
-                stages.stage_image(rogue, next((a.image / "models").iterdir()), a.stage_file, code)
-                object.__setattr__(a, "image", rogue)
+        for k, a in enumerate(artifacts):
+            if a.image is not None:  # the same encrypted weights in an image whose code differs
+                rogue = build_image(
+                    rogue_code,
+                    out_dir / "rogue",
+                    "rogue_entry:main",
+                    models={a.stage_file: a.image.path / "models" / a.stage_file},
+                )
+                artifacts[k] = dataclasses.replace(a, image=dataclasses.replace(a.image, path=rogue))
         return artifacts
 
     monkeypatch.setattr("serdab.runtime.manager.package_stages", rogue_images)

@@ -11,10 +11,7 @@ client, the gateway and every replica: the scaling rows say so.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,11 +29,15 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from serdab import proc  # noqa: E402
+from serdab.proc import ReadyFile  # noqa: E402
 from serdab.serve.load import Sample, closed_loop, open_loop, summarise  # noqa: E402
 
 __all__ = ["PARTS", "plot_latency", "plot_serving_bench", "run_serving_bench"]
 
 Progress = Callable[[str], None]
+SERVE_START_S = 180.0  # a deployment builds images, starts the key service and every replica
+SERVE_STOP_S = 60.0  # `serdab serve` stops each replica it started before it exits
 
 
 def plot_latency(samples: Sequence[Sample], path: Path, title: str) -> None:
@@ -68,7 +69,7 @@ class Served:
     url: str
     trust: dict[str, Any]
     token: str
-    process: subprocess.Popen
+    child: proc.Child
 
     def admin(self, action: str, **body: Any) -> dict[str, Any]:
         reply = httpx.post(
@@ -97,7 +98,6 @@ def served(
     work.mkdir(parents=True, exist_ok=True)
     trust_file = work / "trust.json"
     trust_file.unlink(missing_ok=True)
-    log = open(work / "serve.log", "ab")  # noqa: SIM115 - handed to the child, closed below
     command = [
         sys.executable,
         "-m",
@@ -121,27 +121,23 @@ def served(
         "--trust-file",
         str(trust_file),
     ]
-    process = subprocess.Popen(
-        command, stdout=log, stderr=log, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
+    child = proc.start(command, name="serdab serve", log_path=work / "serve.log", env={"OMP_NUM_THREADS": "1"})
     try:
-        deadline = time.monotonic() + 180
-        while not trust_file.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"serdab serve did not start: {(work / 'serve.log').read_text()[-800:]}")
-            time.sleep(0.1)
-        time.sleep(0.2)  # the admin token is written right after the trust file
-        trust = json.loads(trust_file.read_text())
-        token = (work / "trust.admin-token").read_text().strip()
-        yield Served(trust["gateway"], trust, token, process)
+        trust = child.wait_ready(ReadyFile(trust_file), SERVE_START_S)
+        token_file = work / "trust.admin-token"  # written right after the trust file
+        token = child.wait_ready(_TextFile(token_file), 5.0)["text"]
+        yield Served(trust["gateway"], trust, token, child)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
+        child.stop(SERVE_STOP_S)
+
+
+@dataclass(frozen=True)
+class _TextFile:
+    path: Path
+
+    def poll(self) -> dict[str, Any] | None:
+        text = self.path.read_text().strip() if self.path.exists() else ""
+        return {"text": text} if text else None
 
 
 def _input(model: str, batch: int) -> np.ndarray:
@@ -191,7 +187,7 @@ def seed001(model: str, work: Path, quick: bool, progress: Progress) -> dict[str
         replicas = s.replicas()
         result["start_s"] = {r["kind"]: r["start_s"] for r in replicas}
         result["memory_startup_peak_mib"] = {r["kind"]: _rss_mib(r["pid"], "VmHWM") for r in replicas}
-        result["memory_startup_peak_mib"]["gateway"] = _rss_mib(s.process.pid, "VmHWM")
+        result["memory_startup_peak_mib"]["gateway"] = _rss_mib(s.child.pid, "VmHWM")
         progress("seed 001 Fig. 2: channel throughput")
         result["channel"] = channel_throughput(s, model, 16 if quick else 32, 3 if quick else 5)
         x = _input(model, 2)
@@ -211,7 +207,7 @@ def seed001(model: str, work: Path, quick: bool, progress: Progress) -> dict[str
             while not sampling.wait(0.5):
                 for r in replicas:
                     rss[r["kind"]].append(_rss_mib(r["pid"]))
-                rss["gateway"].append(_rss_mib(s.process.pid))
+                rss["gateway"].append(_rss_mib(s.child.pid))
 
         sampler = threading.Thread(target=sample_memory, daemon=True)
         sampler.start()

@@ -61,11 +61,9 @@ def serve(
     ] = None,
 ) -> None:
     """Serve HE inference: load (training if needed), compile, self-test each model, then listen."""
-    import uvicorn
-
     from serdab.he.model import HeModel
     from serdab.he.service import create_app
-    from serdab.web import listen_http
+    from serdab.web import listen_http, serve_app
 
     try:
         listener = listen_http(host, port)  # bound before loading, so a busy port fails at once
@@ -93,8 +91,7 @@ def serve(
         )
     console.print(table)
     console.print(f"try: serdab he infer digits:0 --url http://{host}:{port}", soft_wrap=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(models, max_sessions), log_level="warning", lifespan="off"))
-    server.run(sockets=[listener])
+    serve_app(create_app(models, max_sessions), listener)
 
 
 def read_image(spec: str) -> tuple[np.ndarray, int | None]:

@@ -20,6 +20,7 @@ import numpy as np
 from serdab.he.backend import HeError, backend_for
 from serdab.he.params import CkksParams
 from serdab.he.protocol import ModelSpec, encode_keys
+from serdab.web import error_message
 
 __all__ = ["CallStats", "Client"]
 
@@ -157,9 +158,5 @@ class Client:
         except httpx.HTTPError as error:
             raise HeError(f"cannot reach the HE service at {self.url}: {error}") from None
         if reply.status_code >= 400:
-            try:
-                detail = reply.json().get("detail", reply.text)
-            except ValueError:
-                detail = reply.text
-            raise HeError(f"{self.url}{path} answered {reply.status_code}: {detail}")
+            raise HeError(f"{self.url}{path} answered {reply.status_code}: {error_message(reply)}")
         return reply

@@ -3,7 +3,7 @@
 A client opens a session by uploading its public, relinearisation and Galois keys once (CBOR);
 each inference then carries one ciphertext as a binary body (or a CBOR list of them in batch
 mode) and gets one back. ``/infer-json`` keeps seed 004's JSON + base64 format. Bad input is a
-4xx with a ``detail`` message and the server keeps serving: 400 malformed ciphertext or keys,
+4xx with an ``error`` message and the server keeps serving: 400 malformed ciphertext or keys,
 404 unknown model or session, 413 oversized body, 415 wrong content type, 422 parameters that
 do not match the model or a cut point it does not have.
 
@@ -25,8 +25,7 @@ from typing import Any
 import cbor2
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
@@ -34,7 +33,7 @@ from serdab.he.backend import HeBackend, HeError
 from serdab.he.model import HeModel
 from serdab.he.params import CkksParams
 from serdab.he.protocol import MAX_BATCH_BODY, MAX_INFER_BODY, MAX_KEYS_BODY, decode_keys
-from serdab.web import HttpError, install_http_error, read_body
+from serdab.web import HttpError, install_errors, read_body
 
 __all__ = ["create_app"]
 
@@ -104,17 +103,7 @@ def create_app(models: dict[str, HeModel], max_sessions: int = 4) -> FastAPI:
     app = FastAPI(title="Serdab HE inference", version="1")
     sessions = Sessions(max_sessions)
 
-    install_http_error(app)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        return JSONResponse({"detail": f"{where}: {first['msg']}"}, status_code=422)
-
-    @app.exception_handler(HeError)
-    async def _he_error(_: Request, error: HeError) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=400)
+    install_errors(app, {HeError: lambda _: 400})
 
     def model_of(name: str) -> HeModel:
         if name not in models:

@@ -27,6 +27,7 @@ from serdab.errors import KmsError, KmsRefusedError, KmsUnreachableError, Unknow
 from serdab.kms.service import ReleasedKeys
 from serdab.tee.backend import Nsm
 from serdab.tee.verify import VerifiedDocument, verify_attestation
+from serdab.web import error_message
 
 __all__ = ["AttestedKms", "attest_kms", "connect_service", "fetch_certificate", "open_service"]
 
@@ -59,10 +60,7 @@ def fetch_certificate(url: str, timeout_s: float = 10.0) -> bytes:
 def _raise_for(response: httpx.Response) -> None:
     if response.is_success:
         return
-    try:
-        detail = response.json().get("detail", response.text)
-    except ValueError:
-        detail = response.text
+    detail = error_message(response)
     if response.status_code == 404 and "service" in str(detail):
         raise UnknownServiceError(str(detail))
     if response.status_code == 403:

@@ -10,14 +10,11 @@ then receives the key in an envelope to the public key of its own document.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import cbor2
-import uvicorn
 
 from serdab.crypto import (
     cert_der,
@@ -41,7 +38,7 @@ from serdab.tee.host import HostIdentity
 from serdab.tee.image import PCR_TLS
 from serdab.tee.nsm import NsmClient
 from serdab.validation import write_private
-from serdab.web import listen_http
+from serdab.web import listen_http, serve_app
 
 __all__ = ["MEASURED_PCRS", "main", "obtain_storage_key"]
 
@@ -151,29 +148,12 @@ def main(argv: list[str]) -> int:
         share_storage_key=share_storage_key,
         replica_id=replica,
     )
-    secrets_dir = Path(tempfile.mkdtemp(prefix="serdab-kms-tls-"))
-    write_private(secrets_dir / "key.pem", key_pem(tls_key))
-    (secrets_dir / "cert.pem").write_bytes(cert_pem(tls_cert))
     sock = listen_http(args.host, args.port)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
+    serve_app(
         app,
-        ssl_keyfile=str(secrets_dir / "key.pem"),
-        ssl_certfile=str(secrets_dir / "cert.pem"),
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
+        sock,
+        lambda: nsm.ready(port=port, storage_key=origin, tls_sha384=tls_hash.hex(), replica=replica),
+        tls=(cert_pem(tls_cert), key_pem(tls_key)),
     )
-    server = uvicorn.Server(config)
-
-    async def serve() -> None:
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not task.done():
-            await asyncio.sleep(0.05)
-        (secrets_dir / "key.pem").unlink(missing_ok=True)  # loaded; do not leave it on disk
-        if server.started:
-            nsm.ready(port=port, storage_key=origin, tls_sha384=tls_hash.hex(), replica=replica)
-        await task
-
-    asyncio.run(serve())
     return 0

@@ -5,14 +5,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from serdab.tee.image import build_image, load_manifest, runtime_lock
+from serdab.tee.image import entrypoint_image, load_manifest, runtime_lock
 
 __all__ = ["kms_image"]
-
-_ENTRY = (
-    '"""Key service enclave: all logic is in the measured Serdab runtime (PCR1)."""\n\n'
-    "from serdab.kms.enclave import main  # noqa: F401\n"
-)
 
 
 def kms_image(directory: Path) -> Path:
@@ -21,14 +16,11 @@ def kms_image(directory: Path) -> Path:
     image = Path(directory) / f"kms-{lock[:16]}"
     if (image / "enclave.json").exists() and load_manifest(image).runtime_lock == lock:
         return image
-    source = Path(directory) / "kms-src"
-    source.mkdir(parents=True, exist_ok=True)
-    (source / "kms_enclave.py").write_text(_ENTRY)
     staging = image.with_name(image.name + ".building")
     if staging.exists():
         import shutil
 
         shutil.rmtree(staging)
-    build_image(source, staging, "kms_enclave:main", name="serdab-kms")
+    entrypoint_image(staging, "serdab.kms.enclave:main", name="serdab-kms")
     staging.rename(image)
     return image

@@ -11,7 +11,7 @@ Endpoints (JSON unless marked CBOR)::
     POST /v1/services/{name}/keys           CBOR {document} -> CBOR {envelope}: keys for an attested enclave
     POST /v1/replica/storage-key            CBOR {document} -> CBOR {envelope}: the storage key for a twin KMS
 
-Bad input is a 4xx with a ``detail`` message (415 wrong content type, 413 over 64 KiB, 400 bad
+Bad input is a 4xx with an ``error`` message (415 wrong content type, 413 over 64 KiB, 400 bad
 CBOR, 401 admin token, 403 refused by policy, 404 unknown service); the server keeps serving.
 """
 
@@ -23,13 +23,13 @@ from typing import Any
 
 import cbor2
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from serdab.errors import AttestationError, KmsRefusedError, SerdabError, UnknownServiceError
 from serdab.kms.service import KeyService
 from serdab.kms.state import ServicePolicy
-from serdab.web import HttpError, install_http_error, read_body
+from serdab.web import HttpError, install_errors, read_body
 
 __all__ = ["MAX_BODY", "RegisterRequest", "create_app"]
 
@@ -67,17 +67,12 @@ def create_app(
     """``attest(nonce)`` returns this KMS's own document; ``share_storage_key(document)`` an envelope."""
     app = FastAPI(title="Serdab key service", version="1", docs_url=None, redoc_url=None)
 
-    install_http_error(app)
-
-    @app.exception_handler(SerdabError)
-    async def _serdab_error(_: Request, exc: SerdabError) -> JSONResponse:
+    def status_of(exc: Exception) -> int:
         if isinstance(exc, UnknownServiceError):
-            status = 404
-        elif isinstance(exc, KmsRefusedError | AttestationError):
-            status = 403
-        else:
-            status = 400
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+            return 404
+        return 403 if isinstance(exc, KmsRefusedError | AttestationError) else 400
+
+    install_errors(app, {SerdabError: status_of})
 
     def _admin(request: Request) -> None:
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()

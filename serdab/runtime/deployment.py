@@ -28,7 +28,9 @@ import numpy as np
 
 from serdab.cluster import Cluster
 from serdab.errors import AttestationError, LinkIntegrityError, SerdabError, WorkerError
+from serdab.kms.lifecycle import KmsCoordinates
 from serdab.plan import CostModel, Placement
+from serdab.proc import log_tail
 from serdab.runtime.executor import Executor, WorkerHandle, WorkerSpec
 from serdab.runtime.link import LinkReceiver, LinkSender, LinkSpec, decode_tensors, encode_tensors
 from serdab.runtime.resources import ResourceManager
@@ -80,7 +82,7 @@ class DeploymentContext:
     executor: Executor
     resources: ResourceManager
     cluster: Cluster  # physical: the speeds the workers are padded to
-    kms_view: Callable[[str], dict[str, Any]]
+    kms_coordinates: Callable[[str], KmsCoordinates]  # a trusted stage's key service, by its service name
     run_dir: Path
     native: bool
     dilation: float
@@ -159,8 +161,8 @@ class Deployment:
                     "threads": 1,
                     "queue_depth": 2,
                 }
-                if artifact.trusted:
-                    config["kms"] = self.ctx.kms_view(artifact.service or "")
+                if artifact.image is not None:
+                    config["kms"] = self.ctx.kms_coordinates(artifact.image.service).to_wire()
                 if k == 0:  # frames arrive as uint8 pixels; the first stage normalises them
                     config["normalise"] = self.ctx.normalise
                 group.append(_Worker(config["worker"], device, k, artifact, config))
@@ -195,7 +197,7 @@ class Deployment:
                 address,
                 self._token,
                 self.ctx.run_dir / "logs" / f"{w.id}.log",
-                w.artifact.image if w.artifact.trusted else None,
+                w.artifact.image.path if w.artifact.image else None,
                 None if w.artifact.trusted else Path(w.artifact.stage_file),
                 (self.ctx.cluster.device(w.device).host,),
             )
@@ -286,12 +288,8 @@ class Deployment:
             raise WorkerError(f"the worker for {w.device} hung up during set-up{self._log_tail(w)}")
 
     def _log_tail(self, w: _Worker) -> str:
-        path = self.ctx.run_dir / "logs" / f"{w.id}.log"
-        try:
-            lines = [line for line in path.read_text().splitlines() if line.strip()]
-        except OSError:
-            return ""
-        return f": {lines[-1].strip()}" if lines else ""
+        tail = log_tail(self.ctx.run_dir / "logs" / f"{w.id}.log")
+        return f": {tail}" if tail else ""
 
     def _accept_control(self) -> None:
         while True:
@@ -351,12 +349,14 @@ class Deployment:
         from serdab.errors import MalformedDocumentError
         from serdab.tee.verify import verify_attestation
 
+        if w.artifact.image is None:
+            raise MalformedDocumentError(f"{w.device} runs an untrusted stage: it has no image to attest to")
         document = hello.get("document")
         if not isinstance(document, bytes):
             raise MalformedDocumentError("the worker sent no attestation document")
         verified = verify_attestation(
             document,
-            expected_pcrs=w.artifact.pcrs,
+            expected_pcrs=w.artifact.image.pcrs,
             allow_simulated=self.ctx.allow_simulated,
             nonce=nonce,
             simulated_roots=self.ctx.executor.simulated_roots(),

@@ -32,6 +32,7 @@ import cbor2
 import numpy as np
 
 from serdab.errors import SerdabError
+from serdab.kms.lifecycle import KmsCoordinates, fetch_model
 from serdab.normalisation import Normalisation
 from serdab.runtime.link import LinkIntegrityError, LinkReceiver, LinkSender, LinkSpec, decode_tensors, encode_tensors
 from serdab.runtime.wire import Channel, connect, listen, recv_message, send_message, tune
@@ -41,36 +42,6 @@ __all__ = ["TOKEN_ENV", "enclave_main", "main"]
 TOKEN_ENV = "SERDAB_WORKER_TOKEN"
 HEARTBEAT_S = 0.5
 SWITCH_INTERVAL_S = 0.0005
-WEIGHTS_AAD = b"serdab-stage-weights-v1|"
-
-
-def _session(model: bytes, threads: int) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
-def decrypt_weights(blob: bytes, key: bytes, name: str) -> bytes:
-    """Stage weights as shipped: 12-byte nonce || AES-GCM(ONNX bytes), bound to the file name."""
-    from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    try:
-        return AESGCM(key).decrypt(blob[:12], blob[12:], WEIGHTS_AAD + name.encode())
-    except InvalidTag:
-        raise SerdabError(f"stage weights {name} do not decrypt with the released key") from None
-
-
-def encrypt_weights(data: bytes, key: bytes, name: str) -> bytes:
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    nonce = os.urandom(12)
-    return nonce + AESGCM(key).encrypt(nonce, data, WEIGHTS_AAD + name.encode())
 
 
 class _Worker:
@@ -91,37 +62,19 @@ class _Worker:
         started = time.monotonic()
         cfg = self.config
         if self.nsm is not None:
-            model = self._enclave_weights()
+            model, _ = fetch_model(KmsCoordinates.from_wire(cfg["kms"]), self.nsm, cfg["stage_file"])
             self.nsm.resident(int(cfg.get("memory_bytes", 0)))
         else:
             model = Path(cfg.get("local_stage_file") or cfg["stage_file"]).read_bytes()
-        self.session = _session(model, int(cfg.get("threads", 1)))
+        from serdab.onnxrt import make_session  # loads ONNX Runtime: only once the stage is known
+
+        self.session = make_session(model, int(cfg.get("threads", 1)))
         first = self.session.get_inputs()[0]
         self.input_name = first.name
         # one inference at deploy time: ONNX Runtime allocates lazily, the first frame would pay for it
         shape = [d if isinstance(d, int) else 1 for d in first.shape]
         self.session.run(None, {first.name: np.zeros(shape, dtype=np.float32)})
         return time.monotonic() - started
-
-    def _enclave_weights(self) -> bytes:
-        from serdab.kms.client import attest_kms
-        from serdab.tee.host import HostIdentity
-
-        kms_cfg = self.config["kms"]
-        roots = [HostIdentity.load_or_create().root_cert] if kms_cfg["allow_simulated"] else []
-        kms = attest_kms(
-            kms_cfg["url"],
-            expected_pcrs={int(i): v for i, v in kms_cfg["pcrs"].items()},
-            allow_simulated=kms_cfg["allow_simulated"],
-            simulated_roots=roots,
-        )
-        assert self.nsm is not None  # only enclaves fetch weights from the KMS
-        try:
-            keys = kms.release_keys(kms_cfg["service"], self.nsm)
-        finally:
-            kms.close()
-        name = self.config["stage_file"]
-        return decrypt_weights((Path("models") / name).read_bytes(), keys.model_key, name)
 
     def listen(self, host: str) -> socket.socket:
         listener = listen(host)

@@ -9,8 +9,6 @@ processes.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -19,9 +17,10 @@ from typing import Any, ClassVar
 
 from cryptography import x509
 
+from serdab import proc
 from serdab.errors import TeeError
+from serdab.proc import Child
 from serdab.runtime.engine import TOKEN_ENV
-from serdab.tee.backend import stop_process
 
 __all__ = ["EXECUTORS", "Executor", "LocalExecutor", "WorkerHandle", "WorkerSpec", "get_executor"]
 
@@ -85,19 +84,19 @@ class Executor(ABC):
 @dataclass
 class _ProcessHandle(WorkerHandle):
     spec: WorkerSpec
-    process: subprocess.Popen | None = None
-    enclave: Any = None
+    child: Child | None = None  # an untrusted worker's process
+    enclave: Any = None  # a trusted worker's enclave (its process is the backend's)
 
     @property
     def pid(self) -> int | None:
         if self.enclave is not None:
             return self.enclave.pid
-        return self.process.pid if self.process else None
+        return self.child.pid if self.child else None
 
     def alive(self) -> bool:
         if self.enclave is not None:
             return bool(self.enclave.alive())
-        return self.process is not None and self.process.poll() is None
+        return self.child is not None and self.child.alive()
 
 
 class LocalExecutor(Executor):
@@ -126,25 +125,22 @@ class LocalExecutor(Executor):
         if spec.enclave_image is not None:
             enclave = self.tee.launch(spec.enclave_image, spec.args, env=env, log_path=spec.log_path)
             return _ProcessHandle(spec, enclave=enclave)
-        with open(spec.log_path, "ab") as log:
-            try:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "serdab.runtime.engine", *spec.args],
-                    env={**os.environ, **env},
-                    stdout=log,
-                    stderr=log,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise TeeError(f"cannot start the worker for {spec.device}: {exc}") from None
-        return _ProcessHandle(spec, process=process)
+        child = proc.start(
+            [sys.executable, "-m", "serdab.runtime.engine", *spec.args],
+            name=f"the worker for {spec.device}",
+            log_path=spec.log_path,
+            env=env,
+            error=TeeError,
+        )
+        return _ProcessHandle(spec, child=child)
 
     def stop(self, handle: WorkerHandle) -> None:
         assert isinstance(handle, _ProcessHandle)
         if handle.enclave is not None:
             self.tee.terminate(handle.enclave)
             return
-        stop_process(handle.process, timeout_s=5)
+        if handle.child is not None:
+            handle.child.stop()
 
     def close(self) -> None:
         if self._tee is not None:

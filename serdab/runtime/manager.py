@@ -28,6 +28,8 @@ import numpy as np
 from serdab.cluster import Cluster
 from serdab.errors import InfeasibleError, PlanError, PolicyError, RunError, WorkerError
 from serdab.graph import Chain
+from serdab.kms.lifecycle import KmsCoordinates
+from serdab.kms.owner import OwnerSession
 from serdab.plan import CostModel, Placement, PlanRequest, Workload, get_planner, violation
 from serdab.plan.model import plan_request
 from serdab.plan.placement import PlanCost, Stage
@@ -40,7 +42,6 @@ from serdab.runtime.emulation import Emulation, choose_dilation, native_cluster
 from serdab.runtime.engine import SWITCH_INTERVAL_S
 from serdab.runtime.executor import Executor, LocalExecutor
 from serdab.runtime.frames import Frame, chunks, normalisation
-from serdab.runtime.keys import RunKms
 from serdab.runtime.repartition import Repartitioner, StageObservation
 from serdab.runtime.report import ChunkReport, RunSummary, StageReport, top_k
 from serdab.runtime.resources import ResourceManager
@@ -85,6 +86,10 @@ class RunOptions:
 
 
 Progress = Callable[[dict[str, Any]], None]
+
+
+def _no_key_service(service: str) -> KmsCoordinates:
+    raise RunError(f"stage service {service} needs the key service, and none is running")
 
 
 class ApplicationManager:
@@ -171,7 +176,7 @@ class ApplicationManager:
         o = self.options
         run_dir = Path(tempfile.mkdtemp(prefix="serdab-run-"))
         run_id = f"run-{secrets.token_hex(4)}"
-        kms: RunKms | None = None
+        kms: OwnerSession | None = None
         started = time.monotonic()
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL_S)  # feeder, sink and control threads (see engine.run)
@@ -188,7 +193,7 @@ class ApplicationManager:
                 self.executor,
                 self.resources,
                 self.cluster,
-                kms.worker_view if kms else (lambda s: {}),
+                kms.coordinates if kms else _no_key_service,
                 run_dir,
                 o.native,
                 dilation,
@@ -224,15 +229,15 @@ class ApplicationManager:
             self.executor.close()
             shutil.rmtree(run_dir, ignore_errors=True)
 
-    def _kms(self, run_dir: Path) -> RunKms:
+    def _kms(self, run_dir: Path) -> OwnerSession:
         roots = self.executor.simulated_roots()
         if self.options.kms_url:
             token = self.options.kms_token or serdab_home() / "kms" / "admin.token"
-            return RunKms.external(self.options.kms_url, token, roots, {}, allow_simulated=True)
-        return RunKms.embedded(run_dir / "kms", roots, serdab_home() / "images")
+            return OwnerSession.external(self.options.kms_url, token, roots, {}, allow_simulated=True)
+        return OwnerSession.embedded(run_dir / "kms", roots, serdab_home() / "images")
 
     def _deploy(
-        self, ctx: DeploymentContext, placement: Placement, kms: RunKms | None, run_dir: Path, run_id: str
+        self, ctx: DeploymentContext, placement: Placement, kms: OwnerSession | None, run_dir: Path, run_id: str
     ) -> None:
         key = placement.describe()
         if key not in self._artifacts:
@@ -241,10 +246,10 @@ class ApplicationManager:
                 self.chain, placement, trusted, run_dir / f"deploy{len(self._artifacts)}", run_id
             )
             for artifact in artifacts:
-                if artifact.trusted:
+                if artifact.image is not None:
                     if kms is None:
                         raise RunError("a trusted stage needs the key service, and none is running")
-                    kms.register(artifact)
+                    kms.register(artifact.image)
             self._artifacts[key] = artifacts
         self._epoch += 1
         physical = CostModel(self.workload, native_cluster(self.cluster) if self.options.native else self.cluster)
@@ -262,7 +267,7 @@ class ApplicationManager:
             self.summary.placements.append(key)
 
     def _run_chunk(
-        self, ctx: DeploymentContext, chunk: list[Frame], kms: RunKms | None, run_dir: Path, run_id: str
+        self, ctx: DeploymentContext, chunk: list[Frame], kms: OwnerSession | None, run_dir: Path, run_id: str
     ) -> tuple[dict[int, FrameResult], bool]:
         results: dict[int, FrameResult] = {}
         interrupted = False
@@ -394,7 +399,7 @@ class ApplicationManager:
         ctx: DeploymentContext,
         report: ChunkReport,
         streak: dict,
-        kms: RunKms | None,
+        kms: OwnerSession | None,
         run_dir: Path,
         run_id: str,
         index: int,

@@ -28,6 +28,7 @@ from cryptography import x509
 
 from serdab.cluster import Cluster
 from serdab.errors import TeeError
+from serdab.proc import log_tail
 from serdab.runtime.executor import Executor, LocalExecutor, WorkerHandle, WorkerSpec
 from serdab.runtime.ray_address import check_ray_address
 from serdab.runtime.ray_resources import device_resource, host_resource, node_resources
@@ -72,10 +73,7 @@ class EngineAgent:
         return [cert.public_bytes(Encoding.PEM) for cert in self.local.simulated_roots()]
 
     def log_tail(self) -> str:
-        try:
-            return (self.dir / "worker.log").read_text()[-2000:]
-        except OSError:
-            return ""
+        return log_tail(self.dir / "worker.log")
 
     def stop(self) -> None:
         if self.handle is not None:

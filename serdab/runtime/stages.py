@@ -1,31 +1,23 @@
 """What a deployment ships to each device: stage files, and for trusted stages an enclave image.
 
-A trusted stage's ONNX file is encrypted with a fresh AES-256-GCM key (one key per stage file)
-and sealed into a measured image whose code is only the worker entrypoint (all logic is in
-the measured Serdab runtime, PCR1). The key goes to the key service under a service whose
-policy is that image's PCR0-2, so only an enclave launched from that very image gets it (seed
-000: each enclave receives only its own layers). Untrusted stages are plain ONNX files.
+A trusted stage's ONNX file is sealed into a measured model image (``serdab.kms.lifecycle``: a
+fresh key per stage file, the worker entrypoint as the image's only code); its key goes to the key
+service under a policy naming that image's PCRs, so only an enclave launched from that very image
+gets it (seed 000: each enclave receives only its own layers). Untrusted stages are plain ONNX files.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from serdab.graph import Chain, extract_stage
+from serdab.kms.lifecycle import ModelImage, build_model_image
 from serdab.plan import Placement
-from serdab.runtime.engine import encrypt_weights
-from serdab.tee.image import PCR_APP, PCR_IMAGE, PCR_RUNTIME, build_image, measure_image
 
-__all__ = ["MEASURED_PCRS", "StageArtifact", "package_stages", "stage_image"]
+__all__ = ["STAGE_ENTRYPOINT", "StageArtifact", "package_stages"]
 
-MEASURED_PCRS = (PCR_IMAGE, PCR_RUNTIME, PCR_APP)
-ENTRYPOINT = (
-    '"""A pipeline stage enclave: the logic is the measured Serdab runtime (PCR1)."""\n\n'
-    "from serdab.runtime.engine import enclave_main as main  # noqa: F401\n"
-)
+STAGE_ENTRYPOINT = "serdab.runtime.engine:enclave_main"
 
 
 @dataclass(frozen=True)
@@ -33,20 +25,12 @@ class StageArtifact:
     index: int
     first: int
     last: int
-    trusted: bool
     stage_file: str  # untrusted: path of the plain ONNX; trusted: file name under the image's models/
-    image: Path | None = None
-    pcrs: dict[int, bytes] | None = None
-    key: bytes | None = None  # the stage file's key: handed to the KMS, never to a worker
-    service: str | None = None
+    image: ModelImage | None = None  # trusted stages only
 
-
-def stage_image(out: Path, encrypted: Path, name: str, entrypoint_source: str = ENTRYPOINT) -> Path:
-    """A measured image holding one encrypted stage file and the worker entrypoint."""
-    code = out.with_name(out.name + "-code")
-    code.mkdir(parents=True, exist_ok=True)
-    (code / "stage_enclave.py").write_text(entrypoint_source)
-    return build_image(code, out, "stage_enclave:main", name=out.name, models={name: encrypted})
+    @property
+    def trusted(self) -> bool:
+        return self.image is not None
 
 
 def package_stages(
@@ -57,21 +41,12 @@ def package_stages(
     artifacts = []
     for k, stage in enumerate(placement.stages):
         data = extract_stage(chain, stage.first, stage.last).SerializeToString()
-        is_trusted = all(trusted[d] for d in stage.devices)
         name = f"stage{k}-b{stage.first}-{stage.last}.onnx"
-        if not is_trusted:
+        if not all(trusted[d] for d in stage.devices):
             path = out_dir / name
             path.write_bytes(data)
-            artifacts.append(StageArtifact(k, stage.first, stage.last, False, str(path)))
+            artifacts.append(StageArtifact(k, stage.first, stage.last, str(path)))
             continue
-        key = os.urandom(32)
-        encrypted = out_dir / f"{name}.enc"
-        encrypted.write_bytes(encrypt_weights(data, key, name))
-        image = stage_image(out_dir / f"image-stage{k}", encrypted, name)
-        encrypted.unlink()
-        pcrs = {i: v for i, v in measure_image(image).items() if i in MEASURED_PCRS}
-        digest = hashlib.sha256(b"".join(pcrs.values())).hexdigest()[:12]
-        artifacts.append(
-            StageArtifact(k, stage.first, stage.last, True, name, image, pcrs, key, f"{run_id}-stage{k}-{digest}")
-        )
+        image = build_model_image(data, name, out_dir / f"image-stage{k}", STAGE_ENTRYPOINT, f"{run_id}-stage{k}")
+        artifacts.append(StageArtifact(k, stage.first, stage.last, name, image))
     return artifacts

@@ -30,6 +30,7 @@ import numpy as np
 
 from serdab.errors import AttestationError, NoReplicaError, ServeError
 from serdab.serve.protocol import BINARY_HEADER, encode_image, encode_infer_request, parse_infer_response
+from serdab.web import error_message
 
 __all__ = ["Client", "service_certificate", "service_context"]
 
@@ -168,11 +169,7 @@ class Client:
                 last = ServeError(reply.text)
                 continue
             if reply.status_code >= 400:
-                try:
-                    message = reply.json().get("error") or reply.text
-                except ValueError:
-                    message = reply.text
-                raise ServeError(f"{reply.status_code}: {message}")
+                raise ServeError(f"{reply.status_code}: {error_message(reply)}")
             self.served_by = reply.headers.get("x-serdab-replica")
             return reply
         raise NoReplicaError(f"no {'enclave' if secure else 'public'} replica answered at {self.url}: {last}")
@@ -206,16 +203,12 @@ class Client:
                 last = ServeError(reply.text)
                 continue
             if reply.status_code != 200:
-                raise ServeError(f"{reply.status_code}: {reply.text}")
+                raise ServeError(f"{reply.status_code}: {error_message(reply)}")
             self.served_by = reply.headers.get("x-serdab-replica")
             status, answer_headers, content = self._session.open(request, reply.content)
             answer = httpx.Response(status, headers=answer_headers, content=content)
             if status >= 400:
-                try:
-                    message = answer.json().get("error") or answer.text
-                except ValueError:
-                    message = answer.text
-                raise ServeError(f"{status}: {message}")
+                raise ServeError(f"{status}: {error_message(answer)}")
             return answer
         raise NoReplicaError(f"no enclave replica answered at {self.url}: {last}")
 

@@ -38,7 +38,7 @@ from serdab.errors import ServeError
 from serdab.serve.balancing import BalancingPolicy, HostSample, ReplicaView
 from serdab.serve.forward import UpstreamError, UpstreamPool
 from serdab.serve.replica import LATENCY_BUCKETS, MAX_BODY_BYTES
-from serdab.web import listen_http
+from serdab.web import HttpError, error_response, install_errors, listen_http, read_body, serve_app_async
 
 __all__ = ["Gateway", "GatewayConfig", "ReplicaEntry"]
 
@@ -248,8 +248,6 @@ class Gateway:
             self._loop.close()
 
     async def _main(self) -> None:
-        import uvicorn
-
         self._shutdown = asyncio.Event()
         self._connections: set[asyncio.Task] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -259,12 +257,9 @@ class Gateway:
         self.secure_port = secure.sockets[0].getsockname()[1]
         sock = listen_http(self.config.host, self.config.port, backlog=512)
         self.port = sock.getsockname()[1]
-        server = uvicorn.Server(
-            uvicorn.Config(self._app(), log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=30)
-        )
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.02)
+        listening, stop_serving = asyncio.Event(), asyncio.Event()
+        serving = asyncio.create_task(serve_app_async(self._app(), sock, listening.set, should_exit=stop_serving))
+        await asyncio.wait({serving, asyncio.create_task(listening.wait())}, return_when=asyncio.FIRST_COMPLETED)
         if serving.done():
             serving.result()
         timeout = self.config.connect_timeout_s
@@ -275,7 +270,7 @@ class Gateway:
         tasks = [asyncio.create_task(self._health_loop()), asyncio.create_task(self._monitor_loop())]
         self._started.set()
         await self._shutdown.wait()
-        server.should_exit = True
+        stop_serving.set()
         secure.close()
         for task in tasks:
             task.cancel()
@@ -308,7 +303,9 @@ class Gateway:
             Route("/v1/admin/{action}", self._admin_call, methods=["POST"]),
             Route("/{path:path}", self._proxy, methods=["GET", "POST", "HEAD"]),
         ]
-        return Starlette(routes=routes)
+        app = Starlette(routes=routes)
+        install_errors(app)
+        return app
 
     async def _metrics(self, _: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -329,16 +326,16 @@ class Gateway:
 
         given = request.headers.get("authorization", "").removeprefix("Bearer ").encode()
         if self._admin is None or not self._admin_token:
-            return JSONResponse({"error": "this gateway takes no admin calls"}, status_code=404)
+            return error_response(404, "this gateway takes no admin calls")
         if not secrets.compare_digest(given, self._admin_token.encode()):
-            return JSONResponse({"error": "admin calls need the owner's bearer token"}, status_code=401)
+            return error_response(401, "admin calls need the owner's bearer token")
         try:
             body = json.loads(await request.body() or b"{}")
             if not isinstance(body, dict):
                 raise ValueError("the body must be a JSON object")
             result = await run_in_threadpool(self._admin, request.path_params["action"], body)
         except (ValueError, KeyError, ServeError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            return error_response(400, str(exc))
         return JSONResponse(result)
 
     async def _live(self, _: Request) -> JSONResponse:
@@ -346,31 +343,19 @@ class Gateway:
 
     async def _refuse_plain(self, _: Request) -> JSONResponse:
         self.metrics.refused.labels("plaintext-secure").inc()
-        return JSONResponse(
-            {
-                "error": f"secure requests go over TLS straight to an enclave replica (secure port "
-                f"{self.secure_port}); use serdab.Client(url).infer(..., secure=True)"
-            },
-            status_code=403,
+        return error_response(
+            403,
+            f"secure requests go over TLS straight to an enclave replica (secure port "
+            f"{self.secure_port}); use serdab.Client(url).infer(..., secure=True)",
         )
 
     async def _proxy(self, request: Request) -> Response:
         path = request.url.path
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.config.max_body_bytes:
-            self.metrics.refused.labels("too-large").inc()
-            return JSONResponse(
-                {"error": f"body of {declared} bytes is over the {self.config.max_body_bytes}-byte limit"},
-                status_code=413,
-            )
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.config.max_body_bytes:
-                self.metrics.refused.labels("too-large").inc()
-                return JSONResponse(
-                    {"error": f"body is over the {self.config.max_body_bytes}-byte limit"}, status_code=413
-                )
+        try:
+            body = await read_body(request, None, self.config.max_body_bytes)
+        except HttpError as exc:
+            self.metrics.refused.labels("too-large" if exc.status == 413 else "bad-body").inc()
+            return error_response(exc.status, exc.message)
         headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in _HOP_HEADERS]
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         route = "/predict-public" if path == "/predict-public" else "/v2/..." if path.startswith("/v2") else "other"
@@ -391,12 +376,12 @@ class Gateway:
                     )
                 try:
                     status, out, content = await pool.request(
-                        request.method, target, headers, bytes(body), self.config.request_timeout_s
+                        request.method, target, headers, body, self.config.request_timeout_s
                     )
                 except TimeoutError:
                     self.metrics.refused.labels("timeout").inc()
                     message = f"replica {entry.id} did not answer within {self.config.request_timeout_s:.0f} s"
-                    return JSONResponse({"error": message}, status_code=504)
+                    return error_response(504, message)
                 except UpstreamError:
                     entry.healthy = False  # refused, reset or gone: the next health check decides again
                     if attempt + 1 < self.config.max_attempts:
@@ -412,7 +397,7 @@ class Gateway:
         finally:
             self.metrics.in_flight.labels("public").dec()
         self.metrics.refused.labels("no-replica").inc()
-        return JSONResponse({"error": "no healthy public replica could take the request"}, status_code=503)
+        return error_response(503, "no healthy public replica could take the request")
 
     # --- secure path (L4 pass-through) ------------------------------------------------------------
     async def _pass_through(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -560,7 +560,7 @@ def secure_app(args: dict[str, Any]) -> Any:
     ``replicas``, optional ``autoscale``, ``balancer``, ``enclave_speed``, ``threads``, ``stress_dir``, ``ingress``.
     The service CA comes from the key service itself, attested against the trust statement."""
     from serdab.serve.client import service_certificate
-    from serdab.serve.trust import enclave_args
+    from serdab.serve.trust import statement_coordinates
 
     trust = json.loads(Path(str(args["trust"])).read_text())
     certificate = service_certificate(trust)[0]
@@ -574,7 +574,7 @@ def secure_app(args: dict[str, Any]) -> Any:
     enclaves = deployment.bind(
         str(args.get("model_name") or trust["model"]),
         pack_image(Path(str(args["image"]))),
-        enclave_args(trust),
+        statement_coordinates(trust).to_argv(),
         certificate["ca_pem"],
         float(args.get("enclave_speed", 1.0)),
         int(args.get("threads", 1)),

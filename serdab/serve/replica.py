@@ -1,7 +1,7 @@
 """A model replica: one ONNX model in ONNX Runtime behind OIP v2 and seed 001's endpoints.
 
 Two kinds speak the same API. A **public** replica is an ordinary process serving plain HTTP.
-An **enclave** replica is the entrypoint of a measured image (``serdab.serve.image``): inside the
+An **enclave** replica is the entrypoint of a measured image (``serdab.kms.lifecycle.build_model_image``): inside the
 enclave it attests to the key service, which releases the service's TLS key and certificate and
 the model key only to an image whose PCRs match (seed 002 Fig. 2); it decrypts the model in its
 own memory and terminates TLS itself, so a client's plaintext exists only in the client and the
@@ -18,8 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -45,7 +43,7 @@ from serdab.serve.protocol import (
     parse_infer_request,
     top_k,
 )
-from serdab.web import HttpError, listen_http, read_body
+from serdab.web import HttpError, install_errors, listen_http, read_body, serve_app
 
 __all__ = ["MAX_BODY_BYTES", "ModelRunner", "create_replica_app", "enclave_main", "main"]
 
@@ -190,10 +188,6 @@ def _inline(schema: dict[str, Any]) -> dict[str, Any]:
     return walk(schema)
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
 def create_replica_app(
     runner: ModelRunner,
     kind: str,
@@ -234,13 +228,7 @@ def create_replica_app(
     )
     started_at = time.monotonic()
 
-    @app.exception_handler(HttpError)
-    async def _http_error(_: Request, error: HttpError) -> JSONResponse:
-        return _error(error.status, error.detail)
-
-    @app.exception_handler(ServeError)
-    async def _serve_error(_: Request, error: ServeError) -> JSONResponse:
-        return _error(400, str(error))
+    install_errors(app, {ServeError: lambda _: 400})
 
     app.add_middleware(_Measure, kind=kind, latency=latency, in_flight=in_flight, errors=errors)
 
@@ -476,59 +464,6 @@ def _route_of(path: str) -> str:
     return "other"
 
 
-GRACEFUL_S = 5
-
-
-def serve_app(
-    app: FastAPI,
-    sock: socket.socket,
-    on_started: Callable[[], None],
-    tls: tuple[bytes, bytes] | None = None,
-    stream: tuple[socket.socket, Callable] | None = None,
-) -> None:
-    """Run uvicorn on ``sock``; ``tls`` = (certificate PEM, key PEM) are written to a private temp
-    dir only until uvicorn has loaded them; ``stream`` = (listening socket, connection handler) serves
-    a raw stream beside it in the same event loop (the enclave's sealed stream)."""
-    import uvicorn
-
-    from serdab.validation import write_private
-
-    options: dict[str, Any] = {}
-    secrets_dir = None
-    if tls is not None:
-        secrets_dir = Path(tempfile.mkdtemp(prefix="serdab-replica-tls-"))
-        (secrets_dir / "cert.pem").write_bytes(tls[0])
-        write_private(secrets_dir / "key.pem", tls[1])
-        options = {"ssl_certfile": str(secrets_dir / "cert.pem"), "ssl_keyfile": str(secrets_dir / "key.pem")}
-    # on SIGTERM uvicorn closes each TLS connection and waits for the peer's close_notify, which an idle
-    # keep-alive client (a Ray replica's pool) never sends: without a bound a replica takes asyncio's 30 s
-    # to stop; requests in flight get GRACEFUL_S to finish
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        timeout_keep_alive=30,
-        timeout_graceful_shutdown=GRACEFUL_S,
-        **options,
-    )
-    server = uvicorn.Server(config)
-
-    async def serve() -> None:
-        if stream is not None:
-            await asyncio.start_server(stream[1], sock=stream[0])
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not task.done():
-            await asyncio.sleep(0.02)
-        if secrets_dir is not None:
-            (secrets_dir / "key.pem").unlink(missing_ok=True)  # loaded: do not leave it on disk
-        if server.started:
-            on_started()
-        await task
-
-    asyncio.run(serve())
-
-
 def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--name", required=True, help="the model's name in the API")
@@ -566,16 +501,11 @@ def main(argv: list[str] | None = None) -> int:
 def enclave_main(argv: list[str]) -> int:
     """An enclave replica: the entrypoint of a measured replica image, talking to its NSM."""
     from serdab.crypto import cert_der, sha384
-    from serdab.kms.client import attest_kms
-    from serdab.runtime.engine import decrypt_weights
-    from serdab.tee.host import HostIdentity
+    from serdab.kms.lifecycle import KmsCoordinates, fetch_model
     from serdab.tee.nsm import NsmClient
 
     parser = _parser("serdab-enclave-replica")
-    parser.add_argument("--kms", required=True, help="https URL of the key service")
-    parser.add_argument("--service", required=True)
-    parser.add_argument("--kms-pcrs", required=True, help="JSON {index: hex} the KMS must show")
-    parser.add_argument("--allow-simulated", action="store_true")
+    KmsCoordinates.add_arguments(parser)
     parser.add_argument("--speed", type=float, default=1.0, help="emulated enclave speed relative to this host")
     parser.add_argument(
         "--plaintext-benchmark-only",
@@ -584,19 +514,7 @@ def enclave_main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     nsm = NsmClient.from_env()
-    roots = [HostIdentity.load_or_create().root_cert] if args.allow_simulated else []
-    kms = attest_kms(
-        args.kms,
-        expected_pcrs={int(i): bytes.fromhex(v) for i, v in json.loads(args.kms_pcrs).items()},
-        allow_simulated=args.allow_simulated,
-        simulated_roots=roots,
-    )
-    try:
-        keys = kms.release_keys(args.service, nsm)
-    finally:
-        kms.close()
-    model_file = next(iter(sorted(Path("models").iterdir())))
-    model = decrypt_weights(model_file.read_bytes(), keys.model_key, model_file.name)
+    model, keys = fetch_model(KmsCoordinates.from_args(args), nsm)
     nsm.resident(int(len(model) * 1.3))  # weights plus activations, as the EPC sees them (emulated)
 
     def pad(host_s: float) -> float:

@@ -15,11 +15,9 @@ replicas there. Every figure that rests on this says "emulated".
 from __future__ import annotations
 
 import contextlib
-import json
 import secrets
 import shutil
 import ssl
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,13 +29,14 @@ from typing import Any
 
 import httpx
 
+from serdab import proc
 from serdab.errors import ReplicaError, ServeConfigError, TeeError
+from serdab.proc import ReadyFile
 from serdab.serve.autoscale import AutoscaleConfig, AutoscaleState, ScaleInput, decide
 from serdab.serve.balancing import HostSample, get_balancer
 from serdab.serve.client import service_context
 from serdab.serve.gateway import Gateway, GatewayConfig, ReplicaEntry
 from serdab.serve.trust import ServiceTrust
-from serdab.tee.backend import stop_process
 
 __all__ = ["ModelService", "ReplicaProcess", "ServeOptions"]
 
@@ -263,49 +262,37 @@ class ModelService:
         if tls:
             cert, key = self.public_tls_files()
             extra = ["--tls-cert", str(cert), "--tls-key", str(key)]
-        with open(log, "ab") as out:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "serdab.serve.replica",
-                    "--name",
-                    self.model_name,
-                    "--model-file",
-                    str(self._model_file),
-                    "--ready-file",
-                    str(ready),
-                    "--id",
-                    replica_id,
-                    "--threads",
-                    str(self.options.threads),
-                    *extra,
-                ],
-                stdout=out,
-                stderr=out,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + self.options.start_timeout_s
-        while not ready.exists():
-            if process.poll() is not None:
-                tail = log.read_text()[-600:].strip().splitlines()
-                raise ReplicaError(
-                    f"public replica exited with code {process.returncode}{': ' + tail[-1] if tail else ''}"
-                )
-            if time.monotonic() > deadline:
-                stop_process(process)
-                raise ReplicaError(f"public replica not ready after {self.options.start_timeout_s:.0f} s")
-            time.sleep(0.02)
-        info = json.loads(ready.read_text())
+        child = proc.start(
+            [
+                sys.executable,
+                "-m",
+                "serdab.serve.replica",
+                "--name",
+                self.model_name,
+                "--model-file",
+                str(self._model_file),
+                "--ready-file",
+                str(ready),
+                "--id",
+                replica_id,
+                "--threads",
+                str(self.options.threads),
+                *extra,
+            ],
+            name="public replica",
+            log_path=log,
+            error=ReplicaError,
+        )
+        info = child.wait_ready(ReadyFile(ready), self.options.start_timeout_s, ReplicaError)
         return ReplicaProcess(
-            replica_id,
-            "public",
-            "public",
-            int(info["port"]),
-            process.pid,
-            0.0,
-            lambda: stop_process(process),
-            lambda: process.poll() is None,
+            id=replica_id,
+            kind="public",
+            host="public",
+            port=int(info["port"]),
+            pid=child.pid,
+            start_s=0.0,
+            stop=child.stop,
+            alive=child.alive,
         )
 
     def _launch_enclave(self, host: str | None = None, tls: bool = True) -> ReplicaProcess:
@@ -339,14 +326,14 @@ class ModelService:
             backend.terminate(enclave)
             raise ReplicaError(f"enclave replica did not start: {exc}") from None
         return ReplicaProcess(
-            replica_id,
-            "enclave",
-            host,
-            int(info["port"]),
-            enclave.pid,
-            0.0,
-            lambda: backend.terminate(enclave),
-            enclave.alive,
+            id=replica_id,
+            kind="enclave",
+            host=host,
+            port=int(info["port"]),
+            pid=enclave.pid,
+            start_s=0.0,
+            stop=lambda: backend.terminate(enclave),
+            alive=enclave.alive,
         )
 
     def remove_replica(self, replica_id: str, drain_s: float = 10.0) -> None:

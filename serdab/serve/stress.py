@@ -13,21 +13,13 @@ import argparse
 import time
 from pathlib import Path
 
-from serdab.tee.image import build_image
+from serdab.tee.image import entrypoint_image
 
 __all__ = ["build_stress_image", "enclave_main"]
 
-ENTRYPOINT = (
-    '"""EPC interference: the logic is the measured Serdab runtime (PCR1)."""\n\n'
-    "from serdab.serve.stress import enclave_main as main  # noqa: F401\n"
-)
-
 
 def build_stress_image(out_dir: Path) -> Path:
-    code = out_dir / "stress-code"
-    code.mkdir(parents=True, exist_ok=True)
-    (code / "stress_enclave.py").write_text(ENTRYPOINT)
-    return build_image(code, out_dir / "stress-image", "stress_enclave:main", name="serdab-epc-stress")
+    return entrypoint_image(out_dir / "stress-image", "serdab.serve.stress:enclave_main", name="serdab-epc-stress")
 
 
 def enclave_main(argv: list[str]) -> int:

@@ -2,53 +2,59 @@
 
 The model owner (this process) starts the key service in an enclave and verifies it, builds the
 measured replica image with the model encrypted inside, and registers the model key under a
-policy naming that image's PCRs. Enclave replicas then fetch the model key and the service's
-TLS key from the key service themselves; the owner hands no key to a replica. The owner's trust
-statement (``statement``) is what clients verify against, handed to them out of band.
+policy naming that image's PCRs (``serdab.kms``: ``OwnerSession``, ``build_model_image``). Enclave
+replicas then fetch the model key and the service's TLS key from the key service themselves; the
+owner hands no key to a replica. The owner's trust statement (``statement``) is what clients
+verify against, handed to them out of band.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ServiceTrust", "enclave_args"]
+from cryptography import x509
+
+from serdab.kms.lifecycle import KmsCoordinates, ModelImage
+from serdab.kms.owner import OwnerSession
+
+__all__ = ["REPLICA_ENTRYPOINT", "ServiceTrust", "statement_coordinates"]
+
+REPLICA_ENTRYPOINT = "serdab.serve.replica:enclave_main"
 
 
-def enclave_args(statement: dict[str, Any]) -> list[str]:
-    """What an enclave replica needs to find and verify the key service (``replica.enclave_main``),
-    from the owner's trust statement."""
-    args = [
-        "--kms",
-        str(statement["kms"]),
-        "--service",
-        str(statement["service"]),
-        "--kms-pcrs",
-        json.dumps(statement["kms_pcrs"]),
-    ]
-    return args + (["--allow-simulated"] if statement.get("allow_simulated") else [])
+def statement_coordinates(statement: dict[str, Any]) -> KmsCoordinates:
+    """Where an enclave replica finds and verifies the key service, from the owner's trust statement."""
+    return KmsCoordinates.from_wire(
+        {
+            "url": statement["kms"],
+            "service": statement["service"],
+            "pcrs": statement["kms_pcrs"],
+            "allow_simulated": bool(statement.get("allow_simulated")),
+        }
+    )
 
 
 @dataclass
 class ServiceTrust:
-    kms: Any  # serdab.runtime.keys.RunKms
-    image: Any  # serdab.serve.image.ReplicaImage
+    kms: OwnerSession
+    image: ModelImage
     ca_pem: str
-    root: Any  # the simulated host root certificate
+    root: x509.Certificate  # the simulated host root certificate
 
     @classmethod
     def start(cls, model_name: str, model: bytes, work_dir: Path) -> ServiceTrust:
-        from serdab.runtime.keys import RunKms
-        from serdab.serve.image import build_replica_image
+        from serdab.kms.lifecycle import build_model_image
         from serdab.tee.host import HostIdentity
 
         host = HostIdentity.load_or_create()
-        kms = RunKms.embedded(work_dir / "kms", [host.root_cert], work_dir / "images")
+        kms = OwnerSession.embedded(work_dir / "kms", [host.root_cert], work_dir / "images")
         try:
-            image = build_replica_image(model_name, model, work_dir / "replica")
-            kms.kms.register(image.service, kms.token, image.pcrs, allow_simulated=True, model_key=image.model_key)
+            image = build_model_image(
+                model, f"{model_name}.onnx", work_dir / "replica-image", REPLICA_ENTRYPOINT, f"serve-{model_name}"
+            )
+            kms.register(image)
             ca_pem = kms.kms.service_certificate(image.service)["ca_pem"]
         except BaseException:
             kms.close()
@@ -57,25 +63,26 @@ class ServiceTrust:
 
     @property
     def service(self) -> str:
-        return str(self.image.service)
+        return self.image.service
 
     def statement(self, front_door: str | None, model_name: str) -> dict[str, Any]:
         """The owner's statement a client verifies against (out of band, never from the front door)."""
         from serdab.crypto import cert_pem
 
+        coordinates = self.kms.coordinates(self.service).to_wire()
         return {
             "gateway": front_door,
             "model": model_name,
-            "kms": self.kms.url,
-            "kms_pcrs": {str(i): v.hex() for i, v in self.kms.pcrs.items()},
+            "kms": coordinates["url"],
+            "kms_pcrs": coordinates["pcrs"],
             "service": self.service,
             "replica_pcrs": {str(i): v.hex() for i, v in self.image.pcrs.items()},
-            "allow_simulated": True,
+            "allow_simulated": coordinates["allow_simulated"],
             "simulated_root_pem": cert_pem(self.root).decode(),
         }
 
     def enclave_args(self) -> list[str]:
-        return enclave_args(self.statement(None, ""))
+        return self.kms.coordinates(self.service).to_argv()
 
     def close(self) -> None:
         self.kms.close()

@@ -1,6 +1,6 @@
 """Trusted execution: enclave images, backends, attestation documents, verification, sealing, EPC.
 
-A leaf of the package tree: it imports only the leaves ``serdab.crypto``, ``serdab.errors`` and
+A leaf of the package tree: it imports only the leaves ``serdab.crypto``, ``serdab.errors``, ``serdab.proc`` and
 ``serdab.validation`` (tested in tests/test_imports.py), and neither torch nor onnxruntime.
 """
 

@@ -8,27 +8,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from serdab.errors import TeeError, TeeUnavailableError
+from serdab.proc import Child
 
-__all__ = ["BACKENDS", "Enclave", "Nsm", "TeeBackend", "get_backend", "stop_process"]
-
-
-def stop_process(process: subprocess.Popen | None, timeout_s: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout_s``; nothing when it already exited (safe to call twice)."""
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+__all__ = ["BACKENDS", "Enclave", "Nsm", "TeeBackend", "get_backend"]
 
 
 class Nsm(Protocol):
@@ -48,16 +36,19 @@ class Enclave:
     image: Path
     pcrs: dict[int, bytes]
     debug: bool
-    process: subprocess.Popen | None = None
-    log_path: Path | None = None
+    child: Child | None = None  # the enclave's process, where the backend runs one on this host
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid if self.process else None
+        return self.child.pid if self.child else None
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.child.log_path if self.child else None
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.child is not None and self.child.alive()
 
 
 class TeeBackend(ABC):

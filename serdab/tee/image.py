@@ -29,6 +29,7 @@ from serdab.errors import EnclaveImageError
 from serdab.validation import load_json_model
 
 __all__ = [
+    "entrypoint_image",
     "pack_image",
     "unpack_image",
     "PCR_APP",
@@ -216,6 +217,27 @@ def build_image(
     )
     (out / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
     return out
+
+
+def entrypoint_image(
+    out: Path, entrypoint: str, *, name: str | None = None, models: dict[str, Path] | None = None
+) -> Path:
+    """A new image at ``out`` whose code is one module importing ``entrypoint`` ("package.module:function")
+    as its main: all logic is then the measured Serdab runtime (PCR1), the image's own code (PCR2) only
+    says which function of it runs."""
+    import tempfile
+
+    module, _, function = entrypoint.partition(":")
+    if not module or not function:
+        raise EnclaveImageError(f"entrypoint must look like package.module:function, got {entrypoint!r}")
+    source = (
+        f'"""An enclave whose logic is the measured Serdab runtime (PCR1): {entrypoint}."""\n\n'
+        f"from {module} import {function} as main  # noqa: F401\n"
+    )
+    with tempfile.TemporaryDirectory(prefix="serdab-entrypoint-") as staging:
+        code = Path(staging) / "enclave_entry.py"
+        code.write_text(source)
+        return build_image(code, out, "enclave_entry:main", name=name, models=models)
 
 
 def pack_image(image: Path) -> bytes:

@@ -12,14 +12,15 @@ import hashlib
 import itertools
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from serdab import proc
 from serdab.errors import EnclaveImageError, TeeError
-from serdab.tee.backend import Enclave, TeeBackend, stop_process
+from serdab.proc import ReadyEvent
+from serdab.tee.backend import Enclave, TeeBackend
 from serdab.tee.epc import EpcMeter
 from serdab.tee.host import HostIdentity
 from serdab.tee.image import load_manifest, measure_image, runtime_lock
@@ -58,26 +59,22 @@ class SimulatedBackend(TeeBackend):
         device = NsmDevice(self.host, enclave_id, pcrs, manifest.debug, self.epc)
         socket_path = self._sockets / f"{enclave_id}.sock"
         server = NsmServer(socket_path, device)
-        child_env = {**os.environ, **(env or {}), NSM_SOCKET_ENV: str(socket_path), "SERDAB_ENCLAVE_ID": enclave_id}
-        log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+        child_env = {**(env or {}), NSM_SOCKET_ENV: str(socket_path), "SERDAB_ENCLAVE_ID": enclave_id}
         try:
-            process = subprocess.Popen(
+            child = proc.start(
                 [sys.executable, "-m", "serdab.tee.runner", str(image), *(args or [])],
+                name=f"enclave {enclave_id}",
+                log_path=log_path,
                 env=child_env,
                 cwd=image,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
+                error=TeeError,
             )
-        except OSError as exc:
+        except TeeError:
             server.close()
-            raise TeeError(f"cannot start enclave process: {exc}") from None
-        finally:
-            if log_path:
-                log.close()  # type: ignore[union-attr]
+            raise
         self._devices[enclave_id] = device
         self._servers[enclave_id] = server
-        return Enclave(enclave_id, self.name, image, device.describe(), manifest.debug, process, log_path)
+        return Enclave(enclave_id, self.name, image, device.describe(), manifest.debug, child)
 
     def simulated_roots(self) -> list[Any]:
         return [self.host.root_cert]
@@ -91,23 +88,15 @@ class SimulatedBackend(TeeBackend):
     def wait_ready(self, enclave: Enclave, timeout_s: float = 60.0) -> dict[str, Any]:
         """Block until the enclave calls ``NsmClient.ready``; its info (e.g. port). Fails if it exits first."""
         device = self.nsm(enclave)
-        waited = 0.0
-        while not device.ready.wait(0.1):
-            waited += 0.1
-            if not enclave.alive():
-                tail = enclave.log_path.read_text()[-800:] if enclave.log_path and enclave.log_path.exists() else ""
-                code = enclave.process.returncode if enclave.process else None
-                raise TeeError(
-                    f"enclave {enclave.id} exited with code {code} before it was "
-                    f"ready{': ' + tail.strip().splitlines()[-1] if tail.strip() else ''}"
-                )
-            if waited > timeout_s:
-                raise TeeError(f"enclave {enclave.id} not ready after {timeout_s:.0f} s")
-        enclave.info.update(device.ready_info)
-        return device.ready_info
+        if enclave.child is None:
+            raise TeeError(f"enclave {enclave.id} has no process on this host")
+        info = enclave.child.wait_ready(ReadyEvent(device.ready, lambda: device.ready_info), timeout_s, TeeError)
+        enclave.info.update(info)
+        return info
 
     def terminate(self, enclave: Enclave) -> None:
-        stop_process(enclave.process)
+        if enclave.child is not None:
+            enclave.child.stop()
         server = self._servers.pop(enclave.id, None)
         if server is not None:
             server.close()

@@ -1,0 +1,132 @@
+"""The model owner's session with a key service: attest it, then register images and upload their keys.
+
+The owner's process (a pipeline run's application manager, or the process that serves a model)
+verifies the key service's attestation (and its TLS certificate) before it uploads any key, then
+registers one service per model image whose policy is that image's PCRs. Enclaves fetch their keys
+themselves (``serdab.kms.lifecycle.fetch_model``); the owner never hands a key to an enclave.
+The key service is either embedded (started for this session in a simulated enclave with a fresh
+store) or one already running (``serdab kms start``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography import x509
+
+from serdab.errors import KmsError, KmsUnreachableError
+from serdab.kms.client import AttestedKms, attest_kms
+from serdab.kms.lifecycle import MEASURED_PCRS, KmsCoordinates, ModelImage
+from serdab.kms.replica import start_kms_replica
+
+__all__ = ["OwnerSession"]
+
+
+class OwnerSession:
+    """An attested, admin-authenticated session with a key service."""
+
+    def __init__(
+        self,
+        kms: AttestedKms,
+        token: str,
+        pcrs: dict[int, bytes],
+        allow_simulated: bool,
+        stop: Callable[[], None] | None = None,
+    ) -> None:
+        self.kms = kms
+        self.token = token
+        self.pcrs = pcrs  # what the key service attested to; enclaves check the same
+        self.allow_simulated = allow_simulated
+        self._stop = stop
+
+    @property
+    def url(self) -> str:
+        return self.kms.url
+
+    @classmethod
+    def embedded(
+        cls, directory: Path, roots: list[x509.Certificate], images: Path, timeout_s: float = 60.0
+    ) -> OwnerSession:
+        """Start a key service in a simulated enclave with a fresh SQLite store under ``directory``."""
+        from serdab.tee import get_backend
+
+        backend = get_backend("simulated")
+        token = secrets.token_hex(24)
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            replica = start_kms_replica(
+                backend,
+                images,
+                store=f"sqlite:{directory / 'kms.db'}",
+                data=directory / "replica",
+                admin_token=token,
+                allow_simulated=True,
+                timeout_s=timeout_s,
+            )
+        except BaseException:
+            backend.close()
+            raise
+        try:
+            pcrs = {i: v for i, v in replica.pcrs.items() if i in MEASURED_PCRS}
+            kms = attest_kms(
+                replica.url,
+                expected_pcrs=pcrs,
+                allow_simulated=True,
+                simulated_roots=[*roots, *backend.simulated_roots()],
+            )
+        except BaseException:
+            replica.stop()
+            backend.close()
+            raise
+
+        def stop() -> None:
+            replica.stop()
+            backend.close()
+
+        return cls(kms, token, pcrs, True, stop)
+
+    @classmethod
+    def external(
+        cls,
+        url: str,
+        token_file: Path,
+        roots: list[x509.Certificate],
+        pcrs: dict[int, bytes],
+        allow_simulated: bool,
+        timeout_s: float = 10.0,
+    ) -> OwnerSession:
+        """A running key service: verified before anything is sent to it."""
+        try:
+            kms = attest_kms(
+                url,
+                expected_pcrs=pcrs or None,
+                allow_simulated=allow_simulated,
+                simulated_roots=roots,
+                timeout_s=timeout_s,
+            )
+        except KmsUnreachableError as exc:
+            raise KmsUnreachableError(f"the key service is down, so no enclave can get its key: {exc}") from None
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            kms.close()
+            raise KmsError(f"cannot read the KMS admin token {token_file}: {exc.strerror}") from None
+        return cls(kms, token, pcrs if pcrs else dict(kms.attestation.pcrs), allow_simulated)
+
+    def register(self, image: ModelImage) -> None:
+        """Upload the image's model key under a policy that names the image's PCRs."""
+        self.kms.register(
+            image.service, self.token, image.pcrs, allow_simulated=self.allow_simulated, model_key=image.model_key
+        )
+
+    def coordinates(self, service: str) -> KmsCoordinates:
+        """What an enclave of ``service`` needs to find and verify this key service."""
+        pcrs = {i: v for i, v in self.pcrs.items() if i in MEASURED_PCRS}
+        return KmsCoordinates(self.url, service, pcrs, self.allow_simulated)
+
+    def close(self) -> None:
+        self.kms.close()
+        if self._stop is not None:
+            self._stop()
