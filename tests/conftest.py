@@ -64,7 +64,7 @@ def ray_cluster():
     ray = pytest.importorskip("ray", reason="the ray extra is not installed (`make test-ray` installs it)")
     from ray.cluster_utils import Cluster
 
-    from serdab.runtime.ray_resources import ENCLAVE_RESOURCE, device_resource, host_resource
+    from serdab.raycluster import ENCLAVE_RESOURCE, device_resource, host_resource
 
     def resources(k: int) -> dict[str, float]:
         return {

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from serdab.cluster import load_cluster
-from serdab.runtime.ray_resources import ENCLAVE_RESOURCE, node_resources
+from serdab.raycluster import ENCLAVE_RESOURCE, node_resources
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kuberay"
 

@@ -25,9 +25,9 @@ import numpy as np
 from serdab.cluster import load_cluster
 from serdab.graph import open_chain
 from serdab.profile import cached_profile
+from serdab.raycluster import device_resource
 from serdab.runtime.frames import open_source
 from serdab.runtime.manager import ApplicationManager, RunOptions
-from serdab.runtime.ray_resources import device_resource
 
 __all__ = ["LAYOUTS", "plot_scale_bench", "run_pipeline_scale", "run_serving_scale"]
 

@@ -29,15 +29,13 @@ from cryptography import x509
 from serdab.cluster import Cluster
 from serdab.errors import TeeError
 from serdab.proc import log_tail
+from serdab.raycluster import TEE_BACKEND_ENV, check_ray_address, device_resource, host_resource, node_resources
 from serdab.runtime.executor import Executor, LocalExecutor, WorkerHandle, WorkerSpec
-from serdab.runtime.ray_address import check_ray_address
-from serdab.runtime.ray_resources import device_resource, host_resource, node_resources
 from serdab.tee.image import pack_image, unpack_image
 
 __all__ = ["EngineAgent", "RayExecutor"]
 
 ALIVE_CACHE_S = 0.5  # the manager polls liveness every 0.1 s; one actor call per worker per half second is plenty
-TEE_BACKEND_ENV = "SERDAB_TEE_BACKEND"
 RESOURCE_SHARE = 0.001  # a worker takes a sliver of its device's resource, so a restart never waits for the old one
 
 

@@ -46,8 +46,7 @@ from ray.serve.request_router import PendingRequest, RequestRouter, RunningRepli
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from serdab.runtime.ray_address import check_ray_address
-from serdab.runtime.ray_resources import ENCLAVE_RESOURCE
+from serdab.raycluster import ENCLAVE_RESOURCE, check_ray_address
 from serdab.serve.autoscale import AutoscaleConfig, AutoscaleState, ScaleInput, decide
 from serdab.serve.balancing import HostSample, ReplicaView, get_balancer
 from serdab.serve.sealed import SealedStream
@@ -279,7 +278,7 @@ class EnclaveModel:
         stress_dir: str | None = None,
         balancer: str = "sed",
     ) -> None:
-        from serdab.runtime.ray_executor import TEE_BACKEND_ENV
+        from serdab.raycluster import TEE_BACKEND_ENV
         from serdab.serve.client import service_context
         from serdab.tee import get_backend
 
