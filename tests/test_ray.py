@@ -39,7 +39,7 @@ def test_killing_an_engine_actor_mid_stream_loses_no_frame(ray_cluster) -> None:
     def killer() -> None:
         while not killed:
             d = manager.deployment
-            if d is not None and len(d._sent) >= 5:
+            if d is not None and d.frames_sent >= 5:
                 worker = next(w for w in d.workers if w.device == "e1")
                 ray.kill(worker.handle.actor)  # the actor, not the worker process: Ray loses the engine
                 killed.append(worker.id)

@@ -13,7 +13,7 @@ from serdab.cluster import load_cluster
 from serdab.errors import LinkIntegrityError, PlanError, WorkerError
 from serdab.onnxrt import make_session
 from serdab.profile import cached_profile
-from serdab.runtime.deployment import PROBE_FRAMES, DeploymentContext
+from serdab.runtime.deployment import PROBE_FRAMES
 from serdab.runtime.frames import open_source
 from serdab.runtime.link import LinkOpener, LinkSealer, LinkShaper, LinkSpec, decode_tensors, encode_tensors
 from serdab.runtime.manager import ApplicationManager, RunOptions, parse_placement
@@ -122,10 +122,10 @@ def test_parse_placement() -> None:
 
 
 # --- the runtime, for real ------------------------------------------------------------------------
-def _manager(model: str, cluster, executor=None, **options) -> ApplicationManager:
+def _manager(model: str, cluster, executor=None, route=None, **options) -> ApplicationManager:
     chain = chain_of(model)
     profile, _ = cached_profile(chain, model, repeat=3, warmup=1)
-    return ApplicationManager(chain, model, profile, cluster, RunOptions(**options), executor=executor)
+    return ApplicationManager(chain, model, profile, cluster, RunOptions(**options), executor=executor, route=route)
 
 
 @pytest.fixture
@@ -166,9 +166,6 @@ def test_manager_refuses_a_placement_that_sends_56x56_to_an_untrusted_device() -
 
 @pytest.mark.parametrize("action", ["tamper", "replay", "drop"])
 def test_an_attack_on_a_link_is_detected_and_stops_the_run(action: str, executor) -> None:
-    manager = _manager(
-        "lenet5", load_cluster("paper"), executor, chunk=6, placement="tee1[0-2] -> e1[3-11]", dilation=4.0
-    )
     proxies: list[TamperingProxy] = []
 
     def route(src: str, dst: str, address: tuple[str, int]) -> tuple[str, int]:
@@ -176,18 +173,13 @@ def test_an_attack_on_a_link_is_detected_and_stops_the_run(action: str, executor
         proxies.append(TamperingProxy(address, action, at=1 + PROBE_FRAMES + 2))
         return proxies[-1].address
 
-    original = DeploymentContext.__init__
-
-    def with_route(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        self.route = route
-
+    manager = _manager(
+        "lenet5", load_cluster("paper"), executor, route, chunk=6, placement="tee1[0-2] -> e1[3-11]", dilation=4.0
+    )
     try:
-        DeploymentContext.__init__ = with_route  # type: ignore[method-assign]
         with pytest.raises(LinkIntegrityError) as caught:
             manager.run(open_source("synthetic:12", (1, 1, 28, 28)).frames())
     finally:
-        DeploymentContext.__init__ = original  # type: ignore[method-assign]
         for proxy in proxies:
             proxy.close()
     assert caught.value.kind == {"tamper": "tampered", "replay": "replayed", "drop": "dropped"}[action]
@@ -204,7 +196,7 @@ def test_killing_a_worker_mid_stream_loses_no_frame(victim: str, executor) -> No
     def killer() -> None:
         while not killed:
             d = manager.deployment
-            if d is not None and len(d._sent) >= 5:
+            if d is not None and d.frames_sent >= 5:
                 worker = next(w for w in d.workers if w.device == victim)
                 if worker.handle and worker.handle.pid:
                     import os
@@ -307,7 +299,7 @@ def test_a_device_that_stays_gone_is_planned_around(monkeypatch) -> None:
     def killer() -> None:
         while True:
             d = manager.deployment
-            if d is not None and len(d._sent) >= 5:
+            if d is not None and d.frames_sent >= 5:
                 worker = next((w for w in d.workers if w.device == "e1"), None)
                 if worker and worker.handle and worker.handle.pid:
                     import os

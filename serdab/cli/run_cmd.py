@@ -192,7 +192,10 @@ def run(
     if executor == "ray":  # after planning: a refused placement never starts Ray
         from serdab.runtime.executor import get_executor
 
-        manager.executor = get_executor("ray", address=address, cluster=spec)
+        ray = get_executor("ray", address=address, cluster=spec)
+        manager = ApplicationManager(
+            opened.chain, opened.name, prof, spec, options, executor=ray, leakage=leakage, audit=audited
+        )
     console.print(
         f"[bold]{opened.name}[/bold] on {spec.name}: {first.describe()} (policy {manager.policy.spec}); "
         f"input {source.describe()}, chunks of {chunk}" + (f"; workers on Ray ({address})" if executor == "ray" else "")

@@ -29,17 +29,41 @@ import numpy as np
 from serdab.cluster import Cluster
 from serdab.errors import AttestationError, LinkIntegrityError, SerdabError, WorkerError
 from serdab.kms.lifecycle import KmsCoordinates
+from serdab.normalisation import Normalisation
 from serdab.plan import CostModel, Placement
 from serdab.proc import log_tail
 from serdab.runtime.executor import Executor, WorkerHandle, WorkerSpec
 from serdab.runtime.link import LinkReceiver, LinkSender, LinkSpec, decode_tensors, encode_tensors
+from serdab.runtime.protocol import (
+    CONFIG_CONTEXT,
+    SINK,
+    SOURCE,
+    Challenge,
+    Channel,
+    Closed,
+    Configure,
+    ErrorReport,
+    Heartbeat,
+    Hello,
+    IntegrityReport,
+    LinkClosed,
+    LinkHello,
+    Message,
+    Ready,
+    Refused,
+    Stop,
+    Wire,
+    Wired,
+    WorkerConfig,
+    decode,
+)
 from serdab.runtime.resources import ResourceManager
 from serdab.runtime.stages import StageArtifact
-from serdab.runtime.wire import Channel, WireError, connect, listen, recv_message, send_message
+from serdab.runtime.topology import Topology, topology
+from serdab.runtime.wire import WireError, connect, listen, recv_message, send_message
 
 __all__ = ["Deployment", "FrameResult", "WorkerLost"]
 
-SOURCE, SINK = "source", "sink"
 PROBE_FRAMES = 3  # sent one at a time after the warm-up; their median end-to-end time is the measured L
 
 
@@ -66,7 +90,7 @@ class _Worker:
     device: str
     stage: int
     artifact: StageArtifact
-    config: dict[str, Any]
+    config: WorkerConfig
     handle: WorkerHandle | None = None
     port: int | None = None
     host: str = "127.0.0.1"  # where the worker listens for its upstream links (it says so when ready)
@@ -89,7 +113,7 @@ class DeploymentContext:
     slowdowns: dict[str, tuple[float, int]] = field(default_factory=dict)
     allow_simulated: bool = True
     start_timeout_s: float = 120.0
-    normalise: dict[str, list[float]] | None = None  # Normalisation.to_wire() of the model's input
+    normalise: Normalisation | None = None  # of the model's input: the first stage applies it to uint8 frames
     # (sender worker, receiver worker, address) -> address to dial: lets tests put a proxy on a link
     route: Callable[[str, str, tuple[str, int]], tuple[str, int]] | None = None
 
@@ -107,7 +131,7 @@ class Deployment:
         self.placement = placement
         self.epoch = epoch
         self.stream = f"{os.getpid()}-{epoch}-{secrets.token_hex(4)}"
-        self.events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self.events: queue.Queue[tuple[str, Message]] = queue.Queue()  # (worker id, SOURCE or SINK; what happened)
         self.results: queue.Queue[FrameResult] = queue.Queue()
         self._token = secrets.token_hex(16)
         self._stopping = False
@@ -121,9 +145,10 @@ class Deployment:
         self._by_id = {w.id: w for w in self.workers}
 
     # --- wiring ----------------------------------------------------------------------------------
-    def _link(self, src: _Worker | None, dst: _Worker | None) -> LinkSpec:
-        a = src.device if src else self.ctx.cluster.source
-        b = dst.device if dst else None
+    def _link(self, src: str, dst: str) -> LinkSpec:
+        """A fresh key for the link, and its shaping as the cluster's link between the two devices."""
+        a = self.topology.device_of(src) or self.ctx.cluster.source
+        b = self.topology.device_of(dst)
         bandwidth, rtt = None, 0.0
         if not self.ctx.native and b is not None and a != b:
             da, db = self.ctx.cluster.device(a), self.ctx.cluster.device(b)
@@ -131,59 +156,34 @@ class Deployment:
             if link is None:
                 raise WorkerError(f"no link between {a} and {b} in cluster {self.ctx.cluster.name}")
             bandwidth, rtt = link.bandwidth_bytes_per_s, link.rtt_s
-        return LinkSpec(
-            self.stream,
-            src.id if src else SOURCE,
-            dst.id if dst else SINK,
-            os.urandom(32),
-            bandwidth,
-            rtt,
-            self.ctx.dilation,
-        )
+        return LinkSpec(self.stream, src, dst, os.urandom(32), bandwidth, rtt, self.ctx.dilation)
 
     def _plan_workers(self, artifacts: list[StageArtifact], physical: CostModel) -> list[_Worker]:
         cost = physical.evaluate(self.placement, 1)
-        stages: list[list[_Worker]] = []
-        for k, (stage, artifact) in enumerate(zip(self.placement.stages, artifacts, strict=True)):
-            group = []
-            for device in stage.devices:
-                slow = self.ctx.slowdowns.get(device)
-                config: dict[str, Any] = {
-                    "worker": f"e{self.epoch}-s{k}-{device}",
-                    "device": device,
-                    "stage": k,
-                    "stage_file": artifact.stage_file,
-                    "native": self.ctx.native,
-                    "dilation": self.ctx.dilation,
-                    "compute_emulated_s": cost.stages[k].compute_s,
-                    "slowdowns": [list(slow)] if slow else [],
-                    "memory_bytes": cost.stages[k].memory_bytes,
-                    "threads": 1,
-                    "queue_depth": 2,
-                }
-                if artifact.image is not None:
-                    config["kms"] = self.ctx.kms_coordinates(artifact.image.service).to_wire()
-                if k == 0:  # frames arrive as uint8 pixels; the first stage normalises them
-                    config["normalise"] = self.ctx.normalise
-                group.append(_Worker(config["worker"], device, k, artifact, config))
-            stages.append(group)
-        self._links: dict[tuple[str, str], LinkSpec] = {}
-        ups: list[_Worker | None] = [None]
-        groups: list[list[_Worker | None]] = [list[_Worker | None](g) for g in stages] + [[None]]
-        for receivers in groups:
-            for dst in receivers:
-                for src in ups:
-                    spec = self._link(src, dst)
-                    self._links[(spec.src, spec.dst)] = spec
-            ups = receivers
-        for k, group in enumerate(stages):
-            downstream = stages[k + 1] if k + 1 < len(stages) else [None]
-            upstream = stages[k - 1] if k > 0 else [None]
-            for w in group:
-                w.config["inbound"] = [self._links[(u.id if u else SOURCE, w.id)].to_wire() for u in upstream]
-                w.config["outbound"] = [self._links[(w.id, d.id if d else SINK)].to_wire() for d in downstream]
-        self._stages = stages
-        return [w for g in stages for w in g]
+        self.topology: Topology = topology(self.placement, self.epoch)
+        self._links = {pair: self._link(*pair) for pair in self.topology.links()}
+        workers = {}
+        for slot in self.topology.workers:
+            k, artifact = slot.stage, artifacts[slot.stage]
+            slow = self.ctx.slowdowns.get(slot.device)
+            config = WorkerConfig(
+                worker=slot.id,
+                device=slot.device,
+                stage=k,
+                stage_file=artifact.stage_file,
+                native=self.ctx.native,
+                dilation=self.ctx.dilation,
+                compute_emulated_s=cost.stages[k].compute_s,
+                memory_bytes=cost.stages[k].memory_bytes,
+                inbound=tuple(self._links[(src, slot.id)] for src in self.topology.inbound(slot)),
+                outbound=tuple(self._links[(slot.id, dst)] for dst in self.topology.outbound(slot)),
+                slowdowns=(slow,) if slow else (),
+                kms=self.ctx.kms_coordinates(artifact.image.service) if artifact.image else None,
+                normalise=self.ctx.normalise if k == 0 else None,  # frames arrive as uint8 pixels
+            )
+            workers[slot.id] = _Worker(slot.id, slot.device, k, artifact, config)
+        self._stages = [[workers[slot.id] for slot in group] for group in self.topology.stages]
+        return list(workers.values())
 
     # --- start -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -213,11 +213,11 @@ class Deployment:
                 else:
                     downstream = [self._sink.getsockname()]
                 assert w.channel is not None
-                w.channel.send(op="wire", downstream=downstream)
+                w.channel.send(Wire(tuple(downstream)))
         self._await(lambda: all(w.wired for w in self.workers), "wired")
         for w in self._stages[0]:
             sock = connect((w.host, w.port or 0))
-            send_message(sock, {"link": SOURCE})
+            send_message(sock, LinkHello(SOURCE).to_wire())
             self._ingress.append(LinkSender(sock, self._links[(SOURCE, w.id)], self._ingress_broken, depth=2))
         for w in self.workers:
             self.ctx.resources.heartbeat(w.device)
@@ -262,11 +262,11 @@ class Deployment:
         deadline = time.monotonic() + self.ctx.start_timeout_s
         while not done():
             try:
-                worker_id, message = self.events.get(timeout=0.1)
+                worker_id, event = self.events.get(timeout=0.1)
             except queue.Empty:
-                worker_id, message = "", {}
-            if message:
-                self._handle_setup(worker_id, message)
+                pass
+            else:
+                self._handle_setup(worker_id, event)
             for w in self.workers:
                 if w.handle is not None and not w.handle.alive():
                     raise WorkerError(f"the worker for {w.device} exited before it was {what}{self._log_tail(w)}")
@@ -274,17 +274,15 @@ class Deployment:
                 late = [w.device for w in self.workers if not (w.port if what == "ready" else w.wired)]
                 raise WorkerError(f"workers on {', '.join(late)} not {what} after {self.ctx.start_timeout_s:.0f} s")
 
-    def _handle_setup(self, worker_id: str, message: dict[str, Any]) -> None:
+    def _handle_setup(self, worker_id: str, event: Message) -> None:
         w = self._by_id.get(worker_id)
-        op = message.get("op")
-        if op == "ready" and w:
-            w.port, w.load_s = int(message["port"]), float(message.get("load_s", 0.0))
-            w.host = str(message.get("host") or w.host)
-        elif op == "wired" and w:
+        if isinstance(event, Ready) and w:
+            w.port, w.load_s, w.host = int(event.port), float(event.load_s), str(event.host or w.host)
+        elif isinstance(event, Wired) and w:
             w.wired = True
-        elif op in ("error", "refused"):
-            raise WorkerError(str(message.get("message")))
-        elif op == "closed" and w:
+        elif isinstance(event, ErrorReport | Refused):
+            raise WorkerError(event.message)
+        elif isinstance(event, Closed) and w:
             raise WorkerError(f"the worker for {w.device} hung up during set-up{self._log_tail(w)}")
 
     def _log_tail(self, w: _Worker) -> str:
@@ -303,31 +301,23 @@ class Deployment:
         channel = Channel(sock)
         nonce = secrets.token_bytes(32)
         try:
-            channel.send(op="challenge", nonce=nonce)
-            hello = channel.recv() or {}
+            channel.send(Challenge(nonce))
+            hello = channel.recv()
         except (OSError, SerdabError):
             channel.close()
             return
-        w = self._by_id.get(str(hello.get("worker")))
-        if w is None or not hmac.compare_digest(str(hello.get("token", "")), self._token):
+        w = self._by_id.get(hello.worker) if isinstance(hello, Hello) else None
+        if w is None or not isinstance(hello, Hello) or not hmac.compare_digest(hello.token, self._token):
             channel.close()  # not one of ours
             return
         try:
-            if w.artifact.trusted:
-                channel.send(op="configure", envelope=self._sealed_config(w, hello, nonce))
+            if w.artifact.image is not None:
+                channel.send(Configure(envelope=self._sealed_config(w, hello, nonce)))
             else:
-                channel.send(op="configure", config=w.config)
+                channel.send(Configure(config=w.config))
         except AttestationError as exc:
-            self.events.put(
-                (
-                    w.id,
-                    {
-                        "op": "refused",
-                        "message": f"the enclave for {w.device} is not the stage "
-                        f"image it should run, refused: {type(exc).__name__}: {exc}",
-                    },
-                )
-            )
+            message = f"the enclave for {w.device} is not the stage image it should run, refused: "
+            self.events.put((w.id, Refused(f"{message}{type(exc).__name__}: {exc}")))
             channel.close()
             return
         except OSError:
@@ -336,26 +326,25 @@ class Deployment:
         w.channel = channel
         while True:
             try:
-                message = channel.recv()
+                received = channel.recv()
             except (OSError, SerdabError):
-                message = None
-            if message is None:
-                self.events.put((w.id, {"op": "closed"}))
+                received = None
+            if received is None:
+                self.events.put((w.id, Closed()))
                 return
-            self.events.put((w.id, message))
+            self.events.put((w.id, received))
 
-    def _sealed_config(self, w: _Worker, hello: dict[str, Any], nonce: bytes) -> bytes:
+    def _sealed_config(self, w: _Worker, hello: Hello, nonce: bytes) -> bytes:
         from serdab.crypto import public_from_der, seal_envelope
         from serdab.errors import MalformedDocumentError
         from serdab.tee.verify import verify_attestation
 
         if w.artifact.image is None:
             raise MalformedDocumentError(f"{w.device} runs an untrusted stage: it has no image to attest to")
-        document = hello.get("document")
-        if not isinstance(document, bytes):
+        if not isinstance(hello.document, bytes):
             raise MalformedDocumentError("the worker sent no attestation document")
         verified = verify_attestation(
-            document,
+            hello.document,
             expected_pcrs=w.artifact.image.pcrs,
             allow_simulated=self.ctx.allow_simulated,
             nonce=nonce,
@@ -364,7 +353,7 @@ class Deployment:
         if not verified.public_key:
             raise MalformedDocumentError("the attestation document carries no public key for the configuration")
         return seal_envelope(
-            cbor2.dumps(w.config), public_from_der(verified.public_key), context=b"serdab-stage-config"
+            cbor2.dumps(w.config.to_wire()), public_from_der(verified.public_key), context=CONFIG_CONTEXT
         )
 
     def _accept_sink(self) -> None:
@@ -375,11 +364,11 @@ class Deployment:
             except OSError:
                 return
             try:
-                hello = recv_message(sock, max_bytes=4096) or {}
+                hello = decode(recv_message(sock, max_bytes=4096))
             except (OSError, WireError):
                 sock.close()
                 continue
-            src = str(hello.get("link"))
+            src = hello.src if isinstance(hello, LinkHello) else ""
             if src not in last:
                 sock.close()
                 continue
@@ -392,20 +381,25 @@ class Deployment:
         self.results.put(FrameResult(frame, outputs, list(records or []), self._sent.get(frame, 0.0), time.monotonic()))
 
     def _integrity(self, exc: LinkIntegrityError) -> None:
-        self.events.put((SINK, {"op": "integrity", "kind": exc.kind, "message": str(exc)}))
+        self.events.put((SINK, IntegrityReport(exc.kind, str(exc))))
 
     def _sink_closed(self, src: str) -> Callable[[str], None]:
         def closed(message: str) -> None:
             if not self._stopping:
-                self.events.put((src, {"op": "link-closed", "message": message}))
+                self.events.put((src, LinkClosed(message)))
 
         return closed
 
     def _ingress_broken(self, message: str) -> None:
         if not self._stopping:
-            self.events.put((SOURCE, {"op": "error", "message": message}))
+            self.events.put((SOURCE, ErrorReport(message)))
 
     # --- streaming -------------------------------------------------------------------------------
+    @property
+    def frames_sent(self) -> int:
+        """Stream frames sent to the first stage so far (warm-up and probe frames are not counted)."""
+        return len(self._sent)
+
     def feed(self, frames: list[tuple[int, np.ndarray]], stop: threading.Event) -> None:
         """Send frames to the first stage (replica ``frame % r``), blocking on back-pressure."""
         for frame, tensor in frames:
@@ -420,19 +414,21 @@ class Deployment:
         """Raise for anything that went wrong since the last call (lost worker, integrity event)."""
         while True:
             try:
-                worker_id, message = self.events.get_nowait()
+                worker_id, event = self.events.get_nowait()
             except queue.Empty:
                 break
-            op = message.get("op")
             w = self._by_id.get(worker_id)
             device = w.device if w else worker_id
-            if op == "heartbeat":
+            if isinstance(event, Heartbeat):
                 self.ctx.resources.heartbeat(device)
-            elif op == "integrity":
-                raise LinkIntegrityError(str(message.get("kind")), f"{message.get('message')} (reported by {device})")
-            elif op in ("error", "closed", "link-closed"):
+            elif isinstance(event, IntegrityReport):
+                raise LinkIntegrityError(event.kind, f"{event.message} (reported by {device})")
+            elif isinstance(event, ErrorReport | LinkClosed):
                 self._raise_for_dead(grace_s=0.5)  # a dead process explains a broken link best
-                raise WorkerLost(device, str(message.get("message") or f"the worker for {device} hung up"))
+                raise WorkerLost(device, event.message)
+            elif isinstance(event, Closed):
+                self._raise_for_dead(grace_s=0.5)
+                raise WorkerLost(device, f"the worker for {device} hung up")
         self._raise_for_dead()
         silent = [d for d in self.ctx.resources.silent() if d in {w.device for w in self.workers}]
         if silent:
@@ -453,7 +449,7 @@ class Deployment:
         for w in self.workers:
             if w.channel is not None:
                 with contextlib.suppress(OSError):
-                    w.channel.send(op="stop")
+                    w.channel.send(Stop())
         for sender in self._ingress:
             sender.close()
         for w in self.workers:

@@ -32,10 +32,27 @@ import cbor2
 import numpy as np
 
 from serdab.errors import SerdabError
-from serdab.kms.lifecycle import KmsCoordinates, fetch_model
-from serdab.normalisation import Normalisation
-from serdab.runtime.link import LinkIntegrityError, LinkReceiver, LinkSender, LinkSpec, decode_tensors, encode_tensors
-from serdab.runtime.wire import Channel, connect, listen, recv_message, send_message, tune
+from serdab.kms.lifecycle import fetch_model
+from serdab.runtime.link import LinkIntegrityError, LinkReceiver, LinkSender, decode_tensors, encode_tensors
+from serdab.runtime.protocol import (
+    CONFIG_CONTEXT,
+    Challenge,
+    Channel,
+    Configure,
+    ErrorReport,
+    Heartbeat,
+    Hello,
+    IntegrityReport,
+    LinkHello,
+    Message,
+    Ready,
+    Stop,
+    Wire,
+    Wired,
+    WorkerConfig,
+    decode,
+)
+from serdab.runtime.wire import connect, listen, recv_message, send_message, tune
 
 __all__ = ["TOKEN_ENV", "enclave_main", "main"]
 
@@ -45,16 +62,17 @@ SWITCH_INTERVAL_S = 0.0005
 
 
 class _Worker:
-    def __init__(self, control: Channel, config: dict[str, Any], nsm: Any | None) -> None:
+    def __init__(self, control: Channel, config: WorkerConfig, nsm: Any | None, local_stage_file: str | None) -> None:
         self.control = control
         self.config = config
         self.nsm = nsm
-        self.inputs: queue.Queue[tuple[int, bytes, float]] = queue.Queue(maxsize=int(config.get("queue_depth", 2)))
+        self.local_stage_file = local_stage_file  # an executor on another node shipped the stage file here
+        self.inputs: queue.Queue[tuple[int, bytes, float]] = queue.Queue(maxsize=config.queue_depth)
         self.frames = 0
         self.busy_s = 0.0
         self.stopping = threading.Event()
         self.senders: list[LinkSender] = []
-        self._inbound = {spec["src"]: LinkSpec.from_wire(spec) for spec in config["inbound"]}
+        self._inbound = {spec.src: spec for spec in config.inbound}
         self._receivers: list[LinkReceiver] = []
 
     # --- set-up ---------------------------------------------------------------------------------
@@ -62,13 +80,15 @@ class _Worker:
         started = time.monotonic()
         cfg = self.config
         if self.nsm is not None:
-            model, _ = fetch_model(KmsCoordinates.from_wire(cfg["kms"]), self.nsm, cfg["stage_file"])
-            self.nsm.resident(int(cfg.get("memory_bytes", 0)))
+            if cfg.kms is None:
+                raise SerdabError(f"{cfg.device}: an enclave stage needs the key service's coordinates")
+            model, _ = fetch_model(cfg.kms, self.nsm, cfg.stage_file)
+            self.nsm.resident(cfg.memory_bytes)
         else:
-            model = Path(cfg.get("local_stage_file") or cfg["stage_file"]).read_bytes()
+            model = Path(self.local_stage_file or cfg.stage_file).read_bytes()
         from serdab.onnxrt import make_session  # loads ONNX Runtime: only once the stage is known
 
-        self.session = make_session(model, int(cfg.get("threads", 1)))
+        self.session = make_session(model, cfg.threads)
         first = self.session.get_inputs()[0]
         self.input_name = first.name
         # one inference at deploy time: ONNX Runtime allocates lazily, the first frame would pay for it
@@ -89,46 +109,41 @@ class _Worker:
                 return
             tune(sock)
             try:
-                hello = recv_message(sock, max_bytes=4096)
+                hello = decode(recv_message(sock, max_bytes=4096))
             except (OSError, SerdabError):
                 sock.close()
                 continue
-            spec = self._inbound.get(str((hello or {}).get("link")))
+            spec = self._inbound.get(hello.src) if isinstance(hello, LinkHello) else None
             if spec is None:
                 sock.close()  # not one of our upstreams; its frames would not authenticate anyway
                 continue
             self._receivers.append(LinkReceiver(sock, spec, self._enqueue, self._integrity, on_closed=None))
 
-    def wire(self, downstream: list[tuple[str, int]]) -> None:
-        specs = [LinkSpec.from_wire(s) for s in self.config["outbound"]]
-        for spec, address in zip(specs, downstream, strict=True):
-            sock = connect((str(address[0]), int(address[1])))
-            send_message(sock, {"link": spec.src})
-            self.senders.append(LinkSender(sock, spec, self._link_broken, depth=int(self.config.get("queue_depth", 2))))
+    def wire(self, downstream: tuple[tuple[str, int], ...]) -> None:
+        for spec, address in zip(self.config.outbound, downstream, strict=True):
+            sock = connect(address)
+            send_message(sock, LinkHello(spec.src).to_wire())
+            self.senders.append(LinkSender(sock, spec, self._link_broken, depth=self.config.queue_depth))
 
     # --- events ---------------------------------------------------------------------------------
     def _enqueue(self, frame: int, payload: bytes) -> None:
         self.inputs.put((frame, payload, time.monotonic()))
 
     def _integrity(self, exc: LinkIntegrityError) -> None:
-        self._report(op="integrity", kind=exc.kind, message=str(exc))
+        self._report(IntegrityReport(exc.kind, str(exc)))
 
     def _link_broken(self, message: str) -> None:
-        self._report(op="error", message=message)
+        self._report(ErrorReport(message))
 
-    def _report(self, **message: Any) -> None:
+    def _report(self, message: Message) -> None:
         with contextlib.suppress(OSError):
-            self.control.send(**message)
+            self.control.send(message)
 
     # --- the stream -----------------------------------------------------------------------------
     def compute(self) -> None:
         cfg = self.config
-        native = bool(cfg["native"])
-        dilation = float(cfg["dilation"])
-        emulated_s = float(cfg.get("compute_emulated_s") or 0.0)
-        slowdowns = [(float(f), int(start)) for f, start in cfg.get("slowdowns", [])]
+        native, dilation, emulated_s, norm = cfg.native, cfg.dilation, cfg.compute_emulated_s, cfg.normalise
         replicas = len(self.senders)
-        norm = Normalisation.from_wire(cfg["normalise"]) if cfg.get("normalise") else None
         while not self.stopping.is_set():
             try:
                 frame, payload, arrived = self.inputs.get(timeout=0.2)
@@ -140,16 +155,16 @@ class _Worker:
             outputs = self.session.run(None, {self.input_name: x})
             host_s = time.monotonic() - started
             record = {
-                "stage": cfg["stage"],
-                "device": cfg["device"],
-                "worker": cfg["worker"],
+                "stage": cfg.stage,
+                "device": cfg.device,
+                "worker": cfg.worker,
                 "queue_ms": 1000 * (started - arrived),
                 "host_ms": 1000 * host_s,
             }
             target = 0.0
             if not native:
                 factor = 1.0
-                for f, first in slowdowns:
+                for f, first in cfg.slowdowns:
                     if frame >= first:
                         factor *= f
                 target = emulated_s * dilation * factor
@@ -169,9 +184,7 @@ class _Worker:
 
     def heartbeat(self) -> None:
         while not self.stopping.wait(HEARTBEAT_S):
-            self._report(
-                op="heartbeat", frames=self.frames, busy_s=self.busy_s, link_busy_s=[s.busy_s for s in self.senders]
-            )
+            self._report(Heartbeat(self.frames, self.busy_s, [s.busy_s for s in self.senders]))
 
 
 def run(control_address: tuple[str, int], worker_id: str, nsm: Any | None, stage_file: str | None = None) -> int:
@@ -180,56 +193,55 @@ def run(control_address: tuple[str, int], worker_id: str, nsm: Any | None, stage
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     sock = connect(control_address)
     control = Channel(sock)
-    challenge = control.recv() or {}
-    hello: dict[str, Any] = {
-        "op": "hello",
-        "worker": worker_id,
-        "token": os.environ.get(TOKEN_ENV, ""),
-        "pid": os.getpid(),
-    }
-    key = None
+    challenge = control.recv()
+    if not isinstance(challenge, Challenge):
+        return 2
+    key, document = None, None
     if nsm is not None:
         from serdab.crypto import new_key, public_der
 
         key = new_key()
-        hello["document"] = nsm.attest(nonce=challenge.get("nonce"), public_key=public_der(key.public_key()))
-    control.send(**hello)
+        document = nsm.attest(nonce=challenge.nonce, public_key=public_der(key.public_key()))
+    control.send(Hello(worker_id, os.environ.get(TOKEN_ENV, ""), os.getpid(), document))
     reply = control.recv()
-    if not reply or reply.get("op") != "configure":
+    if not isinstance(reply, Configure):
         return 2
-    if key is not None:
+    if key is not None and reply.envelope is not None:
         from serdab.crypto import open_envelope
 
-        config = cbor2.loads(open_envelope(reply["envelope"], key, context=b"serdab-stage-config"))
+        config = WorkerConfig.from_wire(cbor2.loads(open_envelope(reply.envelope, key, context=CONFIG_CONTEXT)))
+    elif key is None and reply.config is not None:
+        config = reply.config
     else:
-        config = reply["config"]
-    if stage_file:  # an executor on another node shipped the (untrusted) stage file here
-        config["local_stage_file"] = stage_file
-    worker = _Worker(control, config, nsm)
+        return 2  # an enclave takes its configuration sealed, an untrusted worker in the clear
+    worker = _Worker(control, config, nsm, stage_file)
     host = sock.getsockname()[0]  # upstream links reach us the way we reach the manager
     try:
         load_s = worker.load()
         listener = worker.listen(host)
     except (SerdabError, OSError) as exc:
-        control.send(op="error", message=f"{config['device']}: {exc}")
+        control.send(ErrorReport(f"{config.device}: {exc}"))
         return 2
     except Exception as exc:  # an ONNX Runtime load failure names the stage, not a traceback
-        control.send(op="error", message=f"{config['device']}: cannot load stage: {type(exc).__name__}: {exc}")
+        control.send(ErrorReport(f"{config.device}: cannot load stage: {type(exc).__name__}: {exc}"))
         return 2
-    control.send(op="ready", host=host, port=listener.getsockname()[1], load_s=load_s)
-    wiring = control.recv()
-    if not wiring or wiring.get("op") != "wire":
+    control.send(Ready(host, listener.getsockname()[1], load_s))
+    try:
+        wiring = control.recv()
+    except (OSError, SerdabError):
+        wiring = None
+    if not isinstance(wiring, Wire):
         return 0
     try:
-        worker.wire([tuple(a) for a in wiring["downstream"]])
+        worker.wire(wiring.downstream)
     except OSError as exc:
-        control.send(op="error", message=f"{config['device']}: cannot reach the next stage: {exc}")
+        control.send(ErrorReport(f"{config.device}: cannot reach the next stage: {exc}"))
         return 2
     threading.Thread(target=worker.compute, daemon=True, name="compute").start()
     threading.Thread(target=worker.heartbeat, daemon=True, name="heartbeat").start()
-    control.send(op="wired")
+    control.send(Wired())
     try:
-        while (message := control.recv()) is not None and message.get("op") != "stop":
+        while (message := control.recv()) is not None and not isinstance(message, Stop):
             pass
     except (OSError, SerdabError):
         pass

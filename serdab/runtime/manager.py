@@ -11,6 +11,7 @@ result yet; results are kept once per frame id, so every frame yields exactly on
 
 from __future__ import annotations
 
+import queue
 import re
 import secrets
 import shutil
@@ -86,6 +87,18 @@ class RunOptions:
 
 
 Progress = Callable[[dict[str, Any]], None]
+Route = Callable[[str, str, tuple[str, int]], tuple[str, int]]
+
+
+@dataclass
+class _Run:
+    """One run's state, from its first deployment to its summary."""
+
+    ctx: DeploymentContext
+    kms: OwnerSession | None
+    dir: Path
+    id: str
+    streak: dict[tuple[str, ...], int] = field(default_factory=dict)  # the re-plan rule's memory
 
 
 def _no_key_service(service: str) -> KmsCoordinates:
@@ -103,12 +116,16 @@ class ApplicationManager:
         executor: Executor | None = None,
         leakage: Any = None,
         audit: Any = None,
+        route: Route | None = None,
     ) -> None:
+        """``executor`` starts the workers (the local one by default); ``route`` (sender worker, receiver
+        worker, address) -> address to dial, lets a test put a proxy on a link."""
         self.chain = chain
         self.model = model
         self.profile = profile
         self.options = options
         self.executor = executor or LocalExecutor()
+        self.route = route
         self.resources = ResourceManager(cluster, lost_after_s=options.lost_after_s)
         self.cluster = cluster
         self.workload = Workload.from_profile(profile)
@@ -175,7 +192,6 @@ class ApplicationManager:
     ) -> RunSummary:
         o = self.options
         run_dir = Path(tempfile.mkdtemp(prefix="serdab-run-"))
-        run_id = f"run-{secrets.token_hex(4)}"
         kms: OwnerSession | None = None
         started = time.monotonic()
         switch_interval = sys.getswitchinterval()
@@ -190,22 +206,23 @@ class ApplicationManager:
             if any(self.cluster.device(d).trusted for d in self.cluster.names):
                 kms = self._kms(run_dir)
             ctx = DeploymentContext(
-                self.executor,
-                self.resources,
-                self.cluster,
-                kms.coordinates if kms else _no_key_service,
-                run_dir,
-                o.native,
-                dilation,
-                dict(o.slowdowns),
+                executor=self.executor,
+                resources=self.resources,
+                cluster=self.cluster,
+                kms_coordinates=kms.coordinates if kms else _no_key_service,
+                run_dir=run_dir,
+                native=o.native,
+                dilation=dilation,
+                slowdowns=dict(o.slowdowns),
                 allow_simulated=True,
-                normalise=normalisation(self.chain.input_shape[1]).to_wire(),
+                normalise=normalisation(self.chain.input_shape[1]),
+                route=self.route,
             )
-            self._deploy(ctx, placement, kms, run_dir, run_id)
-            streak: dict[tuple[str, ...], int] = {}
+            run = _Run(ctx, kms, run_dir, f"run-{secrets.token_hex(4)}")
+            self._deploy(run, placement)
             done = 0
             for index, chunk in enumerate(chunks(frames, o.chunk)):
-                results, interrupted = self._run_chunk(ctx, chunk, kms, run_dir, run_id)
+                results, interrupted = self._run_chunk(run, chunk)
                 report = self._report(index, chunk, results, interrupted)
                 self.summary.chunks.append(report)
                 for frame in chunk:
@@ -216,7 +233,7 @@ class ApplicationManager:
                 if progress and self.deployment is not None:
                     progress({"done": done, "total": total, "chunk": report, "placement": self.deployment.placement})
                 if o.repartition and not interrupted:
-                    streak = self._maybe_replan(ctx, report, streak, kms, run_dir, run_id, index)
+                    self._maybe_replan(run, report, index)
             self.summary.frames = done
             self.summary.wall_s = time.monotonic() - started
             return self.summary
@@ -236,24 +253,22 @@ class ApplicationManager:
             return OwnerSession.external(self.options.kms_url, token, roots, {}, allow_simulated=True)
         return OwnerSession.embedded(run_dir / "kms", roots, serdab_home() / "images")
 
-    def _deploy(
-        self, ctx: DeploymentContext, placement: Placement, kms: OwnerSession | None, run_dir: Path, run_id: str
-    ) -> None:
+    def _deploy(self, run: _Run, placement: Placement) -> None:
         key = placement.describe()
         if key not in self._artifacts:
             trusted = {d.name: d.trusted for d in self.cluster.devices}
             artifacts = package_stages(
-                self.chain, placement, trusted, run_dir / f"deploy{len(self._artifacts)}", run_id
+                self.chain, placement, trusted, run.dir / f"deploy{len(self._artifacts)}", run.id
             )
             for artifact in artifacts:
                 if artifact.image is not None:
-                    if kms is None:
+                    if run.kms is None:
                         raise RunError("a trusted stage needs the key service, and none is running")
-                    kms.register(artifact.image)
+                    run.kms.register(artifact.image)
             self._artifacts[key] = artifacts
         self._epoch += 1
         physical = CostModel(self.workload, native_cluster(self.cluster) if self.options.native else self.cluster)
-        deployment = Deployment(ctx, placement, self._artifacts[key], self._epoch, physical)
+        deployment = Deployment(run.ctx, placement, self._artifacts[key], self._epoch, physical)
         self.deployment = deployment
         try:
             deployment.start()
@@ -266,9 +281,7 @@ class ApplicationManager:
         if not self.summary.placements or self.summary.placements[-1] != key:
             self.summary.placements.append(key)
 
-    def _run_chunk(
-        self, ctx: DeploymentContext, chunk: list[Frame], kms: OwnerSession | None, run_dir: Path, run_id: str
-    ) -> tuple[dict[int, FrameResult], bool]:
+    def _run_chunk(self, run: _Run, chunk: list[Frame]) -> tuple[dict[int, FrameResult], bool]:
         results: dict[int, FrameResult] = {}
         interrupted = False
         restarts: dict[str, int] = {}
@@ -284,10 +297,11 @@ class ApplicationManager:
                 while len(results) < len(chunk):
                     try:
                         result = deployment.results.get(timeout=0.1)
+                    except queue.Empty:
+                        pass
+                    else:
                         if result.frame not in results and any(f.id == result.frame for f in chunk):
                             results[result.frame] = result
-                    except Exception:  # queue.Empty
-                        pass
                     deployment.check()
                     if time.monotonic() > deadline:
                         missing = sorted({f.id for f in chunk} - set(results))
@@ -313,7 +327,7 @@ class ApplicationManager:
                     {"device": lost.device, "reason": str(lost), "action": action, "frame": first_missing}
                 )
                 try:
-                    self._deploy(ctx, placement, kms, run_dir, run_id)
+                    self._deploy(run, placement)
                 except WorkerError as exc:
                     if restarts[lost.device] > self.options.max_restarts:
                         raise
@@ -327,7 +341,7 @@ class ApplicationManager:
                             "frame": first_missing,
                         }
                     )
-                    self._deploy(ctx, self.plan(), kms, run_dir, run_id)
+                    self._deploy(run, self.plan())
             finally:
                 stop.set()
                 feeder.join(timeout=5)
@@ -394,16 +408,7 @@ class ApplicationManager:
             line["outputs"] = result.outputs
         return line
 
-    def _maybe_replan(
-        self,
-        ctx: DeploymentContext,
-        report: ChunkReport,
-        streak: dict,
-        kms: OwnerSession | None,
-        run_dir: Path,
-        run_id: str,
-        index: int,
-    ) -> dict:
+    def _maybe_replan(self, run: _Run, report: ChunkReport, index: int) -> None:
         rule = self.options.repartition
         assert rule is not None and self.deployment is not None
         belief = self.belief()
@@ -413,9 +418,9 @@ class ApplicationManager:
             )
             for s in report.stages
         ]
-        speeds, streak, reason = rule.decide(observations, streak)
+        speeds, run.streak, reason = rule.decide(observations, run.streak)
         if speeds is None:
-            return streak
+            return
         self.speeds.update(speeds)
         old = self.deployment.placement
         new = self.plan() if not self.options.placement else old
@@ -432,7 +437,6 @@ class ApplicationManager:
         if new.describe() != old.describe():
             self.deployment.stop()
             self.deployment = None
-            self._deploy(ctx, new, kms, run_dir, run_id)
+            self._deploy(run, new)
         else:
             self.current_cost = self._request(self.belief()).evaluate(old)
-        return streak

@@ -6,17 +6,15 @@ before anything is allocated, so a peer cannot make a worker buffer without boun
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import struct
-import threading
 from typing import Any
 
 import cbor2
 
 from serdab.errors import WireError
 
-__all__ = ["MAX_MESSAGE_BYTES", "Channel", "WireError", "connect", "recv_message", "listen", "send_message", "tune"]
+__all__ = ["MAX_MESSAGE_BYTES", "WireError", "connect", "recv_message", "listen", "send_message", "tune"]
 
 MAX_MESSAGE_BYTES = 256 * 2**20  # a 4x3x1024x1024 float tensor fits; nothing a stage sends is near it
 _HEAD = struct.Struct(">I")
@@ -87,23 +85,3 @@ def connect(address: tuple[str, int], timeout_s: float = 10.0) -> socket.socket:
     sock = socket.create_connection(address, timeout=timeout_s)
     sock.settimeout(None)
     return tune(sock)
-
-
-class Channel:
-    """A socket with a send lock, so several threads may send whole messages on it."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self._lock = threading.Lock()
-
-    def send(self, **message: Any) -> None:
-        with self._lock:
-            send_message(self.sock, message)
-
-    def recv(self) -> dict[str, Any] | None:
-        return recv_message(self.sock)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
