@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
         name: "serdab.errors"
         for name in (
             "ClusterError",
+            "ConfigError",
             "CutError",
             "CutOutOfRangeError",
             "ImageSetError",

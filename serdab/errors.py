@@ -14,6 +14,7 @@ below), 4 for an unavailable backend or service ([4]), 2 for everything else the
     ├── ImageSetError                an image directory is missing, empty or unreadable
     ├── AuditError                   an audit request or audit file does not fit the model
     ├── ProfileFileError             a saved profile JSON is missing or not a profile
+    ├── ConfigError                  an option is not one Serdab offers (unknown name, missing extra, bad syntax)
     ├── ClusterError                 a cluster YAML is missing or invalid (names the field)
     ├── PolicyError                  a privacy policy string cannot be parsed or applied
     ├── PlanError                    a planning request is malformed (unknown strategy, chunk < 1)
@@ -65,6 +66,7 @@ __all__ = [
     "CertificateChainError",
     "CertificateExpiredError",
     "ClusterError",
+    "ConfigError",
     "CoseError",
     "CryptoError",
     "CutError",
@@ -156,6 +158,10 @@ class AuditError(SerdabError):
 
 class ClusterError(SerdabError):
     """A cluster description cannot be read or is inconsistent."""
+
+
+class ConfigError(SerdabError, ValueError):
+    """An option or setting is not one Serdab offers (unknown executor, missing extra, bad syntax); not planning."""
 
 
 class PolicyError(SerdabError):

@@ -220,4 +220,4 @@ def test_he_infer_command(server: str, tmp_path, capsys) -> None:
         assert main(["he", "infer", image, "--url", server]) == 2
         assert words in capsys.readouterr().err
     assert main(["he", "infer", "digits:1", "--url", server, "--mode", "sideways"]) == 2
-    assert "recall or transfer" in capsys.readouterr().err
+    assert "'sideways' is not one of 'recall', 'transfer'" in capsys.readouterr().err

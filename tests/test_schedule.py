@@ -245,7 +245,7 @@ def test_packing_bound_proves_what_the_search_cannot() -> None:
 
 
 def test_tiny_benchmark_writes_the_json_contract(tmp_path) -> None:
-    from serdab.bench.rlpdnn_bench import plot_rlpdnn, run_rlpdnn_bench
+    from serdab.bench.rlpdnn_bench import plot, run_rlpdnn_bench
 
     result = run_rlpdnn_bench(True, workloads=["lenet"], steps=400, requests=15, sweeps=False)
     assert {r["policy"] for r in result["rows"]} == {"static", "greedy", "search", "dqn", "dqn-masked"}
@@ -263,5 +263,5 @@ def test_tiny_benchmark_writes_the_json_contract(tmp_path) -> None:
     search = [r for r in result["rows"] if r["policy"] == "search"]
     assert all(r["accuracy_feasible"] >= 0.99 for r in search)
     assert all(r["gap_to_optimal"] is not None and r["gap_to_optimal"] < 0.05 for r in search)
-    plot_rlpdnn(result, tmp_path / "rlpdnn.png")
+    plot(result, tmp_path / "rlpdnn.png")
     assert (tmp_path / "rlpdnn.png").stat().st_size > 10_000

@@ -30,8 +30,10 @@ __all__ = [
     "RECOMMENDED_SSIM",
     "TWINS",
     "audit_rows",
-    "plot_audit_bench",
+    "plot",
     "policy_cost",
+    "report",
+    "run",
     "run_audit_bench",
 ]
 
@@ -146,7 +148,7 @@ def run_audit_bench(
     }
 
 
-def plot_audit_bench(result: dict[str, Any], path: Path) -> None:
+def plot(result: dict[str, Any], path: Path) -> None:
     """Left: worst-case white-box SSIM per cut against the cut's side (the 20x20 rule is a vertical
     line, the threshold a horizontal one). Right: speedup over one enclave under each policy."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -175,3 +177,50 @@ def plot_audit_bench(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def run(
+    progress: Callable[[str], None], *, quick: bool = False, threshold: float = 0.3, cluster: str = "paper"
+) -> dict[str, Any]:
+    """White-box SSIM per resolution, trained vs seeded LeNet-5, and the speedup an attack-ssim policy
+    costs against resolution:20. Audits are cached like `serdab audit`."""
+    from serdab.cluster import load_cluster
+
+    models = ["resnet18"] if quick else IMAGENET_MODELS
+    result = run_audit_bench(load_cluster(cluster), models, threshold=threshold, progress=progress)
+    result["quick"] = quick
+    return result
+
+
+def report(result: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    table = Table(title="reconstruction from each cut (SSIM on grey, victims at the model's input size)")
+    for column in ("model", "cut", "resolution", "attack", "SSIM mean", "SSIM worst", "chance", "PSNR worst", "s"):
+        table.add_column(column, justify="left" if column in ("model", "attack") else "right")
+    for r in result["audits"]:
+        side = "x".join(map(str, r["resolution"])) if r["resolution"] else "1x1"
+        chance = "-" if r["chance_ssim"] is None else f"{r['chance_ssim']:.3f}"
+        table.add_row(
+            r["model"],
+            f"{r['cut']} {r['block']}",
+            side,
+            r["attack"],
+            f"{r['ssim_mean']:.3f}",
+            f"{r['ssim_worst']:.3f}",
+            chance,
+            f"{r['psnr_worst']:.1f}",
+            f"{r['seconds']:.0f}",
+        )
+    plans = Table(title=f"optimal plan on {result['cluster']} under each policy (emulated speeds, T(10800))")
+    for column in ("model", "policy", "placement", "first untrusted cut", "speedup over 1 TEE"):
+        plans.add_column(column, justify="left" if column in ("model", "policy", "placement") else "right")
+    for p in result["plans"]:
+        if not p["feasible"]:
+            plans.add_row(p["model"], p["policy"], "infeasible", "-", "-")
+            continue
+        first = p["first_untrusted_cut"]
+        plans.add_row(
+            p["model"], p["policy"], p["placement"], "-" if first is None else str(first), f"{p['speedup']:.2f}x"
+        )
+    return [table, plans]

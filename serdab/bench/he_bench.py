@@ -30,7 +30,7 @@ from serdab.he.baseline import BfvPerPixel  # noqa: E402
 from serdab.he.model import HeModel  # noqa: E402
 from serdab.he.train import digits_28, trained  # noqa: E402
 
-__all__ = ["LINK_BITS_PER_S", "plot_he_bench", "run_he_bench"]
+__all__ = ["LINK_BITS_PER_S", "plot", "report", "run", "run_he_bench"]
 
 LINK_BITS_PER_S = 72.2e6  # seed 004: IEEE 802.11n, one antenna, 64-QAM, 20 MHz
 
@@ -238,7 +238,7 @@ def run_he_bench(quick: bool = False, progress: Callable[[str], None] = lambda _
     }
 
 
-def plot_he_bench(result: dict[str, Any], path: Path) -> None:
+def plot(result: dict[str, Any], path: Path) -> None:
     rows = result["rows"]
     base = result["baseline"]
     names = [f"{r['net']} {r['mode']}\nN={r['params']['poly_modulus_degree']}" for r in rows] + ["baseline\nBFV/pixel"]
@@ -267,3 +267,64 @@ def plot_he_bench(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def run(progress: Callable[[str], None], *, quick: bool = False) -> dict[str, Any]:
+    """Packed CKKS recall, transfer and batch modes against one BFV ciphertext per pixel."""
+    return run_he_bench(quick, progress=progress)
+
+
+def report(result: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    table = Table(title=f"HE inference per image at {result['link_bits_per_s'] / 1e6:.1f} Mb/s (seed 004's link)")
+    for column in (
+        "net",
+        "mode",
+        "N",
+        "images",
+        "client s",
+        "upload KiB",
+        "server s",
+        "e2e s",
+        "keys MiB",
+        "acc plain",
+        "acc approx",
+        "acc encrypted",
+    ):
+        table.add_column(column, justify="left" if column in ("net", "mode") else "right")
+    for r in result["rows"]:
+        table.add_row(
+            r["net"],
+            r["mode"],
+            str(r["params"]["poly_modulus_degree"]),
+            str(r["images"]),
+            f"{r['client_s']:.4f}",
+            f"{r['upload_bytes'] / 1024:.0f}",
+            f"{r['server_s']:.4f}",
+            f"{r['e2e_s']:.4f}",
+            f"{r['key_bytes'] / 2**20:.0f}",
+            f"{r['acc_plain']:.3f}",
+            f"{r['acc_approx']:.3f}",
+            f"{r['acc_encrypted']:.3f}",
+        )
+    b = result["baseline"]
+    table.add_row(
+        b["net"],
+        "baseline BFV/pixel",
+        str(b["params"]["poly_modulus_degree"]),
+        str(b["images"]),
+        f"{b['client_s']:.2f}",
+        f"{b['upload_bytes'] / 1024:.0f}",
+        f"{b['server_s']:.2f}",
+        f"{b['e2e_s']:.2f}",
+        "-",
+        "-",
+        "-",
+        f"{b['acc_encrypted']:.3f}",
+    )
+    return [
+        table,
+        f"packed he_cnn5 vs baseline: {result['speedup_e2e']:.0f}x end to end, "
+        f"{result['speedup_server']:.0f}x server time",
+    ]

@@ -37,7 +37,9 @@ from serdab.runtime.link import LinkSealer, LinkSpec, encode_tensors  # noqa: E4
 from serdab.runtime.manager import ApplicationManager, RunOptions  # noqa: E402
 from serdab.runtime.wire import connect, send_message  # noqa: E402
 
-__all__ = ["hop_overhead", "plot_pipeline_bench", "run_pipeline_bench", "worker_overhead"]
+__all__ = ["HOP_SIZES", "hop_overhead", "plot", "report", "run", "run_pipeline_bench", "worker_overhead"]
+
+HOP_SIZES = [4_096, 65_536, 204_800, 602_112, 3_211_264]  # bytes: LeNet-5 to ResNet-18 tensors
 
 # seed 000 Fig. 12's strategies (the placement benchmark's list) that pipeline; 1 TEE first: the baseline
 STRATEGIES = [s for s in PLACEMENT_STRATEGIES if s[1] != "neurosurgeon"]
@@ -197,7 +199,7 @@ def worker_overhead(cluster: Cluster, model: str = "resnet18", frames: int = 30)
     }
 
 
-def plot_pipeline_bench(result: dict[str, Any], path: Path) -> None:
+def plot(result: dict[str, Any], path: Path) -> None:
     rows = [r for r in result["rows"] if r.get("feasible")]
     models = list(dict.fromkeys(r["model"] for r in rows))
     labels = [label for label, _, _ in STRATEGIES]
@@ -248,3 +250,87 @@ def plot_pipeline_bench(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def run(
+    progress: Callable[[str], None], *, quick: bool = False, frames: int | None = None, cluster: str = "paper"
+) -> dict[str, Any]:
+    """Each strategy's placement run by the pipeline runtime beside its prediction, the cost of one
+    encrypted hop, and a worker against ONNX Runtime called directly."""
+    from serdab.bench.placement_bench import FIG12_MODELS
+    from serdab.cluster import load_cluster
+
+    spec = load_cluster(cluster)
+    count = frames or (12 if quick else 24)
+    rows = run_pipeline_bench(spec, ["resnet18"] if quick else FIG12_MODELS, count, progress=progress)
+    progress("per-hop overhead")
+    hops = hop_overhead(HOP_SIZES) + hop_overhead(HOP_SIZES, processes=False)
+    progress("worker overhead")
+    worker = worker_overhead(spec)
+    return {
+        "cluster": spec.name,
+        "frames": count,
+        "quick": quick,
+        "rows": rows,
+        "hops": hops,
+        "worker": worker,
+        "emulated": "device speeds and links from the cluster file, time-dilated per row",
+    }
+
+
+def report(result: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    table = Table(
+        title=f"measured pipeline on {result['cluster']}, {result['frames']} frames per run (emulated speeds)"
+    )
+    for column in (
+        "model",
+        "strategy",
+        "placement",
+        "T meas s",
+        "T pred s",
+        "gap",
+        "P meas ms",
+        "P pred ms",
+        "gap",
+        "L gap",
+        "1st frame gap",
+        "speedup T",
+        "speedup P",
+        "pred T(10800)",
+    ):
+        table.add_column(column, justify="left" if column in ("model", "strategy", "placement") else "right")
+    for r in result["rows"]:
+        if not r.get("feasible"):
+            table.add_row(r["model"], r["strategy"], "infeasible", *[""] * 11)
+            continue
+        table.add_row(
+            r["model"],
+            r["strategy"],
+            r["placement"],
+            f"{r['measured_chunk_s']:.3f}",
+            f"{r['predicted_chunk_s']:.3f}",
+            f"{100 * (r['measured_chunk_s'] / r['predicted_chunk_s'] - 1):+.1f}%",
+            f"{1000 * r['measured_period_s']:.1f}",
+            f"{1000 * r['predicted_period_s']:.1f}",
+            f"{100 * (r['measured_period_s'] / r['predicted_period_s'] - 1):+.1f}%",
+            f"{100 * (r['measured_latency_s'] / r['predicted_latency_s'] - 1):+.1f}%",
+            f"{100 * (r['first_frame_latency_s'] / r['predicted_latency_s'] - 1):+.1f}%",
+            f"{r.get('speedup_measured_chunk', 0):.2f}x",
+            f"{r.get('speedup_measured_period', 0):.2f}x",
+            f"{r.get('speedup_predicted_10800', 0):.2f}x",
+        )
+    lines: list[Any] = [table]
+    for h in result["hops"]:
+        where = "between two processes" if h["processes"] else "between two threads"
+        lines.append(
+            f"one encrypted hop, {h['bytes'] / 1024:.0f} KiB on loopback {where}: median "
+            f"{h['median_ms']:.3f} ms, p95 {h['p95_ms']:.3f} ms"
+        )
+    worker = result["worker"]
+    lines.append(
+        f"worker vs ONNX Runtime directly ({worker['model']}, native): {worker['pipeline_period_ms']:.2f} ms "
+        f"per frame vs {worker['direct_ms']:.2f} ms ({worker['overhead_per_frame_ms']:+.2f} ms)"
+    )
+    return lines

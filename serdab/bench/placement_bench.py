@@ -31,7 +31,9 @@ __all__ = [
     "FIG12_MODELS",
     "STRATEGIES",
     "planner_speed",
-    "plot_placement_bench",
+    "plot",
+    "report",
+    "run",
     "run_placement_bench",
     "tree_gap",
 ]
@@ -156,8 +158,9 @@ def tree_gap(cluster: Cluster, blocks: int = 40, seeds: int = 10, chunk: int = 1
     return rows
 
 
-def plot_placement_bench(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(result: dict[str, Any], path: Path) -> None:
     """One panel per cluster: grouped bars of speedup over 1 TEE, one group per model."""
+    rows = result["results"]
     clusters = list(dict.fromkeys(str(r["cluster"]) for r in rows))
     labels = [label for label, _, _ in STRATEGIES]
     width = 0.8 / len(labels)
@@ -181,3 +184,72 @@ def plot_placement_bench(rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def run(
+    progress: Callable[[str], None],
+    *,
+    cluster: list[str] | None = None,
+    speed_cluster: str = "edge-cloud",
+    chunk: int = 10_800,
+    policy: str = "resolution:20",
+    quick: bool = False,
+) -> dict[str, Any]:
+    """Fig. 12 on each cluster (examples/clusters/paper.yaml and edge-cloud.yaml by default), the optimal
+    planner's speed at 100 blocks, and seed 000's tree against the optimum on synthetic chains."""
+    from serdab.cluster import load_cluster
+
+    specs = [load_cluster(p) for p in cluster or ["paper", "edge-cloud"]]
+    models = ["resnet18"] if quick else FIG12_MODELS
+    rows = []
+    for spec in specs:
+        rows += run_placement_bench(spec, models, chunk, policy, progress=progress)
+    progress("timing the optimal planner at 100 blocks")
+    speed = planner_speed(load_cluster(speed_cluster))
+    progress("seed 000's tree vs optimal on synthetic chains")
+    gaps = [row for spec in specs for row in tree_gap(spec)]
+    return {
+        "clusters": [s.name for s in specs],
+        "chunk": chunk,
+        "policy": policy,
+        "results": rows,
+        "planner_speed": speed,
+        "tree_gap": gaps,
+    }
+
+
+def report(result: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    chunk, policy, gaps = result["chunk"], result["policy"], result["tree_gap"]
+    table = Table(title=f"speedup over 1 TEE, {chunk} frames, policy {policy} (predicted from emulated speeds)")
+    for column in ("cluster", "model", "strategy", "placement", "T(n) s", "simulated s", "speedup", "planner ms"):
+        table.add_column(column, justify="left" if column in ("cluster", "model", "strategy", "placement") else "right")
+    for r in result["results"]:
+        if not r["feasible"]:
+            table.add_row(r["cluster"], r["model"], r["strategy"], "infeasible", "-", "-", "-", "-")
+            continue
+        table.add_row(
+            r["cluster"],
+            r["model"],
+            r["strategy"],
+            r["placement"],
+            f"{r['chunk_time_s']:.1f}",
+            f"{r['simulated_chunk_time_s']:.1f}",
+            f"{r['speedup']:.2f}x",
+            f"{r['planner_ms']:.1f}",
+        )
+    speed_table = Table(title="optimal planner, synthetic 100-block chain, 6 devices (median of 5)")
+    for column in ("policy", "replicate", "chunk", "planner ms"):
+        speed_table.add_column(column, justify="right")
+    for r in result["planner_speed"]:
+        speed_table.add_row(r["policy"], str(r["replicate"]), str(r["chunk"]), f"{r['planner_ms']:.1f}")
+    lines: list[Any] = [table, speed_table]
+    for name in result["clusters"]:
+        mine = sorted(float(g["gap"]) for g in gaps if g["cluster"] == name)
+        worst = max((g for g in gaps if g["cluster"] == name), key=lambda g: g["gap"])
+        lines.append(
+            f"seed 000's tree vs optimal on {len(mine)} synthetic 40-block chains, {name}: median gap "
+            f"{100 * mine[len(mine) // 2]:.1f}%, worst {100 * mine[-1]:.1f}% ({worst['serdab']} vs {worst['optimal']})"
+        )
+    return lines

@@ -17,7 +17,9 @@ from serdab.graph import open_chain  # noqa: E402
 from serdab.models import ZOO  # noqa: E402
 from serdab.profile import profile_chain  # noqa: E402
 
-__all__ = ["deep_plain_cnn", "run_profile_bench"]
+__all__ = ["QUICK_MODELS", "deep_plain_cnn", "plot", "report", "run", "run_profile_bench"]
+
+QUICK_MODELS = ["lenet5", "cifar_cnn", "he_cnn6", "he_cnn5", "resnet18"]
 
 
 def deep_plain_cnn(layers: int = 30) -> nn.Module:
@@ -55,7 +57,7 @@ def run_profile_bench(
     return {"repeat": repeat, "threads": threads, "rows": rows, "zoo": list(ZOO)}
 
 
-def plot_profile_bench(result: dict[str, Any], path: Path) -> None:
+def plot(result: dict[str, Any], path: Path) -> None:
     rows = result["rows"]
     assert isinstance(rows, list)
     names = [r["model"] for r in rows]
@@ -74,3 +76,27 @@ def plot_profile_bench(result: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def run(progress: Callable[[str], None], *, repeat: int = 30, threads: int = 1, quick: bool = False) -> dict[str, Any]:
+    """Every zoo model (the small ones and ResNet-18 with ``quick``) and the 60-block plain CNN."""
+    return run_profile_bench(QUICK_MODELS if quick else list(ZOO), repeat, threads, progress=progress)
+
+
+def report(result: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    table = Table(title=f"profiling cost (ONNX Runtime, {result['threads']} thread(s), median of {result['repeat']})")
+    for column in ("model", "blocks", "load s", "profiling s", "whole ms", "sum of blocks ms", "error"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for r in result["rows"]:
+        table.add_row(
+            r["model"],
+            str(r["blocks"]),
+            f"{r['load_s']:.1f}",
+            f"{r['profiling_s']:.1f}",
+            f"{r['whole_ms']:.2f}",
+            f"{r['sum_blocks_ms']:.2f}",
+            f"{100 * r['sum_error']:+.1f}%",
+        )
+    return [table]

@@ -39,7 +39,7 @@ from serdab.schedule import (  # noqa: E402
 from serdab.schedule.agent import DqnPolicy, make_agent, train_agent  # noqa: E402
 from serdab.schedule.env import PlacementEnv, observe  # noqa: E402
 
-__all__ = ["plot_rlpdnn", "run_rlpdnn_bench"]
+__all__ = ["plot", "report", "run", "run_rlpdnn_bench"]
 
 
 def _learning(workload_name: str, privacy: str) -> tuple[float, float]:
@@ -171,7 +171,7 @@ def _legend(ax, **kwargs) -> None:  # noqa: ANN001
         ax.legend(**kwargs)
 
 
-def plot_rlpdnn(result: dict[str, Any], path: Path) -> None:
+def plot(result: dict[str, Any], path: Path) -> None:
     rows = result["rows"]
     policies = list(dict.fromkeys(r["policy"] for r in rows))
     configs = list(dict.fromkeys((r["workload"], r["privacy"]) for r in rows))
@@ -222,3 +222,43 @@ def plot_rlpdnn(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def run(progress: Callable[[str], None], *, quick: bool = False) -> dict[str, Any]:
+    """DQN (paper and masked), static, greedy and search placement against the exact optimum."""
+    return run_rlpdnn_bench(quick, progress=progress)
+
+
+def report(result: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    table = Table(
+        title=f"RL-PDNN (simulated IoT system), {result['requests']} requests per row, "
+        f"DQN trained {result['train_steps']} steps"
+    )
+    for column in (
+        "workload",
+        "privacy",
+        "policy",
+        "accuracy",
+        "when feasible",
+        "latency s",
+        "shared MB",
+        "decision ms",
+        "gap to optimal",
+    ):
+        table.add_column(column, justify="left" if column in ("workload", "privacy", "policy") else "right")
+    for r in result["rows"]:
+        gap = r["gap_to_optimal"]
+        table.add_row(
+            r["workload"],
+            r["privacy"],
+            r["policy"],
+            f"{r['accuracy']:.3f}",
+            f"{r['accuracy_feasible']:.3f}",
+            f"{r['mean_latency_s']:.4f}",
+            f"{r['shared_mb']:.3f}",
+            f"{r['decision_ms']:.3f}",
+            "-" if gap is None else f"{100 * gap:+.1f}%",
+        )
+    return [table]

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from serdab.choices import RayIngress
 from serdab.cluster import load_cluster
 from serdab.graph import open_chain
 from serdab.profile import cached_profile
@@ -29,7 +30,7 @@ from serdab.raycluster import device_resource
 from serdab.runtime.frames import open_source
 from serdab.runtime.manager import ApplicationManager, RunOptions
 
-__all__ = ["LAYOUTS", "plot_scale_bench", "run_pipeline_scale", "run_serving_scale"]
+__all__ = ["LAYOUTS", "plot", "report", "run", "run_pipeline_scale", "run_serving_scale"]
 
 # which devices each Ray node offers; the first node is the head (the driver's node)
 LAYOUTS: dict[str, list[list[str]]] = {
@@ -174,7 +175,7 @@ def run_pipeline_scale(
     return rows
 
 
-def plot_scale_bench(result: dict[str, Any], png: Path) -> None:
+def plot(result: dict[str, Any], png: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -260,7 +261,7 @@ def _service(engine: str, model: str, secure: int, public: int, speed: float) ->
             balancer="sed",
             enclave_speed=speed,
             port=_free_port(),
-            ingress="haproxy" if engine == "ray-haproxy" else "proxy",
+            ingress=RayIngress.HAPROXY if engine == "ray-haproxy" else RayIngress.PROXY,
         ),
     ).start()
 
@@ -317,3 +318,80 @@ def run_serving_scale(progress: Callable[[str], None] = lambda _: None, requests
         row["speedup_vs_1"] = row["throughput_rps"] / one["throughput_rps"]
         row["vs_gateway"] = row["throughput_rps"] / gateway["throughput_rps"]
     return {"overhead": overhead, "replicas": replicas}
+
+
+def run(progress: Callable[[str], None], *, frames: int = 48, pipeline_only: bool = False) -> dict[str, Any]:
+    """The pipeline on the local executor vs Ray on 1, 2, 3 nodes of this machine, and Ray Serve vs the
+    gateway (per-request overhead; 1..3 enclave replicas)."""
+    model, placement = "resnet18", "tee1[0-11] -> e1[12-21]"
+    rows = run_pipeline_scale(model, placement, frames, progress=progress)
+    serving = run_serving_scale(progress=progress) if not pipeline_only else None
+    return {
+        "model": model,
+        "placement": placement,
+        "frames": frames,
+        "pipeline": rows,
+        "serving": serving,
+        "cores": os.cpu_count(),
+    }
+
+
+def report(result: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    model, placement, frames = result["model"], result["placement"], result["frames"]
+    table = Table(title=f"pipeline {model} {placement}, {frames} frames: local executor vs Ray nodes on this machine")
+    for column in (
+        "mode",
+        "executor",
+        "frames/s",
+        "vs local",
+        "+ms/frame",
+        "p50 ms",
+        "p99 ms",
+        "L probe ms",
+        "deploy s",
+        "memory MiB per node",
+    ):
+        table.add_column(column, justify="left" if column in ("mode", "executor") else "right")
+    for r in result["pipeline"]:
+        memory = ", ".join(f"{v / 2**20:.0f}" for v in r["memory_bytes"].values())
+        table.add_row(
+            r["mode"],
+            "local" if r["executor"] == "local" else f"ray, {r['nodes']} node(s)",
+            f"{r['throughput_fps']:.2f}",
+            f"{100 * r['throughput_vs_local']:.1f}%",
+            f"{r['overhead_per_frame_ms']:+.2f}",
+            f"{r['latency_p50_ms']:.1f}",
+            f"{r['latency_p99_ms']:.1f}",
+            f"{r['probe_latency_ms']:.1f}",
+            f"{r['deploy_s']:.1f}",
+            memory,
+        )
+    lines: list[Any] = [table]
+    serving = result["serving"]
+    if serving:
+        table = Table(title="serving, one request at a time (lenet5): gateway vs Ray Serve")
+        for column in ("engine", "kind", "p50 ms", "p99 ms", "p50 overhead ms"):
+            table.add_column(column, justify="left" if column in ("engine", "kind") else "right")
+        for r in serving["overhead"]:
+            table.add_row(
+                r["engine"], r["kind"], f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['p50_overhead_ms']:+.2f}"
+            )
+        lines.append(table)
+        table = Table(title="serving, enclave replicas (resnet18, emulated speed 0.3, 6 closed-loop clients)")
+        for column in ("engine", "replicas", "req/s", "vs 1 replica", "vs gateway", "p50 ms", "p99 ms", "memory MiB"):
+            table.add_column(column, justify="left" if column == "engine" else "right")
+        for r in serving["replicas"]:
+            table.add_row(
+                r["engine"],
+                str(r["replicas"]),
+                f"{r['throughput_rps']:.2f}",
+                f"{r['speedup_vs_1']:.2f}x",
+                f"{100 * r['vs_gateway']:.0f}%",
+                f"{r['p50_ms']:.0f}",
+                f"{r['p99_ms']:.0f}",
+                f"{r['memory_bytes'] / 2**20:.0f}",
+            )
+        lines.append(table)
+    return lines

@@ -11,6 +11,7 @@ client, the gateway and every replica: the scaling rows say so.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -33,7 +34,7 @@ from serdab import proc  # noqa: E402
 from serdab.proc import ReadyFile  # noqa: E402
 from serdab.serve.load import Sample, closed_loop, open_loop, summarise  # noqa: E402
 
-__all__ = ["PARTS", "plot_latency", "plot_serving_bench", "run_serving_bench"]
+__all__ = ["PARTS", "plot", "plot_latency", "report", "run", "run_serving_bench"]
 
 Progress = Callable[[str], None]
 SERVE_START_S = 180.0  # a deployment builds images, starts the key service and every replica
@@ -498,7 +499,7 @@ def run_serving_bench(
     return result
 
 
-def plot_serving_bench(result: dict[str, Any], path: Path) -> None:
+def plot(result: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(16, 9))
     s1 = result["seed001"]
     ax = axes[0][0]
@@ -559,3 +560,107 @@ def plot_serving_bench(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def run(progress: Progress, *, quick: bool = False, parts: str | None = None, result_file: Path) -> dict[str, Any]:
+    """Every part, or only ``parts`` (comma-separated) with the others kept from ``result_file``."""
+    from serdab.errors import ServeConfigError
+
+    chosen = [p.strip() for p in parts.split(",")] if parts else list(PARTS)
+    unknown = sorted(set(chosen) - set(PARTS))
+    if unknown:
+        raise ServeConfigError(f"unknown part {unknown[0]!r}; parts: {', '.join(PARTS)}")
+    previous = None
+    if parts:
+        try:
+            previous = json.loads(result_file.read_text())
+        except (OSError, ValueError):
+            raise ServeConfigError(f"--parts keeps the other parts from {result_file}, which cannot be read") from None
+        if previous.get("quick") != quick:
+            raise ServeConfigError(f"{result_file} holds a {'quick' if previous.get('quick') else 'full'} run")
+    return run_serving_bench(quick, progress=progress, parts=chosen, previous=previous)
+
+
+def report(result: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    s1, overhead = result["seed001"], result["overhead"]
+    start, channel, seq = s1["start_s"], s1["channel"], s1["sequential"]
+    lines: list[Any] = [
+        f"gateway overhead at p50: {overhead['overhead_p50_ms']:.3f} ms ({overhead['direct_p50_ms']:.2f} ms direct, "
+        f"{overhead['gateway_p50_ms']:.2f} ms through the gateway)",
+        f"start time: enclave replica {start['enclave']:.2f} s, public {start['public']:.2f} s; channel: "
+        f"enclave TLS {channel['enclave_tls_mb_s']:.0f} MB/s, public plain {channel['public_plain_mb_s']:.0f} MB/s",
+        f"{s1['model']} one at a time: secure p50 {seq['secure_p50_ms']:.1f} ms, public "
+        f"{seq['public_p50_ms']:.1f} ms ({100 * seq['secure_over_public']:+.1f}%)",
+    ]
+    table = Table(title=f"seed 001 Fig. 3: {s1['model']}, threads x 2 requests, batch 2")
+    for column in ("kind", "threads", "min ms", "mean ms", "max ms"):
+        table.add_column(column, justify="left" if column == "kind" else "right")
+    for r in s1["fig3"]:
+        table.add_row(r["kind"], str(r["threads"]), f"{r['min_ms']:.1f}", f"{r['mean_ms']:.1f}", f"{r['max_ms']:.1f}")
+    lines.append(table)
+    table = Table(title="seed 001 Fig. 5: mixed privacy, 8 threads")
+    for column in ("% secure", "secure mean ms", "secure max ms", "public mean ms", "public max ms", "req/s"):
+        table.add_column(column, justify="right")
+    for r in s1["fig5"]:
+        sec, pub = r["secure"] or {}, r["public"] or {}
+        table.add_row(
+            f"{100 * r['secure_fraction']:.0f}",
+            *(
+                f"{d[k]:.1f}" if k in d else "-"
+                for d, k in ((sec, "mean_ms"), (sec, "max_ms"), (pub, "mean_ms"), (pub, "max_ms"))
+            ),
+            f"{r['throughput_per_s']:.1f}",
+        )
+    lines.append(table)
+    table = Table(title="seed 001 Table 1: memory (MiB)")
+    for column in ("process", "peak at start", "mean under light load"):
+        table.add_column(column, justify="left" if column == "process" else "right")
+    for kind, value in s1["memory_light_load_mib"].items():
+        table.add_row(kind, f"{s1['memory_startup_peak_mib'].get(kind, float('nan')):.0f}", f"{value:.0f}")
+    lines.append(table)
+    table = Table(title="seed 002 Fig. 6: one request, set-up connection, straight to the replica")
+    for column in ("model", "where", "TLS", "inference ms", "communication ms", "e2e ms", "connect ms"):
+        table.add_column(column, justify="left" if column in ("model", "where", "TLS") else "right")
+    for r in result["fig6"]:
+        table.add_row(
+            r["model"],
+            r["where"],
+            "yes" if r["tls"] else "no",
+            f"{r['inference_ms']:.2f}",
+            f"{r['communication_ms']:.2f}",
+            f"{r['e2e_ms']:.2f}",
+            f"{r['first_request_connect_ms']:.2f}",
+        )
+    lines.append(table)
+    t1 = result["table1"]
+    table = Table(
+        title=f"seed 002 Table 1: {t1['model']}, 3 enclave replicas, {t1['rate_per_s']:g}/s Poisson for "
+        f"{t1['duration_s']:.0f} s, interference on h1 in {len(t1['windows_s'])} windows (emulated EPC)"
+    )
+    for column in ("policy", "interference", "p50 ms", "p99 ms", "max ms", "errors"):
+        table.add_column(column, justify="left" if column in ("policy", "interference") else "right")
+    for r in t1["rows"]:
+        table.add_row(
+            r["policy"],
+            r["degree"],
+            f"{r.get('p50_ms', float('nan')):.1f}",
+            f"{r.get('p99_ms', float('nan')):.1f}",
+            f"{r.get('max_ms', float('nan')):.1f}",
+            str(r["errors"]),
+        )
+    lines.append(table)
+    table = Table(title="seed 002 Fig. 7: enclave replicas (closed loop, 6 threads; 2 cores)")
+    for column in ("replicas", "enclave speed", "req/s", "p50 ms", "p99 ms"):
+        table.add_column(column, justify="right")
+    for r in result["fig7"]:
+        table.add_row(
+            str(r["replicas"]),
+            f"{r['enclave_speed']:g}",
+            f"{r['throughput_per_s']:.1f}",
+            f"{r.get('p50_ms', float('nan')):.1f}",
+            f"{r.get('p99_ms', float('nan')):.1f}",
+        )
+    lines.append(table)
+    return lines

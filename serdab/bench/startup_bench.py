@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["COMMANDS", "plot_startup_bench", "run_startup_bench"]
+__all__ = ["COMMANDS", "plot", "report", "run", "run_startup_bench"]
 
 COMMANDS = {
     "serdab --help": ["-m", "serdab.cli.app", "--help"],
@@ -69,7 +70,7 @@ def run_startup_bench(repeat: int = 7) -> dict[str, Any]:
     return {"repeat": repeat, "rows": rows, "heavy_imports": imports}
 
 
-def plot_startup_bench(result: dict[str, Any], path: Path) -> None:
+def plot(result: dict[str, Any], path: Path) -> None:
     rows = result["rows"]
     fig, ax = plt.subplots(figsize=(8, 3.6))
     ys = range(len(rows))
@@ -83,3 +84,24 @@ def plot_startup_bench(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def run(progress: Callable[[str], None], *, repeat: int = 7) -> dict[str, Any]:
+    """CLI start-up time and the heavy packages each entry point imports."""
+    progress("timing fresh interpreters")
+    return run_startup_bench(repeat)
+
+
+def report(result: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    table = Table(title=f"start-up, median of {result['repeat']} fresh interpreters")
+    for column in ("command", "wall s", "CPU s"):
+        table.add_column(column, justify="left" if column == "command" else "right")
+    for r in result["rows"]:
+        table.add_row(r["command"], f"{r['wall_s']:.3f}", f"{r['cpu_s']:.3f}")
+    lines: list[Any] = [table]
+    for label, heavy in result["heavy_imports"].items():
+        loaded = ", ".join(heavy) if heavy else "none of torch, onnxruntime, onnx, scikit-image, scikit-learn"
+        lines.append(f"{label}: loads {loaded}")
+    return lines

@@ -11,6 +11,7 @@ import torch
 import typer
 from rich.table import Table
 
+from serdab.choices import HeMode
 from serdab.cli.common import console, err_console
 from serdab.he.backend import HeError
 from serdab.he.train import NETS, digits_28, train_net
@@ -131,7 +132,7 @@ def infer(
     ],
     url: Annotated[str, typer.Option(help="The HE service (serdab he serve).")] = DEFAULT_URL,
     model: Annotated[str, typer.Option(help="Served net to use.")] = "he_cnn5",
-    mode: Annotated[str, typer.Option(help="recall (class) or transfer (encrypted features).")] = "recall",
+    mode: Annotated[HeMode, typer.Option(help="recall (class) or transfer (encrypted features).")] = HeMode.RECALL,
     layer: Annotated[int | None, typer.Option(help="Transfer mode: modules to run (default: the model's).")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON.")] = None,
     json_api: Annotated[bool, typer.Option("--json-api", help="Use the JSON + base64 endpoints.")] = False,
@@ -139,19 +140,17 @@ def infer(
     """Encrypt an image here, have the service classify it under CKKS, decrypt the answer here."""
     from serdab.he.client import Client
 
-    if mode not in ("recall", "transfer"):
-        raise HeError(f"mode must be recall or transfer, not {mode!r}")
     pixels, label = read_image(image)
     with err_console.status("generating keys and opening a session ..."):
         client = Client(url, model, json=json_api, layers=[layer] if layer else None)
     with client:
         with err_console.status("encrypted inference ..."):
-            values = client.predict(pixels) if mode == "recall" else client.features(pixels, layer)
+            values = client.predict(pixels) if mode is HeMode.RECALL else client.features(pixels, layer)
         stats = client.last
     result: dict[str, Any] = {
         "image": image,
         "model": model,
-        "mode": mode,
+        "mode": str(mode),
         "params": client.params.describe(),
         "key_bytes": client.key_bytes,
         "keygen_s": client.keygen_s,
@@ -166,7 +165,7 @@ def infer(
     table = Table(title=f"{model} on {image} under CKKS ({mode})", show_header=False)
     table.add_column("")
     table.add_column("")
-    if mode == "recall":
+    if mode is HeMode.RECALL:
         result["class"] = int(np.argmax(values))
         table.add_row("class", f"{result['class']}" + (f" (true label {label})" if label is not None else ""))
         top = np.argsort(values)[::-1][:3]

@@ -23,7 +23,7 @@ from serdab.cli.common import (
     write_json,
 )
 from serdab.cluster import load_cluster
-from serdab.errors import PlanError, PolicyError
+from serdab.errors import ConfigError, PlanError, PolicyError
 from serdab.plan import PLANNERS, PlanRequest, get_planner
 from serdab.plan.model import plan_model
 from serdab.plan.placement import PlanCost
@@ -116,7 +116,7 @@ def plan(
         with progress_bar(f"profiling {opened.name}", len(opened.chain.blocks) + 1) as update:
             prof, _ = cached_profile(opened.chain, opened.name, progress=update)
     else:
-        raise PlanError("give a MODEL to profile or --profile PROFILE.json")
+        raise ConfigError("give a MODEL to profile or --profile PROFILE.json")
     if wants_leakage and opened is not None:
         images = default_images(grey_digits=opened.chain.input_shape[1] == 1)
         with progress_bar(f"leakage of {opened.name}", len(images)) as update:

@@ -10,6 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from serdab.choices import ExecutorKind
 from serdab.cli.common import (
     AuditOpt,
     InputShapeOpt,
@@ -24,7 +25,7 @@ from serdab.cli.common import (
     read_audit,
     write_json,
 )
-from serdab.errors import PlanError
+from serdab.errors import ConfigError
 
 __all__ = ["parse_slowdown", "run"]
 
@@ -38,7 +39,7 @@ def parse_slowdown(text: str) -> tuple[str, tuple[float, int]]:
     except ValueError:
         value, first = 0.0, -1
     if not device or value <= 0 or first < 0:
-        raise PlanError(f"--slowdown {text!r}: write DEVICE=FACTOR[@FRAME], e.g. tee1=3@40")
+        raise ConfigError(f"--slowdown {text!r}: write DEVICE=FACTOR[@FRAME], e.g. tee1=3@40")
     return device, (value, first)
 
 
@@ -130,8 +131,9 @@ def run(
     frames: Annotated[int | None, typer.Option(min=1, help="Stop after this many frames of the input.")] = None,
     out: Annotated[Path | None, typer.Option(help="Results as JSON Lines, one line per frame.")] = None,
     executor: Annotated[
-        str, typer.Option(help="Where workers run: local (processes on this host) or ray (actors placed by device).")
-    ] = "local",
+        ExecutorKind,
+        typer.Option(help="Where workers run: local (processes on this host) or ray (actors placed by device)."),
+    ] = ExecutorKind.LOCAL,
     address: Annotated[
         str, typer.Option(help="With --executor ray: auto (running cluster), ray://HOST:PORT, or local (start one).")
     ] = "auto",
@@ -153,13 +155,11 @@ def run(
     from serdab.runtime.manager import ApplicationManager, RunOptions
     from serdab.runtime.repartition import Repartitioner
 
-    if executor not in ("local", "ray"):
-        raise PlanError(f"unknown executor {executor!r}; choose local or ray")
     spec = load_cluster(cluster)
     slowdowns = dict(parse_slowdown(s) for s in slowdown or [])
     for device in slowdowns:
         if device not in spec.names:
-            raise PlanError(f"--slowdown names {device!r}, not a device of {spec.name} ({', '.join(spec.names)})")
+            raise ConfigError(f"--slowdown names {device!r}, not a device of {spec.name} ({', '.join(spec.names)})")
     opened = open_model(model, input_shape)
     source = open_source(input, opened.chain.input_shape, limit=frames)
     with progress_bar(f"profiling {opened.name}", len(opened.chain.blocks) + 1) as update:
@@ -189,16 +189,17 @@ def run(
     audited = read_audit(audit, parse_policy(privacy), opened.chain, opened.name)
     manager = ApplicationManager(opened.chain, opened.name, prof, spec, options, leakage=leakage, audit=audited)
     first = manager.plan()  # fails here, before any process starts, on a bad or refused placement
-    if executor == "ray":  # after planning: a refused placement never starts Ray
+    if executor is ExecutorKind.RAY:  # after planning: a refused placement never starts Ray
         from serdab.runtime.executor import get_executor
 
-        ray = get_executor("ray", address=address, cluster=spec)
+        ray = get_executor(executor, address=address, cluster=spec)
         manager = ApplicationManager(
             opened.chain, opened.name, prof, spec, options, executor=ray, leakage=leakage, audit=audited
         )
     console.print(
         f"[bold]{opened.name}[/bold] on {spec.name}: {first.describe()} (policy {manager.policy.spec}); "
-        f"input {source.describe()}, chunks of {chunk}" + (f"; workers on Ray ({address})" if executor == "ray" else "")
+        f"input {source.describe()}, chunks of {chunk}"
+        + (f"; workers on Ray ({address})" if executor is ExecutorKind.RAY else "")
     )
     sink = out.open("w") if out else None
     columns = (

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from serdab.choices import RayIngress, ServeEngine
 from serdab.cli.common import JsonOpt, ModelArg, console, err_console, write_json
 from serdab.errors import ServeConfigError
 
@@ -61,19 +62,19 @@ def serve(
         "serve-trust.json"
     ),
     engine: Annotated[
-        str, typer.Option(help="gateway (Serdab's own, the default) or ray (Ray Serve; needs the ray extra).")
-    ] = "gateway",
+        ServeEngine, typer.Option(help="gateway (Serdab's own, the default) or ray (Ray Serve; needs the ray extra).")
+    ] = ServeEngine.GATEWAY,
     address: Annotated[
         str, typer.Option(help="With --engine ray: local (start Ray here), auto, or ray://HOST:PORT.")
     ] = "local",
     ray_ingress: Annotated[
-        str,
+        RayIngress,
         typer.Option(
             help="With --engine ray, Ray Serve's front door: haproxy (Ray's HAProxy ingress; Serdab's router "
             "names the replica for each request), proxy (Ray's Python proxy, about 5 ms slower per request) or "
             "auto: haproxy when Serdab starts Ray, else what the running cluster was started with."
         ),
-    ] = "auto",
+    ] = RayIngress.AUTO,
 ) -> None:
     """Serve MODEL from enclave and public replicas behind one gateway, until Ctrl-C.
 
@@ -87,9 +88,7 @@ def serve(
     from serdab.serve.autoscale import AutoscaleConfig, parse_range
     from serdab.serve.service import ModelService, ServeOptions
 
-    if engine not in ("gateway", "ray"):
-        raise ServeConfigError(f"unknown engine {engine!r}; choose gateway or ray")
-    if engine == "ray":
+    if engine is ServeEngine.RAY:
         _serve_on_ray(
             model,
             secure,
@@ -196,15 +195,13 @@ def _serve_on_ray(
     monitor_interval: float,
     trust_file: Path,
     address: str,
-    ingress: str,
+    ingress: RayIngress,
 ) -> None:
     """`serdab serve --engine ray`: the same replicas and policies as Ray Serve applications, until Ctrl-C."""
     from serdab.serve.autoscale import parse_range
     from serdab.serve.balancing import get_balancer
 
     get_balancer(balancer)  # a bad spec fails before Ray starts
-    if ingress not in ("auto", "haproxy", "proxy"):
-        raise ServeConfigError(f"unknown --ray-ingress {ingress!r}; choose auto, haproxy or proxy")
     if secure + public == 0:
         raise ServeConfigError(f"serve at least one replica (--secure {secure}, --public {public})")
     scaling = {}

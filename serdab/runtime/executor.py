@@ -18,7 +18,8 @@ from typing import Any, ClassVar
 from cryptography import x509
 
 from serdab import proc
-from serdab.errors import TeeError
+from serdab.choices import ExecutorKind
+from serdab.errors import ConfigError, TeeError
 from serdab.proc import Child
 from serdab.runtime.engine import TOKEN_ENV
 
@@ -147,29 +148,29 @@ class LocalExecutor(Executor):
             self._tee.close()
 
 
-# name -> class, or "module:Class" for an optional extra imported only when chosen (Ray is never on the default path)
-EXECUTORS: dict[str, type[Executor] | str] = {
-    LocalExecutor.name: LocalExecutor,
-    "ray": "serdab.runtime.ray_executor:RayExecutor",
+# kind -> class, or "module:Class" for an optional extra imported only when chosen (Ray is never on the default path)
+EXECUTORS: dict[ExecutorKind, type[Executor] | str] = {
+    ExecutorKind.LOCAL: LocalExecutor,
+    ExecutorKind.RAY: "serdab.runtime.ray_executor:RayExecutor",
 }
 
 
 def get_executor(name: str, **options: Any) -> Executor:
-    """An executor by registered name; an unknown name lists the valid ones, a missing extra says how to get it."""
-    from serdab.errors import PlanError
-
-    kind = EXECUTORS.get(name)
-    if kind is None:
-        raise PlanError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
-    if isinstance(kind, str):
+    """An executor by name; an unknown name lists the valid ones, a missing extra says how to get it."""
+    try:
+        kind = ExecutorKind(name)
+    except ValueError:
+        raise ConfigError(f"unknown executor {name!r}; choose one of {', '.join(ExecutorKind)}") from None
+    target = EXECUTORS[kind]
+    if isinstance(target, str):
         import importlib
 
-        module, _, attr = kind.partition(":")
+        module, _, attr = target.partition(":")
         try:
-            kind = getattr(importlib.import_module(module), attr)
+            target = getattr(importlib.import_module(module), attr)
         except ImportError as exc:
-            raise PlanError(
-                f"the {name} executor needs the {name} extra: pip install 'serdab[{name}]' ({exc})"
+            raise ConfigError(
+                f"the {kind} executor needs the {kind} extra: pip install 'serdab[{kind}]' ({exc})"
             ) from None
-    assert isinstance(kind, type)
-    return kind(**options)
+    assert isinstance(target, type)
+    return target(**options)

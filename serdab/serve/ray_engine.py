@@ -46,6 +46,7 @@ from ray.serve.request_router import PendingRequest, RequestRouter, RunningRepli
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from serdab.choices import RayIngress
 from serdab.raycluster import ENCLAVE_RESOURCE, check_ray_address
 from serdab.serve.autoscale import AutoscaleConfig, AutoscaleState, ScaleInput, decide
 from serdab.serve.balancing import HostSample, ReplicaView, get_balancer
@@ -64,7 +65,6 @@ __all__ = [
 
 SECURE_PREFIX = "/secure"
 HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
-INGRESSES = ("auto", "haproxy", "proxy")
 # what /secure forwards to an enclave: sealed requests and what a client needs to seal to it, nothing in plaintext
 SECURE_ROUTES = {
     ("POST", "/v1/sealed"),
@@ -475,9 +475,7 @@ class RayServeOptions:
     cooldown_s: float = 15.0
     look_back_s: float = 30.0  # Ray Serve's window over request metrics for autoscaling
     stress_dir: str | None = None  # emulated EPC interference: one control file per host label (see EnclaveModel)
-    # "haproxy" (Ray Serve's HAProxy ingress), "proxy" (its Python proxy) or "auto": HAProxy on a Ray that
-    # Serdab starts, else the one the running cluster was started with (see docs/scale-out.md)
-    ingress: str = "auto"
+    ingress: RayIngress = RayIngress.AUTO  # see serdab.choices and docs/scale-out.md
 
 
 def _deployment(cls: type) -> Any:
@@ -588,7 +586,7 @@ def secure_app(args: dict[str, Any]) -> Any:
     return _deployment(SecureFront).options(name="secure-front", **FRONT_OPTIONS).bind(enclaves)
 
 
-def _cluster_ingress() -> str:
+def _cluster_ingress() -> RayIngress:
     """The front door a running Ray cluster serves with: HAProxy where its nodes run with
     ``RAY_SERVE_ENABLE_HA_PROXY`` set (a Ray task sees its node's environment), else Ray's Python proxy."""
 
@@ -596,7 +594,7 @@ def _cluster_ingress() -> str:
         return os.environ.get(HAPROXY_ENV, "")
 
     flag = ray.get(ray.remote(num_cpus=0)(read).remote(), timeout=60)
-    return "haproxy" if flag.lower() in ("1", "true") else "proxy"
+    return RayIngress.HAPROXY if flag.lower() in ("1", "true") else RayIngress.PROXY
 
 
 def _proxy_location(ingress: str) -> str:
@@ -662,12 +660,14 @@ class RayService:
         from serdab.serve.trust import ServiceTrust
 
         o = self.options
-        if o.ingress not in INGRESSES:
+        try:
+            requested = RayIngress(o.ingress)
+        except ValueError:
             from serdab.errors import ServeConfigError
 
-            raise ServeConfigError(f"unknown ingress {o.ingress!r}; choose {', '.join(INGRESSES)}")
+            raise ServeConfigError(f"unknown ingress {o.ingress!r}; choose {', '.join(RayIngress)}") from None
         starts_ray = not ray.is_initialized() and o.address == "local"
-        self.ingress = "haproxy" if o.ingress == "auto" and starts_ray else o.ingress
+        self.ingress = RayIngress.HAPROXY if requested is RayIngress.AUTO and starts_ray else requested
         if not ray.is_initialized():
             init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
             init["address"] = o.address  # "local" starts a new Ray here even where RAY_ADDRESS names another
@@ -686,7 +686,7 @@ class RayService:
                 os.environ.pop(HAPROXY_ENV, None)
             self._owns_ray = True
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
-        if self.ingress == "auto":
+        if self.ingress is RayIngress.AUTO:
             self.ingress = _cluster_ingress()
         loaded = load_model(o.model)
         self.model_name = loaded.name
@@ -700,7 +700,7 @@ class RayService:
             "cooldown_s": o.cooldown_s,
             "look_back_s": o.look_back_s,
             "threads": o.threads,
-            "ingress": self.ingress,
+            "ingress": str(self.ingress),
         }
         if o.secure or "enclave" in o.autoscale:
             self.trust_chain = ServiceTrust.start(self.model_name, model_file.read_bytes(), self.work_dir)

@@ -52,8 +52,9 @@ PCR_COUNT = 18  # 0..15 as on Nitro, 16..17 our extendable registers
 ZERO = bytes(48)
 MANIFEST = "enclave.json"
 LOCK = "runtime.lock"
-# what stage workers and the key service import (and httpx's optional command line, which it loads
-# whenever click and rich are installed); their requirements are added by ``runtime_packages``
+# what stage workers and the key service import (and the optional imports of those: httpx's command line,
+# which it loads whenever click and rich are installed, and FastAPI's telemetry, which loads OpenTelemetry
+# whenever it is installed, as the ray extra does); their requirements are added by ``runtime_packages``
 _RUNTIME_PACKAGES = (
     "cryptography",
     "cbor2",
@@ -71,6 +72,11 @@ _RUNTIME_PACKAGES = (
     "pygments",
     "prometheus-client",
     "pillow",
+    "opentelemetry-api",
+    "opentelemetry-sdk",
+    "opentelemetry-proto",
+    "opentelemetry-semantic-conventions",
+    "opentelemetry-exporter-prometheus",
 )
 
 
