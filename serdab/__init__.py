@@ -9,8 +9,8 @@ one call) into a ``Placement``, judged by the one ``CostModel`` and checked by t
 simulator (``simulate``). A whole model is served from enclave and public replicas behind one
 gateway by ``ModelService`` and reached, attest-then-send, through ``Client``.
 
-Block ranges are inclusive and 0-based everywhere; cut c is the boundary before block c (cut 0
-is the input frame); sizes are bytes, times carry their unit in the name (``latency_ms``,
+Block ranges are inclusive and 0-based everywhere; cut i is the tensor block i outputs (between
+blocks i and i+1; the input frame is not a cut); sizes are bytes, times carry their unit in the name (``latency_ms``,
 ``chunk_time_s``).
 """
 

@@ -34,8 +34,8 @@ def synthetic_workload(blocks: int, seed: int = 0, side: int = 224) -> Workload:
         block_s=rng.uniform(0.0005, 0.01, blocks),
         params_bytes=rng.integers(0, 5_000_000, blocks),
         peak_bytes=rng.integers(100_000, 5_000_000, blocks),
-        cut_bytes=rng.integers(10_000, 1_000_000, blocks + 1),
-        cut_resolution=resolution,
+        boundary_bytes=rng.integers(10_000, 1_000_000, blocks + 1),
+        boundary_resolution=resolution,
     )
 
 
@@ -75,8 +75,8 @@ def random_request(rng: random.Random, replicate: bool, max_blocks: int = 5, max
         block_s=np.array([rng.choice([0.01, 0.02, 0.05, 0.1, 0.3]) for _ in range(m)]),
         params_bytes=np.array([rng.choice([0, 50, 200]) for _ in range(m)]),
         peak_bytes=np.array([rng.choice([10, 60]) for _ in range(m)]),
-        cut_bytes=np.array([rng.choice([10, 100, 1000]) for _ in range(m + 1)]),
-        cut_resolution=tuple(None for _ in range(m + 1)),
+        boundary_bytes=np.array([rng.choice([10, 100, 1000]) for _ in range(m + 1)]),
+        boundary_resolution=tuple(None for _ in range(m + 1)),
     )
     allowed = (False, *(rng.random() < 0.6 for _ in range(m)))
     return PlanRequest(

@@ -15,7 +15,7 @@ from serdab.privacy.attacks import Baseline, CutTarget, DecoderAttack, WhiteBox,
 from serdab.privacy.audit import AttackScore, AuditReport, CutAudit
 from serdab.privacy.images import attacker_images, normaliser, pixel_batch, victim_images
 from serdab.privacy.metrics import ssim_batch
-from serdab.privacy.policy import allowed_cuts, parse_policy
+from serdab.privacy.policy import allowed_starts, parse_policy
 
 
 def _digits(n: int = 3) -> torch.Tensor:
@@ -99,13 +99,13 @@ def _report(ssims: dict[int, float], blocks: int = 5) -> AuditReport:
 def test_attack_ssim_policy_allows_below_refuses_above_and_unaudited() -> None:
     resolutions = [(8, 8)] * 6  # cuts 0..5 of a 5-block model
     audit = _report({0: 0.9, 1: 0.2, 3: 0.29})  # block 2 not audited
-    allowed = allowed_cuts(parse_policy("attack-ssim:0.3"), resolutions, audit=audit)
+    allowed = allowed_starts(parse_policy("attack-ssim:0.3"), resolutions, audit=audit)
     # policy cut c = tensor leaving block c-1; cut 0 (the frame) never
     assert allowed == [False, False, True, False, True, False]
     with pytest.raises(PolicyError, match="needs an audit"):
-        allowed_cuts(parse_policy("attack-ssim:0.3"), resolutions)
+        allowed_starts(parse_policy("attack-ssim:0.3"), resolutions)
     with pytest.raises(PolicyError, match="audit the same model"):
-        allowed_cuts(parse_policy("attack-ssim:0.3"), resolutions, audit=_report({0: 0.1}, blocks=7))
+        allowed_starts(parse_policy("attack-ssim:0.3"), resolutions, audit=_report({0: 0.1}, blocks=7))
 
 
 def test_plan_under_attack_ssim_never_sends_an_unaudited_cut(tmp_path) -> None:

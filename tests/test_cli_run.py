@@ -56,7 +56,10 @@ def test_run_a_video_through_the_paper_cluster(tmp_path: Path, capsys) -> None:
         (["--input", "{tmp}/empty"], "no image files"),
         (["--input", "synthetic:x"], "synthetic source needs a frame count"),
         (["--placement", "tee1[0-2] -> gpu9[3-11]"], "unknown device 'gpu9'"),
-        (["--placement", "tee1[0-1] -> e1[2-11]"], "e1 is untrusted and may not receive the tensor at cut 2"),
+        (
+            ["--placement", "tee1[0-1] -> e1[2-11]"],
+            "e1 is untrusted and may not receive the tensor at cut 1 (after block 1)",
+        ),
         (["--cluster", "{tmp}/tiny.yaml"], "nothing can hold the first stage"),
         (["--slowdown", "tee1=fast"], "DEVICE=FACTOR"),
     ],

@@ -13,7 +13,7 @@ from serdab.errors import PlanError, PolicyError
 from serdab.plan import PLANNERS, CostModel, Placement, PlanRequest, Stage, Workload, get_planner, violation
 from serdab.plan.report import plan_document, why_infeasible
 from serdab.privacy.leakage import CutLeakage, LeakageReport
-from serdab.privacy.policy import allowed_cuts, parse_policy
+from serdab.privacy.policy import allowed_starts, parse_policy
 from serdab.profile import Profile
 from serdab.testing import random_request, synthetic_workload
 
@@ -23,8 +23,8 @@ HAND = Workload(
     block_s=np.array([0.1, 0.2, 0.4]),
     params_bytes=np.array([100, 100, 2000]),
     peak_bytes=np.array([50, 50, 50]),
-    cut_bytes=np.array([300, 200, 100, 10]),
-    cut_resolution=((32, 32), (16, 16), (8, 8), None),
+    boundary_bytes=np.array([300, 200, 100, 10]),
+    boundary_resolution=((32, 32), (16, 16), (8, 8), None),
 )
 
 
@@ -47,7 +47,7 @@ def test_cost_model_by_hand() -> None:
     costs = CostModel(HAND, _cluster())
     cost = costs.evaluate(_stages(("tee", 0, 1), ("gpu", 2, 2)), chunk=10)
     assert [s.compute_s for s in cost.stages] == pytest.approx([0.3 / 0.5, 0.4 / 4])
-    assert [(h.cut, h.bytes, h.time_s) for h in cost.hops] == [(2, 100, pytest.approx(100 / 1000 + 0.1))]
+    assert [(h.boundary, h.bytes, h.time_s) for h in cost.hops] == [(2, 100, pytest.approx(100 / 1000 + 0.1))]
     assert cost.latency_s == pytest.approx(0.6 + 0.2 + 0.1)
     assert cost.period_s == pytest.approx(0.6)
     assert cost.chunk_time_s == pytest.approx(0.9 + 9 * 0.6)
@@ -123,8 +123,8 @@ def test_bad_policies(text, message) -> None:
 
 def test_resolution_policy_never_releases_the_input() -> None:
     resolutions = [(16, 16), (16, 16), (32, 32), None]
-    assert allowed_cuts(parse_policy("resolution:20"), resolutions) == [False, True, False, True]
-    assert allowed_cuts(parse_policy("trusted-only"), resolutions) == [False] * 4
+    assert allowed_starts(parse_policy("resolution:20"), resolutions) == [False, True, False, True]
+    assert allowed_starts(parse_policy("trusted-only"), resolutions) == [False] * 4
 
 
 def _leakage(values: list[tuple[float, float, float]]) -> LeakageReport:
@@ -148,13 +148,13 @@ def _leakage(values: list[tuple[float, float, float]]) -> LeakageReport:
 def test_similarity_policies_use_the_worst_case_leakage() -> None:
     report = _leakage([(0.9, 0.6, 0.01), (0.2, 0.1, 0.2)])  # cuts 1 and 2 of a 3-block model
     resolutions = [(8, 8)] * 4
-    assert allowed_cuts(parse_policy("pearson:0.5"), resolutions, report) == [False, False, True, False]
-    assert allowed_cuts(parse_policy("ssim:0.05"), resolutions, report) == [False] * 4
-    assert allowed_cuts(parse_policy("mse:0.05"), resolutions, report) == [False, False, True, False]
+    assert allowed_starts(parse_policy("pearson:0.5"), resolutions, report) == [False, False, True, False]
+    assert allowed_starts(parse_policy("ssim:0.05"), resolutions, report) == [False] * 4
+    assert allowed_starts(parse_policy("mse:0.05"), resolutions, report) == [False, False, True, False]
     with pytest.raises(PolicyError, match="needs leakage measurements"):
-        allowed_cuts(parse_policy("pearson:0.5"), resolutions)
+        allowed_starts(parse_policy("pearson:0.5"), resolutions)
     with pytest.raises(PolicyError, match="measure both on the same model"):
-        allowed_cuts(parse_policy("pearson:0.5"), [(8, 8)] * 5, report)
+        allowed_starts(parse_policy("pearson:0.5"), [(8, 8)] * 5, report)
 
 
 def _brute_and_optimal(request: PlanRequest) -> tuple[float, float]:
@@ -204,7 +204,11 @@ def _request(profile_or_workload, cluster: Cluster, chunk: int = 10_800, **kw) -
     )
     policy = parse_policy(kw.pop("policy", "resolution:20"))
     return PlanRequest(
-        CostModel(workload, cluster), tuple(allowed_cuts(policy, workload.cut_resolution)), chunk, policy.spec, **kw
+        CostModel(workload, cluster),
+        tuple(allowed_starts(policy, workload.boundary_resolution)),
+        chunk,
+        policy.spec,
+        **kw,
     )
 
 

@@ -5,14 +5,14 @@ import pytest
 from serdab.cluster import Cluster, load_cluster
 from serdab.plan import CostModel, Placement, PlanRequest, Stage, Workload, get_planner
 from serdab.plan.simulate import simulate
-from serdab.privacy.policy import allowed_cuts, parse_policy
+from serdab.privacy.policy import allowed_starts, parse_policy
 from serdab.testing import synthetic_workload
 
 STRATEGIES = ["optimal", "serdab", "single-tee", "neurosurgeon", "tee-gpu", "two-tees"]
 
 
 def _request(workload: Workload, cluster: Cluster, chunk: int, replicate: bool = False) -> PlanRequest:
-    allowed = tuple(allowed_cuts(parse_policy("resolution:20"), workload.cut_resolution))
+    allowed = tuple(allowed_starts(parse_policy("resolution:20"), workload.boundary_resolution))
     return PlanRequest(CostModel(workload, cluster), allowed, chunk, "resolution:20", replicate=replicate)
 
 

@@ -103,7 +103,7 @@ def policy_cost(
                 "policy": policy,
                 "feasible": True,
                 "placement": planned.placement.describe(),
-                "first_untrusted_cut": untrusted[0].first if untrusted else None,
+                "first_untrusted_cut": untrusted[0].first - 1 if untrusted else None,  # cut i: after block i
                 "chunk_time_s": planned.cost.chunk_time_s,
                 "single_tee_chunk_time_s": single,
                 "speedup": single / planned.cost.chunk_time_s,

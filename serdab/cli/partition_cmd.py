@@ -18,7 +18,10 @@ __all__ = ["partition"]
 def partition(
     model: ModelArg,
     cuts: Annotated[
-        str, typer.Option(help="Cut after these block indices (as in `serdab profile`) or tensor names, e.g. 3,7.")
+        str,
+        typer.Option(
+            help="Cuts (cut i = after block i, as `serdab profile` numbers blocks) or tensor names, e.g. 3,7."
+        ),
     ],
     out: Annotated[Path, typer.Option(help="Directory for stage0.onnx, stage1.onnx, ... and manifest.json.")],
     input_shape: InputShapeOpt = None,

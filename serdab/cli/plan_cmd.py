@@ -46,7 +46,7 @@ def plan_table(cost: PlanCost, request: PlanRequest) -> Table:
     )
     for column in ("stage", "device", "trusted", "blocks", "memory", "compute ms", "in from", "in bytes", "link ms"):
         table.add_column(column, justify="left" if column in ("device", "blocks", "in from") else "right")
-    hops = {h.cut: h for h in cost.hops}
+    hops = {h.boundary: h for h in cost.hops}
     for i, s in enumerate(cost.stages):
         stage = s.stage
         hop = hops.get(stage.first)
@@ -154,7 +154,7 @@ def plan(
         for e in exposed:
             res = "x".join(map(str, e["resolution"]))
             leak = f"; Pearson {e['pearson']:.2f}, SSIM {e['ssim']:.2f}, MSE {e['mse']:.4f}" if "pearson" in e else ""
-            where = f"after block {e['cut'] - 1} ({e['after_block']}, {res}{leak})"
+            where = f"at cut {e['cut']} (after block {e['cut']}: {e['after_block']}, {res}{leak})"
             console.print(f"untrusted {e['device']} receives the tensor {where}")
     else:
         console.print("every block runs on trusted devices")

@@ -6,8 +6,9 @@ own). Ancestor sets of clean cuts are nested, so sorting them by size gives the 
 result does not depend on which topological order the file stores. Residual and inception
 blocks therefore become one block each, and a plain layer sequence gives one block per node.
 
-Block indices are 0-based; ``blocks[i].output`` is the tensor that leaves block i, and a cut
-"after block i" splits between blocks i and i+1 (so valid cuts are 0..M-2).
+Block indices are 0-based; ``blocks[i].output`` is the tensor that leaves block i, and cut i is
+that tensor: it splits between blocks i and i+1, so a model of M blocks has cuts 0..M-2
+(docs/partition.md states this once for every command).
 Failure modes: a model whose only clean cut is its output is a chain of one block.
 """
 

@@ -1,7 +1,8 @@
 """Placement planning: Profile + Cluster + privacy policy -> Placement (seed 000 sec. IV-V).
 
-Blocks are the profile's indices and every block range is inclusive; cut c is the boundary
-before block c (cut 0 = the input frame). Times are seconds, sizes bytes. Every planner, the
+Blocks are the profile's indices and every block range is inclusive; cut i is the tensor block i
+outputs (docs/partition.md). Inside, tensors are indexed by boundary b = 0..M, the one before
+block b (boundary 0 = the input frame, boundary b = cut b-1). Times are seconds, sizes bytes. Every planner, the
 simulator and the runtime judge a placement with the one ``CostModel``.
 """
 

@@ -3,8 +3,8 @@
 Compute of blocks a..e on device d: ``sum(profile time) / speed[d]``, times the device's
 ``paging_factor`` when it is a TEE and the stage's weights + peak activations exceed its
 memory; a device without a paging factor cannot hold such a stage at all (infinite cost).
-A hop carries the tensor at a cut: ``bytes / bandwidth + rtt`` of the link between the hosts
-(``local`` on one host; none at all on the same device). A stage replicated on r identical
+A hop carries the tensor before the receiving stage's first block: ``bytes / bandwidth + rtt`` of
+the link between the hosts (``local`` on one host; none at all on the same device). A stage replicated on r identical
 devices counts compute / r towards the period; a hop into or out of replicas counts, per
 physical link, the share of frames that cross it. Links are assumed to be separate resources
 for separate hops (the formula; the simulator checks it).
@@ -27,15 +27,15 @@ __all__ = ["CostModel", "Workload", "link_key"]
 
 @dataclass(frozen=True, eq=False)
 class Workload:
-    """What the cost model needs from a profile: per-block seconds and bytes, per-cut tensors."""
+    """What the cost model needs from a profile: per-block seconds and bytes, per-boundary tensors."""
 
     model: str
     block_names: tuple[str, ...]
     block_s: np.ndarray  # (M,) seconds on the profiling host
     params_bytes: np.ndarray  # (M,)
     peak_bytes: np.ndarray  # (M,)
-    cut_bytes: np.ndarray  # (M+1,) bytes crossing cut c (cut 0 = input frame)
-    cut_resolution: tuple[tuple[int, int] | None, ...]  # (M+1,) spatial size, None = no spatial axes
+    boundary_bytes: np.ndarray  # (M+1,) bytes before block b (boundary 0 = input frame, b > 0 = cut b-1)
+    boundary_resolution: tuple[tuple[int, int] | None, ...]  # (M+1,) spatial size, None = no spatial axes
 
     @property
     def blocks(self) -> int:
@@ -51,8 +51,8 @@ class Workload:
             block_s=np.array([b.latency_ms / 1000.0 for b in blocks]),
             params_bytes=np.array([b.params_bytes for b in blocks], dtype=np.int64),
             peak_bytes=np.array([b.peak_activation_bytes for b in blocks], dtype=np.int64),
-            cut_bytes=np.array([profile.input_bytes] + [b.out_bytes for b in blocks], dtype=np.int64),
-            cut_resolution=(
+            boundary_bytes=np.array([profile.input_bytes] + [b.out_bytes for b in blocks], dtype=np.int64),
+            boundary_resolution=(
                 (int(shape[2]), int(shape[3])) if len(shape) == 4 else None,
                 *((int(b.resolution[0]), int(b.resolution[1])) if b.resolution else None for b in blocks),
             ),
@@ -139,7 +139,7 @@ class CostModel:
         return self._hops[key]
 
     def _hop_vectors(self, src: tuple[int, ...], dst: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        nbytes = self.workload.cut_bytes.astype(float)
+        nbytes = self.workload.boundary_bytes.astype(float)
         latency = self.transfer_s(src[0], dst[0], nbytes)
         cycle = math.lcm(len(src), len(dst))
         busy: dict[tuple[str, str, str], np.ndarray] = {}
@@ -162,17 +162,17 @@ class CostModel:
         previous: tuple[int, ...] = (self.source,)
         for stage in placement.stages:
             group = tuple(self.index[n] for n in stage.devices)
-            cut = stage.first
+            boundary = stage.first
             if group != previous:  # only the first stage, on the source alone, needs no hop
                 latency, period = self.hop_vectors(previous, group)
                 hops.append(
                     HopCost(
                         src=tuple(self.devices[i].name for i in previous),
                         dst=stage.devices,
-                        cut=cut,
-                        bytes=int(self.workload.cut_bytes[cut]),
-                        time_s=float(latency[cut]),
-                        period_s=float(period[cut]),
+                        boundary=boundary,
+                        bytes=int(self.workload.boundary_bytes[boundary]),
+                        time_s=float(latency[boundary]),
+                        period_s=float(period[boundary]),
                     )
                 )
             memory = self.stage_memory(stage.first, stage.last)

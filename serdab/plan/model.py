@@ -17,7 +17,7 @@ from serdab.plan import CostModel, Placement, PlanRequest, Workload, get_planner
 from serdab.plan.placement import PlanCost
 from serdab.plan.report import why_infeasible
 from serdab.privacy.leakage import LeakageReport
-from serdab.privacy.policy import PrivacyPolicy, allowed_cuts, parse_policy
+from serdab.privacy.policy import PrivacyPolicy, allowed_starts, parse_policy
 from serdab.profile import Profile
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def plan_request(
     ``audit``), and the rules."""
     workload = profile if isinstance(profile, Workload) else Workload.from_profile(profile)
     rule = parse_policy(policy) if isinstance(policy, str) else policy
-    allowed = tuple(allowed_cuts(rule, workload.cut_resolution, leakage, audit))
+    allowed = tuple(allowed_starts(rule, workload.boundary_resolution, leakage, audit))
     return PlanRequest(CostModel(workload, cluster), allowed, chunk, rule.spec, trusted_tail, replicate)
 
 

@@ -1,7 +1,9 @@
 """A placement: contiguous stages of blocks, each on one device or round-robin on identical replicas.
 
-Blocks are the profile's ``index`` values, ranges inclusive (``first``..``last``). A cut ``c``
-is the boundary before block ``c``: cut 0 is the input frame, cut ``M`` the model's output.
+Blocks are the profile's ``index`` values, ranges inclusive (``first``..``last``). Cut ``i`` is
+the tensor block ``i`` outputs (as everywhere in Serdab, docs/partition.md). The cost model indexes
+tensors by *boundary* ``b`` = 0..M, the one before block ``b``: boundary 0 is the input frame,
+boundary ``b`` > 0 is cut ``b - 1`` (``crossing`` says which in words), boundary ``M`` the output.
 ``devices[0]`` of a replicated stage takes frame 0, ``devices[1]`` frame 1, and so on.
 """
 
@@ -9,7 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["HopCost", "Placement", "PlanCost", "Stage", "StageCost"]
+__all__ = ["HopCost", "Placement", "PlanCost", "Stage", "StageCost", "crossing"]
+
+
+def crossing(boundary: int) -> str:
+    """The tensor at a boundary as users number it: "the input frame" or "the tensor at cut i (after block i)"."""
+    return "the input frame" if boundary == 0 else f"the tensor at cut {boundary - 1} (after block {boundary - 1})"
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,7 @@ class StageCost:
 class HopCost:
     src: tuple[str, ...]
     dst: tuple[str, ...]
-    cut: int
+    boundary: int  # the tensor crossing: boundary b lies before block b (0: the input frame)
     bytes: int
     time_s: float  # the hop frame 0 takes (first replica to first replica)
     period_s: float  # busiest physical link of the hop, per frame

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from serdab.plan.costs import CostModel
-from serdab.plan.placement import Placement, PlanCost
+from serdab.plan.placement import Placement, PlanCost, crossing
 
 __all__ = ["PlanRequest", "Planner", "best_placement", "violation"]
 
@@ -23,7 +23,7 @@ __all__ = ["PlanRequest", "Planner", "best_placement", "violation"]
 @dataclass(frozen=True, eq=False)
 class PlanRequest:
     costs: CostModel
-    allowed: tuple[bool, ...]  # cut c (0..M): may an untrusted stage start at block c?
+    allowed: tuple[bool, ...]  # boundary b (0..M): may an untrusted stage start at block b?
     chunk: int = 1
     policy: str = "resolution:20"
     trusted_tail: bool = False  # the last stage must be trusted (labels stay private)
@@ -65,7 +65,7 @@ def _judge(request: PlanRequest, placement: Placement) -> tuple[str | None, Plan
     for stage in stages:
         if not all(request.trusted(d) for d in stage.devices) and not request.allowed[stage.first]:
             return (
-                f"{stage.device} is untrusted and may not receive the tensor at cut {stage.first} ({request.policy})",
+                f"{stage.device} is untrusted and may not receive {crossing(stage.first)} ({request.policy})",
                 None,
             )
     cost = request.evaluate(placement)

@@ -16,19 +16,19 @@ def plan_document(request: PlanRequest, cost: PlanCost, leakage: LeakageReport |
     """The placement as issue 3's JSON contract (block ranges inclusive, profile indices), plus extras."""
     costs = request.costs
     workload = costs.workload
-    by_cut = {c.index + 1: c for c in leakage.cuts} if leakage else {}
+    by_boundary = {c.index + 1: c for c in leakage.cuts} if leakage else {}
     exposed = []
     for i, s in enumerate(cost.placement.stages):
         if not request.trusted(s.device):
             entry: dict[str, Any] = {
                 "stage": i,
                 "device": s.device,
-                "cut": s.first,
+                "cut": s.first - 1,  # the tensor block first-1 outputs (an untrusted stage never gets the input)
                 "after_block": workload.block_names[s.first - 1],
-                "resolution": list(workload.cut_resolution[s.first] or (1, 1)),
+                "resolution": list(workload.boundary_resolution[s.first] or (1, 1)),
             }
-            if s.first in by_cut:
-                c = by_cut[s.first]
+            if s.first in by_boundary:
+                c = by_boundary[s.first]
                 entry.update(pearson=c.pearson, ssim=c.ssim, mse=c.mse)
             exposed.append(entry)
     return {
@@ -52,7 +52,7 @@ def plan_document(request: PlanRequest, cost: PlanCost, leakage: LeakageReport |
             {
                 "from": h.src[0],
                 "to": h.dst[0],
-                "cut": h.cut,
+                "cut": h.boundary - 1 if h.boundary > 0 else None,  # None: the input frame
                 "bytes": h.bytes,
                 "time_s": h.time_s,
                 "period_s": h.period_s,
@@ -109,6 +109,6 @@ def why_infeasible(request: PlanRequest, strategy: str) -> str:
     after = costs.workload.block_names[first_private - 1]
     return (
         f"no {strategy} placement fits the memory limits under policy {request.policy}: the first tensor an "
-        f"untrusted device may receive is at cut {first_private} (after {after}), "
+        f"untrusted device may receive is at cut {first_private - 1} (after {after}), "
         f"and blocks 0-{first_private - 1} need {_mib(costs.stage_memory(0, first_private - 1))} on trusted devices"
     )

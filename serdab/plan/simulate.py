@@ -38,7 +38,7 @@ def _route(costs: CostModel, placement: Placement, frame: int) -> list[tuple[str
         device = costs.devices[costs.index[stage.devices[frame % stage.replicas]]]
         channel = link_key(previous, device)
         if channel is not None:
-            nbytes = int(costs.workload.cut_bytes[stage.first])
+            nbytes = int(costs.workload.boundary_bytes[stage.first])
             steps.append(
                 (
                     ":".join(channel),

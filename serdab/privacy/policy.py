@@ -1,12 +1,12 @@
 """Privacy policies: which cut tensors an untrusted device may receive (seed 000, sec. IV, C1/C2).
 
 ``trusted-only`` is C1 (every block in a trusted device). The C2 forms let an untrusted stage
-start at a cut whose tensor is private enough: ``resolution:20`` (spatial size <= 20x20, no
+receive a cut tensor (cut i: what block i outputs) that is private enough: ``resolution:20`` (spatial size <= 20x20, no
 spatial axes counts as 1x1; seed 000 sec. VI-B's user study), or a similarity to the input
 below a bound, ``pearson:D`` / ``ssim:D`` (worst case over images < D) or ``mse:D`` (MSE is a
 distance, so > D). ``attack-ssim:X`` / ``attack-psnr:Y`` rest on real reconstruction attacks
 (``serdab audit``): the worst-case SSIM (PSNR) of any audited attack at the cut must be below X
-(Y); a cut the audit did not attack is not released. The input frame itself (cut 0) never is.
+(Y); a cut the audit did not attack is not released. The input frame itself never is.
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ from serdab.privacy.metrics import within_resolution
 if TYPE_CHECKING:
     from serdab.privacy.audit import AuditReport, CutAudit
 
-__all__ = ["POLICIES", "CutView", "PrivacyPolicy", "allowed_cuts", "parse_policy"]
+__all__ = ["POLICIES", "CutView", "PrivacyPolicy", "allowed_starts", "parse_policy"]
 
 EXAMPLES = "trusted-only, resolution:20, pearson:0.5, ssim:0.3, mse:0.05, attack-ssim:0.3 or attack-psnr:15"
 
 
 @dataclass(frozen=True)
 class CutView:
-    """What a policy may look at for the tensor crossing one cut."""
+    """What a policy may look at for the tensor crossing one boundary (before block ``boundary``)."""
 
-    cut: int
+    boundary: int
     resolution: tuple[int, int] | None
     leakage: CutLeakage | None = None
     audit: CutAudit | None = None
@@ -175,13 +175,14 @@ def parse_policy(text: str) -> PrivacyPolicy:
     return kind(value)  # type: ignore[call-arg]
 
 
-def allowed_cuts(
+def allowed_starts(
     policy: PrivacyPolicy,
     resolutions: Sequence[tuple[int, int] | None],
     leakage: LeakageReport | None = None,
     audit: AuditReport | None = None,
 ) -> list[bool]:
-    """For cuts 0..M: may an untrusted stage start there? ``resolutions[c]`` is cut c's tensor."""
+    """For boundaries 0..M: may an untrusted stage start at block b? ``resolutions[b]`` is the tensor
+    before block b (boundary 0 is the input frame, never released; boundary b > 0 is cut b-1)."""
     if policy.needs_leakage and leakage is None:
         raise PolicyError(f"policy {policy.spec} needs leakage measurements: give the model or --leakage FILE.json")
     if policy.needs_audit and audit is None:
@@ -194,13 +195,13 @@ def allowed_cuts(
             "audit the same model"
         )
     audited = {c.index + 1: c for c in audit.cuts} if audit is not None else {}
-    by_cut = {c.index + 1: c for c in leakage.cuts} if leakage is not None else {}
+    by_boundary = {c.index + 1: c for c in leakage.cuts} if leakage is not None else {}
     if leakage is not None and len(leakage.cuts) != len(resolutions) - 2:
         raise PolicyError(
             f"leakage report has {len(leakage.cuts)} cuts but the profile has {len(resolutions) - 2}: "
             "measure both on the same model"
         )
     return [
-        c > 0 and policy.allows(CutView(c, resolutions[c], by_cut.get(c), audited.get(c)))
-        for c in range(len(resolutions))
+        b > 0 and policy.allows(CutView(b, resolutions[b], by_boundary.get(b), audited.get(b)))
+        for b in range(len(resolutions))
     ]
