@@ -20,7 +20,7 @@ from serdab.plan import CostModel, PlanRequest, Workload
 from serdab.tee.document import AttestationDocument, sign_document
 from serdab.tee.host import HostIdentity
 
-__all__ = ["TamperingProxy", "craft_document", "random_request", "synthetic_workload"]
+__all__ = ["RecordingProxy", "TamperingProxy", "craft_document", "random_request", "synthetic_workload"]
 
 
 def synthetic_workload(blocks: int, seed: int = 0, side: int = 224) -> Workload:

@@ -89,12 +89,15 @@ def test_shaper_charges_bytes_over_bandwidth_plus_rtt_dilated() -> None:
 # --- pure rules -----------------------------------------------------------------------------------
 def test_repartitioner_needs_patience_and_estimates_speed() -> None:
     rule = Repartitioner(threshold=0.2, patience=2)
-    slow = [StageObservation(("tee1",), 0.25, 0.1, 0.3), StageObservation(("e1",), 1.0, 0.05, 0.051)]
+    slow = [
+        StageObservation(devices=("tee1",), speed=0.25, predicted_s=0.1, measured_s=0.3),
+        StageObservation(devices=("e1",), speed=1.0, predicted_s=0.05, measured_s=0.051),
+    ]
     speeds, streak, _ = rule.decide(slow, {})
     assert speeds is None and streak == {("tee1",): 1}
     speeds, streak, reason = rule.decide(slow, streak)
     assert speeds == {"tee1": pytest.approx(0.25 / 3)} and streak == {} and "tee1" in reason
-    back_in_line = [StageObservation(("tee1",), 0.25, 0.1, 0.11)]
+    back_in_line = [StageObservation(devices=("tee1",), speed=0.25, predicted_s=0.1, measured_s=0.11)]
     assert rule.decide(back_in_line, {("tee1",): 1})[1] == {}  # the streak must be consecutive
 
 

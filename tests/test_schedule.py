@@ -26,10 +26,10 @@ TOY = CnnSpec(
     "toy",
     100_000,
     (
-        LayerSpec("in", 1_000_000, 1000, 100_000),
-        LayerSpec("a", 8_000_000, 1000, 1_000_000),
-        LayerSpec("b", 8_000_000, 1000, 1_000),
-        LayerSpec("out", 1_000_000, 1000, 40),
+        LayerSpec("in", mults=1_000_000, weight_bytes=1000, out_bytes=100_000),
+        LayerSpec("a", mults=8_000_000, weight_bytes=1000, out_bytes=1_000_000),
+        LayerSpec("b", mults=8_000_000, weight_bytes=1000, out_bytes=1_000),
+        LayerSpec("out", mults=1_000_000, weight_bytes=1000, out_bytes=40),
     ),
 )
 
@@ -215,8 +215,8 @@ def test_masked_dqn_never_picks_a_masked_device_and_training_runs(tmp_path) -> N
     for _ in range(200):  # exploring and exploiting, the sampled action is always allowed
         for rate in (1.0, 0.0):
             agent.exploration_rate = rate
-            action, _ = agent._sample_action(learning_starts=0)
-            assert agent._masks()[0][action[0]]
+            action = agent.next_action()
+            assert agent.action_masks()[0][action[0]]
         agent.env.step(action)
     policy = DqnPolicy(agent, masked=True, observe=observe)
     result = run_stream_small(policy, config)

@@ -16,7 +16,7 @@ import pytest
 from serdab.errors import AttestationError, InferenceRequestError, PcrMismatchError
 from serdab.serve.autoscale import AutoscaleConfig
 from serdab.serve.client import Client
-from serdab.serve.gateway import Gateway
+from serdab.serve.gateway import ReplicaEntry
 from serdab.serve.protocol import (
     BINARY_HEADER,
     encode_infer_request,
@@ -25,6 +25,7 @@ from serdab.serve.protocol import (
     parse_infer_response,
 )
 from serdab.serve.service import ModelService, ServeOptions
+from serdab.testing import RecordingProxy
 
 X = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
 
@@ -217,34 +218,23 @@ def test_gateway_metrics_and_info(service):
 
 
 # --- the gateway never holds a secure request's plaintext --------------------------------------------
-class RecordingGateway(Gateway):
-    """Records every byte the pass-through copies (what a compromised gateway could read)."""
-
-    seen: list[bytes]
-
-    async def _pipe(self, source, sink):  # type: ignore[override]
-        self.seen = getattr(self, "seen", [])
-        original = source.read
-
-        async def read(n: int = -1) -> bytes:
-            data = await original(n)
-            self.seen.append(data)
-            return data
-
-        source.read = read
-        await super()._pipe(source, sink)
-
-
-def test_the_gateway_never_sees_a_secure_requests_plaintext(monkeypatch):
-    import serdab.serve.service as service_module
-
-    monkeypatch.setattr(service_module, "Gateway", RecordingGateway)
+def test_the_gateway_never_sees_a_secure_requests_plaintext():
     marker = np.full((1, 1, 28, 28), 1.2345678, dtype=np.float32)  # a recognisable pattern
     with ModelService(ServeOptions("lenet5", secure=1, public=0)) as svc:
-        with Client(svc.gateway.url, trust=svc.trust()) as client:
-            client.infer(marker, secure=True)
-            result = client.infer(marker, secure=True)
-        seen = b"".join(svc.gateway.seen)
+        (replica,) = svc.replicas.values()
+        # the gateway relays secure connections byte for byte (L4): what it sends the enclave and gets
+        # back is everything it ever holds of them, so a recorder on that leg sees what the gateway sees
+        relay = RecordingProxy(("127.0.0.1", replica.port))
+        svc.gateway.remove_replica(replica.id)
+        svc.gateway.add_replica(ReplicaEntry(replica.id, "enclave", relay.address, replica.host))
+        try:
+            with Client(svc.gateway.url, trust=svc.trust()) as client:
+                client.infer(marker, secure=True)
+                result = client.infer(marker, secure=True)
+                assert client.served_by is None or client.served_by == replica.id
+        finally:
+            relay.close()
+        seen = relay.seen()
     assert len(seen) > marker.nbytes  # the request did pass through the gateway
     needle = marker.tobytes()[:64]
     assert needle not in seen and b"lenet5/infer" not in seen and b"binary_data_size" not in seen
@@ -258,23 +248,41 @@ def test_a_replica_killed_under_load_loses_no_request():
         victims = [next(r for r in svc.replicas.values() if r.kind == kind) for kind in ("public", "enclave")]
         results: list[np.ndarray] = []
         errors: list[Exception] = []
+        outstanding: dict[int, tuple[bool, float]] = {}  # thread -> (secure, when its current call began)
 
         def worker(secure: bool) -> None:
             with Client(svc.gateway.url, trust=trust) as client:
                 for _ in range(25):
+                    outstanding[threading.get_ident()] = (secure, time.monotonic())
                     try:
                         results.append(client.infer(X, secure=secure))
                     except Exception as exc:  # noqa: BLE001 - counted and asserted on
                         errors.append(exc)
+                    finally:
+                        outstanding.pop(threading.get_ident(), None)
+
+        def stuck(secure: bool) -> bool:  # a call of this kind waiting far longer than one takes (~ms)
+            now = time.monotonic()
+            return any(s == secure and now - began > 1.0 for s, began in list(outstanding.values()))
 
         with ThreadPoolExecutor(6) as pool:
             futures = [pool.submit(worker, k % 2 == 0) for k in range(6)]
-            time.sleep(0.5)
-            for victim in victims:
+            while len(results) < 12:  # both kinds flowing
+                time.sleep(0.01)
+            for victim in victims:  # frozen first, so requests reach them and wait there
                 assert victim.pid is not None
+                os.kill(victim.pid, signal.SIGSTOP)
+            deadline = time.monotonic() + 20
+            while not (stuck(True) and stuck(False)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            in_flight = (stuck(True), stuck(False))
+            answered_before_kill = len(results)
+            for victim in victims:
                 os.kill(victim.pid, signal.SIGKILL)
             for f in futures:
                 f.result()
+        assert in_flight == (True, True), "no request was waiting on a victim when the kill landed"
+        assert answered_before_kill < 150
         assert errors == []
         assert len(results) == 150
         expected = direct(X)

@@ -116,37 +116,67 @@ CONFIG = AutoscaleConfig(min_replicas=1, max_replicas=3, target_utilisation=0.5,
 
 
 def test_autoscaler_adds_replicas_under_load_up_to_max():
-    decision, _ = decide(CONFIG, ScaleInput(0.0, 1, 0, 1, 0.95, 2.0), AutoscaleState())
+    decision, _ = decide(
+        CONFIG,
+        ScaleInput(now_s=0.0, in_service=1, starting=0, total=1, utilisation=0.95, start_time_s=2.0),
+        AutoscaleState(),
+    )
     assert decision.delta == 1  # ceil(1 x 0.95 / 0.5) = 2
-    decision, _ = decide(CONFIG, ScaleInput(0.0, 2, 0, 2, 1.0, 2.0), AutoscaleState())
+    decision, _ = decide(
+        CONFIG,
+        ScaleInput(now_s=0.0, in_service=2, starting=0, total=2, utilisation=1.0, start_time_s=2.0),
+        AutoscaleState(),
+    )
     assert decision.delta == 1  # ceil(2 x 2) = 4, capped at 3
-    decision, _ = decide(CONFIG, ScaleInput(0.0, 3, 0, 3, 1.0, 2.0), AutoscaleState())
+    decision, _ = decide(
+        CONFIG,
+        ScaleInput(now_s=0.0, in_service=3, starting=0, total=3, utilisation=1.0, start_time_s=2.0),
+        AutoscaleState(),
+    )
     assert decision.delta == 0 and "at max" in decision.reason
 
 
 def test_autoscaler_looks_ahead_by_the_start_time():
     state = AutoscaleState(last_utilisation=0.4, last_sample_s=0.0)
     # 0.5 now, rising 0.1/s; a 10 s enclave start sees 1.5 ahead: scale now
-    decision, _ = decide(CONFIG, ScaleInput(1.0, 1, 0, 1, 0.5, 10.0), state)
+    decision, _ = decide(
+        CONFIG, ScaleInput(now_s=1.0, in_service=1, starting=0, total=1, utilisation=0.5, start_time_s=10.0), state
+    )
     assert decision.delta == 2
     # a public replica starting in 0.1 s does not need to
-    decision, _ = decide(CONFIG, ScaleInput(1.0, 1, 0, 1, 0.5, 0.1), state)
+    decision, _ = decide(
+        CONFIG, ScaleInput(now_s=1.0, in_service=1, starting=0, total=1, utilisation=0.5, start_time_s=0.1), state
+    )
     assert decision.delta == 0
 
 
 def test_autoscaler_removes_after_the_cooldown_and_keeps_min():
-    _, state = decide(CONFIG, ScaleInput(0.0, 1, 0, 1, 0.95, 1.0), AutoscaleState())
-    decision, state = decide(CONFIG, ScaleInput(5.0, 2, 0, 2, 0.05, 1.0), state)
+    _, state = decide(
+        CONFIG,
+        ScaleInput(now_s=0.0, in_service=1, starting=0, total=1, utilisation=0.95, start_time_s=1.0),
+        AutoscaleState(),
+    )
+    decision, state = decide(
+        CONFIG, ScaleInput(now_s=5.0, in_service=2, starting=0, total=2, utilisation=0.05, start_time_s=1.0), state
+    )
     assert decision.delta == 0 and decision.reason == "cooling down"
-    decision, state = decide(CONFIG, ScaleInput(11.0, 2, 0, 2, 0.05, 1.0), state)
+    decision, state = decide(
+        CONFIG, ScaleInput(now_s=11.0, in_service=2, starting=0, total=2, utilisation=0.05, start_time_s=1.0), state
+    )
     assert decision.delta == -1
-    decision, _ = decide(CONFIG, ScaleInput(30.0, 1, 0, 1, 0.0, 1.0), state)
+    decision, _ = decide(
+        CONFIG, ScaleInput(now_s=30.0, in_service=1, starting=0, total=1, utilisation=0.0, start_time_s=1.0), state
+    )
     assert decision.delta == 0
 
 
 def test_autoscaler_does_not_count_a_shed_replica_as_capacity():
     # two replicas, one shed (weight 0): the one in service is saturated -> add one
-    decision, _ = decide(CONFIG, ScaleInput(0.0, 1, 0, 2, 0.9, 1.0), AutoscaleState())
+    decision, _ = decide(
+        CONFIG,
+        ScaleInput(now_s=0.0, in_service=1, starting=0, total=2, utilisation=0.9, start_time_s=1.0),
+        AutoscaleState(),
+    )
     assert decision.delta == 1
 
 

@@ -117,7 +117,17 @@ def test_path_length_is_honoured(host) -> None:
 
 def test_a_ca_without_key_cert_sign_may_not_sign(host, tmp_path) -> None:
     root_key = new_key()
-    no_sign = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
+    no_sign = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
     root = _cert("root", _name("root"), root_key.public_key(), root_key, ca=True, usage=no_sign)
     leaf_key = new_key()
     leaf = _cert("sim-test-enc0000", root.subject, leaf_key.public_key(), root_key, ca=False)

@@ -414,7 +414,10 @@ class ApplicationManager:
         belief = self.belief()
         observations = [
             StageObservation(
-                tuple(s.devices), belief.device(s.devices[0]).speed, s.predicted_ms / 1000, s.measured_ms / 1000
+                devices=tuple(s.devices),
+                speed=belief.device(s.devices[0]).speed,
+                predicted_s=s.predicted_ms / 1000,
+                measured_s=s.measured_ms / 1000,
             )
             for s in report.stages
         ]

@@ -26,21 +26,28 @@ __all__ = ["DqnPolicy", "EpsilonPerEpisode", "MaskedDQN", "make_agent", "train_a
 
 
 class MaskedDQN(DQN):
-    def _masks(self) -> np.ndarray:
+    """DQN that never picks a masked device, exploring or exploiting (SB3's ``_sample_action`` hook)."""
+
+    def action_masks(self) -> np.ndarray:
+        """(envs, devices): which device each environment may take for its current layer."""
         env = self.env
         if env is None:
             raise RuntimeError("MaskedDQN needs an environment to read action masks from")
         return np.asarray(env.env_method("action_masks"))
 
-    def _sample_action(self, learning_starts: int, action_noise=None, n_envs: int = 1):  # noqa: ANN001, ANN201
-        masks = self._masks()
+    def next_action(self, learning_starts: int = 0) -> np.ndarray:
+        """The action for the current observation: a random allowed device while exploring (epsilon,
+        or before ``learning_starts`` steps), else the allowed device with the highest Q-value."""
+        masks = self.action_masks()
         if self.num_timesteps < learning_starts or np.random.rand() < self.exploration_rate:
-            action = np.array([np.random.choice(np.flatnonzero(m)) for m in masks])
-        else:
-            obs = torch.as_tensor(self._last_obs, device=self.device)
-            with torch.no_grad():
-                q = self.q_net(obs).cpu().numpy()
-            action = np.where(masks, q, -np.inf).argmax(axis=1)
+            return np.array([np.random.choice(np.flatnonzero(m)) for m in masks])
+        obs = torch.as_tensor(self._last_obs, device=self.device)
+        with torch.no_grad():
+            q = self.q_net(obs).cpu().numpy()
+        return np.asarray(np.where(masks, q, -np.inf).argmax(axis=1))
+
+    def _sample_action(self, learning_starts: int, action_noise=None, n_envs: int = 1):  # noqa: ANN001, ANN201
+        action = self.next_action(learning_starts)
         return action, action
 
 

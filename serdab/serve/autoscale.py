@@ -49,7 +49,7 @@ def parse_range(spec: str) -> tuple[int, int]:
     return low, high
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ScaleInput:
     now_s: float
     in_service: int  # healthy replicas with weight > 0

@@ -12,8 +12,9 @@ of band, never from the gateway). Before the first secure request the client
    attestation document: its PCRs must be the replica image's, its nonce ours, and its user data
    the hash of the certificate the TLS session presented.
 
-Any failure refuses to send (fail closed). A request whose connection breaks before an answer is
-sent again on a new connection (inference is idempotent), at most ``retries`` times.
+Any failure refuses to send (fail closed). A request whose connection breaks before an answer (or
+whose attestation connection does: an enclave that dies) is sent again on a new connection
+(inference is idempotent), at most ``retries`` times; a verification failure is never retried.
 """
 
 from __future__ import annotations
@@ -157,9 +158,13 @@ class Client:
     def _post(self, path: str, body: bytes, headers: dict[str, str], secure: bool) -> httpx.Response:
         if secure and self._sealed_engine():
             return self._post_sealed(path, body, headers)
-        client, base = self.http(secure)
         last: Exception | None = None
         for _ in range(self.retries + 1):
+            try:
+                client, base = self.http(secure)
+            except NoReplicaError as exc:  # the enclave the attestation reached went away: attest again
+                last = exc
+                continue
             try:
                 reply = client.post(base + path, content=body, headers=headers)
             except httpx.TransportError as exc:  # connection refused or broken before an answer: send again

@@ -449,7 +449,16 @@ class SerdabAutoscaling:
         )
         target = max(ctx.target_num_replicas, running)
         decision, state = decide(
-            config, ScaleInput(now, running, max(0, target - running), target, utilisation, self.start_time_s), state
+            config,
+            ScaleInput(
+                now_s=now,
+                in_service=running,
+                starting=max(0, target - running),
+                total=target,
+                utilisation=utilisation,
+                start_time_s=self.start_time_s,
+            ),
+            state,
         )
         desired = max(config.min_replicas, min(config.max_replicas, target + decision.delta))
         return desired, {

@@ -481,7 +481,16 @@ class ModelService:
                 utilisation = sum(utilisations) / len(utilisations) if utilisations else 0.0
                 start_s = max(self.start_times[kind][-3:], default=5.0)
                 decision, states[kind] = decide(
-                    config, ScaleInput(now, len(in_service), 0, len(mine), utilisation, start_s), states[kind]
+                    config,
+                    ScaleInput(
+                        now_s=now,
+                        in_service=len(in_service),
+                        starting=0,
+                        total=len(mine),
+                        utilisation=utilisation,
+                        start_time_s=start_s,
+                    ),
+                    states[kind],
                 )
                 if decision.delta == 0:
                     continue
