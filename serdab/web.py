@@ -36,7 +36,6 @@ __all__ = [
     "listen_http",
     "read_body",
     "serve_app",
-    "serve_app_async",
 ]
 
 
@@ -216,7 +215,7 @@ def _header_timeout_protocol(timeout_s: float) -> type:
     return HeaderTimeoutProtocol
 
 
-def serve_app(
+async def serve_app(
     app: Any,
     sock: socket.socket,
     on_started: Callable[[], None] = lambda: None,
@@ -229,21 +228,8 @@ def serve_app(
     """Run ``app`` on ``sock`` until SIGTERM/SIGINT (or ``should_exit`` is set); ``on_started`` runs
     once it accepts. ``tls`` = (certificate PEM, key PEM) are written to a private temp dir only until
     uvicorn has loaded them; ``stream`` = (listening socket, connection handler) serves a raw stream
-    beside it in the same event loop (an enclave replica's sealed stream)."""
-    asyncio.run(serve_app_async(app, sock, on_started, tls=tls, stream=stream, should_exit=should_exit, limits=limits))
-
-
-async def serve_app_async(
-    app: Any,
-    sock: socket.socket,
-    on_started: Callable[[], None] = lambda: None,
-    *,
-    tls: tuple[bytes, bytes] | None = None,
-    stream: tuple[socket.socket, Callable] | None = None,
-    should_exit: asyncio.Event | None = None,
-    limits: ServerLimits = ServerLimits(),
-) -> None:
-    """``serve_app`` inside a running event loop (the gateway runs its own beside other tasks)."""
+    beside it in the same event loop (an enclave replica's sealed stream). A coroutine: a process that
+    serves only this runs it with ``asyncio.run``; the gateway runs it beside its other tasks."""
     import uvicorn
 
     from serdab.validation import write_private

@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel
 
 from serdab.errors import ServeError
-from serdab.web import HttpError, ServerLimits, error_message, install_errors, listen_http, read_body, serve_app_async
+from serdab.web import HttpError, ServerLimits, error_message, install_errors, listen_http, read_body, serve_app
 
 LIMITS = ServerLimits(graceful_s=1, keep_alive_s=5, header_timeout_s=1.0, body_timeout_s=1.0)
 
@@ -56,7 +56,7 @@ def server() -> Iterator[str]:
 
     async def main() -> None:
         box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.Event()
-        await serve_app_async(_app(), sock, started.set, should_exit=box["stop"], limits=LIMITS)
+        await serve_app(_app(), sock, started.set, should_exit=box["stop"], limits=LIMITS)
 
     thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
     thread.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -92,7 +93,7 @@ def serve(
         )
     console.print(table)
     console.print(f"try: serdab he infer digits:0 --url http://{host}:{port}", soft_wrap=True)
-    serve_app(create_app(models, max_sessions), listener)
+    asyncio.run(serve_app(create_app(models, max_sessions), listener))
 
 
 def read_image(spec: str) -> tuple[np.ndarray, int | None]:

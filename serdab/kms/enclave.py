@@ -10,6 +10,7 @@ then receives the key in an envelope to the public key of its own document.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -150,10 +151,12 @@ def main(argv: list[str]) -> int:
     )
     sock = listen_http(args.host, args.port)
     port = sock.getsockname()[1]
-    serve_app(
-        app,
-        sock,
-        lambda: nsm.ready(port=port, storage_key=origin, tls_sha384=tls_hash.hex(), replica=replica),
-        tls=(cert_pem(tls_cert), key_pem(tls_key)),
+    asyncio.run(
+        serve_app(
+            app,
+            sock,
+            lambda: nsm.ready(port=port, storage_key=origin, tls_sha384=tls_hash.hex(), replica=replica),
+            tls=(cert_pem(tls_cert), key_pem(tls_key)),
+        )
     )
     return 0

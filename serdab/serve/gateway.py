@@ -38,7 +38,7 @@ from serdab.errors import ServeError
 from serdab.serve.balancing import BalancingPolicy, HostSample, ReplicaView
 from serdab.serve.forward import UpstreamError, UpstreamPool
 from serdab.serve.replica import LATENCY_BUCKETS, MAX_BODY_BYTES
-from serdab.web import HttpError, error_response, install_errors, listen_http, read_body, serve_app_async
+from serdab.web import HttpError, error_response, install_errors, listen_http, read_body, serve_app
 
 __all__ = ["Gateway", "GatewayConfig", "ReplicaEntry"]
 
@@ -258,7 +258,7 @@ class Gateway:
         sock = listen_http(self.config.host, self.config.port, backlog=512)
         self.port = sock.getsockname()[1]
         listening, stop_serving = asyncio.Event(), asyncio.Event()
-        serving = asyncio.create_task(serve_app_async(self._app(), sock, listening.set, should_exit=stop_serving))
+        serving = asyncio.create_task(serve_app(self._app(), sock, listening.set, should_exit=stop_serving))
         await asyncio.wait({serving, asyncio.create_task(listening.wait())}, return_when=asyncio.FIRST_COMPLETED)
         if serving.done():
             serving.result()

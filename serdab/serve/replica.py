@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp.replace(args.ready_file)
 
     tls = (args.tls_cert.read_bytes(), args.tls_key.read_bytes()) if args.tls_cert and args.tls_key else None
-    serve_app(app, sock, ready, tls=tls)
+    asyncio.run(serve_app(app, sock, ready, tls=tls))
     return 0
 
 
@@ -550,12 +550,14 @@ def enclave_main(argv: list[str]) -> int:
     )
     sock, stream = listen_http(args.host, args.port), listen_http(args.host, 0)
     port, stream_port = sock.getsockname()[1], stream.getsockname()[1]
-    serve_app(
-        app,
-        sock,
-        lambda: nsm.ready(port=port, sealed_port=stream_port, id=replica_id, tls_sha384=tls_hash.hex()),
-        tls=None if args.plaintext_benchmark_only else (keys.cert_pem.encode(), keys.key_pem.encode()),
-        stream=(stream, app.state.sealed.serve_stream),
+    asyncio.run(
+        serve_app(
+            app,
+            sock,
+            lambda: nsm.ready(port=port, sealed_port=stream_port, id=replica_id, tls_sha384=tls_hash.hex()),
+            tls=None if args.plaintext_benchmark_only else (keys.cert_pem.encode(), keys.key_pem.encode()),
+            stream=(stream, app.state.sealed.serve_stream),
+        )
     )
     return 0
 
