@@ -12,6 +12,11 @@ gateway by ``ModelService`` and reached, attest-then-send, through ``Client``.
 Block ranges are inclusive and 0-based everywhere; cut i is the tensor block i outputs (between
 blocks i and i+1; the input frame is not a cut); sizes are bytes, times carry their unit in the name (``latency_ms``,
 ``chunk_time_s``).
+
+Shared mechanisms have one home each, below the packages that use them: ``serdab.proc`` (child
+processes), ``serdab.web`` (HTTP services and their error body), ``serdab.choices`` (the fixed
+options of the CLI), ``serdab.raycluster`` (Ray addresses and resources, no Ray import),
+``serdab.onnxrt`` (ONNX Runtime sessions) and ``serdab.normalisation`` (input statistics).
 """
 
 from __future__ import annotations

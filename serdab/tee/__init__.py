@@ -1,7 +1,12 @@
 """Trusted execution: enclave images, backends, attestation documents, verification, sealing, EPC.
 
-A leaf of the package tree: it imports only the leaves ``serdab.crypto``, ``serdab.errors``, ``serdab.proc`` and
-``serdab.validation`` (tested in tests/test_imports.py), and neither torch nor onnxruntime.
+How the pieces fit: ``image`` builds and measures images (``entrypoint_image`` is the one way to make
+an image whose code only names a function of the measured runtime); ``backend`` launches an image as
+an enclave (``simulated``: a child process through ``serdab.proc``, with its NSM in ``nsm``);
+``document`` and ``verify`` are the attestation format and its one verifier; ``sealing``, ``epc``
+and ``host`` the rest of the simulated hardware. A leaf of the package tree: it imports only the
+leaves ``serdab.crypto``, ``serdab.errors``, ``serdab.proc`` and ``serdab.validation`` (tested in
+tests/test_imports.py), and neither torch nor onnxruntime.
 """
 
 from serdab.tee.backend import BACKENDS, Enclave, TeeBackend, get_backend
