@@ -16,6 +16,7 @@ One home, so a fix reaches the replicas, the gateway, the key service and the HE
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import tempfile
 from collections.abc import Callable, Mapping
@@ -30,6 +31,7 @@ if TYPE_CHECKING:  # a client that only reads error bodies (error_message) loads
 __all__ = [
     "HttpError",
     "ServerLimits",
+    "error_body",
     "error_message",
     "error_response",
     "install_errors",
@@ -71,6 +73,11 @@ class HttpError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def error_body(message: str) -> bytes:
+    """The error body as bytes, for answers that travel inside something else (a sealed response)."""
+    return json.dumps({"error": message}).encode()
 
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:

@@ -431,7 +431,9 @@ def stress(
     except httpx.HTTPError as exc:
         raise ServeConfigError(f"no Serdab gateway answers at {url}: {exc}") from None
     if reply.status_code != 200:
-        raise ServeConfigError(reply.json().get("error", reply.text))
+        from serdab.web import error_message
+
+        raise ServeConfigError(error_message(reply))
     result = reply.json()
     if stop:
         console.print(f"stopped {result['stopped']}")

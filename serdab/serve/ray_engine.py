@@ -52,6 +52,7 @@ from serdab.serve.autoscale import AutoscaleConfig, AutoscaleState, ScaleInput, 
 from serdab.serve.balancing import HostSample, ReplicaView, get_balancer
 from serdab.serve.sealed import SealedStream
 from serdab.tee.image import pack_image, unpack_image
+from serdab.web import error_response
 
 __all__ = [
     "SECURE_PREFIX",
@@ -149,7 +150,7 @@ class PublicModel:
             return JSONResponse(info)
 
         async def refused() -> JSONResponse:
-            return JSONResponse({"error": REFUSED}, status_code=403)
+            return error_response(403, REFUSED)
 
         app.add_api_route("/v1/gateway", gateway, methods=["GET"])
         app.add_api_route("/predict-secure", refused, methods=["POST"])
@@ -177,12 +178,8 @@ class FrontInfo:
     async def __call__(self, request: Request) -> Response:
         if request.url.path == "/v1/gateway":
             return JSONResponse(self.info)
-        return JSONResponse(
-            {
-                "error": "this service has no public replicas; secure requests travel sealed to "
-                f"{SECURE_PREFIX}/v1/sealed"
-            },
-            status_code=404,
+        return error_response(
+            404, f"this service has no public replicas; secure requests travel sealed to {SECURE_PREFIX}/v1/sealed"
         )
 
 
@@ -190,7 +187,7 @@ async def _secure_route(request: Request, forward: Any) -> Response:
     """What ``/secure`` lets through to an enclave (sealed requests, attestation, certificate, health)."""
     path = request.url.path.removeprefix(SECURE_PREFIX) or "/"
     if (request.method, path) not in SECURE_ROUTES:
-        return JSONResponse({"error": f"{request.method} {SECURE_PREFIX}{path}: {REFUSED}"}, status_code=403)
+        return error_response(403, f"{request.method} {SECURE_PREFIX}{path}: {REFUSED}")
     status, headers, body = await forward(
         request.method, path, dict(request.query_params), await request.body(), request.headers.get("content-type", "")
     )
@@ -238,7 +235,7 @@ class _ChooseReplica:
             async with self.handle.choose_replica(_reserve=False) as selection:
                 answer = JSONResponse({"replica_id": selection._replica.replica_id.to_full_id_str()})
         else:
-            answer = JSONResponse({"error": "this deployment only answers HAProxy's /internal/route"}, 404)
+            answer = error_response(404, "this deployment only answers HAProxy's /internal/route")
         await answer(scope, receive, send)
 
 

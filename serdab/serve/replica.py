@@ -43,7 +43,7 @@ from serdab.serve.protocol import (
     parse_infer_request,
     top_k,
 )
-from serdab.web import HttpError, install_errors, listen_http, read_body, serve_app
+from serdab.web import HttpError, error_body, install_errors, listen_http, read_body, serve_app
 
 __all__ = ["MAX_BODY_BYTES", "ModelRunner", "create_replica_app", "enclave_main", "main"]
 
@@ -376,7 +376,7 @@ class SealedHandler:
                 try:
                     answer = {"status": 200, "body": await self.answer(request)}
                 except ServeError as exc:  # as /v1/sealed answers it: 400 and the reason in JSON
-                    answer = {"status": 400, "body": json.dumps({"error": str(exc)}).encode()}
+                    answer = {"status": 400, "body": error_body(str(exc))}
                 write_frame(writer, cbor2.dumps(answer))
                 await writer.drain()
         except (ValueError, ConnectionError, asyncio.IncompleteReadError):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import struct
 from collections import OrderedDict
@@ -40,6 +39,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from serdab.crypto import open_envelope, seal_envelope
 from serdab.errors import ServeError
+from serdab.web import error_body
 
 __all__ = [
     "SEALED_PATHS",
@@ -210,7 +210,7 @@ class SealedStream:
         try:
             reader, writer = self.idle.pop() if self.idle else await asyncio.open_connection("127.0.0.1", self.port)
         except OSError as exc:
-            return 502, json.dumps({"error": f"enclave unreachable: {exc}"}).encode()
+            return 502, error_body(f"enclave unreachable: {exc}")
         try:
             write_frame(writer, request)
             await writer.drain()
@@ -220,6 +220,6 @@ class SealedStream:
             answer = cbor2.loads(frame)
         except (OSError, ValueError, asyncio.IncompleteReadError, cbor2.CBORDecodeError) as exc:
             writer.close()
-            return 502, json.dumps({"error": f"enclave stream broken: {exc}"}).encode()
+            return 502, error_body(f"enclave stream broken: {exc}")
         self.idle.append((reader, writer))
         return int(answer["status"]), bytes(answer["body"])
