@@ -97,8 +97,11 @@ def test_every_error_is_one_json_shape(
 def test_curl_gets_the_error_body_and_a_body_under_the_limit(server: str) -> None:
     ok = subprocess.run(
         ["curl", "-s", "-H", "content-type: application/octet-stream", "--data-binary", "abc", server + "/echo"],
-        capture_output=True, text=True, timeout=20, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
     assert json.loads(ok.stdout) == {"bytes": 3}
     missing = subprocess.run(["curl", "-s", server + "/none"], capture_output=True, text=True, timeout=20, check=True)
     assert json.loads(missing.stdout) == {"error": "Not Found"}
