@@ -16,13 +16,23 @@ only when the benchmark is chosen.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Progress", "write_result"]
+__all__ = ["Progress", "new_table", "write_result"]
 
 Progress = Callable[[str], None]
+
+
+def new_table(title: str, columns: Sequence[str], left: Collection[str] = ()) -> Any:
+    """A report table: text columns (``left``) aligned left, figures right."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="left" if column in left else "right")
+    return table
 
 
 def write_result(result: dict[str, Any], json_path: Path, plot: Callable[[dict[str, Any], Path], None]) -> Path:

@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from serdab.bench import new_table  # noqa: E402
 from serdab.cluster import Cluster  # noqa: E402
 from serdab.errors import InfeasibleError  # noqa: E402
 from serdab.graph import open_chain  # noqa: E402
@@ -193,11 +194,11 @@ def run(
 
 
 def report(result: dict[str, Any]) -> list[Any]:
-    from rich.table import Table
-
-    table = Table(title="reconstruction from each cut (SSIM on grey, victims at the model's input size)")
-    for column in ("model", "cut", "resolution", "attack", "SSIM mean", "SSIM worst", "chance", "PSNR worst", "s"):
-        table.add_column(column, justify="left" if column in ("model", "attack") else "right")
+    table = new_table(
+        "reconstruction from each cut (SSIM on grey, victims at the model's input size)",
+        ("model", "cut", "resolution", "attack", "SSIM mean", "SSIM worst", "chance", "PSNR worst", "s"),
+        left=("model", "attack"),
+    )
     for r in result["audits"]:
         side = "x".join(map(str, r["resolution"])) if r["resolution"] else "1x1"
         chance = "-" if r["chance_ssim"] is None else f"{r['chance_ssim']:.3f}"
@@ -212,9 +213,11 @@ def report(result: dict[str, Any]) -> list[Any]:
             f"{r['psnr_worst']:.1f}",
             f"{r['seconds']:.0f}",
         )
-    plans = Table(title=f"optimal plan on {result['cluster']} under each policy (emulated speeds, T(10800))")
-    for column in ("model", "policy", "placement", "first untrusted cut", "speedup over 1 TEE"):
-        plans.add_column(column, justify="left" if column in ("model", "policy", "placement") else "right")
+    plans = new_table(
+        f"optimal plan on {result['cluster']} under each policy (emulated speeds, T(10800))",
+        ("model", "policy", "placement", "first untrusted cut", "speedup over 1 TEE"),
+        left=("model", "policy", "placement"),
+    )
     for p in result["plans"]:
         if not p["feasible"]:
             plans.add_row(p["model"], p["policy"], "infeasible", "-", "-")

@@ -26,6 +26,7 @@ import torch  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.svm import LinearSVC  # noqa: E402
 
+from serdab.bench import new_table  # noqa: E402
 from serdab.he.baseline import BfvPerPixel  # noqa: E402
 from serdab.he.model import HeModel  # noqa: E402
 from serdab.he.train import digits_28, trained  # noqa: E402
@@ -275,24 +276,24 @@ def run(progress: Callable[[str], None], *, quick: bool = False) -> dict[str, An
 
 
 def report(result: dict[str, Any]) -> list[Any]:
-    from rich.table import Table
-
-    table = Table(title=f"HE inference per image at {result['link_bits_per_s'] / 1e6:.1f} Mb/s (seed 004's link)")
-    for column in (
-        "net",
-        "mode",
-        "N",
-        "images",
-        "client s",
-        "upload KiB",
-        "server s",
-        "e2e s",
-        "keys MiB",
-        "acc plain",
-        "acc approx",
-        "acc encrypted",
-    ):
-        table.add_column(column, justify="left" if column in ("net", "mode") else "right")
+    table = new_table(
+        f"HE inference per image at {result['link_bits_per_s'] / 1e6:.1f} Mb/s (seed 004's link)",
+        (
+            "net",
+            "mode",
+            "N",
+            "images",
+            "client s",
+            "upload KiB",
+            "server s",
+            "e2e s",
+            "keys MiB",
+            "acc plain",
+            "acc approx",
+            "acc encrypted",
+        ),
+        left=("net", "mode"),
+    )
     for r in result["rows"]:
         table.add_row(
             r["net"],

@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from serdab.bench import new_table  # noqa: E402
 from serdab.bench.placement_bench import STRATEGIES as PLACEMENT_STRATEGIES  # noqa: E402
 from serdab.bench.placement_bench import _request  # noqa: E402
 from serdab.cluster import Cluster  # noqa: E402
@@ -279,28 +280,26 @@ def run(
 
 
 def report(result: dict[str, Any]) -> list[Any]:
-    from rich.table import Table
-
-    table = Table(
-        title=f"measured pipeline on {result['cluster']}, {result['frames']} frames per run (emulated speeds)"
+    table = new_table(
+        f"measured pipeline on {result['cluster']}, {result['frames']} frames per run (emulated speeds)",
+        (
+            "model",
+            "strategy",
+            "placement",
+            "T meas s",
+            "T pred s",
+            "gap",
+            "P meas ms",
+            "P pred ms",
+            "gap",
+            "L gap",
+            "1st frame gap",
+            "speedup T",
+            "speedup P",
+            "pred T(10800)",
+        ),
+        left=("model", "strategy", "placement"),
     )
-    for column in (
-        "model",
-        "strategy",
-        "placement",
-        "T meas s",
-        "T pred s",
-        "gap",
-        "P meas ms",
-        "P pred ms",
-        "gap",
-        "L gap",
-        "1st frame gap",
-        "speedup T",
-        "speedup P",
-        "pred T(10800)",
-    ):
-        table.add_column(column, justify="left" if column in ("model", "strategy", "placement") else "right")
     for r in result["rows"]:
         if not r.get("feasible"):
             table.add_row(r["model"], r["strategy"], "infeasible", *[""] * 11)

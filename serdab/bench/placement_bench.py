@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from serdab.bench import new_table  # noqa: E402
 from serdab.cluster import Cluster  # noqa: E402
 from serdab.graph import open_chain  # noqa: E402
 from serdab.plan import Placement, PlanRequest, Workload, get_planner  # noqa: E402
@@ -219,12 +220,12 @@ def run(
 
 
 def report(result: dict[str, Any]) -> list[Any]:
-    from rich.table import Table
-
     chunk, policy, gaps = result["chunk"], result["policy"], result["tree_gap"]
-    table = Table(title=f"speedup over 1 TEE, {chunk} frames, policy {policy} (predicted from emulated speeds)")
-    for column in ("cluster", "model", "strategy", "placement", "T(n) s", "simulated s", "speedup", "planner ms"):
-        table.add_column(column, justify="left" if column in ("cluster", "model", "strategy", "placement") else "right")
+    table = new_table(
+        f"speedup over 1 TEE, {chunk} frames, policy {policy} (predicted from emulated speeds)",
+        ("cluster", "model", "strategy", "placement", "T(n) s", "simulated s", "speedup", "planner ms"),
+        left=("cluster", "model", "strategy", "placement"),
+    )
     for r in result["results"]:
         if not r["feasible"]:
             table.add_row(r["cluster"], r["model"], r["strategy"], "infeasible", "-", "-", "-", "-")
@@ -239,9 +240,10 @@ def report(result: dict[str, Any]) -> list[Any]:
             f"{r['speedup']:.2f}x",
             f"{r['planner_ms']:.1f}",
         )
-    speed_table = Table(title="optimal planner, synthetic 100-block chain, 6 devices (median of 5)")
-    for column in ("policy", "replicate", "chunk", "planner ms"):
-        speed_table.add_column(column, justify="right")
+    speed_table = new_table(
+        "optimal planner, synthetic 100-block chain, 6 devices (median of 5)",
+        ("policy", "replicate", "chunk", "planner ms"),
+    )
     for r in result["planner_speed"]:
         speed_table.add_row(r["policy"], str(r["replicate"]), str(r["chunk"]), f"{r['planner_ms']:.1f}")
     lines: list[Any] = [table, speed_table]

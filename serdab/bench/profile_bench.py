@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from torch import nn  # noqa: E402
 
+from serdab.bench import new_table  # noqa: E402
 from serdab.graph import open_chain  # noqa: E402
 from serdab.models import ZOO  # noqa: E402
 from serdab.profile import profile_chain  # noqa: E402
@@ -84,11 +85,11 @@ def run(progress: Callable[[str], None], *, repeat: int = 30, threads: int = 1, 
 
 
 def report(result: dict[str, Any]) -> list[Any]:
-    from rich.table import Table
-
-    table = Table(title=f"profiling cost (ONNX Runtime, {result['threads']} thread(s), median of {result['repeat']})")
-    for column in ("model", "blocks", "load s", "profiling s", "whole ms", "sum of blocks ms", "error"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+    table = new_table(
+        f"profiling cost (ONNX Runtime, {result['threads']} thread(s), median of {result['repeat']})",
+        ("model", "blocks", "load s", "profiling s", "whole ms", "sum of blocks ms", "error"),
+        left=("model",),
+    )
     for r in result["rows"]:
         table.add_row(
             r["model"],

@@ -23,6 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from serdab.bench import new_table  # noqa: E402
 from serdab.schedule import (  # noqa: E402
     PRIVACY_LEVELS,
     WORKLOADS,
@@ -230,24 +231,22 @@ def run(progress: Callable[[str], None], *, quick: bool = False) -> dict[str, An
 
 
 def report(result: dict[str, Any]) -> list[Any]:
-    from rich.table import Table
-
-    table = Table(
-        title=f"RL-PDNN (simulated IoT system), {result['requests']} requests per row, "
-        f"DQN trained {result['train_steps']} steps"
+    table = new_table(
+        f"RL-PDNN (simulated IoT system), {result['requests']} requests per row, "
+        f"DQN trained {result['train_steps']} steps",
+        (
+            "workload",
+            "privacy",
+            "policy",
+            "accuracy",
+            "when feasible",
+            "latency s",
+            "shared MB",
+            "decision ms",
+            "gap to optimal",
+        ),
+        left=("workload", "privacy", "policy"),
     )
-    for column in (
-        "workload",
-        "privacy",
-        "policy",
-        "accuracy",
-        "when feasible",
-        "latency s",
-        "shared MB",
-        "decision ms",
-        "gap to optimal",
-    ):
-        table.add_column(column, justify="left" if column in ("workload", "privacy", "policy") else "right")
     for r in result["rows"]:
         gap = r["gap_to_optimal"]
         table.add_row(

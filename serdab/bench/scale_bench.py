@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from serdab.bench import new_table  # noqa: E402
 from serdab.choices import RayIngress
 from serdab.cluster import load_cluster
 from serdab.graph import open_chain
@@ -337,23 +338,23 @@ def run(progress: Callable[[str], None], *, frames: int = 48, pipeline_only: boo
 
 
 def report(result: dict[str, Any]) -> list[Any]:
-    from rich.table import Table
-
     model, placement, frames = result["model"], result["placement"], result["frames"]
-    table = Table(title=f"pipeline {model} {placement}, {frames} frames: local executor vs Ray nodes on this machine")
-    for column in (
-        "mode",
-        "executor",
-        "frames/s",
-        "vs local",
-        "+ms/frame",
-        "p50 ms",
-        "p99 ms",
-        "L probe ms",
-        "deploy s",
-        "memory MiB per node",
-    ):
-        table.add_column(column, justify="left" if column in ("mode", "executor") else "right")
+    table = new_table(
+        f"pipeline {model} {placement}, {frames} frames: local executor vs Ray nodes on this machine",
+        (
+            "mode",
+            "executor",
+            "frames/s",
+            "vs local",
+            "+ms/frame",
+            "p50 ms",
+            "p99 ms",
+            "L probe ms",
+            "deploy s",
+            "memory MiB per node",
+        ),
+        left=("mode", "executor"),
+    )
     for r in result["pipeline"]:
         memory = ", ".join(f"{v / 2**20:.0f}" for v in r["memory_bytes"].values())
         table.add_row(
@@ -371,17 +372,21 @@ def report(result: dict[str, Any]) -> list[Any]:
     lines: list[Any] = [table]
     serving = result["serving"]
     if serving:
-        table = Table(title="serving, one request at a time (lenet5): gateway vs Ray Serve")
-        for column in ("engine", "kind", "p50 ms", "p99 ms", "p50 overhead ms"):
-            table.add_column(column, justify="left" if column in ("engine", "kind") else "right")
+        table = new_table(
+            "serving, one request at a time (lenet5): gateway vs Ray Serve",
+            ("engine", "kind", "p50 ms", "p99 ms", "p50 overhead ms"),
+            left=("engine", "kind"),
+        )
         for r in serving["overhead"]:
             table.add_row(
                 r["engine"], r["kind"], f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['p50_overhead_ms']:+.2f}"
             )
         lines.append(table)
-        table = Table(title="serving, enclave replicas (resnet18, emulated speed 0.3, 6 closed-loop clients)")
-        for column in ("engine", "replicas", "req/s", "vs 1 replica", "vs gateway", "p50 ms", "p99 ms", "memory MiB"):
-            table.add_column(column, justify="left" if column == "engine" else "right")
+        table = new_table(
+            "serving, enclave replicas (resnet18, emulated speed 0.3, 6 closed-loop clients)",
+            ("engine", "replicas", "req/s", "vs 1 replica", "vs gateway", "p50 ms", "p99 ms", "memory MiB"),
+            left=("engine",),
+        )
         for r in serving["replicas"]:
             table.add_row(
                 r["engine"],

@@ -31,6 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from serdab import proc  # noqa: E402
+from serdab.bench import new_table  # noqa: E402
 from serdab.proc import ReadyFile  # noqa: E402
 from serdab.serve.load import Sample, closed_loop, open_loop, summarise  # noqa: E402
 
@@ -582,8 +583,6 @@ def run(progress: Progress, *, quick: bool = False, parts: str | None = None, re
 
 
 def report(result: dict[str, Any]) -> list[Any]:
-    from rich.table import Table
-
     s1, overhead = result["seed001"], result["overhead"]
     start, channel, seq = s1["start_s"], s1["channel"], s1["sequential"]
     lines: list[Any] = [
@@ -594,15 +593,18 @@ def report(result: dict[str, Any]) -> list[Any]:
         f"{s1['model']} one at a time: secure p50 {seq['secure_p50_ms']:.1f} ms, public "
         f"{seq['public_p50_ms']:.1f} ms ({100 * seq['secure_over_public']:+.1f}%)",
     ]
-    table = Table(title=f"seed 001 Fig. 3: {s1['model']}, threads x 2 requests, batch 2")
-    for column in ("kind", "threads", "min ms", "mean ms", "max ms"):
-        table.add_column(column, justify="left" if column == "kind" else "right")
+    table = new_table(
+        f"seed 001 Fig. 3: {s1['model']}, threads x 2 requests, batch 2",
+        ("kind", "threads", "min ms", "mean ms", "max ms"),
+        left=("kind",),
+    )
     for r in s1["fig3"]:
         table.add_row(r["kind"], str(r["threads"]), f"{r['min_ms']:.1f}", f"{r['mean_ms']:.1f}", f"{r['max_ms']:.1f}")
     lines.append(table)
-    table = Table(title="seed 001 Fig. 5: mixed privacy, 8 threads")
-    for column in ("% secure", "secure mean ms", "secure max ms", "public mean ms", "public max ms", "req/s"):
-        table.add_column(column, justify="right")
+    table = new_table(
+        "seed 001 Fig. 5: mixed privacy, 8 threads",
+        ("% secure", "secure mean ms", "secure max ms", "public mean ms", "public max ms", "req/s"),
+    )
     for r in s1["fig5"]:
         sec, pub = r["secure"] or {}, r["public"] or {}
         table.add_row(
@@ -614,15 +616,17 @@ def report(result: dict[str, Any]) -> list[Any]:
             f"{r['throughput_per_s']:.1f}",
         )
     lines.append(table)
-    table = Table(title="seed 001 Table 1: memory (MiB)")
-    for column in ("process", "peak at start", "mean under light load"):
-        table.add_column(column, justify="left" if column == "process" else "right")
+    table = new_table(
+        "seed 001 Table 1: memory (MiB)", ("process", "peak at start", "mean under light load"), left=("process",)
+    )
     for kind, value in s1["memory_light_load_mib"].items():
         table.add_row(kind, f"{s1['memory_startup_peak_mib'].get(kind, float('nan')):.0f}", f"{value:.0f}")
     lines.append(table)
-    table = Table(title="seed 002 Fig. 6: one request, set-up connection, straight to the replica")
-    for column in ("model", "where", "TLS", "inference ms", "communication ms", "e2e ms", "connect ms"):
-        table.add_column(column, justify="left" if column in ("model", "where", "TLS") else "right")
+    table = new_table(
+        "seed 002 Fig. 6: one request, set-up connection, straight to the replica",
+        ("model", "where", "TLS", "inference ms", "communication ms", "e2e ms", "connect ms"),
+        left=("model", "where", "TLS"),
+    )
     for r in result["fig6"]:
         table.add_row(
             r["model"],
@@ -635,12 +639,12 @@ def report(result: dict[str, Any]) -> list[Any]:
         )
     lines.append(table)
     t1 = result["table1"]
-    table = Table(
-        title=f"seed 002 Table 1: {t1['model']}, 3 enclave replicas, {t1['rate_per_s']:g}/s Poisson for "
-        f"{t1['duration_s']:.0f} s, interference on h1 in {len(t1['windows_s'])} windows (emulated EPC)"
+    table = new_table(
+        f"seed 002 Table 1: {t1['model']}, 3 enclave replicas, {t1['rate_per_s']:g}/s Poisson for "
+        f"{t1['duration_s']:.0f} s, interference on h1 in {len(t1['windows_s'])} windows (emulated EPC)",
+        ("policy", "interference", "p50 ms", "p99 ms", "max ms", "errors"),
+        left=("policy", "interference"),
     )
-    for column in ("policy", "interference", "p50 ms", "p99 ms", "max ms", "errors"):
-        table.add_column(column, justify="left" if column in ("policy", "interference") else "right")
     for r in t1["rows"]:
         table.add_row(
             r["policy"],
@@ -651,9 +655,10 @@ def report(result: dict[str, Any]) -> list[Any]:
             str(r["errors"]),
         )
     lines.append(table)
-    table = Table(title="seed 002 Fig. 7: enclave replicas (closed loop, 6 threads; 2 cores)")
-    for column in ("replicas", "enclave speed", "req/s", "p50 ms", "p99 ms"):
-        table.add_column(column, justify="right")
+    table = new_table(
+        "seed 002 Fig. 7: enclave replicas (closed loop, 6 threads; 2 cores)",
+        ("replicas", "enclave speed", "req/s", "p50 ms", "p99 ms"),
+    )
     for r in result["fig7"]:
         table.add_row(
             str(r["replicas"]),

@@ -21,6 +21,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from serdab.bench import new_table  # noqa: E402
+
 __all__ = ["COMMANDS", "plot", "report", "run", "run_startup_bench"]
 
 COMMANDS = {
@@ -93,11 +95,9 @@ def run(progress: Callable[[str], None], *, repeat: int = 7) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> list[Any]:
-    from rich.table import Table
-
-    table = Table(title=f"start-up, median of {result['repeat']} fresh interpreters")
-    for column in ("command", "wall s", "CPU s"):
-        table.add_column(column, justify="left" if column == "command" else "right")
+    table = new_table(
+        f"start-up, median of {result['repeat']} fresh interpreters", ("command", "wall s", "CPU s"), left=("command",)
+    )
     for r in result["rows"]:
         table.add_row(r["command"], f"{r['wall_s']:.3f}", f"{r['cpu_s']:.3f}")
     lines: list[Any] = [table]
