@@ -171,7 +171,8 @@ class _BodyTimeout:
             if complete:
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):  # no task per receive, unlike wait_for
+                    message = await receive()
             except TimeoutError:
                 raise HttpError(408, f"the request body stalled for {self.timeout_s:.0f} s") from None
             complete = message.get("type") != "http.request" or not message.get("more_body", False)

@@ -258,3 +258,37 @@ def test_unreachable_kms() -> None:
         attest_kms("https://127.0.0.1:1", allow_simulated=True)
     with pytest.raises(KmsError, match="must look like https://"):
         attest_kms("http://127.0.0.1:1")
+
+
+# --- the model-key lifecycle (serdab.kms.lifecycle): what the runtime and serving share --------------
+def test_kms_coordinates_survive_argv_and_wire() -> None:
+    import argparse
+
+    from serdab.kms.lifecycle import KmsCoordinates
+
+    coordinates = KmsCoordinates("https://127.0.0.1:8443", "serve-m-abc", {0: b"\x01" * 48, 2: b"\x02" * 48}, True)
+    parser = argparse.ArgumentParser()
+    KmsCoordinates.add_arguments(parser)
+    assert KmsCoordinates.from_args(parser.parse_args(coordinates.to_argv())) == coordinates
+    assert KmsCoordinates.from_wire(coordinates.to_wire()) == coordinates
+    with pytest.raises(KmsError, match="must be JSON"):
+        KmsCoordinates.from_args(parser.parse_args(["--kms", "u", "--service", "s", "--kms-pcrs", "{0:"]))
+    with pytest.raises(KmsError, match="indices to hex"):
+        KmsCoordinates.from_wire({**coordinates.to_wire(), "pcrs": {"0": "not hex"}})
+
+
+def test_a_model_image_holds_only_ciphertext_and_names_its_pcrs(tmp_path) -> None:
+    from serdab.kms.lifecycle import MEASURED_PCRS, build_model_image, decrypt_model
+    from serdab.tee.image import measure_image
+
+    model = b"an onnx model, in the clear" * 100
+    image = build_model_image(model, "m.onnx", tmp_path / "image", "serdab.serve.replica:enclave_main", "serve-m")
+    stored = (image.path / "models" / "m.onnx").read_bytes()
+    assert model[:27] not in stored
+    assert decrypt_model(stored, image.model_key, "m.onnx") == model
+    with pytest.raises(KmsError, match="does not decrypt"):
+        decrypt_model(stored, bytes(32), "m.onnx")
+    with pytest.raises(KmsError, match="does not decrypt"):  # the ciphertext is bound to its file name
+        decrypt_model(stored, image.model_key, "other.onnx")
+    assert image.pcrs == {i: v for i, v in measure_image(image.path).items() if i in MEASURED_PCRS}
+    assert image.service.startswith("serve-m-")

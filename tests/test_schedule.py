@@ -245,9 +245,9 @@ def test_packing_bound_proves_what_the_search_cannot() -> None:
 
 
 def test_tiny_benchmark_writes_the_json_contract(tmp_path) -> None:
-    from serdab.bench.rlpdnn_bench import plot, run_rlpdnn_bench
+    from serdab.bench.rlpdnn_bench import plot, run
 
-    result = run_rlpdnn_bench(True, workloads=["lenet"], steps=400, requests=15, sweeps=False)
+    result = run(quick=True, workloads=["lenet"], steps=400, requests=15, sweeps=False)
     assert {r["policy"] for r in result["rows"]} == {"static", "greedy", "search", "dqn", "dqn-masked"}
     for row in result["rows"]:
         assert {

@@ -31,7 +31,7 @@ from serdab.he.baseline import BfvPerPixel  # noqa: E402
 from serdab.he.model import HeModel  # noqa: E402
 from serdab.he.train import digits_28, trained  # noqa: E402
 
-__all__ = ["LINK_BITS_PER_S", "plot", "report", "run", "run_he_bench"]
+__all__ = ["LINK_BITS_PER_S", "plot", "report", "run"]
 
 LINK_BITS_PER_S = 72.2e6  # seed 004: IEEE 802.11n, one antenna, 64-QAM, 20 MHz
 
@@ -127,7 +127,8 @@ def _transfer_accuracies(train_f: np.ndarray, y_train: np.ndarray, test_f: np.nd
     return {"svm": _accuracy(svm.predict(test_f / scale), y_test), "fc": _accuracy(fc.predict(test_f / scale), y_test)}
 
 
-def run_he_bench(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+def run(progress: Callable[[str], None] = lambda _: None, *, quick: bool = False) -> dict[str, Any]:
+    """Packed CKKS recall, transfer and batch modes against one BFV ciphertext per pixel."""
     started = time.perf_counter()
     torch.set_num_threads(1)
     x_train, y_train, x_test, y_test = digits_28()
@@ -268,11 +269,6 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def run(progress: Callable[[str], None], *, quick: bool = False) -> dict[str, Any]:
-    """Packed CKKS recall, transfer and batch modes against one BFV ciphertext per pixel."""
-    return run_he_bench(quick, progress=progress)
 
 
 def report(result: dict[str, Any]) -> list[Any]:

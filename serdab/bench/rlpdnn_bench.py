@@ -40,7 +40,7 @@ from serdab.schedule import (  # noqa: E402
 from serdab.schedule.agent import DqnPolicy, make_agent, train_agent  # noqa: E402
 from serdab.schedule.env import PlacementEnv, observe  # noqa: E402
 
-__all__ = ["plot", "report", "run", "run_rlpdnn_bench"]
+__all__ = ["plot", "report", "run"]
 
 
 def _learning(workload_name: str, privacy: str) -> tuple[float, float]:
@@ -71,16 +71,18 @@ def gap_to_optimal(workload_name: str, privacy: str, instances: int) -> dict[str
     return {name: (statistics.mean(values) if values else None) for name, values in gaps.items()}
 
 
-def run_rlpdnn_bench(
-    quick: bool,
+def run(
     progress: Callable[[str], None] | None = None,
+    *,
+    quick: bool = False,
     seed: int = 0,
     workloads: list[str] | None = None,
     steps: int | None = None,
     requests: int | None = None,
     sweeps: bool = True,
 ) -> dict[str, Any]:
-    """``quick``: three workloads, 4,000 training steps, 100 requests; the others override (tests use tiny values)."""
+    """DQN (paper and masked), static, greedy and search placement against the exact optimum. ``quick``:
+    three workloads, 4,000 training steps, 100 requests; the others override (tests use tiny values)."""
     say = progress or (lambda _: None)
     steps = steps or (4_000 if quick else 20_000)
     requests = requests or (100 if quick else 200)
@@ -223,11 +225,6 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def run(progress: Callable[[str], None], *, quick: bool = False) -> dict[str, Any]:
-    """DQN (paper and masked), static, greedy and search placement against the exact optimum."""
-    return run_rlpdnn_bench(quick, progress=progress)
 
 
 def report(result: dict[str, Any]) -> list[Any]:

@@ -126,20 +126,10 @@ def served(
     child = proc.start(command, name="serdab serve", log_path=work / "serve.log", env={"OMP_NUM_THREADS": "1"})
     try:
         trust = child.wait_ready(ReadyFile(trust_file), SERVE_START_S)
-        token_file = work / "trust.admin-token"  # written right after the trust file
-        token = child.wait_ready(_TextFile(token_file), 5.0)["text"]
+        token = (work / "trust.admin-token").read_text().strip()  # written before the trust statement
         yield Served(trust["gateway"], trust, token, child)
     finally:
         child.stop(SERVE_STOP_S)
-
-
-@dataclass(frozen=True)
-class _TextFile:
-    path: Path
-
-    def poll(self) -> dict[str, Any] | None:
-        text = self.path.read_text().strip() if self.path.exists() else ""
-        return {"text": text} if text else None
 
 
 def _input(model: str, batch: int) -> np.ndarray:

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from serdab.bench import new_table  # noqa: E402
 
-__all__ = ["COMMANDS", "plot", "report", "run", "run_startup_bench"]
+__all__ = ["COMMANDS", "plot", "report", "run"]
 
 COMMANDS = {
     "serdab --help": ["-m", "serdab.cli.app", "--help"],
@@ -51,7 +51,9 @@ def _timed(args: list[str]) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def run_startup_bench(repeat: int = 7) -> dict[str, Any]:
+def run(progress: Callable[[str], None] = lambda _: None, *, repeat: int = 7) -> dict[str, Any]:
+    """CLI start-up time and the heavy packages each entry point imports."""
+    progress("timing fresh interpreters")
     rows = []
     for label, args in COMMANDS.items():
         _timed(args)  # warm the file cache
@@ -86,12 +88,6 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def run(progress: Callable[[str], None], *, repeat: int = 7) -> dict[str, Any]:
-    """CLI start-up time and the heavy packages each entry point imports."""
-    progress("timing fresh interpreters")
-    return run_startup_bench(repeat)
 
 
 def report(result: dict[str, Any]) -> list[Any]:

@@ -46,74 +46,85 @@ class BenchOption:
 @dataclass(frozen=True)
 class Benchmark:
     name: str
+    summary: str  # what --help says (the module is imported only when the benchmark runs)
     module: str  # exports run(progress, **options), plot(result, path), report(result)
     options: tuple[BenchOption, ...] = ()
     extra: str | None = None  # the optional extra its module needs (pip install 'serdab[EXTRA]')
     reads_result_file: bool = False  # run() also gets result_file=the --json path (to keep earlier parts)
 
 
-QUICK = "quick"
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
         Benchmark(
             "profile",
+            "Profiling cost of each zoo model and the sum-of-blocks vs whole-model error.",
             "serdab.bench.profile_bench",
             (
                 BenchOption("repeat", int, 30, "Timed runs per block.", min=1),
                 BenchOption("threads", int, 1, "ONNX Runtime intra-op threads.", min=1),
-                BenchOption(QUICK, bool, False, "Small models only (seconds, not minutes)."),
+                BenchOption("quick", bool, False, "Small models only (seconds, not minutes)."),
             ),
         ),
         Benchmark(
             "placement",
+            "Seed 000 Fig. 12: every strategy's speedup over one enclave, and the optimal planner's speed.",
             "serdab.bench.placement_bench",
             (
                 BenchOption("cluster", list[str] | None, None, "Cluster file(s) or shipped names (repeatable)."),
                 BenchOption("speed_cluster", str, "edge-cloud", "Six-device cluster for the planner-speed target."),
                 BenchOption("chunk", int, 10_800, "Frames in the stream (seed 000: 10,800).", min=1),
                 BenchOption("policy", str, "resolution:20", "Privacy policy (seed 000: resolution:20)."),
-                BenchOption(QUICK, bool, False, "ResNet18 only."),
+                BenchOption("quick", bool, False, "ResNet18 only."),
             ),
         ),
         Benchmark(
             "rlpdnn",
+            "Seed 003 (RL-PDNN): DQN (paper and masked), static, greedy and search placement vs the exact optimum.",
             "serdab.bench.rlpdnn_bench",
-            (BenchOption(QUICK, bool, False, "Fewer workloads, steps and requests (about 3 minutes)."),),
+            (BenchOption("quick", bool, False, "Fewer workloads, steps and requests (about 3 minutes)."),),
         ),
         Benchmark(
             "he",
+            "Seed 004 (HE-DL): packed CKKS recall, transfer and batch modes vs one BFV ciphertext per pixel.",
             "serdab.bench.he_bench",
-            (BenchOption(QUICK, bool, False, "40 + 10 images, one baseline image (about 3 minutes)."),),
+            (BenchOption("quick", bool, False, "40 + 10 images, one baseline image (about 3 minutes)."),),
         ),
         Benchmark(
             "pipeline",
+            "Seed 000 Fig. 12 measured: each strategy's placement run by the pipeline runtime, beside its prediction.",
             "serdab.bench.pipeline_bench",
             (
-                BenchOption(QUICK, bool, False, "ResNet-18 only, 12 frames (about 3 minutes)."),
+                BenchOption("quick", bool, False, "ResNet-18 only, 12 frames (about 3 minutes)."),
                 BenchOption("frames", int | None, None, "Frames per run (default 24; 12 with --quick).", min=2),
                 BenchOption("cluster", str, "paper", "Cluster file or shipped example."),
             ),
         ),
         Benchmark(
             "startup",
+            "CLI start-up time and the heavy packages each entry point imports.",
             "serdab.bench.startup_bench",
             (BenchOption("repeat", int, 7, "Runs per command (median).", min=1),),
         ),
         Benchmark(
             "audit",
+            "Privacy audit of the zoo: white-box SSIM per resolution, trained vs seeded LeNet-5, and the speedup "
+            "an attack-ssim policy costs against resolution:20.",
             "serdab.bench.audit_bench",
             (
-                BenchOption(QUICK, bool, False, "LeNet-5 twins and ResNet-18 only (about 5 minutes on 2 cores)."),
+                BenchOption("quick", bool, False, "LeNet-5 twins and ResNet-18 only (about 5 minutes on 2 cores)."),
                 BenchOption("threshold", float, 0.3, "SSIM threshold of the attack policy.", min=0.0, max=1.0),
                 BenchOption("cluster", str, "paper", "Cluster file or shipped example the plans are scored on."),
             ),
         ),
         Benchmark(
             "serving",
+            "Seeds 001 and 002 measured: start time, channel, latency vs concurrency, mixed privacy, memory, "
+            "TLS cost, P99 under EPC interference per balancing policy, replica scaling, gateway overhead "
+            "(20 minutes; --quick 8).",
             "serdab.bench.serving_bench",
             (
-                BenchOption(QUICK, bool, False, "Fewer points and shorter runs (about 8 minutes)."),
+                BenchOption("quick", bool, False, "Fewer points and shorter runs (about 8 minutes)."),
                 BenchOption(
                     "parts",
                     str | None,
@@ -125,6 +136,8 @@ BENCHMARKS: dict[str, Benchmark] = {
         ),
         Benchmark(
             "scale",
+            "The pipeline on the local executor vs Ray on 1, 2, 3 nodes of this machine, and Ray Serve vs the "
+            "gateway. Needs the ray extra.",
             "serdab.bench.scale_bench",
             (
                 BenchOption("frames", int, 48, "Frames per pipeline run.", min=4),
@@ -133,23 +146,6 @@ BENCHMARKS: dict[str, Benchmark] = {
             extra="ray",
         ),
     )
-}
-
-# what --help says of each (the first line of the module's run docstring would import the module)
-SUMMARIES = {
-    "profile": "Profiling cost of each zoo model and the sum-of-blocks vs whole-model error.",
-    "placement": "Seed 000 Fig. 12: every strategy's speedup over one enclave, and the optimal planner's speed.",
-    "rlpdnn": "Seed 003 (RL-PDNN): DQN (paper and masked), static, greedy and search placement vs the exact optimum.",
-    "he": "Seed 004 (HE-DL): packed CKKS recall, transfer and batch modes vs one BFV ciphertext per pixel.",
-    "pipeline": "Seed 000 Fig. 12 measured: each strategy's placement run by the pipeline runtime, beside its "
-    "prediction.",
-    "startup": "CLI start-up time and the heavy packages each entry point imports.",
-    "audit": "Privacy audit of the zoo: white-box SSIM per resolution, trained vs seeded LeNet-5, and the speedup "
-    "an attack-ssim policy costs against resolution:20.",
-    "serving": "Seeds 001 and 002 measured: start time, channel, latency vs concurrency, mixed privacy, memory, TLS "
-    "cost, P99 under EPC interference per balancing policy, replica scaling, gateway overhead (20 minutes; --quick 8).",
-    "scale": "The pipeline on the local executor vs Ray on 1, 2, 3 nodes of this machine, and Ray Serve vs the "
-    "gateway. Needs the ray extra.",
 }
 
 
@@ -195,7 +191,7 @@ def command(bench: Benchmark) -> Callable[..., None]:
         *(option.parameter() for option in bench.options),
     ]
     run_benchmark.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    run_benchmark.__doc__ = SUMMARIES[bench.name]
+    run_benchmark.__doc__ = bench.summary
     run_benchmark.__name__ = f"bench_{bench.name}"
     return run_benchmark
 

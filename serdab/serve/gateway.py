@@ -259,7 +259,9 @@ class Gateway:
         self.port = sock.getsockname()[1]
         listening, stop_serving = asyncio.Event(), asyncio.Event()
         serving = asyncio.create_task(serve_app(self._app(), sock, listening.set, should_exit=stop_serving))
-        await asyncio.wait({serving, asyncio.create_task(listening.wait())}, return_when=asyncio.FIRST_COMPLETED)
+        waiter = asyncio.create_task(listening.wait())
+        await asyncio.wait({serving, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
         if serving.done():
             serving.result()
         timeout = self.config.connect_timeout_s
