@@ -11,11 +11,12 @@ import pytest
 
 from serdab.cluster import load_cluster
 from serdab.errors import LinkIntegrityError, PlanError, WorkerError
+from serdab.framing import decode_payload, encode_payload, new_records
 from serdab.onnxrt import make_session
 from serdab.profile import cached_profile
 from serdab.runtime.deployment import PROBE_FRAMES
 from serdab.runtime.frames import open_source
-from serdab.runtime.link import LinkOpener, LinkSealer, LinkShaper, LinkSpec, decode_tensors, encode_tensors
+from serdab.runtime.link import LinkOpener, LinkSealer, LinkShaper, LinkSpec
 from serdab.runtime.manager import ApplicationManager, RunOptions, parse_placement
 from serdab.runtime.repartition import Repartitioner, StageObservation
 from serdab.runtime.resources import ResourceManager
@@ -40,11 +41,14 @@ def _spec(**kw) -> LinkSpec:
 # --- links ----------------------------------------------------------------------------------------
 def test_link_round_trip_and_each_attack_is_detected() -> None:
     sealer, opener = LinkSealer(_spec()), LinkOpener(_spec())
-    payload = encode_tensors([np.arange(6, dtype=np.float32).reshape(2, 3)], [{"stage": 0}])
+    records = new_records()
+    records[0] = (1.0, 2.0, 3.0)
+    payload = encode_payload([np.arange(6, dtype=np.float32).reshape(2, 3)], records)
     first = sealer.seal(7, payload)
     frame, body, _ = opener.open(first)
-    arrays, meta = decode_tensors(body)
-    assert frame == 7 and arrays[0].tolist() == [[0, 1, 2], [3, 4, 5]] and meta == [{"stage": 0}]
+    arrays, meta = decode_payload(body)
+    assert frame == 7 and arrays[0].tolist() == [[0, 1, 2], [3, 4, 5]] and meta[0].tolist() == [1.0, 2.0, 3.0]
+    assert np.isnan(meta[1:]).all()
 
     with pytest.raises(LinkIntegrityError) as replayed:
         opener.open(first)
@@ -147,7 +151,7 @@ def test_three_stage_dag_pipeline_equals_the_whole_model(three, executor) -> Non
         chunk=3,
         native=True,
         keep_outputs=True,
-        placement="tee1[0-7] -> tee2[8-11] -> cpu3[12-21]",
+        placement="tee2[0-7] -> tee1[8-11] -> cpu3[12-21]",  # the input frame crosses a link too
     )
     lines: list[dict] = []
     summary = manager.run(open_source("synthetic:5", chain.input_shape).frames(), on_result=lines.append)
@@ -156,9 +160,16 @@ def test_three_stage_dag_pipeline_equals_the_whole_model(three, executor) -> Non
         expected = whole.run(None, {chain.input_name: frame.tensor})[0]
         assert line["frame"] == frame.id
         assert float(np.abs(line["outputs"][-1] - expected).max()) <= 1e-4
-        assert [s["device"] for s in line["stages"]] == ["tee1", "tee2", "cpu3"]
+        assert [s["device"] for s in line["stages"]] == ["tee2", "tee1", "cpu3"]
     assert [c.frames for c in summary.chunks] == [3, 2]
-    assert summary.placements == ["tee1[0-7] -> tee2[8-11] -> cpu3[12-21]"]
+    assert summary.placements == ["tee2[0-7] -> tee1[8-11] -> cpu3[12-21]"]
+    # every hop: the bytes its socket carried per frame are the bytes the cost model charges for it
+    hops = {(h.src[0], h.dst[0]): h for h in summary.hops}
+    assert set(hops) == {("tee1", "tee2"), ("tee2", "tee1"), ("tee1", "cpu3")}
+    assert hops[("tee1", "tee2")].cut is None and hops[("tee1", "tee2")].predicted_bytes < 151_000  # uint8 pixels
+    for hop in hops.values():
+        assert hop.frames >= 5
+        assert 0 <= hop.predicted_bytes - hop.measured_bytes <= 8, hop
 
 
 def test_manager_refuses_a_placement_that_sends_56x56_to_an_untrusted_device() -> None:

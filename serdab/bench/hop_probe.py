@@ -10,8 +10,9 @@ import sys
 import time
 from typing import Any
 
+from serdab.framing import decode_payload
 from serdab.runtime.engine import SWITCH_INTERVAL_S
-from serdab.runtime.link import LinkOpener, LinkSpec, decode_tensors
+from serdab.runtime.link import LinkOpener, LinkSpec
 from serdab.runtime.wire import listen, recv_message
 
 __all__ = ["receive"]
@@ -27,7 +28,7 @@ def receive(spec: LinkSpec, count: int, ports: Any, results: Any) -> None:
     times = []
     for _ in range(count):
         _, payload, started = opener.open(recv_message(sock) or {})
-        decode_tensors(payload)
+        decode_payload(payload)
         times.append(time.monotonic() - started)
     results.put(times)
     sock.close()

@@ -28,13 +28,14 @@ from serdab.bench import new_table  # noqa: E402
 from serdab.bench.placement_bench import STRATEGIES as PLACEMENT_STRATEGIES  # noqa: E402
 from serdab.bench.placement_bench import _request  # noqa: E402
 from serdab.cluster import Cluster  # noqa: E402
+from serdab.framing import encode_payload, new_records  # noqa: E402
 from serdab.graph import open_chain  # noqa: E402
 from serdab.onnxrt import make_session  # noqa: E402
 from serdab.plan import Workload, get_planner  # noqa: E402
 from serdab.profile import cached_profile  # noqa: E402
 from serdab.runtime.emulation import choose_dilation  # noqa: E402
 from serdab.runtime.frames import open_source  # noqa: E402
-from serdab.runtime.link import LinkSealer, LinkSpec, encode_tensors  # noqa: E402
+from serdab.runtime.link import LinkSealer, LinkSpec  # noqa: E402
 from serdab.runtime.manager import ApplicationManager, RunOptions  # noqa: E402
 from serdab.runtime.wire import connect, send_message  # noqa: E402
 
@@ -145,7 +146,7 @@ def hop_overhead(
         sock = connect(("127.0.0.1", ports.get(timeout=60)))
         sealer = LinkSealer(spec)
         for _ in range(repeats):
-            payload = encode_tensors([tensor])
+            payload = encode_payload([tensor], new_records())
             start = time.monotonic()
             send_message(sock, sealer.seal(0, payload, start))  # 'at' carries the start time
             time.sleep(gap_s)

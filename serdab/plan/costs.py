@@ -3,7 +3,9 @@
 Compute of blocks a..e on device d: ``sum(profile time) / speed[d]``, times the device's
 ``paging_factor`` when it is a TEE and the stage's weights + peak activations exceed its
 memory; a device without a paging factor cannot hold such a stage at all (infinite cost).
-A hop carries the tensor before the receiving stage's first block: ``bytes / bandwidth + rtt`` of
+A hop carries the tensor before the receiving stage's first block, as many bytes as the runtime
+puts on the socket for it (``serdab.framing.hop_bytes``: the first hop a uint8 camera frame, later
+ones the stage output, framing, records and AEAD tag included): ``bytes / bandwidth + rtt`` of
 the link between the hosts (``local`` on one host; none at all on the same device). A stage replicated on r identical
 devices counts compute / r towards the period; a hop into or out of replicas counts, per
 physical link, the share of frames that cross it. Links are assumed to be separate resources
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serdab.cluster import Cluster, Device
+from serdab.framing import hop_bytes, ingress_bytes
 from serdab.plan.placement import HopCost, Placement, PlanCost, StageCost
 from serdab.profile import Profile
 
@@ -34,7 +37,7 @@ class Workload:
     block_s: np.ndarray  # (M,) seconds on the profiling host
     params_bytes: np.ndarray  # (M,)
     peak_bytes: np.ndarray  # (M,)
-    boundary_bytes: np.ndarray  # (M+1,) bytes before block b (boundary 0 = input frame, b > 0 = cut b-1)
+    boundary_bytes: np.ndarray  # (M+1,) bytes a hop ships into block b (boundary 0 = input frame, b > 0 = cut b-1)
     boundary_resolution: tuple[tuple[int, int] | None, ...]  # (M+1,) spatial size, None = no spatial axes
 
     @property
@@ -51,12 +54,23 @@ class Workload:
             block_s=np.array([b.latency_ms / 1000.0 for b in blocks]),
             params_bytes=np.array([b.params_bytes for b in blocks], dtype=np.int64),
             peak_bytes=np.array([b.peak_activation_bytes for b in blocks], dtype=np.int64),
-            boundary_bytes=np.array([profile.input_bytes] + [b.out_bytes for b in blocks], dtype=np.int64),
+            boundary_bytes=np.array(
+                [ingress_bytes(shape) if len(shape) == 4 else hop_bytes(np.dtype(np.float32), shape)]
+                + [hop_bytes(_dtype_of(b.out_bytes, b.out_shape), b.out_shape) for b in blocks],
+                dtype=np.int64,
+            ),
             boundary_resolution=(
                 (int(shape[2]), int(shape[3])) if len(shape) == 4 else None,
                 *((int(b.resolution[0]), int(b.resolution[1])) if b.resolution else None for b in blocks),
             ),
         )
+
+
+def _dtype_of(nbytes: int, shape: Sequence[int]) -> np.dtype:
+    """A block output's element type, from its bytes per element (profiles record float32 outputs)."""
+    elements = int(np.prod(shape, dtype=np.int64))
+    size = nbytes // elements if elements else 4
+    return np.dtype({1: np.uint8, 2: np.float16, 8: np.float64}.get(size, np.float32))
 
 
 def link_key(a: Device, b: Device) -> tuple[str, str, str] | None:

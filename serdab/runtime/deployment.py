@@ -28,12 +28,13 @@ import numpy as np
 
 from serdab.cluster import Cluster
 from serdab.errors import AttestationError, LinkIntegrityError, SerdabError, WorkerError
+from serdab.framing import RECORD_FIELDS, decode_payload, encode_payload, new_records
 from serdab.kms.lifecycle import KmsCoordinates
 from serdab.normalisation import Normalisation
 from serdab.plan import CostModel, Placement
 from serdab.proc import log_tail
 from serdab.runtime.executor import Executor, WorkerHandle, WorkerSpec
-from serdab.runtime.link import LinkReceiver, LinkSender, LinkSpec, decode_tensors, encode_tensors
+from serdab.runtime.link import LinkReceiver, LinkSender, LinkSpec
 from serdab.runtime.protocol import (
     CONFIG_CONTEXT,
     SINK,
@@ -137,6 +138,7 @@ class Deployment:
         self._stopping = False
         self.latency_s: float | None = None  # median of probe frames through the empty pipeline (host s)
         self._sent: dict[int, float] = {}
+        self._traffic: dict[tuple[str, str], tuple[int, int]] = {}
         self._ingress: list[LinkSender] = []
         self._receivers: list[LinkReceiver] = []
         self._control = socket.create_server((ctx.executor.bind_host, 0))
@@ -377,8 +379,19 @@ class Deployment:
             self._receivers.append(LinkReceiver(sock, spec, self._result, self._integrity, closed))
 
     def _result(self, frame: int, payload: bytes) -> None:
-        outputs, records = decode_tensors(payload)
-        self.results.put(FrameResult(frame, outputs, list(records or []), self._sent.get(frame, 0.0), time.monotonic()))
+        outputs, records = decode_payload(payload)
+        self.results.put(
+            FrameResult(frame, outputs, self._records(frame, records), self._sent.get(frame, 0.0), time.monotonic())
+        )
+
+    def _records(self, frame: int, records: np.ndarray) -> list[dict[str, Any]]:
+        """Each stage's timing row, with the worker that handled the frame (replica ``frame % r``)."""
+        named = []
+        for k, group in enumerate(self._stages):
+            w = group[frame % len(group)]
+            row = {"stage": k, "device": w.device, "worker": w.id}
+            named.append(row | {name: float(v) for name, v in zip(RECORD_FIELDS, records[k], strict=True)})
+        return named
 
     def _integrity(self, exc: LinkIntegrityError) -> None:
         self.events.put((SINK, IntegrityReport(exc.kind, str(exc))))
@@ -403,7 +416,7 @@ class Deployment:
     def feed(self, frames: list[tuple[int, np.ndarray]], stop: threading.Event) -> None:
         """Send frames to the first stage (replica ``frame % r``), blocking on back-pressure."""
         for frame, tensor in frames:
-            payload = encode_tensors([tensor], [])
+            payload = encode_payload([tensor], new_records())
             sender = self._ingress[frame % len(self._ingress)]
             self._sent[frame] = time.monotonic()
             while not sender.put(frame, payload, timeout_s=0.2):
@@ -421,6 +434,7 @@ class Deployment:
             device = w.device if w else worker_id
             if isinstance(event, Heartbeat):
                 self.ctx.resources.heartbeat(device)
+                self._count(worker_id, event)
             elif isinstance(event, IntegrityReport):
                 raise LinkIntegrityError(event.kind, f"{event.message} (reported by {device})")
             elif isinstance(event, ErrorReport | LinkClosed):
@@ -434,6 +448,35 @@ class Deployment:
         if silent:
             raise WorkerLost(silent[0], f"no heartbeat from {silent[0]} for {self.ctx.resources.lost_after_s:.0f} s")
 
+    def _count(self, worker_id: str, beat: Heartbeat) -> None:
+        slot = next((w for w in self.topology.workers if w.id == worker_id), None)
+        if slot is not None:
+            for dst, nbytes, frames in zip(
+                self.topology.outbound(slot), beat.link_bytes, beat.link_frames, strict=False
+            ):
+                self._traffic[(worker_id, dst)] = (int(nbytes), int(frames))
+
+    def traffic(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(sender worker, receiver worker) -> (bytes, frames) each link has carried, framing included:
+        the source's links counted here, the workers' as their heartbeats (and last words) said."""
+        ingress = {
+            (SOURCE, w.id): (s.bytes_sent, s.frames_sent) for w, s in zip(self._stages[0], self._ingress, strict=False)
+        }
+        return ingress | self._traffic
+
+    def _last_words(self, timeout_s: float) -> None:
+        waiting = {w.id for w in self.workers if w.channel is not None and w.handle is not None and w.handle.alive()}
+        deadline = time.monotonic() + timeout_s
+        while waiting and time.monotonic() < deadline:
+            try:
+                worker_id, event = self.events.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if isinstance(event, Heartbeat):
+                self._count(worker_id, event)
+            elif isinstance(event, Closed):
+                waiting.discard(worker_id)
+
     def _raise_for_dead(self, grace_s: float = 0.0) -> None:
         deadline = time.monotonic() + grace_s
         while True:
@@ -444,12 +487,14 @@ class Deployment:
                 return
             time.sleep(0.02)
 
-    def stop(self) -> None:
+    def stop(self, last_words_s: float = 1.0) -> None:
+        """Stop every worker; the live ones first say what their links carried (``last_words_s`` at most)."""
         self._stopping = True
         for w in self.workers:
             if w.channel is not None:
                 with contextlib.suppress(OSError):
                     w.channel.send(Stop())
+        self._last_words(last_words_s)
         for sender in self._ingress:
             sender.close()
         for w in self.workers:

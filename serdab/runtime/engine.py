@@ -32,8 +32,9 @@ import cbor2
 import numpy as np
 
 from serdab.errors import SerdabError
+from serdab.framing import decode_payload, encode_payload
 from serdab.kms.lifecycle import fetch_model
-from serdab.runtime.link import LinkIntegrityError, LinkReceiver, LinkSender, decode_tensors, encode_tensors
+from serdab.runtime.link import LinkIntegrityError, LinkReceiver, LinkSender
 from serdab.runtime.protocol import (
     CONFIG_CONTEXT,
     Challenge,
@@ -72,6 +73,8 @@ class _Worker:
         self.busy_s = 0.0
         self.stopping = threading.Event()
         self.senders: list[LinkSender] = []
+        self.failed: str | None = None  # why the compute loop ended, if it did
+        self.frame: int | None = None  # the frame being computed
         self._inbound = {spec.src: spec for spec in config.inbound}
         self._receivers: list[LinkReceiver] = []
 
@@ -141,6 +144,15 @@ class _Worker:
 
     # --- the stream -----------------------------------------------------------------------------
     def compute(self) -> None:
+        """The stage's loop. A frame it cannot compute is reported at once (the run treats it as this
+        device's fault); the heartbeat stops with it, so a dead loop never looks alive."""
+        try:
+            self._compute()
+        except Exception as exc:  # ONNX Runtime and numpy raise many kinds; the manager needs one line
+            self.failed = f"{self.config.device}: stage {self.config.stage} failed: {type(exc).__name__}: {exc}"
+            self._report(ErrorReport(self.failed))
+
+    def _compute(self) -> None:
         cfg = self.config
         native, dilation, emulated_s, norm = cfg.native, cfg.dilation, cfg.compute_emulated_s, cfg.normalise
         replicas = len(self.senders)
@@ -150,17 +162,11 @@ class _Worker:
             except queue.Empty:
                 continue
             started = time.monotonic()
-            arrays, meta = decode_tensors(payload)
+            self.frame = frame
+            arrays, records = decode_payload(payload)
             x = norm.apply(arrays[0]) if norm is not None and arrays[0].dtype == np.uint8 else arrays[0]
             outputs = self.session.run(None, {self.input_name: x})
             host_s = time.monotonic() - started
-            record = {
-                "stage": cfg.stage,
-                "device": cfg.device,
-                "worker": cfg.worker,
-                "queue_ms": 1000 * (started - arrived),
-                "host_ms": 1000 * host_s,
-            }
             target = 0.0
             if not native:
                 factor = 1.0
@@ -170,21 +176,30 @@ class _Worker:
                 target = emulated_s * dilation * factor
             # the output is encoded inside the padded time (a device's stage time includes handing its
             # result on), so the pad ends when the frame can leave; the record says the padded time
-            record["emulated_ms"] = 1000 * max(target, host_s) / dilation
-            out = encode_tensors(outputs, [*(meta or []), record])
+            records[cfg.stage] = (1000 * (started - arrived), 1000 * host_s, 1000 * max(target, host_s) / dilation)
+            out = encode_payload(outputs, records)
             elapsed = time.monotonic() - started
             if elapsed < target:
                 time.sleep(target - elapsed)
             elif not native and elapsed > target:  # over budget: report what it really took
-                record["emulated_ms"] = 1000 * elapsed / dilation
-                out = encode_tensors(outputs, [*(meta or []), record])
+                records[cfg.stage, 2] = 1000 * elapsed / dilation
+                out = encode_payload(outputs, records)
             self.busy_s += time.monotonic() - started
             self.frames += 1
             self.senders[frame % replicas].put(frame, out)
 
     def heartbeat(self) -> None:
-        while not self.stopping.wait(HEARTBEAT_S):
-            self._report(Heartbeat(self.frames, self.busy_s, [s.busy_s for s in self.senders]))
+        while not self.stopping.wait(HEARTBEAT_S) and self.failed is None:
+            self._report(self.status())
+
+    def status(self) -> Heartbeat:
+        return Heartbeat(
+            self.frames,
+            self.busy_s,
+            [s.busy_s for s in self.senders],
+            [s.bytes_sent for s in self.senders],
+            [s.frames_sent for s in self.senders],
+        )
 
 
 def run(control_address: tuple[str, int], worker_id: str, nsm: Any | None, stage_file: str | None = None) -> int:
@@ -244,8 +259,10 @@ def run(control_address: tuple[str, int], worker_id: str, nsm: Any | None, stage
         while (message := control.recv()) is not None and not isinstance(message, Stop):
             pass
     except (OSError, SerdabError):
-        pass
+        message = None
     worker.stopping.set()
+    if isinstance(message, Stop):  # the last word: what every link carried, for the run's byte accounting
+        worker._report(worker.status())
     listener.close()
     return 0
 

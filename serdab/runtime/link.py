@@ -19,16 +19,16 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import cbor2
-import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from serdab.errors import LinkIntegrityError
+from serdab.framing import message_bytes
 from serdab.runtime.wire import WireError, recv_message, send_message
 
 __all__ = [
@@ -39,8 +39,6 @@ __all__ = [
     "LinkSender",
     "LinkShaper",
     "LinkSpec",
-    "decode_tensors",
-    "encode_tensors",
 ]
 
 
@@ -171,19 +169,6 @@ class LinkShaper:
         return self._free_at
 
 
-def encode_tensors(arrays: Sequence[np.ndarray], meta: Any = None) -> bytes:
-    """Tensors (dtype, shape, raw bytes) and per-stage timing records as one CBOR payload."""
-    return cbor2.dumps(
-        {"t": [[a.dtype.str, list(a.shape), np.ascontiguousarray(a).tobytes()] for a in arrays], "m": meta}
-    )
-
-
-def decode_tensors(payload: bytes) -> tuple[list[np.ndarray], Any]:
-    item = cbor2.loads(payload)
-    arrays = [np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape) for dtype, shape, data in item["t"]]
-    return arrays, item["m"]
-
-
 class LinkSender:
     """A thread that seals, shapes and sends the frames put on its bounded queue (back-pressure)."""
 
@@ -195,6 +180,8 @@ class LinkSender:
         self._queue: queue.Queue[tuple[int, bytes] | None] = queue.Queue(maxsize=depth)
         self._on_error = on_error
         self.busy_s = 0.0
+        self.bytes_sent = 0  # on the socket, framing included: what the cost model's hop charges
+        self.frames_sent = 0
         self._thread = threading.Thread(target=self._run, name=f"send-{spec.src}-{spec.dst}", daemon=True)
         self._thread.start()
 
@@ -218,13 +205,15 @@ class LinkSender:
         while (item := self._queue.get()) is not None:
             frame, payload = item
             started = time.monotonic()
-            at = self._shaper.depart(len(payload))
+            at = self._shaper.depart(message_bytes(len(payload), self._sealer.seq, frame))
             try:
-                send_message(self.sock, self._sealer.seal(frame, payload, at))
+                sent = send_message(self.sock, self._sealer.seal(frame, payload, at))
             except OSError as exc:
                 self._on_error(f"link {self.spec.src}->{self.spec.dst} broke: {exc}")
                 return
             self.busy_s += time.monotonic() - started
+            self.bytes_sent += sent
+            self.frames_sent += 1
 
 
 class LinkReceiver:

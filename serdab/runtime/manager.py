@@ -28,6 +28,7 @@ import numpy as np
 
 from serdab.cluster import Cluster
 from serdab.errors import InfeasibleError, PlanError, PolicyError, RunError, WorkerError
+from serdab.framing import RECORD_SLOTS
 from serdab.graph import Chain
 from serdab.kms.lifecycle import KmsCoordinates
 from serdab.kms.owner import OwnerSession
@@ -43,8 +44,9 @@ from serdab.runtime.emulation import Emulation, choose_dilation, native_cluster
 from serdab.runtime.engine import SWITCH_INTERVAL_S
 from serdab.runtime.executor import Executor, LocalExecutor
 from serdab.runtime.frames import Frame, chunks, normalisation
+from serdab.runtime.protocol import SOURCE
 from serdab.runtime.repartition import Repartitioner, StageObservation
-from serdab.runtime.report import ChunkReport, RunSummary, StageReport, top_k
+from serdab.runtime.report import ChunkReport, HopReport, RunSummary, StageReport, top_k
 from serdab.runtime.resources import ResourceManager
 from serdab.runtime.stages import StageArtifact, package_stages
 from serdab.tee.host import serdab_home
@@ -179,6 +181,8 @@ class ApplicationManager:
         """Refuse a placement that breaks the policy, memory or links: repeated here, whoever planned it."""
         request = request or self._request(self.belief())
         error = violation(request, placement)
+        if not error and len(placement.stages) > RECORD_SLOTS:
+            error = f"{len(placement.stages)} stages; a frame records at most {RECORD_SLOTS}"
         if error:
             raise PlanError(f"refusing to deploy {placement.describe()}: {error}")
 
@@ -240,7 +244,7 @@ class ApplicationManager:
         finally:
             sys.setswitchinterval(switch_interval)
             if self.deployment is not None:
-                self.deployment.stop()
+                self._retire(self.deployment)
             if kms is not None:
                 kms.close()
             self.executor.close()
@@ -281,6 +285,30 @@ class ApplicationManager:
         if not self.summary.placements or self.summary.placements[-1] != key:
             self.summary.placements.append(key)
 
+    def _retire(self, deployment: Deployment) -> None:
+        """Stop a deployment that streamed, and keep what its hops carried beside the cost model's bytes."""
+        deployment.stop()
+        traffic = deployment.traffic()
+        placement = deployment.placement
+        for hop in self.current_cost.hops:
+            k = next(i for i, stage in enumerate(placement.stages) if stage.devices == hop.dst)
+            senders = {w.id for w in deployment.topology.stages[k - 1]} if k else {SOURCE}
+            receivers = {w.id for w in deployment.topology.stages[k]}
+            carried = [v for (src, dst), v in traffic.items() if src in senders and dst in receivers]
+            frames = sum(n for _, n in carried)
+            if frames:
+                self.summary.hops.append(
+                    HopReport(
+                        placement=placement.describe(),
+                        src=list(hop.src),
+                        dst=list(hop.dst),
+                        cut=hop.boundary - 1 if hop.boundary else None,
+                        frames=frames,
+                        measured_bytes=sum(b for b, _ in carried) / frames,
+                        predicted_bytes=hop.bytes,
+                    )
+                )
+
     def _run_chunk(self, run: _Run, chunk: list[Frame]) -> tuple[dict[int, FrameResult], bool]:
         results: dict[int, FrameResult] = {}
         interrupted = False
@@ -313,7 +341,7 @@ class ApplicationManager:
                 stop.set()
                 interrupted = True
                 restarts[lost.device] = restarts.get(lost.device, 0) + 1
-                deployment.stop()
+                self._retire(deployment)
                 self.deployment = None
                 first_missing = min((f.id for f in chunk if f.id not in results), default=None)
                 if restarts[lost.device] > self.options.max_restarts:
@@ -438,7 +466,7 @@ class ApplicationManager:
             }
         )
         if new.describe() != old.describe():
-            self.deployment.stop()
+            self._retire(self.deployment)
             self.deployment = None
             self._deploy(run, new)
         else:

@@ -204,6 +204,8 @@ class Heartbeat(Message):
     frames: int = 0
     busy_s: float = 0.0
     link_busy_s: list[float] = field(default_factory=list)
+    link_bytes: list[int] = field(default_factory=list)  # per outbound link, framing included
+    link_frames: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

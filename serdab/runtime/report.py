@@ -14,7 +14,19 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, Field
 
-__all__ = ["ChunkReport", "RunSummary", "StageReport", "top_k"]
+__all__ = ["ChunkReport", "HopReport", "RunSummary", "StageReport", "top_k"]
+
+
+class HopReport(BaseModel):
+    """One hop of a placement: the bytes per frame its links carried beside what the cost model charges."""
+
+    placement: str
+    src: list[str]
+    dst: list[str]
+    cut: int | None  # the tensor it carries (None: the input frame)
+    frames: int
+    measured_bytes: float  # per frame, on the socket
+    predicted_bytes: int
 
 
 class StageReport(BaseModel):
@@ -62,6 +74,7 @@ class RunSummary(BaseModel):
     chunks: list[ChunkReport] = Field(default_factory=list)
     switches: list[dict] = Field(default_factory=list)
     faults: list[dict] = Field(default_factory=list)
+    hops: list[HopReport] = Field(default_factory=list)
 
     def steady(self) -> list[ChunkReport]:
         """Full-size, uninterrupted chunks of the last placement: what measured-vs-predicted compares."""

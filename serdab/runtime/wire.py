@@ -35,9 +35,10 @@ def _read_exact(sock: socket.socket, size: int) -> bytes | None:
     return bytes(buffer)
 
 
-def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
+def send_message(sock: socket.socket, message: dict[str, Any]) -> int:
     """Head and body in one ``sendmsg`` (no concatenation copy, and the receiver is not woken for a
-    4-byte segment alone); the rest, if the socket took only part, with ``sendall``."""
+    4-byte segment alone); the rest, if the socket took only part, with ``sendall``. Returns the
+    bytes written."""
     data = cbor2.dumps(message)
     head = _HEAD.pack(len(data))
     sent = sock.sendmsg([head, data])
@@ -46,6 +47,7 @@ def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
         sent = len(head)
     if sent - len(head) < len(data):
         sock.sendall(memoryview(data)[sent - len(head) :])
+    return len(head) + len(data)
 
 
 def recv_message(sock: socket.socket, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any] | None:
