@@ -74,6 +74,7 @@ __all__ = [
     "DebugEnclaveError",
     "EnclaveImageError",
     "EnvelopeError",
+    "FaultBudgetError",
     "FrameSourceError",
     "HeError",
     "ImageSetError",
@@ -259,6 +260,10 @@ class UnknownServiceError(KmsError):
 
 class RunError(SerdabError):
     """The pipeline runtime cannot run or finish a stream."""
+
+
+class FaultBudgetError(RunError):
+    """A device failed more often than the run's fault budget allows, and the run cannot go on without it."""
 
 
 class FrameSourceError(RunError):

@@ -88,7 +88,7 @@ def test_a_device_no_node_offers_is_a_clear_error(ray_cluster, tmp_path) -> None
     )
     chain = chain_of("lenet5")
     profile, _ = cached_profile(chain, "lenet5", repeat=3, warmup=1)
-    options = RunOptions(chunk=4, placement="tee1[0-2] -> faraway[3-11]", dilation=300.0, max_restarts=0)
+    options = RunOptions(chunk=4, placement="tee1[0-2] -> faraway[3-11]", dilation=300.0, fault_budget=0)
     manager = ApplicationManager(chain, "lenet5", profile, load_cluster(path), options, executor=RayExecutor())
     with pytest.raises(WorkerError, match="no Ray node offers serdab_device_faraway"):
         manager.run(open_source("synthetic:4", (1, 1, 28, 28)).frames())

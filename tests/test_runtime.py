@@ -330,5 +330,7 @@ def test_a_device_that_stays_gone_is_planned_around(monkeypatch) -> None:
     summary = manager.run(open_source("synthetic:20", (1, 1, 28, 28)).frames(), on_result=lines.append)
     assert [line["frame"] for line in lines] == list(range(20))
     assert "e1" not in parse_placement(summary.placements[-1]).devices
-    assert [f["action"] for f in summary.faults] == ["restarted the workers (attempt 1)", "re-planned without e1"]
+    actions = [f["action"] for f in summary.faults]
+    assert actions[0].startswith("restarted the workers") and actions[-1].startswith("re-planned without e1"), actions
+    assert all(f["device"] == "e1" for f in summary.faults)
     assert "e1" in manager.resources.lost()

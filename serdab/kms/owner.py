@@ -19,7 +19,7 @@ from cryptography import x509
 from serdab.errors import KmsError, KmsUnreachableError
 from serdab.kms.client import AttestedKms, attest_kms
 from serdab.kms.lifecycle import MEASURED_PCRS, KmsCoordinates, ModelImage
-from serdab.kms.replica import start_kms_replica
+from serdab.kms.replica import KmsReplica, start_kms_replica
 
 __all__ = ["OwnerSession"]
 
@@ -34,12 +34,22 @@ class OwnerSession:
         pcrs: dict[int, bytes],
         allow_simulated: bool,
         stop: Callable[[], None] | None = None,
+        revive: Callable[[], AttestedKms | None] | None = None,
+        replicas: list[KmsReplica] | None = None,
     ) -> None:
         self.kms = kms
         self.token = token
         self.pcrs = pcrs  # what the key service attested to; enclaves check the same
         self.allow_simulated = allow_simulated
+        self.restarts = 0
         self._stop = stop
+        self._revive = revive
+        self._replicas = replicas or []
+
+    @property
+    def pid(self) -> int | None:
+        """The embedded key service's enclave process (None for a running service of someone else)."""
+        return self._replicas[-1].enclave.pid if self._replicas else None
 
     @property
     def url(self) -> str:
@@ -55,7 +65,11 @@ class OwnerSession:
         backend = get_backend("simulated")
         token = secrets.token_hex(24)
         directory.mkdir(parents=True, exist_ok=True)
-        try:
+        replicas: list[KmsReplica] = []
+
+        def start() -> AttestedKms:
+            """A replica on the session's store: a restarted one unseals the same state and knows every
+            key registered before it died."""
             replica = start_kms_replica(
                 backend,
                 images,
@@ -65,27 +79,31 @@ class OwnerSession:
                 allow_simulated=True,
                 timeout_s=timeout_s,
             )
-        except BaseException:
-            backend.close()
-            raise
-        try:
-            pcrs = {i: v for i, v in replica.pcrs.items() if i in MEASURED_PCRS}
-            kms = attest_kms(
+            replicas.append(replica)
+            return attest_kms(
                 replica.url,
-                expected_pcrs=pcrs,
+                expected_pcrs={i: v for i, v in replica.pcrs.items() if i in MEASURED_PCRS},
                 allow_simulated=True,
                 simulated_roots=[*roots, *backend.simulated_roots()],
             )
-        except BaseException:
-            replica.stop()
-            backend.close()
-            raise
 
         def stop() -> None:
-            replica.stop()
+            for replica in replicas:
+                replica.stop()
             backend.close()
 
-        return cls(kms, token, pcrs, True, stop)
+        def revive() -> AttestedKms | None:
+            if replicas and replicas[-1].alive():
+                return None
+            return start()
+
+        try:
+            kms = start()
+        except BaseException:
+            stop()
+            raise
+        pcrs = {i: v for i, v in replicas[-1].pcrs.items() if i in MEASURED_PCRS}
+        return cls(kms, token, pcrs, True, stop, revive, replicas)
 
     @classmethod
     def external(
@@ -114,6 +132,19 @@ class OwnerSession:
             kms.close()
             raise KmsError(f"cannot read the KMS admin token {token_file}: {exc.strerror}") from None
         return cls(kms, token, pcrs if pcrs else dict(kms.attestation.pcrs), allow_simulated)
+
+    def revive(self) -> bool:
+        """Restart an embedded key service that died, from its store (True when it did). A running one
+        (``external``) is someone else's to restart: a re-deploy then fails with its error."""
+        if self._revive is None:
+            return False
+        kms = self._revive()
+        if kms is None:
+            return False
+        self.kms.close()
+        self.kms = kms
+        self.restarts += 1
+        return True
 
     def register(self, image: ModelImage) -> None:
         """Upload the image's model key under a policy that names the image's PCRs."""

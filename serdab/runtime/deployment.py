@@ -206,7 +206,7 @@ class Deployment:
             try:
                 w.handle = self.ctx.executor.start(spec)
             except SerdabError as exc:  # the executor could not put a worker there: the device is gone
-                raise WorkerError(f"cannot start the worker for {w.device}: {exc}") from None
+                raise WorkerLost(w.device, f"cannot start the worker for {w.device}: {exc}") from None
         self._await(lambda: all(w.port for w in self.workers), "ready")
         for k, group in enumerate(self._stages):
             for w in group:
@@ -271,10 +271,14 @@ class Deployment:
                 self._handle_setup(worker_id, event)
             for w in self.workers:
                 if w.handle is not None and not w.handle.alive():
-                    raise WorkerError(f"the worker for {w.device} exited before it was {what}{self._log_tail(w)}")
+                    raise WorkerLost(
+                        w.device, f"the worker for {w.device} exited before it was {what}{self._log_tail(w)}"
+                    )
             if time.monotonic() > deadline:
                 late = [w.device for w in self.workers if not (w.port if what == "ready" else w.wired)]
-                raise WorkerError(f"workers on {', '.join(late)} not {what} after {self.ctx.start_timeout_s:.0f} s")
+                raise WorkerLost(
+                    late[0], f"workers on {', '.join(late)} not {what} after {self.ctx.start_timeout_s:.0f} s"
+                )
 
     def _handle_setup(self, worker_id: str, event: Message) -> None:
         w = self._by_id.get(worker_id)
@@ -282,10 +286,14 @@ class Deployment:
             w.port, w.load_s, w.host = int(event.port), float(event.load_s), str(event.host or w.host)
         elif isinstance(event, Wired) and w:
             w.wired = True
-        elif isinstance(event, ErrorReport | Refused):
-            raise WorkerError(event.message)
+        elif isinstance(event, Refused):
+            raise WorkerError(event.message)  # the wrong code: no restart will make it the right one
+        elif isinstance(event, ErrorReport):
+            # another worker's death explains a failed set-up best (the reporter may just have lost its link)
+            self._raise_for_dead(grace_s=0.5, besides=worker_id)
+            raise WorkerLost(w.device, event.message) if w else WorkerError(event.message)
         elif isinstance(event, Closed) and w:
-            raise WorkerError(f"the worker for {w.device} hung up during set-up{self._log_tail(w)}")
+            raise WorkerLost(w.device, f"the worker for {w.device} hung up during set-up{self._log_tail(w)}")
 
     def _log_tail(self, w: _Worker) -> str:
         tail = log_tail(self.ctx.run_dir / "logs" / f"{w.id}.log")
@@ -477,11 +485,11 @@ class Deployment:
             elif isinstance(event, Closed):
                 waiting.discard(worker_id)
 
-    def _raise_for_dead(self, grace_s: float = 0.0) -> None:
+    def _raise_for_dead(self, grace_s: float = 0.0, besides: str | None = None) -> None:
         deadline = time.monotonic() + grace_s
         while True:
             for w in self.workers:
-                if w.handle is not None and not w.handle.alive():
+                if w.id != besides and w.handle is not None and not w.handle.alive():
                     raise WorkerLost(w.device, f"the worker for {w.device} (pid {w.handle.pid}) exited")
             if time.monotonic() >= deadline:
                 return

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from serdab.cluster import Cluster
-from serdab.errors import InfeasibleError, PlanError, PolicyError, RunError, WorkerError
+from serdab.errors import FaultBudgetError, InfeasibleError, PlanError, PolicyError, RunError
 from serdab.framing import RECORD_SLOTS
 from serdab.graph import Chain
 from serdab.kms.lifecycle import KmsCoordinates
@@ -43,6 +44,7 @@ from serdab.runtime.deployment import Deployment, DeploymentContext, FrameResult
 from serdab.runtime.emulation import Emulation, choose_dilation, native_cluster
 from serdab.runtime.engine import SWITCH_INTERVAL_S
 from serdab.runtime.executor import Executor, LocalExecutor
+from serdab.runtime.faults import FaultBudget
 from serdab.runtime.frames import Frame, chunks, normalisation
 from serdab.runtime.protocol import SOURCE
 from serdab.runtime.repartition import Repartitioner, StageObservation
@@ -80,7 +82,9 @@ class RunOptions:
     placement: str | None = None
     slowdowns: dict[str, tuple[float, int]] = field(default_factory=dict)
     repartition: Repartitioner | None = field(default_factory=Repartitioner)
-    max_restarts: int = 2
+    fault_budget: int = 3  # faults per device within fault_window_s that are restarted; then the device is lost
+    fault_window_s: float = 120.0
+    fault_backoff_s: float = 0.25
     kms_url: str | None = None
     kms_token: Path | None = None
     keep_outputs: bool = False
@@ -100,7 +104,37 @@ class _Run:
     kms: OwnerSession | None
     dir: Path
     id: str
+    budget: FaultBudget
+    emitter: _Emitter
     streak: dict[tuple[str, ...], int] = field(default_factory=dict)  # the re-plan rule's memory
+
+
+class _Emitter:
+    """Result lines in frame order, each handed on as soon as it and every frame sent before it are done;
+    ``flush`` hands on the rest (out of order) when a run ends early, so nothing answered is lost."""
+
+    def __init__(self, on_result: Callable[[dict], None] | None) -> None:
+        self._out = on_result
+        self._expected: deque[int] = deque()
+        self._pending: dict[int, dict[str, Any]] = {}
+        self.answered = 0
+
+    def expect(self, frames: list[Frame]) -> None:
+        self._expected.extend(f.id for f in frames)
+
+    def done(self, line: dict[str, Any]) -> None:
+        self._pending[line["frame"]] = line
+        while self._expected and self._expected[0] in self._pending:
+            self._hand_on(self._pending.pop(self._expected.popleft()))
+
+    def flush(self) -> None:
+        for frame in sorted(self._pending):
+            self._hand_on(self._pending.pop(frame))
+
+    def _hand_on(self, line: dict[str, Any]) -> None:
+        self.answered += 1
+        if self._out:
+            self._out(line)
 
 
 def _no_key_service(service: str) -> KmsCoordinates:
@@ -143,6 +177,7 @@ class ApplicationManager:
         self._artifacts: dict[str, list[StageArtifact]] = {}
         self._epoch = 0
         self.deployment: Deployment | None = None
+        self.key_service: OwnerSession | None = None
 
     # --- planning -------------------------------------------------------------------------------
     def _request(self, cluster: Cluster) -> PlanRequest:
@@ -193,13 +228,19 @@ class ApplicationManager:
         total: int | None = None,
         on_result: Callable[[dict], None] | None = None,
         progress: Progress | None = None,
+        skip: frozenset[int] = frozenset(),
     ) -> RunSummary:
+        """Stream ``frames`` (those in ``skip`` were answered before: ``--resume``). Each result line goes
+        to ``on_result`` as soon as its frame and every frame before it are done; whatever stops the
+        run (a spent fault budget, Ctrl-C, SIGTERM), the lines of every frame answered are handed on
+        first and every process and file of the run is gone when this returns or raises."""
         o = self.options
         run_dir = Path(tempfile.mkdtemp(prefix="serdab-run-"))
         kms: OwnerSession | None = None
         started = time.monotonic()
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL_S)  # feeder, sink and control threads (see engine.run)
+        emitter = _Emitter(on_result)
         try:
             placement = self.plan()
             used = [self.cluster.device(d) for d in (self.cluster.names if not o.placement else placement.devices)]
@@ -208,7 +249,7 @@ class ApplicationManager:
             self.summary.emulation = self.emulation.describe()
             self.summary.dilation = dilation
             if any(self.cluster.device(d).trusted for d in self.cluster.names):
-                kms = self._kms(run_dir)
+                kms = self.key_service = self._kms(run_dir)
             ctx = DeploymentContext(
                 executor=self.executor,
                 resources=self.resources,
@@ -222,29 +263,31 @@ class ApplicationManager:
                 normalise=normalisation(self.chain.input_shape[1]),
                 route=self.route,
             )
-            run = _Run(ctx, kms, run_dir, f"run-{secrets.token_hex(4)}")
+            budget = FaultBudget(o.fault_budget, o.fault_window_s, o.fault_backoff_s)
+            run = _Run(ctx, kms, run_dir, f"run-{secrets.token_hex(4)}", budget, emitter)
             self._deploy(run, placement)
             done = 0
-            for index, chunk in enumerate(chunks(frames, o.chunk)):
-                results, interrupted = self._run_chunk(run, chunk)
+            wanted = (f for f in frames if f.id not in skip)
+            for index, chunk in enumerate(chunks(wanted, o.chunk)):
+                emitter.expect(chunk)
+                results, interrupted = self._run_chunk(run, chunk, index)
                 report = self._report(index, chunk, results, interrupted)
                 self.summary.chunks.append(report)
-                for frame in chunk:
-                    line = self._line(frame, results[frame.id], index)
-                    if on_result:
-                        on_result(line)
                 done += len(chunk)
                 if progress and self.deployment is not None:
                     progress({"done": done, "total": total, "chunk": report, "placement": self.deployment.placement})
                 if o.repartition and not interrupted:
                     self._maybe_replan(run, report, index)
             self.summary.frames = done
-            self.summary.wall_s = time.monotonic() - started
             return self.summary
         finally:
+            emitter.flush()
+            self.summary.answered = emitter.answered
+            self.summary.wall_s = time.monotonic() - started
             sys.setswitchinterval(switch_interval)
             if self.deployment is not None:
                 self._retire(self.deployment)
+                self.deployment = None
             if kms is not None:
                 kms.close()
             self.executor.close()
@@ -258,6 +301,10 @@ class ApplicationManager:
         return OwnerSession.embedded(run_dir / "kms", roots, serdab_home() / "images")
 
     def _deploy(self, run: _Run, placement: Placement) -> None:
+        if run.kms is not None and run.kms.revive():  # it died since the last deployment: enclaves need it
+            self.summary.faults.append(
+                {"device": "key service", "reason": "the key service exited", "action": "restarted from its store"}
+            )
         key = placement.describe()
         if key not in self._artifacts:
             trusted = {d.name: d.trusted for d in self.cluster.devices}
@@ -309,10 +356,10 @@ class ApplicationManager:
                     )
                 )
 
-    def _run_chunk(self, run: _Run, chunk: list[Frame]) -> tuple[dict[int, FrameResult], bool]:
+    def _run_chunk(self, run: _Run, chunk: list[Frame], index: int) -> tuple[dict[int, FrameResult], bool]:
         results: dict[int, FrameResult] = {}
         interrupted = False
-        restarts: dict[str, int] = {}
+        frames = {f.id: f for f in chunk}
         while len(results) < len(chunk):
             deployment = self.deployment
             assert deployment is not None
@@ -328,11 +375,12 @@ class ApplicationManager:
                     except queue.Empty:
                         pass
                     else:
-                        if result.frame not in results and any(f.id == result.frame for f in chunk):
+                        if result.frame not in results and result.frame in frames:
                             results[result.frame] = result
+                            run.emitter.done(self._line(frames[result.frame], result, index))
                     deployment.check()
                     if time.monotonic() > deadline:
-                        missing = sorted({f.id for f in chunk} - set(results))
+                        missing = sorted(set(frames) - set(results))
                         raise RunError(
                             f"frames {missing[:5]} never came out of the pipeline within "
                             f"{self.options.chunk_timeout_s:.0f} s"
@@ -340,40 +388,45 @@ class ApplicationManager:
             except WorkerLost as lost:
                 stop.set()
                 interrupted = True
-                restarts[lost.device] = restarts.get(lost.device, 0) + 1
                 self._retire(deployment)
                 self.deployment = None
                 first_missing = min((f.id for f in chunk if f.id not in results), default=None)
-                if restarts[lost.device] > self.options.max_restarts:
-                    self.resources.deregister(lost.device, str(lost))
-                    action = f"re-planned without {lost.device}"
-                    placement = self.plan()
-                else:
-                    action = f"restarted the workers (attempt {restarts[lost.device]})"
-                    placement = deployment.placement
-                self.summary.faults.append(
-                    {"device": lost.device, "reason": str(lost), "action": action, "frame": first_missing}
-                )
-                try:
-                    self._deploy(run, placement)
-                except WorkerError as exc:
-                    if restarts[lost.device] > self.options.max_restarts:
-                        raise
-                    restarts[lost.device] = self.options.max_restarts  # it does not come back: plan around it
-                    self.resources.deregister(lost.device, str(exc))
-                    self.summary.faults.append(
-                        {
-                            "device": lost.device,
-                            "reason": str(exc),
-                            "action": f"re-planned without {lost.device}",
-                            "frame": first_missing,
-                        }
-                    )
-                    self._deploy(run, self.plan())
+                self._recover(run, lost, deployment.placement, first_missing)
             finally:
                 stop.set()
                 feeder.join(timeout=5)
         return results, interrupted
+
+    def _recover(self, run: _Run, lost: WorkerLost, placement: Placement, frame: int | None) -> None:
+        """Charge the fault to the device whose process failed, then restart (after a backoff) or re-plan
+        without it; a fault while re-deploying is handled the same way, until one deployment stands."""
+        while True:
+            device = lost.device
+            count = run.budget.charge(device)
+            source = device == self.cluster.source
+            if run.budget.spent(device):
+                if source:
+                    self.summary.faults.append(
+                        {"device": device, "reason": str(lost), "action": "gave up: fault budget spent", "frame": frame}
+                    )
+                    raise FaultBudgetError(
+                        f"{device} failed {count} times within {run.budget.window_s:.0f} s (fault budget "
+                        f"{run.budget.faults}); {'it is the source where frames arrive, so ' if source else ''}"
+                        f"the run stops: {lost}"
+                    )
+                self.resources.deregister(device, str(lost))
+                action = f"re-planned without {device} (fault {count}, budget {run.budget.faults} spent)"
+                placement = self.plan()
+            else:
+                wait = run.budget.backoff(device)
+                action = f"restarted the workers after {wait:.2f} s (fault {count} of {run.budget.faults} for {device})"
+                time.sleep(wait)
+            self.summary.faults.append({"device": device, "reason": str(lost), "action": action, "frame": frame})
+            try:
+                self._deploy(run, placement)
+                return
+            except WorkerLost as again:
+                lost = again
 
     def _report(
         self, index: int, chunk: list[Frame], results: dict[int, FrameResult], interrupted: bool

@@ -69,6 +69,7 @@ class RunSummary(BaseModel):
     emulation: str = ""
     dilation: float = 1.0
     frames: int = 0
+    answered: int = 0  # result lines handed on (equals frames unless the run stopped early)
     wall_s: float = 0.0
     placements: list[str] = Field(default_factory=list)
     chunks: list[ChunkReport] = Field(default_factory=list)
