@@ -57,17 +57,17 @@ def _summary_table(summary: Any) -> Table:
     rows = summary.measured_vs_predicted()
     names = {
         "L": "frame latency L (probe)",
-        "P": "period P",
+        "P": "period P (mean result gap)",
         "T": f"chunk time T({summary.chunk})",
         "L_first": "first frame of a chunk",
         "T_simulated": f"T({summary.chunk}) vs event simulation",
     }
     for key, value in rows.items():
         gap = value["measured"] / value["predicted"] - 1 if value["predicted"] > 0 else 0.0
-        unit = 1000.0 if key in ("L", "L_first", "P") else 1.0
+        unit = 1000.0 if key.startswith(("L", "P")) else 1.0
         suffix = " ms" if unit == 1000.0 else " s"
         table.add_row(
-            names[key],
+            names.get(key, key.replace("L_path", "L on path ")),
             f"{unit * value['measured']:.3f}{suffix}",
             f"{unit * value['predicted']:.3f}{suffix}",
             f"{100 * gap:+.1f}%",

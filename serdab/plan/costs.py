@@ -200,7 +200,27 @@ class CostModel:
                 )
             )
             previous = group
-        return PlanCost(placement=placement, stages=tuple(stages), hops=tuple(hops), chunk=chunk)
+        return PlanCost(
+            placement=placement,
+            stages=tuple(stages),
+            hops=tuple(hops),
+            chunk=chunk,
+            path_latencies_s=self._paths(placement),
+        )
+
+    def _paths(self, placement: Placement) -> tuple[float, ...]:
+        """Latency of one frame along each replica path: frame j takes replica ``j % r`` of every stage."""
+        cycle = math.lcm(*(stage.replicas for stage in placement.stages))
+        paths = []
+        for j in range(cycle):
+            previous, total = self.source, 0.0
+            for stage in placement.stages:
+                device = self.index[stage.devices[j % stage.replicas]]
+                total += float(self.transfer_s(previous, device, int(self.workload.boundary_bytes[stage.first])))
+                total += self.compute_s(device, stage.first, stage.last)
+                previous = device
+            paths.append(total)
+        return tuple(paths)
 
     def structure_error(self, placement: Placement) -> str | None:
         """Why a placement is malformed (gaps, unknown or reused devices, mixed replicas), or None."""

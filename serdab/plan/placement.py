@@ -72,12 +72,19 @@ class HopCost:
 
 @dataclass(frozen=True)
 class PlanCost:
-    """Seed 000 eq. 1-2 generalised: L = sum of computes and hops, P = max, T(n) = L + (n-1) P."""
+    """Seed 000 eq. 1-2 generalised: L = sum of computes and hops, P = max, T(n) = L + (n-1) P.
+
+    With replicas, frame ``i`` takes replica path ``i % c`` (``c`` the lcm of the replica counts), and
+    paths differ in latency (one replica may sit across a link). A path carries every c-th frame,
+    so its last frame of a chunk leaves no earlier than ``L_j + (n_j - 1) c P``; ``T(n)`` is the
+    larger of eq. 2 and the slowest path's term (without replicas both are eq. 2). ``L`` is path 0's.
+    """
 
     placement: Placement
     stages: tuple[StageCost, ...]
     hops: tuple[HopCost, ...]
     chunk: int
+    path_latencies_s: tuple[float, ...] = ()  # one frame through each replica path; () = path 0 only
     latency_s: float = field(init=False)
     period_s: float = field(init=False)
     chunk_time_s: float = field(init=False)
@@ -85,9 +92,18 @@ class PlanCost:
     def __post_init__(self) -> None:
         latency = sum(s.compute_s for s in self.stages) + sum(h.time_s for h in self.hops)
         period = max([s.period_s for s in self.stages] + [h.period_s for h in self.hops])
+        paths = self.path_latencies_s or (latency,)
+        c, n = len(paths), self.chunk
+        slowest = max(paths[j] + (-(-(n - j) // c) - 1) * c * period for j in range(min(c, n)))
         object.__setattr__(self, "latency_s", latency)
         object.__setattr__(self, "period_s", period)
-        object.__setattr__(self, "chunk_time_s", latency + (self.chunk - 1) * period)
+        object.__setattr__(self, "chunk_time_s", max(latency + (n - 1) * period, slowest))
+
+    @property
+    def mean_gap_s(self) -> float:
+        """The mean time between results of one chunk after its first, (T(n) - L) / (n - 1): what a run
+        measures as its period (``period_s`` for an unreplicated placement)."""
+        return (self.chunk_time_s - self.latency_s) / (self.chunk - 1) if self.chunk > 1 else self.period_s
 
     @property
     def bottleneck(self) -> str:

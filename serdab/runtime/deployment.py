@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import math
 import os
 import queue
 import secrets
@@ -137,6 +138,7 @@ class Deployment:
         self._token = secrets.token_hex(16)
         self._stopping = False
         self.latency_s: float | None = None  # median of probe frames through the empty pipeline (host s)
+        self.path_latency_s: list[float] = []  # the same on every replica path (path 0's is latency_s)
         self._sent: dict[int, float] = {}
         self._traffic: dict[tuple[str, str], tuple[int, int]] = {}
         self._ingress: list[LinkSender] = []
@@ -225,19 +227,28 @@ class Deployment:
             self.ctx.resources.heartbeat(w.device)
 
     def warm(self, input_shape: tuple[int, ...], probes: int = PROBE_FRAMES) -> None:
-        """Push throw-away frames (ids -1, -2, ...; one per replica path) through every stage and link
+        """Push throw-away frames (negative ids, one per replica path) through every stage and link
         before the stream: the first real frame then finds warm code paths, connections and buffers,
         as the workers' first inference at load time does for ONNX Runtime (measured: the first frame
         of a run paid 2-6 ms more than the first frame of later chunks). Then ``probes`` frames one at
-        a time through the empty pipeline: their median end-to-end time is the measured ``L``."""
-        paths = max(len(group) for group in self._stages)
+        a time down each replica path through the empty pipeline: their median end-to-end time is
+        that path's measured latency, path 0's is the measured ``L`` (the path the cost model's L
+        follows). Frame ``i`` takes path ``i % c``; the ids ``j - c m`` (m >= 1) are negative and do."""
+        c = self.paths
         zeros = np.zeros(input_shape, dtype=np.uint8)
-        self._through([-k for k in range(1, paths + 1)], zeros)
-        times = []
-        for k in range(paths + 1, paths + 1 + probes):
-            result = self._through([-k], zeros)[0]
-            times.append(result.done_s - result.sent_s)
-        self.latency_s = float(np.median(times)) if times else None
+        self._through([j - c for j in range(c)], zeros)
+        times: list[list[float]] = [[] for _ in range(c)]
+        for m in range(2, probes + 2):
+            for j in range(c):
+                result = self._through([j - c * m], zeros)[0]
+                times[j].append(result.done_s - result.sent_s)
+        self.path_latency_s = [float(np.median(t)) for t in times] if probes else []
+        self.latency_s = self.path_latency_s[0] if self.path_latency_s else None
+
+    @property
+    def paths(self) -> int:
+        """Replica paths a frame can take: the lcm of the stages' replica counts."""
+        return math.lcm(*(len(group) for group in self._stages))
 
     def _through(self, ids: list[int], pixels: np.ndarray) -> list[FrameResult]:
         """Send throw-away frames and wait until every one came out."""

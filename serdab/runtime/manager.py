@@ -453,6 +453,7 @@ class ApplicationManager:
             )
         measured_t = (done[-1] - min(r.sent_s for r in ordered)) / d
         probed = self.deployment.latency_s if self.deployment is not None else None
+        paths = self.deployment.path_latency_s if self.deployment is not None else []
         latency = probed if probed is not None else first.done_s - first.sent_s
         costs = self._request(self.belief()).costs
         predicted = costs.evaluate(cost.placement, n)
@@ -467,9 +468,16 @@ class ApplicationManager:
             measured_latency_s=latency / d,
             first_frame_latency_s=(first.done_s - first.sent_s) / d,
             measured_period_s=((done[-1] - done[0]) / (n - 1) / d) if n > 1 else 0.0,
+            measured_path_latencies_s=[t / d for t in paths],
             predicted_chunk_s=predicted.chunk_time_s,
             predicted_latency_s=predicted.latency_s,
-            predicted_period_s=predicted.period_s,
+            predicted_period_s=predicted.mean_gap_s,
+            predicted_path_latencies_s=list(predicted.path_latencies_s),
+            paths=[
+                " -> ".join(s.devices[j % s.replicas] for s in cost.placement.stages)
+                for j in range(len(predicted.path_latencies_s))
+            ],
+            steady_period_s=predicted.period_s,
             predicted_bottleneck=predicted.bottleneck,
             simulated_chunk_s=simulated,
             stages=stages,

@@ -47,10 +47,14 @@ class ChunkReport(BaseModel):
     measured_chunk_s: float
     measured_latency_s: float = Field(description="median of probe frames through the empty pipeline")
     first_frame_latency_s: float = Field(0.0, description="the chunk's first frame, other frames right behind it")
-    measured_period_s: float
+    measured_period_s: float = Field(description="mean gap between results after the first")
+    measured_path_latencies_s: list[float] = Field(default_factory=list, description="probes down each replica path")
     predicted_chunk_s: float
     predicted_latency_s: float
-    predicted_period_s: float
+    predicted_period_s: float = Field(description="the same mean gap from the model: (T(n) - L) / (n - 1)")
+    predicted_path_latencies_s: list[float] = Field(default_factory=list)
+    paths: list[str] = Field(default_factory=list, description="each replica path's devices: 'tee2 -> e1'")
+    steady_period_s: float = Field(0.0, description="the model's period P of a long stream (eq. 2)")
     predicted_bottleneck: str
     simulated_chunk_s: float = Field(description="the event simulator's T(n): discrete frames, shared links")
     stages: list[StageReport]
@@ -93,13 +97,20 @@ class RunSummary(BaseModel):
         def mean(attr: str) -> float:
             return float(np.mean([getattr(c, attr) for c in chunks]))
 
-        return {
+        rows = {
             name: {"measured": mean(f"measured_{attr}_s"), "predicted": mean(f"predicted_{attr}_s")}
             for name, attr in (("L", "latency"), ("P", "period"), ("T", "chunk"))
         } | {
             "L_first": {"measured": mean("first_frame_latency_s"), "predicted": mean("predicted_latency_s")},
             "T_simulated": {"measured": mean("measured_chunk_s"), "predicted": mean("simulated_chunk_s")},
         }
+        last = chunks[-1]
+        if len(last.measured_path_latencies_s) > 1:  # replicas: each path's probes beside its prediction
+            for j, (measured, predicted) in enumerate(
+                zip(last.measured_path_latencies_s, last.predicted_path_latencies_s, strict=False)
+            ):
+                rows[f"L_path{j}: {last.paths[j]}"] = {"measured": measured, "predicted": predicted}
+        return rows
 
 
 def top_k(logits: np.ndarray, k: int = 5) -> list[dict[str, float]]:
