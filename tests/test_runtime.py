@@ -334,3 +334,24 @@ def test_a_device_that_stays_gone_is_planned_around(monkeypatch) -> None:
     assert actions[0].startswith("restarted the workers") and actions[-1].startswith("re-planned without e1"), actions
     assert all(f["device"] == "e1" for f in summary.faults)
     assert "e1" in manager.resources.lost()
+
+
+def test_a_replicated_placement_is_measured_as_predicted_on_every_path() -> None:
+    """Replicas on both sides of a shaped link: L per path, P and T(n) within 10% of the formula and
+    the event simulation (emulated at the cluster's default dilation)."""
+    manager = _manager(
+        "resnet18",
+        load_cluster("paper"),
+        chunk=6,
+        placement="tee1+tee2[0-11] -> e1[12-21]",
+        replicate=True,
+        repartition=None,
+    )
+    summary = manager.run(open_source("synthetic:6", (1, 3, 224, 224)).frames())
+    rows = summary.measured_vs_predicted()
+    assert {"L_path0: tee1 -> e1", "L_path1: tee2 -> e1"} <= set(rows)
+    for name, row in rows.items():
+        if name != "L_first":
+            assert abs(row["measured"] / row["predicted"] - 1) <= 0.10, (name, row)
+    t = rows["T"]["measured"]
+    assert abs(t / rows["T_simulated"]["predicted"] - 1) <= 0.10
