@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import tempfile
 from collections.abc import Callable, Mapping
@@ -268,8 +269,8 @@ async def serve_app(
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not task.done():
         await asyncio.sleep(0.02)
-    if secrets_dir is not None:
-        (secrets_dir / "key.pem").unlink(missing_ok=True)  # loaded: do not leave it on disk
+    if secrets_dir is not None:  # loaded: leave neither the key nor the directory on disk (a killed server cannot)
+        shutil.rmtree(secrets_dir, ignore_errors=True)
     if server.started:
         on_started()
     if should_exit is not None:

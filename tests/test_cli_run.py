@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +89,65 @@ def test_a_key_service_that_is_down_is_exit_4_at_once(capsys) -> None:
     code = main(["run", "lenet5", "--cluster", "paper", "--input", "synthetic:3", "--kms", "https://127.0.0.1:1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 4 and "the key service is down" in err[-1] and "no KMS at https://127.0.0.1:1" in err[-1]
+
+
+def _serdab_run(tmp: Path, *args: str) -> subprocess.Popen:
+    """`serdab run` as its own process (a signal can only be sent to one), its TMPDIR ``tmp``."""
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    argv = [sys.executable, "-m", "serdab", "run", "lenet5", "--cluster", "paper", "--chunk", "10"]
+    argv += ["--placement", "tee1[0-2] -> e1[3-11]", "--dilation", "100", *args]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _answers(path: Path) -> list[tuple[int, str, list[int]]]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(r["frame"], r["source"], [c["class"] for c in r["top5"]]) for r in rows]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_run_cleans_up_and_resume_gives_the_uninterrupted_answers(sig, tmp_path: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="sr-", dir="/tmp"))  # short: the simulated NSM's sockets live there
+    try:
+        _stop_and_resume(sig, tmp_path, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _stop_and_resume(sig: signal.Signals, tmp_path: Path, tmp: Path) -> None:
+    whole = tmp_path / "whole.jsonl"
+    child = _serdab_run(tmp, "--input", "synthetic:40", "--out", str(whole))
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 0, err
+
+    out, summary = tmp_path / "r.jsonl", tmp_path / "s.json"
+    child = _serdab_run(tmp, "--input", "synthetic:40", "--out", str(out), "--json", str(summary))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 12):
+        time.sleep(0.05)
+    child.send_signal(sig)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err
+    answered = len(out.read_text().splitlines())
+    assert 12 <= answered < 40
+    assert f"{answered} frames answered; results in {out}" in " ".join(err.split())
+    assert json.loads(summary.read_text())["answered"] == answered
+    # run directory, key service store, sockets, TLS files: all gone (others' files, e.g. a library's .ses, may stay)
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("serdab-")] == []
+
+    child = _serdab_run(tmp, "--input", "synthetic:40", "--resume", str(out))
+    stdout, err = child.communicate(timeout=300)
+    assert child.returncode == 0, err
+    assert f"resuming: {answered} frames already answered" in stdout
+    assert _answers(out) == _answers(whole)
+
+
+def test_resume_refuses_another_input_or_model(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "r.jsonl"
+    out.write_text(json.dumps({"frame": 0, "model": "lenet5", "source": "a.png", "top5": []}) + "\n")
+    code = main(["run", "lenet5", "--cluster", "paper", "--input", "synthetic:3", "--resume", str(out)])
+    assert (
+        code == 2
+        and "answers frame 0 for 'a.png', but this input's frame 0 is 'synthetic#0'" in capsys.readouterr().err
+    )
+    code = main(["run", "resnet18", "--cluster", "paper", "--input", "synthetic:3", "--resume", str(out)])
+    assert code == 2 and "holds results of 'lenet5', not 'resnet18'" in capsys.readouterr().err

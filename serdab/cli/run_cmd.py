@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,7 +28,7 @@ from serdab.cli.common import (
     read_audit,
     write_json,
 )
-from serdab.errors import ConfigError
+from serdab.errors import ConfigError, RunError
 
 __all__ = ["parse_slowdown", "run"]
 
@@ -92,6 +95,39 @@ def _stage_table(summary: Any) -> Table:
     return table
 
 
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM stops a run as Ctrl-C does (workers stopped, run directory removed, answers kept); a
+    second signal while it cleans up is ignored, so the clean-up finishes."""
+    stopping = False
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _stopped(summary: Any, why: BaseException, out: Path | None, json_path: Path | None, before: int) -> None:
+    """One line on what a stopped run did and how to go on; the summary of what was done, if asked for."""
+    done = summary.answered + before
+    where = (
+        f"; results in {out}, resume with the same command and --resume {out}"
+        if out
+        else ("; give --out FILE to keep results and resume")
+    )
+    reason = "stopped by a signal" if isinstance(why, KeyboardInterrupt) else "stopped"
+    err_console.print(f"serdab run {reason}: {done} frames answered{where}")
+    write_json(json_path, summary)
+
+
 def run(
     cluster: Annotated[
         str, typer.Option(help="Cluster YAML or a shipped example: paper, single-tee, edge-cloud.", show_default=False)
@@ -129,7 +165,20 @@ def run(
         str | None, typer.Option(help="Use a running key service (`serdab kms start`) instead of an embedded one.")
     ] = None,
     frames: Annotated[int | None, typer.Option(min=1, help="Stop after this many frames of the input.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Results as JSON Lines, one line per frame.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Results as JSON Lines, one line per frame, written as each frame is answered.")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue a stopped run: skip the frames this results file answers (same model and input, "
+            "checked) and append the rest to it."
+        ),
+    ] = None,
+    fault_budget: Annotated[
+        int, typer.Option(min=0, help="Restarts a device may need within --fault-window before it is given up.")
+    ] = 3,
+    fault_window: Annotated[float, typer.Option(min=1.0, help="Seconds over which --fault-budget counts.")] = 120.0,
     executor: Annotated[
         ExecutorKind,
         typer.Option(help="Where workers run: local (processes on this host) or ray (actors placed by device)."),
@@ -154,6 +203,7 @@ def run(
     from serdab.runtime.frames import open_source
     from serdab.runtime.manager import ApplicationManager, RunOptions
     from serdab.runtime.repartition import Repartitioner
+    from serdab.runtime.results import read_answered, sort_by_frame
 
     spec = load_cluster(cluster)
     slowdowns = dict(parse_slowdown(s) for s in slowdown or [])
@@ -185,6 +235,8 @@ def run(
         slowdowns=slowdowns,
         kms_url=kms,
         repartition=None if no_repartition else Repartitioner(repartition_threshold, repartition_chunks),
+        fault_budget=fault_budget,
+        fault_window_s=fault_window,
     )
     audited = read_audit(audit, parse_policy(privacy), opened.chain, opened.name)
     manager = ApplicationManager(opened.chain, opened.name, prof, spec, options, leakage=leakage, audit=audited)
@@ -201,7 +253,15 @@ def run(
         f"input {source.describe()}, chunks of {chunk}"
         + (f"; workers on Ray ({address})" if executor is ExecutorKind.RAY else "")
     )
-    sink = out.open("w") if out else None
+    if resume is not None and out is not None and out.resolve() != resume.resolve():
+        raise ConfigError(f"--resume appends to {resume}; leave out --out or give the same file")
+    out = resume or out
+    answered = read_answered(resume, opened.name) if resume is not None else None
+    todo = answered.skip(source.frames()) if answered else source.frames()
+    total = source.count - len(answered.frames) if answered and source.count is not None else source.count
+    if answered and answered.frames:
+        console.print(f"resuming: {len(answered.frames)} frames already answered in {resume}")
+    sink = out.open("a" if resume else "w") if out else None
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -210,8 +270,8 @@ def run(
         TextColumn("{task.fields[info]}"),
     )
     try:
-        with Progress(*columns, console=err_console, transient=False) as bar:
-            task = bar.add_task("starting key service and workers", total=source.count, info="")
+        with Progress(*columns, console=err_console, transient=False) as bar, _stop_on_sigterm():
+            task = bar.add_task("starting key service and workers", total=total, info="")
 
             def on_result(line: dict[str, Any]) -> None:
                 if sink:
@@ -221,10 +281,17 @@ def run(
             def on_progress(update: dict[str, Any]) -> None:
                 bar.update(task, completed=update["done"], description="frames", info=_progress_text(update))
 
-            summary = manager.run(source.frames(), total=source.count, on_result=on_result, progress=on_progress)
+            summary = manager.run(todo, total=total, on_result=on_result, progress=on_progress)
+    except (KeyboardInterrupt, RunError) as stopped:
+        _stopped(manager.summary, stopped, out, json_path, len(answered.frames) if answered else 0)
+        if isinstance(stopped, KeyboardInterrupt):
+            raise typer.Exit(130) from None
+        raise
     finally:
         if sink:
             sink.close()
+    if resume is not None:
+        sort_by_frame(resume)
     console.print(f"{summary.frames} frames in {summary.wall_s:.1f} s host time; {summary.emulation}")
     for switch in summary.switches:
         console.print(

@@ -228,9 +228,8 @@ class ApplicationManager:
         total: int | None = None,
         on_result: Callable[[dict], None] | None = None,
         progress: Progress | None = None,
-        skip: frozenset[int] = frozenset(),
     ) -> RunSummary:
-        """Stream ``frames`` (those in ``skip`` were answered before: ``--resume``). Each result line goes
+        """Stream ``frames``. Each result line goes
         to ``on_result`` as soon as its frame and every frame before it are done; whatever stops the
         run (a spent fault budget, Ctrl-C, SIGTERM), the lines of every frame answered are handed on
         first and every process and file of the run is gone when this returns or raises."""
@@ -267,8 +266,7 @@ class ApplicationManager:
             run = _Run(ctx, kms, run_dir, f"run-{secrets.token_hex(4)}", budget, emitter)
             self._deploy(run, placement)
             done = 0
-            wanted = (f for f in frames if f.id not in skip)
-            for index, chunk in enumerate(chunks(wanted, o.chunk)):
+            for index, chunk in enumerate(chunks(frames, o.chunk)):
                 emitter.expect(chunk)
                 results, interrupted = self._run_chunk(run, chunk, index)
                 report = self._report(index, chunk, results, interrupted)
@@ -487,6 +485,7 @@ class ApplicationManager:
         d = self.emulation.dilation
         line: dict[str, Any] = {
             "frame": frame.id,
+            "model": self.model,
             "source": frame.name,
             "chunk": chunk,
             "top5": top_k(result.outputs[-1], 5),

@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import os
 import platform
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -39,7 +40,9 @@ class SimulatedBackend(TeeBackend):
         self.epc = epc or EpcMeter()
         self._devices: dict[str, NsmDevice] = {}
         self._servers: dict[str, NsmServer] = {}
-        self._sockets = Path(tempfile.mkdtemp(prefix="serdab-nsm-"))
+        # a Unix socket path must stay under ~108 bytes: a deep TMPDIR falls back to /tmp
+        base = tempfile.gettempdir()
+        self._sockets = Path(tempfile.mkdtemp(prefix="serdab-nsm-", dir=base if len(base) <= 64 else "/tmp"))
 
     def launch(
         self,
@@ -57,6 +60,7 @@ class SimulatedBackend(TeeBackend):
             )
         enclave_id = f"sim-{platform.node() or 'host'}-{os.getpid()}-enc{next(_counter):04d}"
         device = NsmDevice(self.host, enclave_id, pcrs, manifest.debug, self.epc)
+        self._sockets.mkdir(exist_ok=True)  # a backend closed once may launch again
         socket_path = self._sockets / f"{enclave_id}.sock"
         server = NsmServer(socket_path, device)
         child_env = {**(env or {}), NSM_SOCKET_ENV: str(socket_path), "SERDAB_ENCLAVE_ID": enclave_id}
@@ -107,3 +111,4 @@ class SimulatedBackend(TeeBackend):
     def close(self) -> None:
         for enclave_id in list(self._servers):
             self._servers.pop(enclave_id).close()
+        shutil.rmtree(self._sockets, ignore_errors=True)
