@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["ExecutorKind", "HeMode", "RayIngress", "ServeEngine"]
+__all__ = ["BadInput", "ExecutorKind", "HeMode", "RayIngress", "ServeEngine"]
 
 
 class ExecutorKind(StrEnum):
@@ -40,3 +40,10 @@ class HeMode(StrEnum):
 
     RECALL = "recall"  # the class scores
     TRANSFER = "transfer"  # encrypted features of a layer
+
+
+class BadInput(StrEnum):
+    """What `serdab run` does with an input file it cannot decode (serdab.runtime.frames)."""
+
+    SKIP = "skip"  # a result line says why, the rest of the input goes on
+    REFUSE = "refuse"  # every file checked first; the run refused, naming every bad file

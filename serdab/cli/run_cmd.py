@@ -13,7 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from serdab.choices import ExecutorKind
+from serdab.choices import BadInput, ExecutorKind
 from serdab.cli.common import (
     AuditOpt,
     InputShapeOpt,
@@ -175,6 +175,13 @@ def run(
             "checked) and append the rest to it."
         ),
     ] = None,
+    bad_input: Annotated[
+        BadInput,
+        typer.Option(
+            help="A file that does not decode: skip (a result line says why, the rest runs) or refuse (check "
+            "every file first and run nothing if one is bad)."
+        ),
+    ] = BadInput.SKIP,
     fault_budget: Annotated[
         int, typer.Option(min=0, help="Restarts a device may need within --fault-window before it is given up.")
     ] = 3,
@@ -211,7 +218,7 @@ def run(
         if device not in spec.names:
             raise ConfigError(f"--slowdown names {device!r}, not a device of {spec.name} ({', '.join(spec.names)})")
     opened = open_model(model, input_shape)
-    source = open_source(input, opened.chain.input_shape, limit=frames)
+    source = open_source(input, opened.chain.input_shape, limit=frames, bad_input=bad_input)
     with progress_bar(f"profiling {opened.name}", len(opened.chain.blocks) + 1) as update:
         prof, _ = cached_profile(opened.chain, opened.name, progress=update)
     leakage = None
@@ -298,6 +305,8 @@ def run(
             f"re-partitioned after chunk {switch['after_chunk']} (before frame {switch['before_frame']}): "
             f"{switch['from']} -> {switch['to']}: {switch['reason']}"
         )
+    for bad in summary.skipped:
+        console.print(f"skipped frame {bad['frame']} ({bad['source']}): {bad['error']}")
     for fault in summary.faults:
         console.print(f"fault at frame {fault['frame']}: {fault['reason']}; {fault['action']}")
     console.print(_summary_table(summary))

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 import torch
 from skimage import color, data, transform
 
 from serdab.errors import ImageSetError
+from serdab.imaging import IMAGE_SUFFIXES, image_frames, resized_chw
 from serdab.models.digits import MNIST_MEAN, MNIST_STD, digits_split
 from serdab.normalisation import IMAGENET
 
@@ -53,7 +54,7 @@ TRAIN_PHOTOS = (
 )
 """Bundled scikit-image samples an attacker trains on; never the audit's victim images."""
 
-_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+_SUFFIXES = IMAGE_SUFFIXES
 _IMAGENET_MEAN = np.array(IMAGENET.mean, dtype=np.float32)
 _IMAGENET_STD = np.array(IMAGENET.std, dtype=np.float32)
 
@@ -107,14 +108,14 @@ def load_image_dir(directory: Path) -> list[LabelledImage]:
     images = []
     for path in files:
         try:
-            pixels = iio.imread(path.read_bytes())  # from bytes: imageio leaks the handle on a corrupt file
+            frames = list(islice(image_frames(path), 2))  # as a viewer shows it (serdab.imaging)
         except OSError as exc:
-            raise ImageSetError(f"cannot read image {path}: {exc.strerror}") from None
-        except Exception as exc:  # imageio/PIL raise many types for a corrupt file
+            raise ImageSetError(f"cannot read image {path}: {exc.strerror or exc}") from None
+        except Exception as exc:  # Pillow raises many types for a corrupt file
             raise ImageSetError(f"cannot read image {path}: {type(exc).__name__}") from None
-        if pixels.ndim == 3 and pixels.shape[0] in (1, 3, 4) and pixels.shape[2] not in (1, 3, 4):
-            raise ImageSetError(f"{path} looks like a multi-frame image; give one frame per file")
-        images.append(LabelledImage(path.stem, _as_float(_drop_alpha(pixels))))
+        if len(frames) != 1:
+            raise ImageSetError(f"{path} holds several frames (an animation or pages); give one frame per file")
+        images.append(LabelledImage(path.stem, _as_float(frames[0][1])))
     return images
 
 
@@ -194,12 +195,7 @@ def _resized(image: LabelledImage, height: int, width: int) -> np.ndarray:
 
 
 def _resized_pixels(image: LabelledImage, channels: int, height: int, width: int) -> np.ndarray:
-    resized = _resized(image, height, width)
-    if channels == 1:
-        grey = resized if resized.ndim == 2 else color.rgb2gray(resized).astype(np.float32)
-        return grey[None]
-    rgb = resized if resized.ndim == 3 else np.repeat(resized[..., None], 3, axis=2)
-    return rgb.transpose(2, 0, 1)
+    return resized_chw(image.pixels, channels, height, width)
 
 
 def pixel_batch(images: Sequence[LabelledImage], input_shape: Sequence[int]) -> torch.Tensor:

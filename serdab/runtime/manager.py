@@ -266,8 +266,14 @@ class ApplicationManager:
             run = _Run(ctx, kms, run_dir, f"run-{secrets.token_hex(4)}", budget, emitter)
             self._deploy(run, placement)
             done = 0
-            for index, chunk in enumerate(chunks(frames, o.chunk)):
-                emitter.expect(chunk)
+            for index, frames_in in enumerate(chunks(frames, o.chunk)):
+                emitter.expect(frames_in)
+                for bad in (f for f in frames_in if f.error is not None):  # answered with why, sent nowhere
+                    self.summary.skipped.append({"frame": bad.id, "source": bad.name, "error": bad.error})
+                    emitter.done({"frame": bad.id, "model": self.model, "source": bad.name, "error": bad.error})
+                chunk = [f for f in frames_in if f.error is None]
+                if not chunk:
+                    continue
                 results, interrupted = self._run_chunk(run, chunk, index)
                 report = self._report(index, chunk, results, interrupted)
                 self.summary.chunks.append(report)

@@ -80,6 +80,7 @@ class RunSummary(BaseModel):
     switches: list[dict] = Field(default_factory=list)
     faults: list[dict] = Field(default_factory=list)
     hops: list[HopReport] = Field(default_factory=list)
+    skipped: list[dict] = Field(default_factory=list)  # bad input: frame, source, why
 
     def steady(self) -> list[ChunkReport]:
         """Full-size, uninterrupted chunks of the last placement: what measured-vs-predicted compares."""
