@@ -126,3 +126,29 @@ def test_an_unreachable_or_malformed_ray_address_fails_in_seconds_with_one_line(
         assert done.returncode == 2, (address, done.returncode, done.stderr[-1500:])
         assert len(errors) == 1 and ("no Ray cluster answers" in errors[0] or "a Ray address is" in errors[0])
         assert "Traceback" not in done.stderr and time.monotonic() - started < 60
+
+
+def test_executor_ray_without_an_address_starts_a_local_ray_as_ray_init_does(clusters_dir, tmp_path) -> None:
+    """No --address and no cluster running (a Ray temp dir of its own hides the test session's): a local
+    Ray is started, as `ray.init()` does, and the run goes through."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # Ray's sockets live under it: keep the path short
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": ray_tmp}
+    out = tmp_path / "r.jsonl"
+    args = ["run", "lenet5", "--cluster", str(clusters_dir / "paper.yaml"), "--executor", "ray"]
+    args += ["--input", "synthetic:4", "--placement", "tee1[0-2] -> e1[3-11]", "--out", str(out)]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "serdab", *args], capture_output=True, text=True, timeout=300, env=env
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "workers on Ray (ray.init() default)" in " ".join(done.stdout.split())
+    assert [json.loads(line)["frame"] for line in out.read_text().splitlines()] == [0, 1, 2, 3]

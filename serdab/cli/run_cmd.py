@@ -191,8 +191,14 @@ def run(
         typer.Option(help="Where workers run: local (processes on this host) or ray (actors placed by device)."),
     ] = ExecutorKind.LOCAL,
     address: Annotated[
-        str, typer.Option(help="With --executor ray: auto (running cluster), ray://HOST:PORT, or local (start one).")
-    ] = "auto",
+        str,
+        typer.Option(
+            help="With --executor ray: empty (the default) connects to RAY_ADDRESS or a cluster running here and "
+            "starts a local one otherwise, as ray.init() does; auto (a running cluster only), ray://HOST:PORT, "
+            "or local (always a new one).",
+            show_default=False,
+        ),
+    ] = "",
     audit: AuditOpt = None,
     input_shape: InputShapeOpt = None,
     json_path: JsonOpt = None,
@@ -258,7 +264,7 @@ def run(
     console.print(
         f"[bold]{opened.name}[/bold] on {spec.name}: {first.describe()} (policy {manager.policy.spec}); "
         f"input {source.describe()}, chunks of {chunk}"
-        + (f"; workers on Ray ({address})" if executor is ExecutorKind.RAY else "")
+        + (f"; workers on Ray ({address or 'ray.init() default'})" if executor is ExecutorKind.RAY else "")
     )
     if resume is not None and out is not None and out.resolve() != resume.resolve():
         raise ConfigError(f"--resume appends to {resume}; leave out --out or give the same file")

@@ -103,12 +103,23 @@ class _RayHandle(WorkerHandle):
         return self._alive
 
 
+def _running_here(init: dict[str, Any]) -> bool:
+    """Whether a Ray cluster runs on this machine (``ray.init(address="auto")`` finds one, or says so at once)."""
+    try:
+        ray.init(address="auto", **init)
+    except ConnectionError:
+        return False
+    ray.shutdown()  # connected only to find out; the caller connects for real
+    return True
+
+
 class RayExecutor(Executor):
     """Workers as Ray actors, each placed on the node offering its device's (or host's) resource.
 
-    ``address``: ``auto`` (a running cluster, ``ray start --head``), ``ray://HOST:PORT`` (Ray
-    client), or ``local`` (start a one-node Ray here offering every device of ``cluster``; what
-    ``serdab run --executor ray`` does on a laptop). Ray is shut down on close only if this
+    ``address``: empty (the default, as ``ray.init()`` does: ``RAY_ADDRESS`` or a cluster running on
+    this machine, else a new one here), ``auto`` (a running cluster only, ``ray start --head``),
+    ``ray://HOST:PORT`` (Ray client), or ``local`` (always a new one-node Ray here). A Ray this
+    executor starts offers every device of ``cluster``. Ray is shut down on close only if this
     executor started or connected it.
     """
 
@@ -119,7 +130,11 @@ class RayExecutor(Executor):
         self._owns_ray = False
         if not ray.is_initialized():
             init: dict[str, Any] = {"logging_level": "ERROR", "include_dashboard": False, "log_to_driver": False}
-            if address == "local":
+            if not address:
+                address = os.environ.get("RAY_ADDRESS", "")
+                if not address and _running_here(init):
+                    address = "auto"
+            if address in ("", "local"):
                 resources: dict[str, float] = {}
                 if cluster is not None:
                     for host in {d.host for d in cluster.devices}:
