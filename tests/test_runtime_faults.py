@@ -176,3 +176,33 @@ def test_the_fault_budget_counts_within_its_window_and_backs_off() -> None:
     assert budget.charge("tee1") == 3 and budget.spent("tee1") and budget.backoff("tee1") == 1.5
     now[0] = 20.0  # the old faults left the window
     assert budget.charge("tee1") == 1 and not budget.spent("tee1") and not budget.spent("e1")
+
+
+def test_a_stage_that_cannot_compute_reports_at_once_and_stops_its_heartbeat() -> None:
+    """The compute loop dies on a frame: the manager hears which device and frame, and no heartbeat
+    goes on saying the worker is fine (it used to wait out the 600 s chunk timeout)."""
+    from serdab.framing import encode_payload, new_records
+    from serdab.runtime.engine import _Worker
+    from serdab.runtime.protocol import ErrorReport, WorkerConfig
+
+    sent: list[object] = []
+
+    class Control:
+        def send(self, message: object) -> None:
+            sent.append(message)
+
+    class Broken:
+        def run(self, *_args: object) -> None:
+            raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions")
+
+    config = WorkerConfig(
+        "e1-s1-e1", "e1", 1, "stage1.onnx", native=True, dilation=1.0, compute_emulated_s=0.0, memory_bytes=0
+    )
+    worker = _Worker(Control(), config, None, None)  # type: ignore[arg-type]
+    worker.session, worker.input_name = Broken(), "x"
+    worker.inputs.put((7, encode_payload([np.zeros((1, 3), np.float32)], new_records()), time.monotonic()))
+    worker.compute()  # returns: the loop ended
+    assert [type(m) for m in sent] == [ErrorReport]
+    assert "e1: stage 1 failed on frame 7: RuntimeError" in sent[0].message  # type: ignore[attr-defined]
+    worker.heartbeat()  # returns at once instead of beating forever
+    assert len(sent) == 1

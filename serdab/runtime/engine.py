@@ -149,7 +149,8 @@ class _Worker:
         try:
             self._compute()
         except Exception as exc:  # ONNX Runtime and numpy raise many kinds; the manager needs one line
-            self.failed = f"{self.config.device}: stage {self.config.stage} failed: {type(exc).__name__}: {exc}"
+            where = f" on frame {self.frame}" if self.frame is not None else ""
+            self.failed = f"{self.config.device}: stage {self.config.stage} failed{where}: {type(exc).__name__}: {exc}"
             self._report(ErrorReport(self.failed))
 
     def _compute(self) -> None:
