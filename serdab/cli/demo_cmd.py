@@ -117,7 +117,7 @@ def demo(
 
 
 def _run_step(opened: NamedChain, prof: Profile, spec: Cluster, frames: int, chunk: int) -> None:
-    from serdab.cli.run_cmd import _stage_table, _summary_table
+    from serdab.cli.run_cmd import _hop_lines, _stage_table, _summary_table
     from serdab.runtime.frames import open_source
     from serdab.runtime.manager import ApplicationManager, RunOptions
 
@@ -135,3 +135,5 @@ def _run_step(opened: NamedChain, prof: Profile, spec: Cluster, frames: int, chu
     )
     console.print(_summary_table(summary))
     console.print(_stage_table(summary))
+    for line in _hop_lines(summary):
+        console.print(line)

@@ -78,6 +78,19 @@ def _summary_table(summary: Any) -> Table:
     return table
 
 
+def _hop_lines(summary: Any) -> list[str]:
+    """Bytes per frame each hop of the last placement carried, beside what the cost model charges."""
+    last = summary.placements[-1] if summary.placements else None
+    lines = []
+    for hop in (h for h in summary.hops if h.placement == last):
+        what = "the input frame" if hop.cut is None else f"cut {hop.cut}"
+        lines.append(
+            f"hop {'+'.join(hop.src)} -> {'+'.join(hop.dst)} ({what}): {hop.measured_bytes:,.0f} bytes per frame "
+            f"on the wire, cost model {hop.predicted_bytes:,}"
+        )
+    return lines
+
+
 def _stage_table(summary: Any) -> Table:
     last = summary.steady()[-1]
     table = Table(title=f"stages of {last.placement}")
@@ -314,9 +327,12 @@ def run(
     for bad in summary.skipped:
         console.print(f"skipped frame {bad['frame']} ({bad['source']}): {bad['error']}")
     for fault in summary.faults:
-        console.print(f"fault at frame {fault['frame']}: {fault['reason']}; {fault['action']}")
+        at = f"fault at frame {fault['frame']}" if fault.get("frame") is not None else "fault"
+        console.print(f"{at}: {fault['reason']}; {fault['action']}")
     console.print(_summary_table(summary))
     console.print(_stage_table(summary))
+    for line in _hop_lines(summary):
+        console.print(line)
     if out:
         err_console.print(f"wrote {out}")
     write_json(json_path, summary)

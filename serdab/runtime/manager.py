@@ -307,7 +307,12 @@ class ApplicationManager:
     def _deploy(self, run: _Run, placement: Placement) -> None:
         if run.kms is not None and run.kms.revive():  # it died since the last deployment: enclaves need it
             self.summary.faults.append(
-                {"device": "key service", "reason": "the key service exited", "action": "restarted from its store"}
+                {
+                    "device": "key service",
+                    "reason": "the key service had exited",
+                    "action": "restarted it from its store before re-deploying",
+                    "frame": None,
+                }
             )
         key = placement.describe()
         if key not in self._artifacts:
