@@ -74,10 +74,14 @@ class HopCost:
 class PlanCost:
     """Seed 000 eq. 1-2 generalised: L = sum of computes and hops, P = max, T(n) = L + (n-1) P.
 
-    With replicas, frame ``i`` takes replica path ``i % c`` (``c`` the lcm of the replica counts), and
-    paths differ in latency (one replica may sit across a link). A path carries every c-th frame,
-    so its last frame of a chunk leaves no earlier than ``L_j + (n_j - 1) c P``; ``T(n)`` is the
-    larger of eq. 2 and the slowest path's term (without replicas both are eq. 2). ``L`` is path 0's.
+    Planners rank by eq. 2 (``chunk_time_s``, a stream long enough for the period to be fluid).
+    A run's finite chunk is compared with ``paths_time_s``: with replicas, frame ``i`` takes replica
+    path ``i % c`` (``c`` the lcm of the replica counts), and paths differ in latency (one replica
+    may sit across a link). A path carries every c-th frame, so its last frame of a chunk leaves no
+    earlier than ``L_j + (n_j - 1) c P``; and every frame passes the resources that are not
+    replicated one after another, so the last leaves no earlier than ``L + (n - 1) P_s`` (``P_s`` the
+    slowest of those). ``paths_time_s`` is the larger of the two; without replicas both are eq. 2.
+    ``L`` is path 0's.
     """
 
     placement: Placement
@@ -88,22 +92,30 @@ class PlanCost:
     latency_s: float = field(init=False)
     period_s: float = field(init=False)
     chunk_time_s: float = field(init=False)
+    paths_time_s: float = field(init=False)
 
     def __post_init__(self) -> None:
         latency = sum(s.compute_s for s in self.stages) + sum(h.time_s for h in self.hops)
         period = max([s.period_s for s in self.stages] + [h.period_s for h in self.hops])
         paths = self.path_latencies_s or (latency,)
         c, n = len(paths), self.chunk
-        slowest = max(paths[j] + (-(-(n - j) // c) - 1) * c * period for j in range(min(c, n)))
+        slowest_path = max(paths[j] + (-(-(n - j) // c) - 1) * c * period for j in range(min(c, n)))
+        shared = [s.period_s for s in self.stages if s.stage.replicas == 1]
+        shared += [h.period_s for h in self.hops if len(h.src) == 1 and len(h.dst) == 1]
+        in_turn = latency + (n - 1) * max(shared, default=0.0)
         object.__setattr__(self, "latency_s", latency)
         object.__setattr__(self, "period_s", period)
-        object.__setattr__(self, "chunk_time_s", max(latency + (n - 1) * period, slowest))
+        object.__setattr__(self, "chunk_time_s", latency + (n - 1) * period)
+        object.__setattr__(self, "paths_time_s", max(slowest_path, in_turn))
 
     @property
     def mean_gap_s(self) -> float:
-        """The mean time between results of one chunk after its first, (T(n) - L) / (n - 1): what a run
-        measures as its period (``period_s`` for an unreplicated placement)."""
-        return (self.chunk_time_s - self.latency_s) / (self.chunk - 1) if self.chunk > 1 else self.period_s
+        """The mean time between a chunk's results after the first to come out, (T(n) - min L_j) / (n - 1)
+        with the path-aware T(n): what a run measures as its period (``period_s`` without replicas)."""
+        if self.chunk < 2:
+            return self.period_s
+        paths = self.path_latencies_s or (self.latency_s,)
+        return (self.paths_time_s - min(paths[: self.chunk])) / (self.chunk - 1)
 
     @property
     def bottleneck(self) -> str:

@@ -478,7 +478,7 @@ class ApplicationManager:
             first_frame_latency_s=(first.done_s - first.sent_s) / d,
             measured_period_s=((done[-1] - done[0]) / (n - 1) / d) if n > 1 else 0.0,
             measured_path_latencies_s=[t / d for t in paths],
-            predicted_chunk_s=predicted.chunk_time_s,
+            predicted_chunk_s=predicted.paths_time_s,
             predicted_latency_s=predicted.latency_s,
             predicted_period_s=predicted.mean_gap_s,
             predicted_path_latencies_s=list(predicted.path_latencies_s),
