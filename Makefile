@@ -45,10 +45,12 @@ test: check
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-# Ray tests on a local two-node Ray cluster, one at a time (each shuts Ray down after itself); then the
+# Ray tests on a local two-node Ray cluster, one at a time (each shuts Ray down after itself); those that need
+# no Ray running here (it would find the session's cluster) in a session of their own; then the
 # Ray Serve ones again on a cluster with Ray Serve's HAProxy ingress (a cluster-wide choice)
 test-ray: $(RAY_STAMP)
-	$(PY) -m pytest -q -m ray
+	$(PY) -m pytest -q -m "ray and not ray_alone"
+	$(PY) -m pytest -q -m ray_alone
 	SERDAB_TEST_RAY_INGRESS=haproxy $(PY) -m pytest -q -m ray tests/test_ray_serve.py -k "not as_a_process"
 
 bench: $(STAMP)

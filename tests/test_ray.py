@@ -128,9 +128,11 @@ def test_an_unreachable_or_malformed_ray_address_fails_in_seconds_with_one_line(
         assert "Traceback" not in done.stderr and time.monotonic() - started < 60
 
 
+@pytest.mark.ray_alone
 def test_executor_ray_without_an_address_starts_a_local_ray_as_ray_init_does(clusters_dir, tmp_path) -> None:
-    """No --address and no cluster running (a Ray temp dir of its own hides the test session's): a local
-    Ray is started, as `ray.init()` does, and the run goes through."""
+    """No --address and no cluster running (`make test-ray` runs this in a session without the test
+    cluster, which Ray would find by its processes): a local Ray is started, as `ray.init()` does,
+    and the run goes through."""
     import json
     import os
     import shutil

@@ -103,13 +103,14 @@ class _RayHandle(WorkerHandle):
         return self._alive
 
 
-def _running_here(init: dict[str, Any]) -> bool:
-    """Whether a Ray cluster runs on this machine (``ray.init(address="auto")`` finds one, or says so at once)."""
+def _joined_here(init: dict[str, Any]) -> bool:
+    """Join a Ray cluster running on this machine if there is one (``ray.init(address="auto")`` finds
+    it, or says at once that there is none). Kept joined: a driver that disconnects and connects
+    again in one process loses its actors."""
     try:
         ray.init(address="auto", **init)
     except ConnectionError:
         return False
-    ray.shutdown()  # connected only to find out; the caller connects for real
     return True
 
 
@@ -131,10 +132,10 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             init: dict[str, Any] = {"logging_level": "ERROR", "include_dashboard": False, "log_to_driver": False}
             if not address:
-                address = os.environ.get("RAY_ADDRESS", "")
-                if not address and _running_here(init):
-                    address = "auto"
-            if address in ("", "local"):
+                address = os.environ.get("RAY_ADDRESS", "") or ("connected" if _joined_here(init) else "local")
+            if address == "connected":
+                pass  # the cluster running here, joined while looking for it
+            elif address == "local":
                 resources: dict[str, float] = {}
                 if cluster is not None:
                     for host in {d.host for d in cluster.devices}:
@@ -215,6 +216,9 @@ class RayExecutor(Executor):
                 try:
                     for pem in ray.get(probe.roots.remote(), timeout=60):
                         roots[pem] = load_pem_x509_certificate(pem)
+                except (ray.exceptions.RayError, TimeoutError) as exc:  # one line, not Ray's traceback
+                    node_id = str(node["NodeID"])[:12]
+                    raise TeeError(f"Ray node {node_id} did not say its TEE root: {type(exc).__name__}") from None
                 finally:
                     ray.kill(probe)
             self._roots = list(roots.values())
