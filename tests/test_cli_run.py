@@ -129,7 +129,8 @@ def _stop_and_resume(sig: signal.Signals, tmp_path: Path, tmp: Path) -> None:
     assert child.returncode == 130, err
     answered = len(out.read_text().splitlines())
     assert 12 <= answered < 40
-    assert f"{answered} frames answered; results in {out}" in " ".join(err.split())
+    assert f"{answered} frames answered (this run: 0-" in " ".join(err.split())
+    assert f"results in {out}, resume with the same command and --resume {out}" in " ".join(err.split())
     assert json.loads(summary.read_text())["answered"] == answered
     # run directory, key service store, sockets, TLS files: all gone (others' files, e.g. a library's .ses, may stay)
     assert [p.name for p in tmp.iterdir() if p.name.startswith("serdab-")] == []

@@ -206,3 +206,11 @@ def test_a_stage_that_cannot_compute_reports_at_once_and_stops_its_heartbeat() -
     assert "e1: stage 1 failed on frame 7: RuntimeError" in sent[0].message  # type: ignore[attr-defined]
     worker.heartbeat()  # returns at once instead of beating forever
     assert len(sent) == 1
+
+
+def test_frame_ranges_say_which_frames_in_one_line() -> None:
+    from serdab.runtime.manager import frame_ranges
+
+    assert frame_ranges([]) == ""
+    assert frame_ranges([3, 0, 1, 2, 7, 9, 10, 11]) == "0-3, 7, 9-11"
+    assert frame_ranges([5]) == "5"

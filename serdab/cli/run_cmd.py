@@ -131,13 +131,15 @@ def _stop_on_sigterm() -> Iterator[None]:
 def _stopped(summary: Any, why: BaseException, out: Path | None, json_path: Path | None, before: int) -> None:
     """One line on what a stopped run did and how to go on; the summary of what was done, if asked for."""
     done = summary.answered + before
+    which = f" (this run: {summary.answered_frames})" if summary.answered_frames else ""
     where = (
         f"; results in {out}, resume with the same command and --resume {out}"
         if out
         else ("; give --out FILE to keep results and resume")
     )
     reason = "stopped by a signal" if isinstance(why, KeyboardInterrupt) else "stopped"
-    err_console.print(f"serdab run {reason}: {done} frames answered{where}")
+    kept = f"; run directory kept: {summary.run_dir}" if summary.run_dir else ""
+    err_console.print(f"serdab run {reason}: {done} frames answered{which}{where}{kept}")
     write_json(json_path, summary)
 
 
@@ -195,6 +197,13 @@ def run(
             "every file first and run nothing if one is bad)."
         ),
     ] = BadInput.SKIP,
+    keep_run_dir: Annotated[
+        bool,
+        typer.Option(
+            "--keep-run-dir",
+            help="Keep the run directory (stage images, worker logs, key-service store) instead of removing it.",
+        ),
+    ] = False,
     fault_budget: Annotated[
         int, typer.Option(min=0, help="Restarts a device may need within --fault-window before it is given up.")
     ] = 3,
@@ -263,6 +272,7 @@ def run(
         repartition=None if no_repartition else Repartitioner(repartition_threshold, repartition_chunks),
         fault_budget=fault_budget,
         fault_window_s=fault_window,
+        keep_run_dir=keep_run_dir,
     )
     audited = read_audit(audit, parse_policy(privacy), opened.chain, opened.name)
     manager = ApplicationManager(opened.chain, opened.name, prof, spec, options, leakage=leakage, audit=audited)
@@ -335,4 +345,6 @@ def run(
         console.print(line)
     if out:
         err_console.print(f"wrote {out}")
+    if summary.run_dir:
+        err_console.print(f"run directory kept: {summary.run_dir}")
     write_json(json_path, summary)

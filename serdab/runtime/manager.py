@@ -53,7 +53,7 @@ from serdab.runtime.resources import ResourceManager
 from serdab.runtime.stages import StageArtifact, package_stages
 from serdab.tee.host import serdab_home
 
-__all__ = ["ApplicationManager", "RunOptions", "parse_placement"]
+__all__ = ["ApplicationManager", "RunOptions", "frame_ranges", "parse_placement"]
 
 _STAGE = re.compile(r"^\s*([A-Za-z0-9_.+-]+?)\s*\[\s*(\d+)\s*-\s*(\d+)\s*\]\s*$")
 
@@ -88,6 +88,7 @@ class RunOptions:
     kms_url: str | None = None
     kms_token: Path | None = None
     keep_outputs: bool = False
+    keep_run_dir: bool = False  # leave stage images, logs and the key-service store for a post-mortem
     chunk_timeout_s: float = 600.0
     lost_after_s: float = 5.0
 
@@ -118,6 +119,7 @@ class _Emitter:
         self._expected: deque[int] = deque()
         self._pending: dict[int, dict[str, Any]] = {}
         self.answered = 0
+        self.frames: list[int] = []  # ids handed on, in order
 
     def expect(self, frames: list[Frame]) -> None:
         self._expected.extend(f.id for f in frames)
@@ -133,8 +135,24 @@ class _Emitter:
 
     def _hand_on(self, line: dict[str, Any]) -> None:
         self.answered += 1
+        self.frames.append(int(line["frame"]))
         if self._out:
             self._out(line)
+
+
+def frame_ranges(frames: list[int]) -> str:
+    """'0-41, 45, 50-60': frame ids in short form, for a one-line report."""
+    parts: list[str] = []
+    ids = sorted(set(frames))
+    start = prev = None
+    for i in [*ids, None]:
+        if start is not None and (i is None or i != (prev or 0) + 1):
+            parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = None
+        if i is not None and start is None:
+            start = i
+        prev = i
+    return ", ".join(parts)
 
 
 def _no_key_service(service: str) -> KmsCoordinates:
@@ -287,6 +305,7 @@ class ApplicationManager:
         finally:
             emitter.flush()
             self.summary.answered = emitter.answered
+            self.summary.answered_frames = frame_ranges(emitter.frames)
             self.summary.wall_s = time.monotonic() - started
             sys.setswitchinterval(switch_interval)
             if self.deployment is not None:
@@ -295,7 +314,10 @@ class ApplicationManager:
             if kms is not None:
                 kms.close()
             self.executor.close()
-            shutil.rmtree(run_dir, ignore_errors=True)
+            if o.keep_run_dir:
+                self.summary.run_dir = str(run_dir)
+            else:
+                shutil.rmtree(run_dir, ignore_errors=True)
 
     def _kms(self, run_dir: Path) -> OwnerSession:
         roots = self.executor.simulated_roots()

@@ -74,6 +74,8 @@ class RunSummary(BaseModel):
     dilation: float = 1.0
     frames: int = 0
     answered: int = 0  # result lines handed on (equals frames unless the run stopped early)
+    answered_frames: str = ""  # which, in short form: "0-41, 45"
+    run_dir: str | None = None  # kept for a post-mortem (--keep-run-dir)
     wall_s: float = 0.0
     placements: list[str] = Field(default_factory=list)
     chunks: list[ChunkReport] = Field(default_factory=list)
