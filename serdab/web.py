@@ -137,9 +137,12 @@ def error_message(response: Any) -> str:
 
 async def read_body(request: Request, kinds: tuple[str, ...] | None, limit: int) -> bytes:
     """The whole body, refused early: 415 when ``kinds`` (content types) does not list the request's,
-    413 once the declared length or the bytes read so far pass ``limit``."""
+    413 once the declared length or the bytes read so far pass ``limit``. No Content-Type at all reads
+    as JSON where JSON is accepted (as Triton and KServe do: the stock Triton client sends none)."""
     if kinds is not None:
-        kind = request.headers.get("content-type", "").split(";")[0].strip()
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not kind and "application/json" in kinds:
+            kind = "application/json"
         if kind not in kinds:
             raise HttpError(415, f"content type must be {' or '.join(kinds)}, got {kind or 'none'}")
     declared = request.headers.get("content-length")

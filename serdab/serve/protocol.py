@@ -16,6 +16,7 @@ import base64
 import binascii
 import io
 import json
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -58,6 +59,7 @@ DATATYPES: dict[str, np.dtype] = {
 }
 _NAMES = {v: k for k, v in DATATYPES.items()}
 MAX_IMAGES = 64
+MAX_ELEMENTS = 2**31  # per input tensor; a body is capped far below it anyway
 
 
 class TensorSpec(BaseModel):
@@ -123,7 +125,9 @@ def _tensor(spec: InferInput, raw: memoryview | None) -> np.ndarray:
         )
     if any(d < 0 for d in spec.shape):
         raise InferenceRequestError(f"input {spec.name!r}: shape {spec.shape} has a negative dimension")
-    count = int(np.prod(spec.shape, dtype=np.int64)) if spec.shape else 1
+    count = math.prod(spec.shape)  # Python ints: a dimension past 64 bits is a 400, not an overflow
+    if count > MAX_ELEMENTS:
+        raise InferenceRequestError(f"input {spec.name!r}: shape {spec.shape} is over {MAX_ELEMENTS:,} elements")
     if raw is not None:
         if raw.nbytes != count * dtype.itemsize:
             raise InferenceRequestError(
@@ -199,7 +203,10 @@ def encode_infer_response(
         else:
             entry["data"] = array.reshape(-1).tolist()
         entries.append(entry)
-    head = json.dumps({"model_name": model, "model_version": "1", "id": request_id, "outputs": entries}).encode()
+    answer: dict[str, Any] = {"model_name": model, "model_version": "1", "outputs": entries}
+    if request_id is not None:  # OIP: the request's id, and no id at all when it had none
+        answer["id"] = request_id
+    head = json.dumps(answer).encode()
     if not binary:
         return head, {"content-type": "application/json"}
     return head + b"".join(blobs), {"content-type": "application/octet-stream", BINARY_HEADER: str(len(head))}

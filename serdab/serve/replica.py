@@ -264,6 +264,22 @@ def create_replica_app(
         _model(name)
         return {"name": runner.name, "ready": True}
 
+    def _version(name: str, version: str) -> None:
+        _model(name)
+        if version != "1":
+            raise HttpError(404, f"model {runner.name!r} has version 1 only, not {version!r}")
+
+    # OIP's versioned paths (the Triton client asks is_model_ready(name, "1") on them)
+    @app.get("/v2/models/{name}/versions/{version}")
+    def version_metadata(name: str, version: str) -> dict[str, Any]:
+        _version(name, version)
+        return model_metadata(name)
+
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    def version_ready(name: str, version: str) -> dict[str, Any]:
+        _version(name, version)
+        return model_ready(name)
+
     infer_body = {
         "requestBody": {
             "required": True,
@@ -275,6 +291,11 @@ def create_replica_app(
     }
     batch = {"application/json": {"schema": _inline(ImageBatch.model_json_schema())}}
     batch_body = {"requestBody": {"required": True, "content": batch}}
+
+    @app.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=infer_body)
+    async def version_infer(name: str, version: str, request: Request) -> Response:
+        _version(name, version)
+        return await infer(name, request)
 
     @app.post("/v2/models/{name}/infer", openapi_extra=infer_body)
     async def infer(name: str, request: Request) -> Response:
@@ -456,11 +477,24 @@ _FIXED = {
 }
 
 
+_MODEL_ROUTES = {
+    (): "/v2/models/{name}",
+    ("ready",): "/v2/models/{name}/ready",
+    ("infer",): "/v2/models/{name}/infer",
+    ("versions", None): "/v2/models/{name}/versions/{version}",
+    ("versions", None, "ready"): "/v2/models/{name}/versions/{version}/ready",
+    ("versions", None, "infer"): "/v2/models/{name}/versions/{version}/infer",
+}
+
+
 def _route_of(path: str) -> str:
-    """A bounded label for the metrics: model names become {name}, unknown paths 'other'."""
+    """A label for the metrics from a closed set: the route templates (model names and versions become
+    {name} and {version}); any other path is 'other', so invented paths cannot grow /metrics."""
     parts = path.split("/")
-    if len(parts) >= 4 and parts[1:3] == ["v2", "models"]:
-        return "/v2/models/{name}" + ("/" + parts[4] if len(parts) > 4 else "")
+    if len(parts) >= 4 and parts[1:3] == ["v2", "models"] and parts[3]:
+        rest = parts[4:]
+        key = ("versions", None, *rest[2:]) if len(rest) >= 2 and rest[0] == "versions" and rest[1] else tuple(rest)
+        return _MODEL_ROUTES.get(key, "other")
     return "other"
 
 
