@@ -221,6 +221,11 @@ def test_gateway_metrics_and_info(service):
 def test_the_gateway_never_sees_a_secure_requests_plaintext():
     marker = np.full((1, 1, 28, 28), 1.2345678, dtype=np.float32)  # a recognisable pattern
     with ModelService(ServeOptions("lenet5", secure=1, public=0)) as svc:
+        # an all-enclave deployment is ready on the protocol's own probe, and says what it is
+        import httpx
+
+        assert httpx.get(f"{svc.gateway.url}/v2/health/ready").json() == {"ready": True}
+        assert httpx.get(f"{svc.gateway.url}/v2").json()["name"] == "serdab"
         (replica,) = svc.replicas.values()
         # the gateway relays secure connections byte for byte (L4): what it sends the enclave and gets
         # back is everything it ever holds of them, so a recorder on that leg sees what the gateway sees

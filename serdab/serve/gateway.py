@@ -301,6 +301,8 @@ class Gateway:
             Route("/metrics", self._metrics, methods=["GET"]),
             Route("/v1/gateway", self._gateway_info, methods=["GET"]),
             Route("/v2/health/live", self._live, methods=["GET"]),
+            Route("/v2/health/ready", self._ready, methods=["GET"]),
+            Route("/v2", self._server_metadata, methods=["GET"]),
             Route("/predict-secure", self._refuse_plain, methods=["GET", "POST", "PUT"]),
             Route("/v1/admin/{action}", self._admin_call, methods=["POST"]),
             Route("/{path:path}", self._proxy, methods=["GET", "POST", "HEAD"]),
@@ -342,6 +344,17 @@ class Gateway:
 
     async def _live(self, _: Request) -> JSONResponse:
         return JSONResponse({"live": True})
+
+    async def _ready(self, _: Request) -> JSONResponse:
+        """Ready when any replica can serve, of either kind (an all-enclave deployment serves only
+        secure requests, and is ready); which kinds are up is in /v1/gateway and the metrics."""
+        up = [r for r in self.replicas.values() if r.healthy and not r.draining]
+        if up:
+            return JSONResponse({"ready": True})
+        return JSONResponse({"ready": False, "error": "no healthy replica yet"}, status_code=503)
+
+    async def _server_metadata(self, _: Request) -> JSONResponse:
+        return JSONResponse({"name": "serdab", "version": "1", "extensions": ["binary_tensor_data"]})
 
     async def _refuse_plain(self, _: Request) -> JSONResponse:
         self.metrics.refused.labels("plaintext-secure").inc()
