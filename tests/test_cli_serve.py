@@ -121,6 +121,28 @@ def test_secure_infer_without_a_trust_statement_is_refused(gateway, capsys):
     assert "trust statement" in capsys.readouterr().err
 
 
+def test_the_admin_api_answers_4xx_to_any_body(gateway):
+    """Nested, out-of-range, wrong-typed or huge bodies: one JSON error line, never a 500."""
+    url, trust, _ = gateway
+    import httpx
+
+    token = trust.with_name("serve-trust.admin-token").read_text().strip()
+    auth = {"authorization": f"Bearer {token}"}
+    bodies = [
+        b"[" * 100_000 + b"]" * 100_000,  # nested past Python's recursion limit
+        b'{"host": "h1", "epc_bytes": 1e400}',  # a number out of range
+        b'{"host": "h1", "epc_bytes": [[1]]}',
+        b'{"host": "h1", "epc_bytes": 99999999999999999999999999999999999999}',
+        b'{"host": "h1"}',
+        b"not json",
+        b'{"a": "' + b"x" * 200_000 + b'"}',  # over the admin body limit
+    ]
+    for body in bodies:
+        answer = httpx.post(f"{url}/v1/admin/stress", headers=auth, content=body, timeout=30)
+        assert 400 <= answer.status_code < 500, (body[:40], answer.status_code, answer.text[:200])
+        assert set(answer.json()) == {"error"}
+
+
 def test_sigterm_stops_every_process_it_started(gateway):
     url, trust, process = gateway
     import httpx

@@ -56,6 +56,9 @@ _HOP_HEADERS = {
 }
 
 
+ADMIN_BODY_BYTES = 64 * 1024  # an admin call is a handful of fields
+
+
 @dataclass
 class ReplicaEntry:
     """One replica as the gateway tracks it (mutated only on the gateway's event loop)."""
@@ -334,11 +337,19 @@ class Gateway:
         if not secrets.compare_digest(given, self._admin_token.encode()):
             return error_response(401, "admin calls need the owner's bearer token")
         try:
-            body = json.loads(await request.body() or b"{}")
+            body = json.loads(await read_body(request, None, ADMIN_BODY_BYTES) or b"{}")
             if not isinstance(body, dict):
                 raise ValueError("the body must be a JSON object")
             result = await run_in_threadpool(self._admin, request.path_params["action"], body)
-        except (ValueError, KeyError, ServeError) as exc:
+        except HttpError as exc:
+            return error_response(exc.status, exc.message)
+        except RecursionError:
+            return error_response(400, "the body is nested too deeply for an admin call")
+        except KeyError as exc:
+            return error_response(400, f"the body lacks {exc}")
+        except (ValueError, TypeError, OverflowError) as exc:  # e.g. a number out of range, a list for a number
+            return error_response(400, f"not a valid admin call: {type(exc).__name__}: {exc}"[:300])
+        except ServeError as exc:
             return error_response(400, str(exc))
         return JSONResponse(result)
 
