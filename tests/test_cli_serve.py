@@ -121,6 +121,80 @@ def test_secure_infer_without_a_trust_statement_is_refused(gateway, capsys):
     assert "trust statement" in capsys.readouterr().err
 
 
+def _raw(url: str, request: bytes, timeout_s: float = 10.0, wait_interim: bool = False) -> bytes:
+    """One HTTP/1.1 exchange on a plain socket, as curl would do it (Connection: close)."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout_s) as sock:
+        head, _, body = request.partition(b"\r\n\r\n")
+        sock.sendall(head + b"\r\n\r\n")
+        received = b""
+        if wait_interim:  # curl waits for 100 Continue (up to 1 s) before it sends the body
+            deadline = time.monotonic() + 5
+            while b"\r\n\r\n" not in received and time.monotonic() < deadline:
+                received += sock.recv(65536)
+        sock.sendall(body)
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def test_the_public_path_speaks_http_as_curl_does(gateway):
+    """Expect: 100-continue, HEAD, percent-encoded paths and single Date/Server headers, on raw sockets."""
+    import json as _json
+    import time
+
+    import numpy as np
+
+    url, _, _ = gateway
+    host = url.split("//")[1].encode()
+    meta = _json.loads(
+        _raw(url, b"GET /v2/models/lenet5 HTTP/1.1\r\nhost: " + host + b"\r\nconnection: close\r\n\r\n").split(
+            b"\r\n\r\n", 1
+        )[1]
+    )
+    tensor = meta["inputs"][0]
+    shape = [1 if d < 0 else d for d in tensor["shape"]]
+    body = _json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": tensor["name"],
+                    "shape": shape,
+                    "datatype": "FP32",
+                    "data": np.zeros(shape).reshape(-1).tolist(),
+                }
+            ]
+        }
+    ).encode()
+    started = time.monotonic()
+    answer = _raw(
+        url,
+        b"POST /v2/models/lenet5/infer HTTP/1.1\r\nhost: " + host + b"\r\ncontent-type: application/json\r\n"
+        b"expect: 100-continue\r\nconnection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body,
+        wait_interim=True,
+    )
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 "), answer[:200]
+    assert time.monotonic() - started < 5
+    final = answer.split(b"\r\n\r\n", 1)[1]
+    head = final.split(b"\r\n\r\n", 1)[0].lower().split(b"\r\n")
+    assert sum(line.startswith(b"date:") for line in head) == 1
+    assert sum(line.startswith(b"server:") for line in head) <= 1
+
+    started = time.monotonic()
+    answer = _raw(url, b"HEAD /v2/models/lenet5 HTTP/1.1\r\nhost: " + host + b"\r\nconnection: close\r\n\r\n")
+    assert time.monotonic() - started < 5 and int(answer.split(b" ", 2)[1]) < 500, answer[:200]
+
+    answer = _raw(url, b"GET /v2/models/my%20model HTTP/1.1\r\nhost: " + host + b"\r\nconnection: close\r\n\r\n")
+    status, rest = int(answer.split(b" ", 2)[1]), answer.split(b"\r\n\r\n", 1)[1]
+    assert status == 404 and "my model" in _json.loads(rest)["error"]
+    again = _raw(url, b"GET /v2/models/lenet5/ready HTTP/1.1\r\nhost: " + host + b"\r\nconnection: close\r\n\r\n")
+    assert again.startswith(b"HTTP/1.1 200 ")  # the HEAD did not make the replica look unhealthy
+
+
 def test_the_admin_api_answers_4xx_to_any_body(gateway):
     """Nested, out-of-range, wrong-typed or huge bodies: one JSON error line, never a 500."""
     url, trust, _ = gateway

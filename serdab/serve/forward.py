@@ -67,15 +67,16 @@ class UpstreamPool:
         data = b"\r\n".join(head) + b"\r\n\r\n" + body
         reused = bool(self._idle)
         conn = self._idle.pop() if self._idle else await self._open()
+        no_body = method == "HEAD"
         try:
-            return await asyncio.wait_for(self._exchange(conn, data), timeout_s)
+            return await asyncio.wait_for(self._exchange(conn, data, no_body), timeout_s)
         except _Stale:
             conn.close()
             if not reused:
                 raise UpstreamError(f"{self.address[0]}:{self.address[1]} closed the connection") from None
             conn = await self._open()  # it timed the idle connection out: once more on a new one
             try:
-                return await asyncio.wait_for(self._exchange(conn, data), timeout_s)
+                return await asyncio.wait_for(self._exchange(conn, data, no_body), timeout_s)
             except _Stale:
                 conn.close()
                 raise UpstreamError(f"{self.address[0]}:{self.address[1]} closed the connection") from None
@@ -83,11 +84,18 @@ class UpstreamPool:
             conn.close()
             raise
 
-    async def _exchange(self, conn: _Conn, data: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def _exchange(
+        self, conn: _Conn, data: bytes, head_request: bool = False
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """One request and its answer. Interim 1xx answers are skipped; a HEAD answer, a 204 and a 304
+        have no body whatever their headers say (RFC 9112 sec. 6.3), and a HEAD answer keeps its
+        Content-Length (the length a GET would get)."""
         try:
             conn.writer.write(data)
             await conn.writer.drain()
             head = await conn.reader.readuntil(b"\r\n\r\n")
+            while head[9:10] == b"1" and head[9:12] != b"101":  # "HTTP/1.1 1xx": an interim answer
+                head = await conn.reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError as exc:
             if not exc.partial:
                 raise _Stale from None
@@ -111,10 +119,15 @@ class UpstreamPool:
                 chunked = b"chunked" in value.lower()
             elif name == b"connection":
                 keep = value.lower() != b"close"
-            if name not in (b"content-length", b"transfer-encoding", b"connection", b"keep-alive"):
+            framing = (b"transfer-encoding", b"connection", b"keep-alive") + (
+                () if head_request else (b"content-length",)
+            )
+            if name not in framing:
                 headers.append((name, value))
         try:
-            if chunked:
+            if head_request or status in (204, 304):
+                body = b""
+            elif chunked:
                 body = await self._chunks(conn.reader)
             elif length is not None:
                 body = await conn.reader.readexactly(length)

@@ -53,7 +53,10 @@ _HOP_HEADERS = {
     "upgrade",
     "host",
     "content-length",
+    "expect",  # the gateway answers 100-continue itself and forwards the whole body
 }
+# the gateway's server writes its own: the replica's would make two of each
+_ANSWER_HEADERS_DROPPED = {b"date", b"server"}
 
 
 ADMIN_BODY_BYTES = 64 * 1024  # an admin call is a handful of fields
@@ -383,7 +386,9 @@ class Gateway:
             self.metrics.refused.labels("too-large" if exc.status == 413 else "bad-body").inc()
             return error_response(exc.status, exc.message)
         headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in _HOP_HEADERS]
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        # as the client sent it: a decoded path (`my model`) is not a valid request line
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        target = raw_path.decode("latin-1") + (f"?{request.url.query}" if request.url.query else "")
         route = "/predict-public" if path == "/predict-public" else "/v2/..." if path.startswith("/v2") else "other"
         tried: set[str] = set()
         started = time.perf_counter()
@@ -418,7 +423,10 @@ class Gateway:
                 entry.served += 1
                 self.metrics.latency.labels(route, "public").observe(time.perf_counter() - started)
                 reply = Response(content, status_code=status)
-                reply.raw_headers = [h for h in reply.raw_headers if h[0] == b"content-length"] + out
+                kept = [h for h in out if h[0] not in _ANSWER_HEADERS_DROPPED]
+                if not any(h[0] == b"content-length" for h in kept):  # a HEAD answer carries the replica's
+                    kept = [h for h in reply.raw_headers if h[0] == b"content-length"] + kept
+                reply.raw_headers = kept
                 return reply
         finally:
             self.metrics.in_flight.labels("public").dec()
