@@ -156,6 +156,19 @@ async def read_body(request: Request, kinds: tuple[str, ...] | None, limit: int)
     return bytes(chunks)
 
 
+class _HeadAsGet:
+    """ASGI middleware: a HEAD request is answered as its GET (RFC 9110 sec. 9.3.2: every GET resource
+    takes HEAD); the server, which saw the HEAD, sends the headers only. FastAPI routes are GET-only."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}
+        await self.app(scope, receive, send)
+
+
 class _BodyTimeout:
     """ASGI middleware: a request body that stalls for ``timeout_s`` ends in 408 (``HttpError``
     raised from ``receive``); once the body is complete, waits (for a disconnect) are not bounded."""
@@ -257,7 +270,7 @@ async def serve_app(
     # keep-alive client (a Ray replica's pool) never sends: without a bound a server takes asyncio's 30 s
     # to stop; requests in flight get limits.graceful_s to finish
     config = uvicorn.Config(
-        _BodyTimeout(app, limits.body_timeout_s),
+        _BodyTimeout(_HeadAsGet(app), limits.body_timeout_s),
         http=_header_timeout_protocol(limits.header_timeout_s),
         log_level="warning",
         access_log=False,
