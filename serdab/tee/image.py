@@ -53,7 +53,8 @@ ZERO = bytes(48)
 MANIFEST = "enclave.json"
 LOCK = "runtime.lock"
 # what stage workers and the key service import (and the optional imports of those: httpx's command line,
-# which it loads whenever click and rich are installed, and FastAPI's telemetry, which loads OpenTelemetry
+# which it loads whenever click and rich are installed, its brotli decoder, loaded whenever brotli is
+# installed (the dev tools' Triton client brings it), and FastAPI's telemetry, which loads OpenTelemetry
 # whenever it is installed, as the ray extra does); their requirements are added by ``runtime_packages``
 _RUNTIME_PACKAGES = (
     "cryptography",
@@ -63,6 +64,7 @@ _RUNTIME_PACKAGES = (
     "httptools",
     "uvloop",
     "httpx",
+    "brotli",
     "numpy",
     "onnxruntime",
     "pydantic",
