@@ -41,7 +41,6 @@ class OwnerSession:
         self.token = token
         self.pcrs = pcrs  # what the key service attested to; enclaves check the same
         self.allow_simulated = allow_simulated
-        self.restarts = 0
         self._stop = stop
         self._revive = revive
         self._replicas = replicas or []
@@ -143,7 +142,6 @@ class OwnerSession:
             return False
         self.kms.close()
         self.kms = kms
-        self.restarts += 1
         return True
 
     def register(self, image: ModelImage) -> None:

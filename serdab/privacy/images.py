@@ -54,7 +54,6 @@ TRAIN_PHOTOS = (
 )
 """Bundled scikit-image samples an attacker trains on; never the audit's victim images."""
 
-_SUFFIXES = IMAGE_SUFFIXES
 _IMAGENET_MEAN = np.array(IMAGENET.mean, dtype=np.float32)
 _IMAGENET_STD = np.array(IMAGENET.std, dtype=np.float32)
 
@@ -102,9 +101,9 @@ def load_image_dir(directory: Path) -> list[LabelledImage]:
         raise ImageSetError(f"image directory not found: {directory}")
     if not directory.is_dir():
         raise ImageSetError(f"--images needs a directory of image files, got the file {directory}")
-    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in _SUFFIXES)
+    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ImageSetError(f"no image files ({', '.join(sorted(_SUFFIXES))}) in {directory}")
+        raise ImageSetError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {directory}")
     images = []
     for path in files:
         try:

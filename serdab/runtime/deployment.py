@@ -468,12 +468,10 @@ class Deployment:
             raise WorkerLost(silent[0], f"no heartbeat from {silent[0]} for {self.ctx.resources.lost_after_s:.0f} s")
 
     def _count(self, worker_id: str, beat: Heartbeat) -> None:
-        slot = next((w for w in self.topology.workers if w.id == worker_id), None)
-        if slot is not None:
-            for dst, nbytes, frames in zip(
-                self.topology.outbound(slot), beat.link_bytes, beat.link_frames, strict=False
-            ):
-                self._traffic[(worker_id, dst)] = (int(nbytes), int(frames))
+        w = self._by_id.get(worker_id)
+        if w is not None:  # the heartbeat lists the worker's outbound links in its configuration's order
+            for spec, nbytes, frames in zip(w.config.outbound, beat.link_bytes, beat.link_frames, strict=False):
+                self._traffic[(worker_id, spec.dst)] = (int(nbytes), int(frames))
 
     def traffic(self) -> dict[tuple[str, str], tuple[int, int]]:
         """(sender worker, receiver worker) -> (bytes, frames) each link has carried, framing included:

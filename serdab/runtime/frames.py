@@ -20,6 +20,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from pathlib import Path
 
@@ -45,7 +46,6 @@ __all__ = [
     "write_video",
 ]
 
-_IMAGE_SUFFIXES = IMAGE_SUFFIXES
 _MULTI_FRAME = {".gif", ".tif", ".tiff", ".webp"}
 _VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".h264"}
 
@@ -168,17 +168,12 @@ def _next_name(name: str, done: int) -> str:
 
 def _image_dir(files: list[Path], timeout_s: float = DECODE_TIMEOUT_S) -> Iterator[Decoded]:
     for path in files:
-        yield from _bounded(path.name, lambda path=path: image_frames(path), timeout_s)  # type: ignore[misc]
+        yield from _bounded(path.name, partial(image_frames, path), timeout_s)
 
 
 def bad_files(files: list[Path], timeout_s: float = DECODE_TIMEOUT_S) -> list[str]:
     """Every file that does not decode (each frame within ``timeout_s``), with why: BadInput.REFUSE's check."""
-    bad = []
-    for path in files:
-        for name, pixels in _bounded(path.name, lambda path=path: image_frames(path), timeout_s):  # type: ignore[misc]
-            if isinstance(pixels, str):
-                bad.append(f"{name} ({pixels})")
-    return bad
+    return [f"{name} ({pixels})" for name, pixels in _image_dir(files, timeout_s) if isinstance(pixels, str)]
 
 
 def _video(path: Path) -> Iterator[tuple[str, np.ndarray]]:
@@ -230,14 +225,14 @@ def open_source(
     if not path.exists():
         raise FrameSourceError(f"input not found: {spec} (give a video file, an image directory or synthetic:N)")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise FrameSourceError(f"no image files ({', '.join(sorted(_IMAGE_SUFFIXES))}) in {path}")
+            raise FrameSourceError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
         return _images("image directory", spec, files, input_shape, limit, bad_input, decode_timeout_s)
-    if path.suffix.lower() in _IMAGE_SUFFIXES:
+    if path.suffix.lower() in IMAGE_SUFFIXES:
         return _images("image", spec, [path], input_shape, limit, bad_input, decode_timeout_s)
     known = _check_video(path)
-    frames = _bounded(path.name, lambda: _video(path), decode_timeout_s)
+    frames = _bounded(path.name, partial(_video, path), decode_timeout_s)
     frames = frames if limit is None else islice(frames, limit)
     known = min(known, limit) if known is not None and limit is not None else known
     return FrameSource("video", spec, known, frames, input_shape)

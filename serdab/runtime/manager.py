@@ -118,7 +118,6 @@ class _Emitter:
         self._out = on_result
         self._expected: deque[int] = deque()
         self._pending: dict[int, dict[str, Any]] = {}
-        self.answered = 0
         self.frames: list[int] = []  # ids handed on, in order
 
     def expect(self, frames: list[Frame]) -> None:
@@ -133,8 +132,11 @@ class _Emitter:
         for frame in sorted(self._pending):
             self._hand_on(self._pending.pop(frame))
 
+    @property
+    def answered(self) -> int:
+        return len(self.frames)
+
     def _hand_on(self, line: dict[str, Any]) -> None:
-        self.answered += 1
         self.frames.append(int(line["frame"]))
         if self._out:
             self._out(line)
@@ -434,16 +436,14 @@ class ApplicationManager:
         while True:
             device = lost.device
             count = run.budget.charge(device)
-            source = device == self.cluster.source
             if run.budget.spent(device):
-                if source:
+                if device == self.cluster.source:
                     self.summary.faults.append(
                         {"device": device, "reason": str(lost), "action": "gave up: fault budget spent", "frame": frame}
                     )
                     raise FaultBudgetError(
                         f"{device} failed {count} times within {run.budget.window_s:.0f} s (fault budget "
-                        f"{run.budget.faults}); {'it is the source where frames arrive, so ' if source else ''}"
-                        f"the run stops: {lost}"
+                        f"{run.budget.faults}); it is the source where frames arrive, so the run stops: {lost}"
                     )
                 self.resources.deregister(device, str(lost))
                 action = f"re-planned without {device} (fault {count}, budget {run.budget.faults} spent)"

@@ -424,9 +424,7 @@ class Gateway:
                 self.metrics.latency.labels(route, "public").observe(time.perf_counter() - started)
                 reply = Response(content, status_code=status)
                 kept = [h for h in out if h[0] not in _ANSWER_HEADERS_DROPPED]
-                if not any(h[0] == b"content-length" for h in kept):  # a HEAD answer carries the replica's
-                    kept = [h for h in reply.raw_headers if h[0] == b"content-length"] + kept
-                reply.raw_headers = kept
+                reply.raw_headers = [h for h in reply.raw_headers if h[0] == b"content-length"] + kept
                 return reply
         finally:
             self.metrics.in_flight.labels("public").dec()
