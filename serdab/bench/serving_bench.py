@@ -251,25 +251,60 @@ def _sequential(s: Served, x: np.ndarray, model: str, count: int) -> dict[str, f
     return {"secure_p50_ms": secure_ms, "public_p50_ms": public_ms, "secure_over_public": secure_ms / public_ms - 1}
 
 
+_GATEWAY_ALONE = """
+import json, sys, threading
+from serdab.serve.balancing import get_balancer
+from serdab.serve.gateway import Gateway, ReplicaEntry
+gateway = Gateway({"public": get_balancer("round-robin")}).start()
+gateway.add_replica(ReplicaEntry("r0", "public", ("127.0.0.1", int(sys.argv[1]))))
+open(sys.argv[2], "w").write(json.dumps({"url": gateway.url}))
+threading.Event().wait()
+"""
+
+
 def gateway_overhead(work: Path, count: int, progress: Progress) -> dict[str, float]:
-    """p50 of a request to a public replica directly vs through the gateway (LeNet-5: the model is ~0)."""
+    """p50 of a request to a public replica directly vs through the gateway (LeNet-5: the model is ~0).
+    TEMPORARY (issue 25): two gateways alone in their own processes in front of the same replica, the
+    h11 forwarder and the old hand-written one, measured interleaved; removed with the old forwarder."""
     from serdab.serve.protocol import encode_infer_request
 
-    progress("gateway overhead")
+    progress("gateway overhead (h11 forwarder vs the old hand-written one)")
     x = _input("lenet5", 2)
     body, headers = encode_infer_request({"input": x})
     with served("lenet5", work / "overhead", secure=0, public=1) as s:
-        replica = s.replicas()[0]
-        out = {}
-        for name, base in (("direct_p50_ms", f"http://127.0.0.1:{replica['port']}"), ("gateway_p50_ms", s.url)):
-            with httpx.Client() as http:
-                times = []
-                for _ in range(count):
+        port = s.replicas()[0]["port"]
+        bases = {"direct_p50_ms": f"http://127.0.0.1:{port}", "gateway_p50_ms": s.url}
+        gateways = []
+        for name, forwarder in (("h11_gateway_p50_ms", "h11"), ("legacy_gateway_p50_ms", "legacy")):
+            ready = work / f"gateway-{forwarder}.json"
+            ready.unlink(missing_ok=True)
+            child = proc.start(
+                [sys.executable, "-c", _GATEWAY_ALONE, str(port), str(ready)],
+                name=f"gateway ({forwarder})",
+                log_path=work / f"gateway-{forwarder}.log",
+                env={"SERDAB_GATEWAY_FORWARDER": forwarder},
+            )
+            gateways.append(child)
+            bases[name] = child.wait_ready(ReadyFile(ready), 30)["url"]
+        times: dict[str, list[float]] = {name: [] for name in bases}
+        clients = {name: httpx.Client() for name in bases}
+        try:
+            for _ in range(count):
+                for name, base in bases.items():
                     started = time.perf_counter()
-                    http.post(f"{base}/v2/models/lenet5/infer", content=body, headers=headers).raise_for_status()
-                    times.append(time.perf_counter() - started)
-            out[name] = 1000 * float(np.median(times[count // 10 :]))
+                    clients[name].post(
+                        f"{base}/v2/models/lenet5/infer", content=body, headers=headers
+                    ).raise_for_status()
+                    times[name].append(time.perf_counter() - started)
+        finally:
+            for client in clients.values():
+                client.close()
+            for child in gateways:
+                child.stop(5)
+    out = {name: 1000 * float(np.median(t[count // 10 :])) for name, t in times.items()}
     out["overhead_p50_ms"] = out["gateway_p50_ms"] - out["direct_p50_ms"]
+    out["h11_overhead_p50_ms"] = out["h11_gateway_p50_ms"] - out["direct_p50_ms"]
+    out["legacy_overhead_p50_ms"] = out["legacy_gateway_p50_ms"] - out["direct_p50_ms"]
     return out
 
 

@@ -36,7 +36,7 @@ from starlette.routing import Route
 
 from serdab.errors import ServeError
 from serdab.serve.balancing import BalancingPolicy, HostSample, ReplicaView
-from serdab.serve.forward import UpstreamError, UpstreamPool
+from serdab.serve.forward import UnforwardableRequest, UpstreamError, UpstreamPool
 from serdab.serve.replica import LATENCY_BUCKETS, MAX_BODY_BYTES
 from serdab.web import HttpError, error_response, install_errors, listen_http, read_body, serve_app
 
@@ -60,6 +60,17 @@ _ANSWER_HEADERS_DROPPED = {b"date", b"server"}
 
 
 ADMIN_BODY_BYTES = 64 * 1024  # an admin call is a handful of fields
+
+
+def _pool_class() -> Any:
+    """TEMPORARY, for one side-by-side measurement of the old forwarder (issue 25); removed after."""
+    import os
+
+    if os.environ.get("SERDAB_GATEWAY_FORWARDER") == "legacy":
+        from serdab.serve.forward_legacy import UpstreamPool as Legacy
+
+        return Legacy
+    return UpstreamPool
 
 
 @dataclass
@@ -385,7 +396,8 @@ class Gateway:
         except HttpError as exc:
             self.metrics.refused.labels("too-large" if exc.status == 413 else "bad-body").inc()
             return error_response(exc.status, exc.message)
-        headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in _HOP_HEADERS]
+        named = {t.strip().lower() for t in request.headers.get("connection", "").split(",")}  # RFC 9110 7.6.1
+        headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in _HOP_HEADERS | named]
         # as the client sent it: a decoded path (`my model`) is not a valid request line
         raw_path = request.scope.get("raw_path") or request.url.path.encode()
         target = raw_path.decode("latin-1") + (f"?{request.url.query}" if request.url.query else "")
@@ -402,7 +414,7 @@ class Gateway:
                 entry.in_flight += 1
                 pool = self._pools.get(entry.id)
                 if pool is None:
-                    pool = self._pools[entry.id] = UpstreamPool(
+                    pool = self._pools[entry.id] = _pool_class()(
                         entry.address, connect_timeout_s=self.config.connect_timeout_s
                     )
                 try:
@@ -413,6 +425,9 @@ class Gateway:
                     self.metrics.refused.labels("timeout").inc()
                     message = f"replica {entry.id} did not answer within {self.config.request_timeout_s:.0f} s"
                     return error_response(504, message)
+                except UnforwardableRequest as exc:
+                    self.metrics.refused.labels("bad-request").inc()
+                    return error_response(400, str(exc))
                 except UpstreamError:
                     entry.healthy = False  # refused, reset or gone: the next health check decides again
                     if attempt + 1 < self.config.max_attempts:
