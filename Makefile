@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-ray demo test test-slow test-ray check lint bench clean postgres
+.PHONY: install install-ray demo test test-slow test-ray check lint bench clean postgres proto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,14 @@ test-ray: $(RAY_STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/serdab bench profile
 	$(VENV)/bin/serdab bench placement
+
+# serdab/serve/oip_pb2.py(i) from oip.proto. grpcio-tools 1.78 writes protobuf 6.31 gencode (newer ones need
+# protobuf 7, which tritonclient refuses), so it runs in a throwaway venv, never in .venv.
+proto:
+	rm -rf /tmp/serdab-protoc && $(PYTHON) -m venv /tmp/serdab-protoc
+	/tmp/serdab-protoc/bin/pip install --quiet --disable-pip-version-check grpcio-tools==1.78.0
+	/tmp/serdab-protoc/bin/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. serdab/serve/oip.proto
+	rm -rf /tmp/serdab-protoc
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

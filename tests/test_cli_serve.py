@@ -102,6 +102,7 @@ def test_stress_starts_and_stops_interference(gateway, capsys):
         (["serve", "lenet5", "--secure", "0", "--public", "0"], 2, "serve at least one replica"),
         (["serve", "lenet5", "--balancer", "fastest"], 2, "unknown balancer 'fastest'"),
         (["serve", "lenet5", "--autoscale", "3:1"], 2, "MIN <= MAX"),
+        (["serve", "lenet5", "--engine", "ray", "--grpc"], 2, "--grpc is served by the gateway engine only"),
         (["infer", "http://127.0.0.1:9", "synthetic:1"], 4, "no public replica answered"),
         (["infer", "http://127.0.0.1:9", "nothing.png"], 2, "not an image file"),
         (["load", "http://127.0.0.1:9"], 2, "no Serdab gateway answers"),

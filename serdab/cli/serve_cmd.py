@@ -49,6 +49,21 @@ def serve(
     host: Annotated[str, typer.Option(help="Address the gateway binds (127.0.0.1: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Gateway HTTP port (0: any free port).")] = 8000,
     secure_port: Annotated[int, typer.Option(min=0, max=65535, help="TLS pass-through port (0: any free).")] = 0,
+    grpc: Annotated[
+        bool,
+        typer.Option(
+            "--grpc",
+            help="Serve the Open Inference Protocol over gRPC too (KServe v2 GRPCInferenceService, as the "
+            "Triton and KServe clients speak it): public calls on --grpc-port, secure ones over TLS passed "
+            "through to the enclaves on --secure-grpc-port. Gateway engine only.",
+        ),
+    ] = False,
+    grpc_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Public gRPC port, with --grpc (0: any free).")
+    ] = 8001,
+    secure_grpc_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Secure gRPC (TLS pass-through) port, with --grpc (0: any free).")
+    ] = 0,
     enclave_hosts: Annotated[
         int, typer.Option(min=0, help="Simulated hosts the enclaves spread over, each with its own EPC (0: auto).")
     ] = 0,
@@ -89,6 +104,11 @@ def serve(
     from serdab.serve.service import ModelService, ServeOptions
 
     if engine is ServeEngine.RAY:
+        if grpc:
+            raise ServeConfigError(
+                "--grpc is served by the gateway engine only: Ray Serve's gRPC proxy terminates TLS itself, so "
+                "a secure call would not end inside an enclave (use --engine gateway, or OIP over HTTP on Ray)"
+            )
         _serve_on_ray(
             model,
             secure,
@@ -123,6 +143,9 @@ def serve(
         enclave_hosts=enclave_hosts,
         enclave_speed=enclave_speed,
         monitor_interval_s=monitor_interval,
+        grpc=grpc,
+        grpc_port=grpc_port,
+        secure_grpc_port=secure_grpc_port,
     )
     options.check()
     service = ModelService(options, log=lambda line: err_console.print(line))
@@ -143,6 +166,11 @@ def serve(
         console.print(
             f"gateway  {service.gateway.url}  (secure: TLS pass-through on port {service.gateway.secure_port})"
         )
+        if service.gateway.grpc_port:
+            console.print(
+                f"gRPC     127.0.0.1:{service.gateway.grpc_port}  (secure: TLS pass-through on port "
+                f"{service.gateway.secure_grpc_port})"
+            )
         console.print(f"trust    {trust_file}  (clients verify the key service and the enclaves against it)")
         console.print(f"try      serdab infer {service.gateway.url} synthetic:2 --secure --trust {trust_file}")
         console.print("Ctrl-C stops the gateway, every replica and the key service.")

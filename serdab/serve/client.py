@@ -97,7 +97,12 @@ class Client:
         model: str | None = None,
         timeout_s: float = 60.0,
         retries: int = 2,
+        protocol: str = "http",
     ) -> None:
+        if protocol not in ("http", "grpc"):
+            raise ServeError(f"protocol must be http or grpc, not {protocol!r}")
+        self.protocol = protocol  # for infer(): OIP over HTTP (binary tensors) or over gRPC (serve --grpc)
+        self._grpc: dict[bool, Any] = {}  # secure -> GrpcOip
         self.url = url.rstrip("/")
         self.trust = dict(trust or {})
         self.model = model or self.trust.get("model")
@@ -108,6 +113,7 @@ class Client:
         self._engine: dict[str, Any] | None = None  # the front door's /v1/gateway answer
         self._session: Any = None  # sealed mode: the session sealed to the attested service key
         self.served_by: str | None = None  # the replica that answered the last request, where the engine says
+        self.last_timing: str | None = None  # the replica's Server-Timing for the last gRPC call
         self.attested: dict[str, Any] | None = None
 
     def reconnect(self) -> None:
@@ -115,6 +121,9 @@ class Client:
         the gateway balances afresh (secure traffic is routed by connection)."""
         self._public.close()
         self._public = httpx.Client(timeout=self.timeout_s, transport=_transport())
+        for channel in self._grpc.values():
+            channel.close()
+        self._grpc.clear()
         if self._secure is not None:
             self._secure.close()
             self._secure = httpx.Client(timeout=self.timeout_s, transport=_transport(self._secure_context))
@@ -123,6 +132,9 @@ class Client:
         self._public.close()
         if self._secure is not None:
             self._secure.close()
+        for channel in self._grpc.values():
+            channel.close()
+        self._grpc.clear()
 
     def __enter__(self) -> Client:
         return self
@@ -133,6 +145,8 @@ class Client:
     # --- requests -------------------------------------------------------------------------------------
     def infer(self, images: np.ndarray, secure: bool = True, input_name: str = "input") -> np.ndarray:
         """Run the model on a float32 N x C x H x W batch; the first output, as numpy."""
+        if self.protocol == "grpc":
+            return self._infer_grpc(np.ascontiguousarray(images, dtype=np.float32), secure, input_name)
         body, headers = encode_infer_request({input_name: np.ascontiguousarray(images, dtype=np.float32)})
         reply = self._post(f"/v2/models/{self._model_name(secure)}/infer", body, headers, secure)
         outputs = parse_infer_response(reply.content, reply.headers.get(BINARY_HEADER))
@@ -178,6 +192,50 @@ class Client:
             self.served_by = reply.headers.get("x-serdab-replica")
             return reply
         raise NoReplicaError(f"no {'enclave' if secure else 'public'} replica answered at {self.url}: {last}")
+
+    # --- OIP over gRPC ----------------------------------------------------------------------------------
+    def _infer_grpc(self, images: np.ndarray, secure: bool, input_name: str) -> np.ndarray:
+        """A secure call goes over TLS to the gateway's secure gRPC door (passed through to an enclave),
+        trusting only the service CA, after the same attestation as HTTPS (an enclave of the stated
+        image proved it holds the service certificate, which only such enclaves receive)."""
+        import grpc
+
+        last: Exception | None = None
+        for _ in range(self.retries + 1):
+            try:
+                channel = self._grpc_channel(secure)
+                outputs, trailing = channel.infer(self._model_name(secure), {input_name: images})
+            except NoReplicaError as exc:
+                last = exc
+                continue
+            except grpc.RpcError as exc:
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    last = ServeError(f"{code.name}: {details}")
+                    self._grpc.pop(secure).close()  # a new connection: the gateway balances it afresh
+                    continue
+                raise ServeError(f"{code.name if code else 'gRPC'}: {details}") from None
+            self.last_timing = trailing.get("server-timing")
+            return next(iter(outputs.values()))
+        raise NoReplicaError(f"no {'enclave' if secure else 'public'} replica answered over gRPC at {self.url}: {last}")
+
+    def _grpc_channel(self, secure: bool) -> Any:
+        from serdab.serve.grpc_oip import GrpcOip
+
+        if secure not in self._grpc:
+            if secure and self._sealed_engine():
+                raise ServeError("this engine (Ray Serve) serves no gRPC; use protocol='http'")
+            if secure:
+                self._secure_client()  # attest (or fail closed) before anything is sent
+            info = self._public.get(self.url + "/v1/gateway").json()
+            port = info.get("secure_grpc_port" if secure else "grpc_port")
+            if not port:
+                raise ServeError(f"{self.url} serves no gRPC (start it with serdab serve --grpc)")
+            host = urlsplit(self.url).hostname or "127.0.0.1"
+            ca = self._service_ca if secure else None
+            self._grpc[secure] = GrpcOip(f"{host}:{int(port)}", ca_pem=ca, timeout_s=self.timeout_s)
+        return self._grpc[secure]
 
     # --- sealed requests (an engine that terminates HTTP itself: Ray Serve) ----------------------------
     def _sealed_engine(self) -> bool:
@@ -267,6 +325,7 @@ class Client:
 
         certificate, replica_pcrs, allow_simulated, roots = self._service_certificate()
         context = service_context(certificate["ca_pem"])
+        self._service_ca = str(certificate["ca_pem"])
         info = self._public.get(self.url + "/v1/gateway").json()  # only where to connect: TLS and attestation decide
         host = urlsplit(self.url).hostname or "127.0.0.1"
         self._secure_base = f"https://{host}:{int(info['secure_port'])}"

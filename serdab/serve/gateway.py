@@ -85,6 +85,12 @@ class ReplicaEntry:
     in_flight: int = 0
     served: int = 0
     draining: bool = False
+    grpc_port: int | None = None  # OIP over gRPC beside HTTP (TLS for enclaves), when served
+
+    @property
+    def grpc_address(self) -> tuple[str, int]:
+        assert self.grpc_port is not None
+        return (self.address[0], self.grpc_port)
 
     def view(self) -> ReplicaView:
         return ReplicaView(self.id, self.host, self.in_flight, 1.0, self.healthy and not self.draining)
@@ -102,6 +108,8 @@ class GatewayConfig:
     health_interval_s: float = 1.0
     monitor_interval_s: float = 1.0
     max_attempts: int = 3
+    grpc_port: int | None = None  # None: no gRPC doors; else the public one (0: any free port)
+    secure_grpc_port: int = 0  # TLS pass-through to enclave replicas' gRPC, with grpc_port set
 
 
 @dataclass
@@ -179,6 +187,8 @@ class Gateway:
         self._error: BaseException | None = None
         self.port = 0
         self.secure_port = 0
+        self.grpc_port: int | None = None
+        self.secure_grpc_port: int | None = None
         self._pools: dict[str, UpstreamPool] = {}  # keep-alive connections per public replica
         self._health_clients: dict[str, httpx.AsyncClient] = {}  # one per kind, made on the loop
 
@@ -286,11 +296,17 @@ class Gateway:
             "public": httpx.AsyncClient(timeout=timeout),
             "enclave": httpx.AsyncClient(verify=self._enclave_ssl or True, timeout=timeout),
         }
+        grpc_doors = await self._open_grpc() if self.config.grpc_port is not None else None
         tasks = [asyncio.create_task(self._health_loop()), asyncio.create_task(self._monitor_loop())]
         self._started.set()
         await self._shutdown.wait()
         stop_serving.set()
         secure.close()
+        if grpc_doors is not None:
+            server, proxy, secure_grpc = grpc_doors
+            secure_grpc.close()
+            await server.stop(1)
+            await proxy.close()
         for task in tasks:
             task.cancel()
         for writer in list(self._writers):  # pass-through pipes end when their sockets close
@@ -303,9 +319,49 @@ class Gateway:
         for client in self._health_clients.values():
             await client.aclose()
 
+    async def _open_grpc(self) -> tuple[Any, Any, asyncio.Server]:
+        """The public gRPC door (calls forwarded to public replicas) and the secure one (TLS passed through)."""
+        from serdab.serve.grpc_oip import ProxyHandler, start_server
+
+        def attempt(entry: ReplicaEntry, ok: bool | None) -> None:
+            if ok is None:
+                entry.in_flight += 1
+                return
+            entry.in_flight -= 1
+            if ok:
+                entry.served += 1
+            else:
+                entry.healthy = False  # gone: the next health check decides again
+                self.metrics.retries.labels("public").inc()
+
+        def observe(call: str, seconds: float, failed: bool) -> None:
+            self.metrics.latency.labels(f"grpc:{call}", "public").observe(seconds)
+
+        proxy = ProxyHandler(
+            lambda tried: self._choose("public", tried, grpc=True),
+            attempt,
+            lambda: any(r.healthy and not r.draining for r in self.replicas.values()),
+            self.config.request_timeout_s,
+            self.config.max_attempts,
+            observe,
+        )
+        server, self.grpc_port = await start_server(proxy, self.config.host, self.config.grpc_port or 0)
+        secure = await asyncio.start_server(
+            lambda r, w: self._pass_through(r, w, grpc=True),
+            self.config.host,
+            self.config.secure_grpc_port,
+            reuse_address=True,
+        )
+        self.secure_grpc_port = secure.sockets[0].getsockname()[1]
+        return server, proxy, secure
+
     # --- choosing ---------------------------------------------------------------------------------
-    def _choose(self, kind: str, exclude: set[str]) -> ReplicaEntry | None:
-        candidates = [r for r in self.replicas.values() if r.kind == kind and r.id not in exclude]
+    def _choose(self, kind: str, exclude: set[str], grpc: bool = False) -> ReplicaEntry | None:
+        candidates = [
+            r
+            for r in self.replicas.values()
+            if r.kind == kind and r.id not in exclude and (r.grpc_port is not None or not grpc)
+        ]
         policy = self.policies.get(kind)
         if policy is None or not candidates:
             return None
@@ -337,6 +393,7 @@ class Gateway:
             {
                 **self._info,
                 "secure_port": self.secure_port,
+                **({"grpc_port": self.grpc_port, "secure_grpc_port": self.secure_grpc_port} if self.grpc_port else {}),
                 "healthy": kinds,
                 "balancers": {k: p.name for k, p in self.policies.items()},
             }
@@ -447,7 +504,9 @@ class Gateway:
         return error_response(503, "no healthy public replica could take the request")
 
     # --- secure path (L4 pass-through) ------------------------------------------------------------
-    async def _pass_through(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pass_through(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, grpc: bool = False
+    ) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
@@ -456,13 +515,14 @@ class Gateway:
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         entry = None
         for attempt in range(self.config.max_attempts):
-            entry = self._choose("enclave", tried)
+            entry = self._choose("enclave", tried, grpc)
             if entry is None:
                 break
             tried.add(entry.id)
             try:
                 upstream = await asyncio.wait_for(
-                    asyncio.open_connection(*entry.address), self.config.connect_timeout_s
+                    asyncio.open_connection(*(entry.grpc_address if grpc else entry.address)),
+                    self.config.connect_timeout_s,
                 )
                 break
             except (TimeoutError, OSError):
@@ -484,7 +544,8 @@ class Gateway:
         finally:
             entry.in_flight -= 1
             self.metrics.in_flight.labels("enclave").dec()
-            self.metrics.latency.labels("tls-connection", "enclave").observe(time.perf_counter() - started)
+            route = "grpc-tls-connection" if grpc else "tls-connection"
+            self.metrics.latency.labels(route, "enclave").observe(time.perf_counter() - started)
             for w in (writer, up_writer):
                 self._writers.discard(w)
                 w.close()

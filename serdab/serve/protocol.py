@@ -34,6 +34,8 @@ __all__ = [
     "InferRequest",
     "TensorSpec",
     "decode_images",
+    "datatype_of",
+    "decode_tensor",
     "encode_image",
     "encode_infer_request",
     "encode_infer_response",
@@ -58,6 +60,13 @@ DATATYPES: dict[str, np.dtype] = {
     "FP64": np.dtype("<f8"),
 }
 _NAMES = {v: k for k, v in DATATYPES.items()}
+
+
+def datatype_of(dtype: np.dtype) -> str | None:
+    """The OIP datatype of a numpy dtype (either byte order), None when it has none."""
+    return _NAMES.get(dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype)
+
+
 MAX_IMAGES = 64
 MAX_ELEMENTS = 2**31  # per input tensor; a body is capped far below it anyway
 
@@ -117,33 +126,44 @@ def _flat(data: list[Any]) -> list[Any]:
     return out
 
 
-def _tensor(spec: InferInput, raw: memoryview | None) -> np.ndarray:
-    dtype = DATATYPES.get(spec.datatype)
+def decode_tensor(
+    name: str, datatype: str, shape: Sequence[int], raw: memoryview | bytes | None, values: Sequence[Any] | None
+) -> np.ndarray:
+    """One input tensor from its raw little-endian bytes or its flat values (REST's data, gRPC's typed
+    contents), checked: a known datatype, no negative dimension, at most MAX_ELEMENTS, the size the
+    shape needs, values that fit the datatype."""
+    dtype = DATATYPES.get(datatype)
     if dtype is None:
         raise InferenceRequestError(
-            f"input {spec.name!r}: datatype {spec.datatype!r} is not supported; use one of {', '.join(DATATYPES)}"
+            f"input {name!r}: datatype {datatype!r} is not supported; use one of {', '.join(DATATYPES)}"
         )
-    if any(d < 0 for d in spec.shape):
-        raise InferenceRequestError(f"input {spec.name!r}: shape {spec.shape} has a negative dimension")
-    count = math.prod(spec.shape)  # Python ints: a dimension past 64 bits is a 400, not an overflow
+    if any(d < 0 for d in shape):
+        raise InferenceRequestError(f"input {name!r}: shape {list(shape)} has a negative dimension")
+    count = math.prod(shape)  # Python ints: a dimension past 64 bits is a 400, not an overflow
     if count > MAX_ELEMENTS:
-        raise InferenceRequestError(f"input {spec.name!r}: shape {spec.shape} is over {MAX_ELEMENTS:,} elements")
+        raise InferenceRequestError(f"input {name!r}: shape {list(shape)} is over {MAX_ELEMENTS:,} elements")
     if raw is not None:
-        if raw.nbytes != count * dtype.itemsize:
+        if len(raw) != count * dtype.itemsize:
             raise InferenceRequestError(
-                f"input {spec.name!r}: {raw.nbytes} binary bytes for shape {spec.shape} of {spec.datatype} "
+                f"input {name!r}: {len(raw)} binary bytes for shape {list(shape)} of {datatype} "
                 f"(needs {count * dtype.itemsize})"
             )
-        return np.frombuffer(raw, dtype=dtype).reshape(spec.shape)
-    if spec.data is None:
-        raise InferenceRequestError(f"input {spec.name!r} has neither data nor parameters.binary_data_size")
-    values = _flat(spec.data)
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    if values is None:
+        raise InferenceRequestError(f"input {name!r} has no data")
     if len(values) != count:
-        raise InferenceRequestError(f"input {spec.name!r}: {len(values)} values for shape {spec.shape} (needs {count})")
+        raise InferenceRequestError(f"input {name!r}: {len(values)} values for shape {list(shape)} (needs {count})")
     try:
-        return np.asarray(values, dtype=dtype).reshape(spec.shape)
+        return np.asarray(values, dtype=dtype).reshape(shape)
     except (TypeError, ValueError, OverflowError):
-        raise InferenceRequestError(f"input {spec.name!r}: data is not {spec.datatype}") from None
+        raise InferenceRequestError(f"input {name!r}: data is not {datatype}") from None
+
+
+def _tensor(spec: InferInput, raw: memoryview | None) -> np.ndarray:
+    if raw is None and spec.data is None:
+        raise InferenceRequestError(f"input {spec.name!r} has neither data nor parameters.binary_data_size")
+    values = _flat(spec.data) if raw is None and spec.data is not None else None
+    return decode_tensor(spec.name, spec.datatype, spec.shape, raw, values)
 
 
 def parse_infer_request(body: bytes, header_length: str | None) -> tuple[InferRequest, dict[str, np.ndarray], bool]:
@@ -192,7 +212,7 @@ def encode_infer_response(
     entries, blobs = [], []
     for name, array in outputs.items():
         array = np.ascontiguousarray(array)
-        datatype = _NAMES.get(array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype, "FP32")
+        datatype = datatype_of(array.dtype) or "FP32"
         if datatype == "FP32" and array.dtype != np.float32:
             array = array.astype(np.float32)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}

@@ -232,6 +232,14 @@ def create_replica_app(
 
     app.add_middleware(_Measure, kind=kind, latency=latency, in_flight=in_flight, errors=errors)
 
+    def observe_grpc(call: str, seconds: float, failed: bool) -> None:
+        """gRPC calls in the same metrics; ``call`` is one of the six the handler serves (a closed set)."""
+        latency.labels(f"grpc:{call}", kind).observe(seconds)
+        if failed:
+            errors.labels(f"grpc:{call}", kind).inc()
+
+    app.state.observe_grpc = observe_grpc
+
     def _model(name: str) -> None:
         if name != runner.name:
             raise HttpError(404, f"unknown model {name!r}; this replica serves {runner.name!r}")
@@ -498,6 +506,31 @@ def _route_of(path: str) -> str:
     return "other"
 
 
+async def _serve(
+    app: FastAPI,
+    runner: ModelRunner,
+    sock: Any,
+    ready: Callable[[int | None], None],
+    *,
+    grpc_port: int | None,
+    tls: tuple[bytes, bytes] | None,
+    host: str,
+    stream: tuple[Any, Callable] | None = None,
+) -> None:
+    """The HTTP API and, with ``grpc_port``, OIP over gRPC beside it (same runner, same TLS);
+    ``ready`` gets the gRPC port once both accept."""
+    server, bound = None, None
+    if grpc_port is not None:
+        from serdab.serve.grpc_oip import replica_handler, start_server
+
+        server, bound = await start_server(replica_handler(runner, app.state.observe_grpc), host, grpc_port, tls)
+    try:
+        await serve_app(app, sock, lambda: ready(bound), tls=tls, stream=stream)
+    finally:
+        if server is not None:
+            await server.stop(1)
+
+
 def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--name", required=True, help="the model's name in the API")
@@ -505,6 +538,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--id", default=None)
+    parser.add_argument("--grpc-port", type=int, default=None, help="also serve OIP over gRPC on this port (0: any)")
     return parser
 
 
@@ -522,13 +556,13 @@ def main(argv: list[str] | None = None) -> int:
     sock = listen_http(args.host, args.port)
     port = sock.getsockname()[1]
 
-    def ready() -> None:
+    def ready(grpc_port: int | None) -> None:
         tmp = args.ready_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"port": port, "pid": os.getpid(), "id": replica_id}))
+        tmp.write_text(json.dumps({"port": port, "pid": os.getpid(), "id": replica_id, "grpc_port": grpc_port}))
         tmp.replace(args.ready_file)
 
     tls = (args.tls_cert.read_bytes(), args.tls_key.read_bytes()) if args.tls_cert and args.tls_key else None
-    asyncio.run(serve_app(app, sock, ready, tls=tls))
+    asyncio.run(_serve(app, runner, sock, ready, grpc_port=args.grpc_port, tls=tls, host=args.host))
     return 0
 
 
@@ -585,11 +619,16 @@ def enclave_main(argv: list[str]) -> int:
     sock, stream = listen_http(args.host, args.port), listen_http(args.host, 0)
     port, stream_port = sock.getsockname()[1], stream.getsockname()[1]
     asyncio.run(
-        serve_app(
+        _serve(
             app,
+            runner,
             sock,
-            lambda: nsm.ready(port=port, sealed_port=stream_port, id=replica_id, tls_sha384=tls_hash.hex()),
+            lambda grpc_port: nsm.ready(
+                port=port, sealed_port=stream_port, id=replica_id, tls_sha384=tls_hash.hex(), grpc_port=grpc_port
+            ),
+            grpc_port=args.grpc_port,
             tls=None if args.plaintext_benchmark_only else (keys.cert_pem.encode(), keys.key_pem.encode()),
+            host=args.host,
             stream=(stream, app.state.sealed.serve_stream),
         )
     )

@@ -59,6 +59,9 @@ class ServeOptions:
     autoscale_interval_s: float = 1.0
     monitor_interval_s: float = 1.0  # EPC paging samples (S3ML: once per second)
     start_timeout_s: float = 90.0
+    grpc: bool = False  # OIP over gRPC too: the gateway's two gRPC doors and a gRPC port on every replica
+    grpc_port: int = 0
+    secure_grpc_port: int = 0
 
     def check(self) -> None:
         if self.secure < 0 or self.public < 0 or self.secure + self.public == 0:
@@ -86,6 +89,7 @@ class ReplicaProcess:
     start_s: float  # launch to serving: process, (attestation, key release,) model load
     stop: Callable[[], None]
     alive: Callable[[], bool]
+    grpc_port: int | None = None
 
 
 class ModelService:
@@ -140,7 +144,14 @@ class ModelService:
         self.admin_token = secrets.token_hex(24)
         self.gateway = Gateway(
             policies,
-            GatewayConfig(host=o.host, port=o.port, secure_port=o.secure_port, monitor_interval_s=o.monitor_interval_s),
+            GatewayConfig(
+                host=o.host,
+                port=o.port,
+                secure_port=o.secure_port,
+                monitor_interval_s=o.monitor_interval_s,
+                grpc_port=o.grpc_port if o.grpc else None,
+                secure_grpc_port=o.secure_grpc_port,
+            ),
             enclave_ssl=self.service_ssl,
             host_samples=self._host_samples,
             info={"model": self.model_name, "service": self.service_name},
@@ -149,6 +160,11 @@ class ModelService:
         )
         self.gateway.start()
         self.log(f"gateway on {self.gateway.url} (secure TLS pass-through on port {self.gateway.secure_port})")
+        if self.gateway.grpc_port:
+            self.log(
+                f"gRPC (OIP) on port {self.gateway.grpc_port} (secure TLS pass-through on port "
+                f"{self.gateway.secure_grpc_port})"
+            )
         launches = [("enclave", i) for i in range(o.secure)] + [("public", i) for i in range(o.public)]
         for kind, _ in launches:
             self.add_replica(kind)
@@ -238,7 +254,9 @@ class ModelService:
         self.start_times[kind].append(replica.start_s)
         self.replicas[replica.id] = replica
         assert self.gateway is not None
-        self.gateway.add_replica(ReplicaEntry(replica.id, kind, ("127.0.0.1", replica.port), replica.host))
+        self.gateway.add_replica(
+            ReplicaEntry(replica.id, kind, ("127.0.0.1", replica.port), replica.host, grpc_port=replica.grpc_port)
+        )
         self.log(f"{kind} replica {replica.id} on {replica.host}:{replica.port} ready in {replica.start_s:.2f} s")
         return replica
 
@@ -278,6 +296,7 @@ class ModelService:
                 "--threads",
                 str(self.options.threads),
                 *extra,
+                *self._grpc_args(),
             ],
             name="public replica",
             log_path=log,
@@ -293,7 +312,11 @@ class ModelService:
             start_s=0.0,
             stop=child.stop,
             alive=child.alive,
+            grpc_port=info.get("grpc_port"),
         )
+
+    def _grpc_args(self) -> list[str]:
+        return ["--grpc-port", "0"] if self.options.grpc else []
 
     def _launch_enclave(self, host: str | None = None, tls: bool = True) -> ReplicaProcess:
         if self._trust is None:
@@ -311,6 +334,7 @@ class ModelService:
             replica_id,
             "--threads",
             str(self.options.threads),
+            *self._grpc_args(),
         ]
         if not tls:
             args.append("--plaintext-benchmark-only")
@@ -334,6 +358,7 @@ class ModelService:
             start_s=0.0,
             stop=lambda: backend.terminate(enclave),
             alive=enclave.alive,
+            grpc_port=info.get("grpc_port"),
         )
 
     def remove_replica(self, replica_id: str, drain_s: float = 10.0) -> None:

@@ -74,6 +74,8 @@ _RUNTIME_PACKAGES = (
     "pygments",
     "prometheus-client",
     "pillow",
+    "grpcio",  # OIP over gRPC (serve --grpc)
+    "protobuf",
     "opentelemetry-api",
     "opentelemetry-sdk",
     "opentelemetry-proto",
