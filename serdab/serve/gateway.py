@@ -376,6 +376,7 @@ class Gateway:
             Route("/v2/health/live", self._live, methods=["GET"]),
             Route("/v2/health/ready", self._ready, methods=["GET"]),
             Route("/v2", self._server_metadata, methods=["GET"]),
+            Route("/v2/", self._server_metadata, methods=["GET"]),  # KServe's OpenAPI document writes it so
             Route("/predict-secure", self._refuse_plain, methods=["GET", "POST", "PUT"]),
             Route("/v1/admin/{action}", self._admin_call, methods=["POST"]),
             Route("/{path:path}", self._proxy, methods=["GET", "POST", "HEAD"]),

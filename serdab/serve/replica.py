@@ -244,6 +244,7 @@ def create_replica_app(
         if name != runner.name:
             raise HttpError(404, f"unknown model {name!r}; this replica serves {runner.name!r}")
 
+    @app.get("/v2/", include_in_schema=False)  # as KServe's published OpenAPI document writes it
     @app.get("/v2")
     def server_metadata() -> dict[str, Any]:
         return {"name": "serdab", "version": "1", "extensions": ["binary_tensor_data"]}
@@ -473,6 +474,7 @@ def _sealed_routes(app: FastAPI, handler: SealedHandler, certificate_pem: bytes)
 
 _FIXED = {
     "/v2",
+    "/v2/",
     "/v2/health/live",
     "/v2/health/ready",
     "/metrics",
