@@ -228,6 +228,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
         self._max_attempts = max_attempts
         self._observe = observe
         self._channels: dict[tuple[str, int], grpc.aio.Channel] = {}
+        self._callables: dict[tuple[tuple[str, int], str], Any] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
@@ -255,7 +256,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
         return SERVER_METADATA
 
     async def _forward(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        metadata = [(k, v) for k, v in context.invocation_metadata() or () if not k.startswith((":", "grpc-"))]
+        metadata = tuple((k, v) for k, v in context.invocation_metadata() or () if not k.startswith((":", "grpc-")))
         tried: set[str] = set()
         last = "no healthy public replica could take the call"
         for _ in range(self._max_attempts):
@@ -263,9 +264,8 @@ class ProxyHandler(grpc.GenericRpcHandler):
             if entry is None:
                 break
             tried.add(entry.id)
-            channel = self._channel(entry.grpc_address)
             self._attempt(entry, None)
-            call = channel.unary_unary(method)(request, timeout=self._timeout_s, metadata=metadata)
+            call = self._callable(entry.grpc_address, method)(request, timeout=self._timeout_s, metadata=metadata)
             try:
                 answer = await call
             except grpc.aio.AioRpcError as exc:
@@ -282,15 +282,21 @@ class ProxyHandler(grpc.GenericRpcHandler):
         await context.abort(grpc.StatusCode.UNAVAILABLE, last)
         raise AssertionError("abort raises")  # for the type checker
 
-    def _channel(self, address: tuple[str, int]) -> grpc.aio.Channel:
-        if address not in self._channels:
-            self._channels[address] = grpc.aio.insecure_channel(f"{address[0]}:{address[1]}", options=_MESSAGE_OPTIONS)
-        return self._channels[address]
+    def _callable(self, address: tuple[str, int], method: str) -> Any:
+        """One channel per replica, one callable per (replica, method): made once, reused by every call."""
+        key = (address, method)
+        if key not in self._callables:
+            if address not in self._channels:
+                target = f"{address[0]}:{address[1]}"
+                self._channels[address] = grpc.aio.insecure_channel(target, options=_MESSAGE_OPTIONS)
+            self._callables[key] = self._channels[address].unary_unary(method)
+        return self._callables[key]
 
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+        self._callables.clear()
 
 
 # --- a client ---------------------------------------------------------------------------------------

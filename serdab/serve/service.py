@@ -400,7 +400,15 @@ class ModelService:
         if action == "replicas":
             return {
                 "replicas": [
-                    {"id": r.id, "kind": r.kind, "host": r.host, "port": r.port, "pid": r.pid, "start_s": r.start_s}
+                    {
+                        "id": r.id,
+                        "kind": r.kind,
+                        "host": r.host,
+                        "port": r.port,
+                        "grpc_port": r.grpc_port,
+                        "pid": r.pid,
+                        "start_s": r.start_s,
+                    }
                     for r in self.replicas.values()
                 ],
                 "stress": list(self.stress),
