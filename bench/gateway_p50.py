@@ -11,7 +11,8 @@ import numpy as np
 
 import serdab
 from serdab.serve.client import Client
-from serdab.serve.service import ModelService, ServeOptions
+from serdab.serve.config import ServeConfig
+from serdab.serve.service import ModelService
 
 X = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype(np.float32)
 
@@ -19,7 +20,7 @@ X = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype(np.float32)
 def main() -> None:
     result: dict[str, object] = {"serdab": serdab.__file__}
     with (
-        ModelService(ServeOptions("lenet5", secure=1, public=1)) as service,
+        ModelService(ServeConfig("lenet5", secure=1, public=1)) as service,
         Client(service.gateway.url, trust=service.trust()) as client,
     ):
         for secure in (False, True):

@@ -1,5 +1,5 @@
 """Where Serdab meets a Ray cluster, without importing Ray: shared by the pipeline on Ray actors
-(``serdab.runtime.ray_executor``) and serving on Ray Serve (``serdab.serve.ray_engine``).
+(``serdab.runtime.ray_executor``) and serving on Ray Serve (``serdab.serve.ray``).
 
 - ``check_ray_address`` runs before ``ray.init``, which retries an unreachable address for minutes,
   so a wrong ``--address`` costs the user seconds and one line, not a hang;

@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from serdab.errors import AttestationError, ServeError
 from serdab.serve import oip_pb2 as pb
 from serdab.serve.client import Client
+from serdab.serve.config import GatewayOptions, ServeConfig
 from serdab.serve.gateway import ReplicaEntry
 from serdab.serve.grpc_oip import SERVICE, GrpcOip
-from serdab.serve.service import ModelService, ServeOptions
+from serdab.serve.service import ModelService
 from serdab.testing import RecordingProxy
 
 X = np.random.default_rng(1).standard_normal((2, 1, 28, 28)).astype(np.float32)
@@ -33,7 +34,7 @@ def direct(x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def service():
-    with ModelService(ServeOptions("lenet5", secure=1, public=1, grpc=True)) as svc:
+    with ModelService(ServeConfig("lenet5", secure=1, public=1, gateway=GatewayOptions(grpc=True))) as svc:
         yield svc
 
 
@@ -239,7 +240,7 @@ def test_our_messages_are_the_triton_clients_on_the_wire():
 
 def test_a_deployment_without_grpc_says_so():
     with (
-        ModelService(ServeOptions("lenet5", secure=0, public=1)) as plain,
+        ModelService(ServeConfig("lenet5", secure=0, public=1)) as plain,
         Client(plain.gateway.url, protocol="grpc") as client,
         pytest.raises(ServeError, match="serdab serve --grpc"),
     ):

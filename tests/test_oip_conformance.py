@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import content_type_conformance, not_a_server_error, response_schema_conformance
 from schemathesis.generation import GenerationMode
 
-from serdab.serve.service import ModelService, ServeOptions
+from serdab.serve.config import ServeConfig
+from serdab.serve.service import ModelService
 
 DOCUMENT = Path(__file__).parent / "data" / "oip" / "kserve_rest_predict_v2.yaml"
 
@@ -32,7 +33,7 @@ schema = schemathesis.openapi.from_dict(_published())
 
 @pytest.fixture(scope="module")
 def bases():
-    with ModelService(ServeOptions("lenet5", secure=0, public=1)) as svc:
+    with ModelService(ServeConfig("lenet5", secure=0, public=1)) as svc:
         (replica,) = svc.replicas.values()
         yield {"replica": f"http://127.0.0.1:{replica.port}", "gateway": svc.gateway.url}
 

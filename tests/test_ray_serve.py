@@ -28,10 +28,13 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _service(ray_cluster, **options):
-    from serdab.serve.ray_engine import RayServeOptions, RayService
+def _service(ray_cluster, *, look_back_s: float = 30.0, stress_dir: str | None = None, **options):
+    from serdab.choices import ServeEngine
+    from serdab.serve.config import RayOptions, ServeConfig
+    from serdab.serve.engine import make_engine
 
-    service = RayService(RayServeOptions("lenet5", port=_port(), **options)).start()
+    ray = RayOptions(look_back_s=look_back_s, stress_dir=stress_dir)
+    service = make_engine(ServeConfig("lenet5", port=_port(), engine=ServeEngine.RAY, ray=ray, **options)).start()
     if service.ingress != RAY_INGRESS:
         service.stop()
         pytest.fail(f"auto took the {service.ingress} ingress on a cluster started with {RAY_INGRESS}")
@@ -45,7 +48,7 @@ def test_each_kind_is_routed_right_and_secure_requests_travel_sealed(ray_cluster
     expected = make_session(chain.model).run(None, {chain.input_name: X})[0]
     marker = np.full((1, 1, 28, 28), 1.2345678, dtype=np.float32)  # a recognisable pattern
     service = _service(ray_cluster, public=1, secure=1, balancer="sed")
-    proxy = RecordingProxy(("127.0.0.1", service.options.port))  # what Ray's front door and network could read
+    proxy = RecordingProxy(("127.0.0.1", service.port))  # what Ray's front door and network could read
     try:
         with Client(proxy.url, trust=service.trust()) as client:
             public = client.infer(X, secure=False)
@@ -78,7 +81,12 @@ def test_each_kind_is_routed_right_and_secure_requests_travel_sealed(ray_cluster
 def test_the_epc_aware_router_sheds_the_host_that_pages(ray_cluster, tmp_path: Path) -> None:
     stress = tmp_path / "stress"
     service = _service(
-        ray_cluster, public=0, secure=2, balancer="epc-aware:2000:0.7:3", stats_period_s=0.25, stress_dir=str(stress)
+        ray_cluster,
+        public=0,
+        secure=2,
+        balancer="epc-aware:2000:0.7:3",
+        monitor_interval_s=0.25,
+        stress_dir=str(stress),
     )
     clients = [Client(service.url, trust=service.trust()) for _ in range(3)]  # connections land on either proxy
     try:
@@ -116,7 +124,10 @@ def test_the_epc_aware_router_sheds_the_host_that_pages(ray_cluster, tmp_path: P
 
 
 def test_the_autoscaling_rule_scales_ray_serve_up_and_down(ray_cluster) -> None:
-    service = _service(ray_cluster, public=1, secure=0, autoscale={"public": (1, 2)}, cooldown_s=1.0, look_back_s=1.0)
+    from serdab.serve.autoscale import AutoscaleConfig
+
+    scaling = {"public": AutoscaleConfig(min_replicas=1, max_replicas=2, cooldown_s=1.0)}
+    service = _service(ray_cluster, public=1, secure=0, autoscale=scaling, look_back_s=1.0)
     stop = threading.Event()
     errors: list[Exception] = []
 
@@ -130,18 +141,18 @@ def test_the_autoscaling_rule_scales_ray_serve_up_and_down(ray_cluster) -> None:
 
     threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
     try:
-        assert service.replicas()["public"] == 1
+        assert service.replica_counts()["public"] == 1
         for t in threads:
             t.start()
         deadline = time.monotonic() + 60
-        while service.replicas()["public"] < 2:
+        while service.replica_counts()["public"] < 2:
             assert time.monotonic() < deadline, "never scaled up under load"
             time.sleep(0.5)
         stop.set()
         for t in threads:
             t.join(timeout=10)
         deadline = time.monotonic() + 60
-        while service.replicas()["public"] > 1:
+        while service.replica_counts()["public"] > 1:
             assert time.monotonic() < deadline, "never scaled back down once idle"
             time.sleep(0.5)
         assert not errors, errors[:3]

@@ -16,6 +16,7 @@ import pytest
 from serdab.errors import AttestationError, InferenceRequestError, PcrMismatchError
 from serdab.serve.autoscale import AutoscaleConfig
 from serdab.serve.client import Client
+from serdab.serve.config import GatewayOptions, ServeConfig
 from serdab.serve.gateway import ReplicaEntry
 from serdab.serve.protocol import (
     BINARY_HEADER,
@@ -24,7 +25,7 @@ from serdab.serve.protocol import (
     parse_infer_request,
     parse_infer_response,
 )
-from serdab.serve.service import ModelService, ServeOptions
+from serdab.serve.service import ModelService
 from serdab.testing import RecordingProxy
 
 X = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
@@ -75,7 +76,7 @@ def test_malformed_oip_requests_are_named(body, header, message):
 # --- one service for the API tests ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def service():
-    svc = ModelService(ServeOptions("lenet5", secure=1, public=1)).start()
+    svc = ModelService(ServeConfig("lenet5", secure=1, public=1)).start()
     yield svc
     svc.stop()
     assert all(not r.alive() for r in svc.replicas.values())
@@ -220,7 +221,7 @@ def test_gateway_metrics_and_info(service):
 # --- the gateway never holds a secure request's plaintext --------------------------------------------
 def test_the_gateway_never_sees_a_secure_requests_plaintext():
     marker = np.full((1, 1, 28, 28), 1.2345678, dtype=np.float32)  # a recognisable pattern
-    with ModelService(ServeOptions("lenet5", secure=1, public=0)) as svc:
+    with ModelService(ServeConfig("lenet5", secure=1, public=0)) as svc:
         # an all-enclave deployment is ready on the protocol's own probe, and says what it is
         import httpx
 
@@ -248,7 +249,7 @@ def test_the_gateway_never_sees_a_secure_requests_plaintext():
 
 # --- faults and scaling (own services: they kill and add replicas) ----------------------------------
 def test_a_replica_killed_under_load_loses_no_request():
-    with ModelService(ServeOptions("lenet5", secure=2, public=2)) as svc:
+    with ModelService(ServeConfig("lenet5", secure=2, public=2)) as svc:
         trust = svc.trust()
         victims = [next(r for r in svc.replicas.values() if r.kind == kind) for kind in ("public", "enclave")]
         results: list[np.ndarray] = []
@@ -307,7 +308,9 @@ def test_a_replica_killed_under_load_loses_no_request():
 
 def test_autoscaler_adds_a_replica_under_load_and_removes_it_after():
     config = AutoscaleConfig(min_replicas=1, max_replicas=2, target_utilisation=0.3, cooldown_s=1.0)
-    options = ServeOptions("resnet18", secure=0, public=1, autoscale={"public": config}, autoscale_interval_s=0.5)
+    options = ServeConfig(
+        "resnet18", secure=0, public=1, autoscale={"public": config}, gateway=GatewayOptions(autoscale_interval_s=0.5)
+    )
     with ModelService(options) as svc:
         stop = threading.Event()
         x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)

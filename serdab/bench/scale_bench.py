@@ -246,25 +246,24 @@ def _closed_loop(
 
 def _service(engine: str, model: str, secure: int, public: int, speed: float) -> Any:
     """``gateway``, ``ray`` (Ray Serve's Python proxy: Serdab's router runs) or ``ray-haproxy``."""
-    if engine == "gateway":
-        from serdab.serve.service import ModelService, ServeOptions
+    from serdab.choices import ServeEngine
+    from serdab.serve.config import RayOptions, ServeConfig
+    from serdab.serve.engine import make_engine
 
-        return ModelService(
-            ServeOptions(model, secure=secure, public=public, balancer="sed", enclave_speed=speed)
-        ).start()
-    from serdab.serve.ray_engine import RayServeOptions, RayService
-
-    return RayService(
-        RayServeOptions(
+    config = ServeConfig(model, secure=secure, public=public, balancer="sed", enclave_speed=speed)
+    if engine != "gateway":
+        ingress = RayIngress.HAPROXY if engine == "ray-haproxy" else RayIngress.PROXY
+        config = ServeConfig(
             model,
             secure=secure,
             public=public,
             balancer="sed",
             enclave_speed=speed,
             port=_free_port(),
-            ingress=RayIngress.HAPROXY if engine == "ray-haproxy" else RayIngress.PROXY,
-        ),
-    ).start()
+            engine=ServeEngine.RAY,
+            ray=RayOptions(ingress=ingress),
+        )
+    return make_engine(config).start()
 
 
 def _free_port() -> int:
@@ -276,7 +275,7 @@ def _free_port() -> int:
 
 
 def _url(service: Any) -> str:
-    return str(service.gateway.url if hasattr(service, "gateway") else service.url)
+    return str(service.url)
 
 
 def _service_rss() -> int:

@@ -253,41 +253,18 @@ def _sequential(s: Served, x: np.ndarray, model: str, count: int) -> dict[str, f
     return {"secure_p50_ms": secure_ms, "public_p50_ms": public_ms, "secure_over_public": secure_ms / public_ms - 1}
 
 
-_GATEWAY_ALONE = """
-import json, sys, threading
-from serdab.serve.balancing import get_balancer
-from serdab.serve.gateway import Gateway, ReplicaEntry
-gateway = Gateway({"public": get_balancer("round-robin")}).start()
-gateway.add_replica(ReplicaEntry("r0", "public", ("127.0.0.1", int(sys.argv[1]))))
-open(sys.argv[2], "w").write(json.dumps({"url": gateway.url}))
-threading.Event().wait()
-"""
-
-
 def gateway_overhead(work: Path, count: int, progress: Progress) -> dict[str, float]:
-    """p50 of a request to a public replica directly vs through the gateway (LeNet-5: the model is ~0).
-    TEMPORARY (issue 25): two gateways alone in their own processes in front of the same replica, the
-    h11 forwarder and the old hand-written one, measured interleaved; removed with the old forwarder."""
+    """p50 of a request to a public replica directly vs through the gateway (LeNet-5: the model is ~0),
+    interleaved. (Issue 25 measured the h11 forwarder beside the hand-written one it replaced in one run,
+    bench/results/issue25/serving-quick.json, before deleting the old one.)"""
     from serdab.serve.protocol import encode_infer_request
 
-    progress("gateway overhead (h11 forwarder vs the old hand-written one)")
+    progress("gateway overhead")
     x = _input("lenet5", 2)
     body, headers = encode_infer_request({"input": x})
     with served("lenet5", work / "overhead", secure=0, public=1) as s:
         port = s.replicas()[0]["port"]
         bases = {"direct_p50_ms": f"http://127.0.0.1:{port}", "gateway_p50_ms": s.url}
-        gateways = []
-        for name, forwarder in (("h11_gateway_p50_ms", "h11"), ("legacy_gateway_p50_ms", "legacy")):
-            ready = work / f"gateway-{forwarder}.json"
-            ready.unlink(missing_ok=True)
-            child = proc.start(
-                [sys.executable, "-c", _GATEWAY_ALONE, str(port), str(ready)],
-                name=f"gateway ({forwarder})",
-                log_path=work / f"gateway-{forwarder}.log",
-                env={"SERDAB_GATEWAY_FORWARDER": forwarder},
-            )
-            gateways.append(child)
-            bases[name] = child.wait_ready(ReadyFile(ready), 30)["url"]
         times: dict[str, list[float]] = {name: [] for name in bases}
         clients = {name: httpx.Client() for name in bases}
         try:
@@ -301,19 +278,20 @@ def gateway_overhead(work: Path, count: int, progress: Progress) -> dict[str, fl
         finally:
             for client in clients.values():
                 client.close()
-            for child in gateways:
-                child.stop(5)
     out = {name: 1000 * float(np.median(t[count // 10 :])) for name, t in times.items()}
     out["overhead_p50_ms"] = out["gateway_p50_ms"] - out["direct_p50_ms"]
-    out["h11_overhead_p50_ms"] = out["h11_gateway_p50_ms"] - out["direct_p50_ms"]
-    out["legacy_overhead_p50_ms"] = out["legacy_gateway_p50_ms"] - out["direct_p50_ms"]
     return out
+
+
+WARM_REQUESTS = 30
 
 
 def tensor_overhead(model: str, work: Path, count: int, progress: Progress) -> list[dict[str, Any]]:
     """Issue 25's target: a request's cost beyond the replica's own queue + inference time (its
     Server-Timing), p50 of one request at a time through the gateway, with binary tensors over HTTP
-    and raw tensors over gRPC, public and secure, interleaved on set-up sessions."""
+    and raw tensors over gRPC, public and secure, interleaved on set-up sessions. Each path is warmed
+    with ``WARM_REQUESTS`` first: a gRPC channel's flow-control window grows with use (the first ~60
+    requests of 600 KB cost ~2 ms more each on this host), and a client keeps its channel."""
     from serdab.serve.client import Client
     from serdab.serve.protocol import encode_infer_request
 
@@ -340,7 +318,8 @@ def tensor_overhead(model: str, work: Path, count: int, progress: Progress) -> l
         calls = {"http-binary": over_http, "grpc": over_grpc}
         for name, call in calls.items():
             for secure in (False, True):
-                call(secure)  # attestation and connections set up
+                for _ in range(WARM_REQUESTS):  # attestation, connections, windows set up
+                    call(secure)
                 samples[(name, secure)] = []
         for _ in range(count):
             for (name, secure), into in samples.items():
@@ -371,7 +350,8 @@ def tls_cost(models: Sequence[str], count: int, progress: Progress) -> list[dict
     one request at a time on a set-up connection, straight to the replica (no gateway)."""
     import ssl
 
-    from serdab.serve.service import ModelService, ServeOptions
+    from serdab.serve.config import GatewayOptions, ServeConfig
+    from serdab.serve.service import ModelService
 
     rows = []
     for model in models:
@@ -380,7 +360,9 @@ def tls_cost(models: Sequence[str], count: int, progress: Progress) -> list[dict
         from serdab.serve.protocol import encode_infer_request
 
         body, headers = encode_infer_request({"input": x})
-        with ModelService(ServeOptions(model, secure=1, public=1, enclave_hosts=2)) as svc:  # an EPC each
+        with ModelService(
+            ServeConfig(model, secure=1, public=1, gateway=GatewayOptions(enclave_hosts=2))
+        ) as svc:  # an EPC each
             plain_enclave = svc.add_replica("enclave", tls=False, register=False)
             tls_public = svc.add_replica("public", tls=True, register=False)
             enclave = next(r for r in svc.replicas.values() if r.kind == "enclave")

@@ -36,6 +36,10 @@ def _read_trust(path: Path | None) -> dict[str, Any] | None:
     return trust
 
 
+GATEWAY_ONLY = "Gateway engine only."
+RAY_ONLY = "Ray engine only."
+
+
 def serve(
     model: ModelArg,
     secure: Annotated[int, typer.Option(min=0, help="Enclave replicas (simulated TEE).")] = 1,
@@ -46,27 +50,10 @@ def serve(
     autoscale: Annotated[
         str | None, typer.Option(help="MIN:MAX replicas of each kind served, scaled on utilisation (S3ML).")
     ] = None,
-    host: Annotated[str, typer.Option(help="Address the gateway binds (127.0.0.1: this machine only).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Gateway HTTP port (0: any free port).")] = 8000,
-    secure_port: Annotated[int, typer.Option(min=0, max=65535, help="TLS pass-through port (0: any free).")] = 0,
-    grpc: Annotated[
-        bool,
-        typer.Option(
-            "--grpc",
-            help="Serve the Open Inference Protocol over gRPC too (KServe v2 GRPCInferenceService, as the "
-            "Triton and KServe clients speak it): public calls on --grpc-port, secure ones over TLS passed "
-            "through to the enclaves on --secure-grpc-port. Gateway engine only.",
-        ),
-    ] = False,
-    grpc_port: Annotated[
-        int, typer.Option(min=0, max=65535, help="Public gRPC port, with --grpc (0: any free).")
-    ] = 8001,
-    secure_grpc_port: Annotated[
-        int, typer.Option(min=0, max=65535, help="Secure gRPC (TLS pass-through) port, with --grpc (0: any free).")
-    ] = 0,
-    enclave_hosts: Annotated[
-        int, typer.Option(min=0, help="Simulated hosts the enclaves spread over, each with its own EPC (0: auto).")
-    ] = 0,
+    host: Annotated[
+        str, typer.Option(help="Address the front door binds (127.0.0.1: this machine only).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Front door HTTP port (0: any free port).")] = 8000,
     enclave_speed: Annotated[
         float, typer.Option(help="Emulated enclave speed relative to this host (1.0: Nitro-like dedicated cores).")
     ] = 1.0,
@@ -79,50 +66,61 @@ def serve(
     engine: Annotated[
         ServeEngine, typer.Option(help="gateway (Serdab's own, the default) or ray (Ray Serve; needs the ray extra).")
     ] = ServeEngine.GATEWAY,
-    address: Annotated[
-        str, typer.Option(help="With --engine ray: local (start Ray here), auto, or ray://HOST:PORT.")
-    ] = "local",
-    ray_ingress: Annotated[
-        RayIngress,
+    secure_port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help=f"TLS pass-through port (default: any free). {GATEWAY_ONLY}")
+    ] = None,
+    enclave_hosts: Annotated[
+        int | None,
         typer.Option(
-            help="With --engine ray, Ray Serve's front door: haproxy (Ray's HAProxy ingress; Serdab's router "
-            "names the replica for each request), proxy (Ray's Python proxy, about 5 ms slower per request) or "
-            "auto: haproxy when Serdab starts Ray, else what the running cluster was started with."
+            min=0,
+            help=f"Simulated hosts the enclaves spread over, each with its own EPC (default: auto). {GATEWAY_ONLY}",
         ),
-    ] = RayIngress.AUTO,
+    ] = None,
+    grpc: Annotated[
+        bool | None,
+        typer.Option(
+            "--grpc",
+            help="Serve the Open Inference Protocol over gRPC too (KServe v2 GRPCInferenceService, as the "
+            "Triton and KServe clients speak it): public calls on --grpc-port, secure ones over TLS passed "
+            f"through to the enclaves on --secure-grpc-port. {GATEWAY_ONLY} (Ray Serve's gRPC proxy terminates "
+            "TLS itself, so a secure call would not end inside an enclave.)",
+        ),
+    ] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help=f"Public gRPC port, with --grpc (default 8001). {GATEWAY_ONLY}")
+    ] = None,
+    secure_grpc_port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help=f"Secure gRPC (TLS pass-through) port (default: any free). {GATEWAY_ONLY}"),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help=f"Where Ray runs: local (start it here, the default), auto or ray://HOST:PORT. {RAY_ONLY}"),
+    ] = None,
+    ray_ingress: Annotated[
+        RayIngress | None,
+        typer.Option(
+            help="Ray Serve's front door: haproxy (Ray's HAProxy ingress; Serdab's router names the replica for "
+            "each request), proxy (Ray's Python proxy, about 5 ms slower per request) or auto (the default: "
+            f"haproxy when Serdab starts Ray, else what the running cluster was started with). {RAY_ONLY}"
+        ),
+    ] = None,
 ) -> None:
-    """Serve MODEL from enclave and public replicas behind one gateway, until Ctrl-C.
+    """Serve MODEL from enclave and public replicas behind one front door, until Ctrl-C.
 
     Starts a key service in an enclave, builds a measured replica image with the model encrypted
     inside, registers the model key under that image's PCRs, launches the replicas (enclaves get
-    the model key and the service TLS key from the key service after attestation) and the gateway:
-    plain HTTP for public requests, TLS pass-through for secure ones. Writes the trust statement
-    (key service PCRs, replica PCRs) for `serdab infer --secure --trust FILE` and serdab.Client.
-    Everything binds 127.0.0.1 unless --host says otherwise; Ctrl-C stops every process it started.
+    the model key and the service TLS key from the key service after attestation) and the front
+    door: with the gateway engine, plain HTTP for public requests and TLS pass-through for secure
+    ones; with Ray Serve, sealed secure requests. Writes the trust statement (key service PCRs,
+    replica PCRs) for `serdab infer --secure --trust FILE` and serdab.Client. A flag of the other
+    engine is an error. Everything binds 127.0.0.1 unless --host says otherwise; Ctrl-C stops
+    every process it started.
     """
     from serdab.serve.autoscale import AutoscaleConfig, parse_range
-    from serdab.serve.service import ModelService, ServeOptions
+    from serdab.serve.config import GatewayOptions, RayOptions, ServeConfig
+    from serdab.serve.engine import make_engine
 
-    if engine is ServeEngine.RAY:
-        if grpc:
-            raise ServeConfigError(
-                "--grpc is served by the gateway engine only: Ray Serve's gRPC proxy terminates TLS itself, so "
-                "a secure call would not end inside an enclave (use --engine gateway, or OIP over HTTP on Ray)"
-            )
-        _serve_on_ray(
-            model,
-            secure,
-            public,
-            balancer,
-            autoscale,
-            port,
-            enclave_speed,
-            monitor_interval,
-            trust_file,
-            address,
-            ray_ingress,
-        )
-        return
     scaling = {}
     if autoscale:
         low, high = parse_range(autoscale)
@@ -131,7 +129,18 @@ def serve(
             for kind, count in (("enclave", secure), ("public", public))
             if count
         }
-    options = ServeOptions(
+    given: dict[str, Any] = {
+        "secure_port": secure_port,
+        "enclave_hosts": enclave_hosts,
+        "grpc": grpc,
+        "grpc_port": grpc_port,
+        "secure_grpc_port": secure_grpc_port,
+    }
+    gateway: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if engine is ServeEngine.GATEWAY and gateway.get("grpc") and "grpc_port" not in gateway:
+        gateway["grpc_port"] = 8001  # Triton's and KServe's usual gRPC port, beside HTTP's 8000
+    ray: dict[str, Any] = {k: v for k, v in (("address", address), ("ingress", ray_ingress)) if v is not None}
+    config = ServeConfig(
         model,
         secure=secure,
         public=public,
@@ -139,43 +148,44 @@ def serve(
         autoscale=scaling,
         host=host,
         port=port,
-        secure_port=secure_port,
-        enclave_hosts=enclave_hosts,
         enclave_speed=enclave_speed,
         monitor_interval_s=monitor_interval,
-        grpc=grpc,
-        grpc_port=grpc_port,
-        secure_grpc_port=secure_grpc_port,
+        engine=engine,
+        gateway=GatewayOptions(**gateway),
+        ray=RayOptions(**ray),
     )
-    options.check()
-    service = ModelService(options, log=lambda line: err_console.print(line))
+    service = make_engine(config, log=err_console.print)
 
     def report() -> None:
         from serdab.validation import write_private
 
-        # the token first: whoever waits for the trust statement (a benchmark driving this process) finds both
-        write_private(trust_file.with_name(trust_file.stem + ".admin-token"), service.admin_token.encode())
+        token = getattr(service, "admin_token", None)
+        if (
+            token
+        ):  # the token first: whoever waits for the trust statement (a benchmark driving this process) finds both
+            write_private(trust_file.with_name(trust_file.stem + ".admin-token"), token.encode())
         trust_file.write_text(json.dumps(service.trust(), indent=2) + "\n")
-        table = Table(title=f"serving {service.model_name} (enclaves simulated; speed and EPC emulated)")
-        for column in ("replica", "kind", "host", "port", "pid", "start s"):
-            table.add_column(column, justify="right" if column in ("port", "pid", "start s") else "left")
-        for r in service.replicas.values():
-            table.add_row(r.id, r.kind, r.host, str(r.port), str(r.pid), f"{r.start_s:.2f}")
-        console.print(table)
-        assert service.gateway is not None
-        console.print(
-            f"gateway  {service.gateway.url}  (secure: TLS pass-through on port {service.gateway.secure_port})"
-        )
-        if service.gateway.grpc_port:
+        rows = service.replica_rows()
+        if rows:
+            table = Table(title=f"serving {service.model_name} (enclaves simulated; speed and EPC emulated)")
+            for column in ("replica", "kind", "host", "port", "pid", "start s"):
+                table.add_column(column, justify="right" if column in ("port", "pid", "start s") else "left")
+            for r in rows:
+                table.add_row(r["id"], r["kind"], r["host"], str(r["port"]), str(r["pid"]), f"{r['start_s']:.2f}")
+            console.print(table)
+        else:
+            counts = service.replica_counts()
             console.print(
-                f"gRPC     127.0.0.1:{service.gateway.grpc_port}  (secure: TLS pass-through on port "
-                f"{service.gateway.secure_grpc_port})"
+                f"serving {service.model_name} on Ray Serve: {counts.get('enclave', 0)} enclave replica(s) "
+                f"(simulated TEE, speed and EPC emulated), {counts.get('public', 0)} public"
             )
+        for line in service.doors():
+            console.print(line)
         console.print(f"trust    {trust_file}  (clients verify the key service and the enclaves against it)")
-        console.print(f"try      serdab infer {service.gateway.url} synthetic:2 --secure --trust {trust_file}")
-        console.print("Ctrl-C stops the gateway, every replica and the key service.")
+        console.print(f"try      serdab infer {service.url} synthetic:2 --secure --trust {trust_file}")
+        console.print("Ctrl-C stops the front door, every replica and the key service.")
 
-    _serve_until_signalled(service, "starting key service, replicas and gateway", report)
+    _serve_until_signalled(service, service.starting, report, handlers_after_start=service.handlers_after_start)
 
 
 def _serve_until_signalled(
@@ -210,68 +220,6 @@ def _serve_until_signalled(
         with err_console.status("stopping"):
             service.stop()
         err_console.print("stopped")
-
-
-def _serve_on_ray(
-    model: str,
-    secure: int,
-    public: int,
-    balancer: str,
-    autoscale: str | None,
-    port: int,
-    enclave_speed: float,
-    monitor_interval: float,
-    trust_file: Path,
-    address: str,
-    ingress: RayIngress,
-) -> None:
-    """`serdab serve --engine ray`: the same replicas and policies as Ray Serve applications, until Ctrl-C."""
-    from serdab.serve.autoscale import parse_range
-    from serdab.serve.balancing import get_balancer
-
-    get_balancer(balancer)  # a bad spec fails before Ray starts
-    if secure + public == 0:
-        raise ServeConfigError(f"serve at least one replica (--secure {secure}, --public {public})")
-    scaling = {}
-    if autoscale:
-        low, high = parse_range(autoscale)
-        scaling = {kind: (low, high) for kind, count in (("enclave", secure), ("public", public)) if count}
-    try:
-        from serdab.serve.ray_engine import RayServeOptions, RayService
-    except ImportError as exc:
-        raise ServeConfigError(f"--engine ray needs the ray extra: pip install 'serdab[ray]' ({exc})") from None
-    options = RayServeOptions(
-        model,
-        public=public,
-        secure=secure,
-        balancer=balancer,
-        autoscale=scaling,
-        enclave_speed=enclave_speed,
-        address=address,
-        port=port or 8000,
-        stats_period_s=monitor_interval,
-        ingress=ingress,
-    )
-    service = RayService(options)
-
-    def report() -> None:
-        trust_file.write_text(json.dumps(service.trust(), indent=2) + "\n")
-        counts = service.replicas()
-        console.print(
-            f"serving {service.model_name} on Ray Serve: {counts.get('enclave', 0)} enclave replica(s) "
-            f"(simulated TEE, speed and EPC emulated), {counts.get('public', 0)} public"
-        )
-        console.print(
-            f"front    {service.url}  (Ray Serve's {service.ingress} ingress; secure requests sealed to "
-            f"the enclaves at {service.url}/secure)"
-        )
-        console.print(f"trust    {trust_file}  (clients verify the key service and the enclaves against it)")
-        console.print(f"try      serdab infer {service.url} synthetic:2 --secure --trust {trust_file}")
-        console.print("Ctrl-C stops the Serve applications, the key service and Ray.")
-
-    _serve_until_signalled(
-        service, "starting Ray, the key service and the Serve applications", report, handlers_after_start=True
-    )
 
 
 def _images(specs: list[str], side: int = 224) -> list[tuple[str, Any]]:

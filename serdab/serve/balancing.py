@@ -29,6 +29,7 @@ __all__ = [
     "EpcAwareState",
     "HostSample",
     "LeastConnections",
+    "PagingRate",
     "ReplicaView",
     "RoundRobin",
     "ShortestExpectedDelay",
@@ -54,6 +55,18 @@ class HostSample:
 
     paging_pages_per_s: float
     interference: bool
+
+
+class PagingRate:
+    """Pages swapped per second on one host, from the EPC's running page counts between two readings
+    (the monitoring cycle of the gateway and of a Ray Serve enclave replica alike); 0 on the first."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, int] | None = None
+
+    def sample(self, pages: int, now: float) -> float:
+        last, self._last = self._last, (now, pages)
+        return (pages - last[1]) / (now - last[0]) if last and now > last[0] else 0.0
 
 
 def _eligible(replicas: Sequence[ReplicaView], weights: Mapping[str, float] | None = None) -> list[ReplicaView]:

@@ -62,17 +62,6 @@ _ANSWER_HEADERS_DROPPED = {b"date", b"server"}
 ADMIN_BODY_BYTES = 64 * 1024  # an admin call is a handful of fields
 
 
-def _pool_class() -> Any:
-    """TEMPORARY, for one side-by-side measurement of the old forwarder (issue 25); removed after."""
-    import os
-
-    if os.environ.get("SERDAB_GATEWAY_FORWARDER") == "legacy":
-        from serdab.serve.forward_legacy import UpstreamPool as Legacy
-
-        return Legacy
-    return UpstreamPool
-
-
 @dataclass
 class ReplicaEntry:
     """One replica as the gateway tracks it (mutated only on the gateway's event loop)."""
@@ -472,7 +461,7 @@ class Gateway:
                 entry.in_flight += 1
                 pool = self._pools.get(entry.id)
                 if pool is None:
-                    pool = self._pools[entry.id] = _pool_class()(
+                    pool = self._pools[entry.id] = UpstreamPool(
                         entry.address, connect_timeout_s=self.config.connect_timeout_s
                     )
                 try:

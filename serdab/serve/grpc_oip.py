@@ -40,6 +40,17 @@ _MESSAGE_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 ]
+# nothing a client controls holds a server forever or grows it without bound (the HTTP side's ServerLimits):
+# a connection must finish its handshake in 30 s, goes when idle 30 s, at most 100 calls at once on one,
+# and a connection is asked to go (GOAWAY, the client reconnects) after 30 minutes, with 1 minute's grace
+_SERVER_OPTIONS = [
+    *_MESSAGE_OPTIONS,
+    ("grpc.server_handshake_timeout_ms", 30_000),
+    ("grpc.max_connection_idle_ms", 30_000),
+    ("grpc.max_concurrent_streams", 100),
+    ("grpc.max_connection_age_ms", 30 * 60_000),
+    ("grpc.max_connection_age_grace_ms", 60_000),
+]
 _TYPED = {  # the typed-contents field each datatype travels in (FP16 only raw, as the protocol says)
     "BOOL": "bool_contents",
     "INT8": "int_contents",
@@ -189,7 +200,7 @@ async def start_server(
     handler: grpc.GenericRpcHandler, host: str, port: int, tls: tuple[bytes, bytes] | None = None
 ) -> tuple[grpc.aio.Server, int]:
     """A started grpc.aio server with ``handler`` (TLS with ``tls`` = (certificate PEM, key PEM)) and its port."""
-    server = grpc.aio.server(options=_MESSAGE_OPTIONS)
+    server = grpc.aio.server(options=_SERVER_OPTIONS)
     server.add_generic_rpc_handlers((handler,))
     address = f"{host}:{port}"
     if tls is None:

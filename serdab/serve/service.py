@@ -22,8 +22,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,51 +32,15 @@ import httpx
 from serdab import proc
 from serdab.errors import ReplicaError, ServeConfigError, TeeError
 from serdab.proc import ReadyFile
-from serdab.serve.autoscale import AutoscaleConfig, AutoscaleState, ScaleInput, decide
-from serdab.serve.balancing import HostSample, get_balancer
+from serdab.serve.autoscale import AutoscaleState, ScaleInput, decide
+from serdab.serve.balancing import HostSample, PagingRate, get_balancer
 from serdab.serve.client import service_context
+from serdab.serve.config import KINDS, ServeConfig
+from serdab.serve.engine import ServingEngine
 from serdab.serve.gateway import Gateway, GatewayConfig, ReplicaEntry
 from serdab.serve.trust import ServiceTrust
 
-__all__ = ["ModelService", "ReplicaProcess", "ServeOptions"]
-
-KINDS = ("enclave", "public")
-
-
-@dataclass
-class ServeOptions:
-    model: str
-    secure: int = 1
-    public: int = 1
-    balancer: str = "round-robin"
-    autoscale: Mapping[str, AutoscaleConfig] = field(default_factory=dict)  # by kind
-    host: str = "127.0.0.1"
-    port: int = 0
-    secure_port: int = 0
-    enclave_hosts: int = 0  # 0: one simulated host per enclave replica, at most 3
-    enclave_speed: float = 1.0  # emulated, relative to this host (Nitro: dedicated cores, ~1)
-    threads: int = 1
-    autoscale_interval_s: float = 1.0
-    monitor_interval_s: float = 1.0  # EPC paging samples (S3ML: once per second)
-    start_timeout_s: float = 90.0
-    grpc: bool = False  # OIP over gRPC too: the gateway's two gRPC doors and a gRPC port on every replica
-    grpc_port: int = 0
-    secure_grpc_port: int = 0
-
-    def check(self) -> None:
-        if self.secure < 0 or self.public < 0 or self.secure + self.public == 0:
-            raise ServeConfigError(f"serve at least one replica (--secure {self.secure}, --public {self.public})")
-        if not 0 < self.enclave_speed <= 64:
-            raise ServeConfigError(f"enclave speed must be in (0, 64], got {self.enclave_speed}")
-        get_balancer(self.balancer)
-        for kind, config in self.autoscale.items():
-            if kind not in KINDS:
-                raise ServeConfigError(f"autoscale kind must be one of {', '.join(KINDS)} (got {kind!r})")
-            wanted = self.secure if kind == "enclave" else self.public
-            if not config.min_replicas <= wanted <= config.max_replicas:
-                raise ServeConfigError(
-                    f"{wanted} {kind} replica(s) is outside --autoscale {config.min_replicas}:{config.max_replicas}"
-                )
+__all__ = ["ModelService", "ReplicaProcess"]
 
 
 @dataclass
@@ -92,12 +56,15 @@ class ReplicaProcess:
     grpc_port: int | None = None
 
 
-class ModelService:
+class ModelService(ServingEngine):
+    """The gateway engine: Serdab's gateway in front of replica processes."""
+
+    starting = "starting key service, replicas and gateway"
+
     def __init__(
-        self, options: ServeOptions, work_dir: Path | None = None, log: Callable[[str], None] | None = None
+        self, config: ServeConfig, work_dir: Path | None = None, log: Callable[[str], None] | None = None
     ) -> None:
-        options.check()
-        self.options = options
+        self.config = config
         self._own_dir = work_dir is None
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="serdab-serve-"))
         self.log = log or (lambda _: None)
@@ -115,42 +82,33 @@ class ModelService:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._autoscaler: threading.Thread | None = None
-        self._paging: dict[str, tuple[float, int]] = {}
+        self._paging: dict[str, PagingRate] = {}
 
     # --- start and stop -----------------------------------------------------------------------------
-    def start(self) -> ModelService:
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
     def _start(self) -> None:
         from serdab.models.load import load_model
 
-        o = self.options
+        o = self.config
         loaded = load_model(o.model)
         self.model_name = loaded.name
         model = loaded.proto.SerializeToString()
         self._model_file = self.work_dir / f"{loaded.name}.onnx"
         self._model_file.write_bytes(model)
-        if o.secure or "enclave" in o.autoscale:
+        if o.wants_enclaves():
             self._start_trust(model)
         policies = {}
         for kind in KINDS:
-            spec = o.balancer if kind == "enclave" or o.balancer.split(":")[0] != "epc-aware" else "sed"
-            policies[kind] = get_balancer(spec)  # EPC only matters to enclaves: public replicas get plain SED
+            policies[kind] = get_balancer(o.balancer_for(kind))
         self.admin_token = secrets.token_hex(24)
         self.gateway = Gateway(
             policies,
             GatewayConfig(
                 host=o.host,
                 port=o.port,
-                secure_port=o.secure_port,
+                secure_port=o.gateway.secure_port,
                 monitor_interval_s=o.monitor_interval_s,
-                grpc_port=o.grpc_port if o.grpc else None,
-                secure_grpc_port=o.secure_grpc_port,
+                grpc_port=o.gateway.grpc_port if o.gateway.grpc else None,
+                secure_grpc_port=o.gateway.secure_grpc_port,
             ),
             enclave_ssl=self.service_ssl,
             host_samples=self._host_samples,
@@ -206,11 +164,29 @@ class ModelService:
         if self._own_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
-    def __enter__(self) -> ModelService:
-        return self.start()
+    @property
+    def url(self) -> str:
+        assert self.gateway is not None, "not started"
+        return self.gateway.url
 
-    def __exit__(self, *_: object) -> None:
-        self.stop()
+    def replica_counts(self) -> dict[str, int]:
+        return {kind: sum(1 for r in self.replicas.values() if r.kind == kind) for kind in KINDS}
+
+    def replica_rows(self) -> list[dict[str, Any]]:
+        return [
+            {"id": r.id, "kind": r.kind, "host": r.host, "port": r.port, "pid": r.pid, "start_s": r.start_s}
+            for r in self.replicas.values()
+        ]
+
+    def doors(self) -> list[str]:
+        assert self.gateway is not None, "not started"
+        g = self.gateway
+        lines = [f"gateway  {g.url}  (secure: TLS pass-through on port {g.secure_port})"]
+        if g.grpc_port:
+            lines.append(
+                f"gRPC     {g.config.host}:{g.grpc_port}  (secure: TLS pass-through on port {g.secure_grpc_port})"
+            )
+        return lines
 
     # --- what a client needs to trust -----------------------------------------------------------------
     def trust(self) -> dict[str, Any]:
@@ -227,7 +203,7 @@ class ModelService:
             return f"{kind}-{self._counter}"
 
     def _enclave_host(self) -> str:
-        count = self.options.enclave_hosts or max(1, min(3, self.options.secure))
+        count = self.config.gateway.enclave_hosts or max(1, min(3, self.config.secure))
         in_use = [r.host for r in self.replicas.values() if r.kind == "enclave"]
         hosts = [f"h{i + 1}" for i in range(count)]
         return min(hosts, key=lambda h: (in_use.count(h), h))
@@ -294,7 +270,7 @@ class ModelService:
                 "--id",
                 replica_id,
                 "--threads",
-                str(self.options.threads),
+                str(self.config.threads),
                 *extra,
                 *self._grpc_args(),
             ],
@@ -302,7 +278,7 @@ class ModelService:
             log_path=log,
             error=ReplicaError,
         )
-        info = child.wait_ready(ReadyFile(ready), self.options.start_timeout_s, ReplicaError)
+        info = child.wait_ready(ReadyFile(ready), self.config.gateway.start_timeout_s, ReplicaError)
         return ReplicaProcess(
             id=replica_id,
             kind="public",
@@ -316,7 +292,7 @@ class ModelService:
         )
 
     def _grpc_args(self) -> list[str]:
-        return ["--grpc-port", "0"] if self.options.grpc else []
+        return ["--grpc-port", "0"] if self.config.gateway.grpc else []
 
     def _launch_enclave(self, host: str | None = None, tls: bool = True) -> ReplicaProcess:
         if self._trust is None:
@@ -329,11 +305,11 @@ class ModelService:
             self.model_name,
             *self._trust.enclave_args(),
             "--speed",
-            str(self.options.enclave_speed),
+            str(self.config.enclave_speed),
             "--id",
             replica_id,
             "--threads",
-            str(self.options.threads),
+            str(self.config.threads),
             *self._grpc_args(),
         ]
         if not tls:
@@ -341,11 +317,11 @@ class ModelService:
         enclave = backend.launch(
             self._trust.image.path,
             args,
-            env={"OMP_NUM_THREADS": str(self.options.threads)},
+            env={"OMP_NUM_THREADS": str(self.config.threads)},
             log_path=self.work_dir / f"{replica_id}.log",
         )
         try:
-            info = backend.wait_ready(enclave, self.options.start_timeout_s)
+            info = backend.wait_ready(enclave, self.config.gateway.start_timeout_s)
         except TeeError as exc:
             backend.terminate(enclave)
             raise ReplicaError(f"enclave replica did not start: {exc}") from None
@@ -458,10 +434,7 @@ class ModelService:
         samples = {}
         for host, backend in list(self._backends.items()):
             stats = backend.epc.stats()
-            pages = stats.page_ins + stats.page_outs
-            last = self._paging.get(host)
-            rate = (pages - last[1]) / (now - last[0]) if last and now > last[0] else 0.0
-            self._paging[host] = (now, pages)
+            rate = self._paging.setdefault(host, PagingRate()).sample(stats.page_ins + stats.page_outs, now)
             samples[host] = HostSample(rate, self._interfering(host))
         return samples
 
@@ -491,15 +464,15 @@ class ModelService:
                 self.log(f"could not replace {replica.id}: {exc}")
 
     def _control_loop(self) -> None:
-        states = {kind: AutoscaleState() for kind in self.options.autoscale}
+        states = {kind: AutoscaleState() for kind in self.config.autoscale}
         last_busy: dict[str, tuple[float, float]] = {}
-        while not self._stopping.wait(self.options.autoscale_interval_s):
+        while not self._stopping.wait(self.config.gateway.autoscale_interval_s):
             self._supervise()
-            if not self.options.autoscale or self._stopping.is_set():
+            if not self.config.autoscale or self._stopping.is_set():
                 continue
             assert self.gateway is not None
             views = {r["id"]: r for r in self.gateway.snapshot()}
-            for kind, config in self.options.autoscale.items():
+            for kind, config in self.config.autoscale.items():
                 mine = [r for r in self.replicas.values() if r.kind == kind]
                 in_service = [r for r in mine if views.get(r.id, {}).get("healthy") and views[r.id]["weight"] > 0]
                 utilisations = []
