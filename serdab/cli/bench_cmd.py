@@ -129,7 +129,7 @@ BENCHMARKS: dict[str, Benchmark] = {
                     "parts",
                     str | None,
                     None,
-                    "Run only these parts (overhead,seed001,fig6,table1,fig7), keeping the others from --json.",
+                    "Run only these parts (overhead,tensors,seed001,fig6,table1,fig7), keeping the others from --json.",
                 ),
             ),
             reads_result_file=True,
