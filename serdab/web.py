@@ -50,6 +50,7 @@ class ServerLimits:
     keep_alive_s: float = 30.0  # an idle keep-alive connection is closed after this long
     header_timeout_s: float = 30.0  # a request's headers must be complete this long after its first byte
     body_timeout_s: float = 60.0  # each chunk of a request body must arrive within this long of the last
+    head_bytes: int = 64 * 1024  # request line and headers together; more is a 431 (nginx: 32 KiB, Triton: 8 KiB)
 
 
 def listen_http(host: str = "127.0.0.1", port: int = 0, backlog: int = 256) -> socket.socket:
@@ -198,14 +199,61 @@ class _BodyTimeout:
         await self.app(scope, timed, send)
 
 
-def _header_timeout_protocol(timeout_s: float) -> type:
-    """uvicorn's httptools protocol with a header read timeout, which uvicorn lacks: a connection whose
-    request headers are not complete ``timeout_s`` after it opened (or after its request began) is
-    closed. Uses the protocol's parser callbacks, the only uvicorn internals Serdab relies on."""
+class _HeadTooLarge(Exception):
+    pass
+
+
+def _header_timeout_protocol(timeout_s: float, head_bytes: int = 64 * 1024) -> type:
+    """uvicorn's httptools protocol with a header read timeout and a bound on the request head, which
+    uvicorn lacks: a connection whose request headers are not complete ``timeout_s`` after it opened
+    (or after its request began) is closed; a request line and headers over ``head_bytes`` are a 431
+    (without it, a megabyte of headers was read, kept and forwarded). Requests llhttp cannot parse get
+    ``{"error"}`` JSON like every other Serdab error, not uvicorn's text. Uses the protocol's parser
+    callbacks and its 400 writer, the only uvicorn internals Serdab relies on."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class HeaderTimeoutProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
+        _head_seen = 0
+        _head_too_large = False
+
+        def _count(self, size: int) -> None:
+            self._head_seen += size
+            if self._head_seen > head_bytes:
+                self._head_too_large = True
+                raise _HeadTooLarge  # llhttp stops; uvicorn answers through send_400_response below
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4)
+            super().on_header(name, value)
+
+        def send_400_response(self, msg: str) -> None:
+            status, reason, text = (
+                (431, b"Request Header Fields Too Large", f"the request line and headers are over {head_bytes} bytes")
+                if self._head_too_large
+                else (400, b"Bad Request", "not a valid HTTP/1.1 request")
+            )
+            body = json.dumps({"error": text}).encode()
+            head = [b"HTTP/1.1 %d %s" % (status, reason)]
+            head += [name + b": " + value for name, value in self.server_state.default_headers]
+            head += [b"content-type: application/json", b"content-length: %d" % len(body), b"connection: close"]
+            self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+            if self.transport.can_write_eof():  # a lingering close: the client reads the answer, not a reset
+                self.transport.write_eof()
+                self._discarding = True
+                self.loop.call_later(2.0, self.transport.close)
+            else:
+                self.transport.close()
+
+        _discarding = False
+
+        def data_received(self, data: bytes) -> None:
+            if not self._discarding:  # the rest of a refused request is read and dropped
+                super().data_received(data)
 
         def _arm(self) -> None:
             if self._header_timer is None:
@@ -227,6 +275,7 @@ def _header_timeout_protocol(timeout_s: float) -> type:
 
         def on_message_begin(self) -> None:
             self._arm()
+            self._head_seen = 0
             super().on_message_begin()
 
         def on_headers_complete(self) -> None:
@@ -271,7 +320,7 @@ async def serve_app(
     # to stop; requests in flight get limits.graceful_s to finish
     config = uvicorn.Config(
         _BodyTimeout(_HeadAsGet(app), limits.body_timeout_s),
-        http=_header_timeout_protocol(limits.header_timeout_s),
+        http=_header_timeout_protocol(limits.header_timeout_s, limits.head_bytes),
         log_level="warning",
         access_log=False,
         lifespan="off",

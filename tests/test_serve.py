@@ -226,7 +226,8 @@ def test_the_gateway_never_sees_a_secure_requests_plaintext():
         import httpx
 
         assert httpx.get(f"{svc.gateway.url}/v2/health/ready").json() == {"ready": True}
-        assert httpx.get(f"{svc.gateway.url}/v2").json()["name"] == "serdab"
+        metadata = httpx.get(f"{svc.gateway.url}/v2").json()
+        assert metadata["name"] == "serdab" and metadata["ready_replicas"] == {"enclave": 1, "public": 0}
         (replica,) = svc.replicas.values()
         # the gateway relays secure connections byte for byte (L4): what it sends the enclave and gets
         # back is everything it ever holds of them, so a recorder on that leg sees what the gateway sees

@@ -138,3 +138,31 @@ def test_error_message_reads_foreign_and_plain_bodies() -> None:
 def test_http_error_carries_status_and_message() -> None:
     error = HttpError(418, "teapot")
     assert (error.status, error.message, str(error)) == (418, "teapot", "teapot")
+
+
+def _raw(server: str, data: bytes) -> bytes:
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(data)  # the server reads a refused request to its end: no reset loses its answer
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    return raw
+
+
+@pytest.mark.parametrize("size", [60 * 1024, 1024 * 1024])
+def test_request_heads_are_bounded(server: str, size: int) -> None:
+    headers = b"".join(b"x-h%d: %s\r\n" % (i, b"a" * 1000) for i in range(size // 1000))
+    raw = _raw(server, b"GET /refuse HTTP/1.1\r\nHost: x\r\n" + headers + b"connection: close\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if size <= LIMITS.head_bytes:
+        assert head.startswith(b"HTTP/1.1 409")  # read whole and served (the route refuses on purpose)
+    else:
+        assert head.startswith(b"HTTP/1.1 431") and b"application/json" in head
+        assert "65536 bytes" in json.loads(body)["error"]
+
+
+def test_a_request_that_is_not_http_gets_a_json_400(server: str) -> None:
+    raw = _raw(server, b"HELLO THERE\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and json.loads(body) == {"error": "not a valid HTTP/1.1 request"}

@@ -426,7 +426,12 @@ class Gateway:
         return JSONResponse({"ready": False, "error": "no healthy replica yet"}, status_code=503)
 
     async def _server_metadata(self, _: Request) -> JSONResponse:
-        return JSONResponse({"name": "serdab", "version": "1", "extensions": ["binary_tensor_data"]})
+        """OIP's server metadata, with the healthy replicas per kind beside it (the protocol allows more
+        fields): readiness is one bit, this says which kind of request can be served."""
+        ready = {k: sum(1 for r in self.replicas.values() if r.kind == k and r.healthy) for k in self.policies}
+        return JSONResponse(
+            {"name": "serdab", "version": "1", "extensions": ["binary_tensor_data"], "ready_replicas": ready}
+        )
 
     async def _refuse_plain(self, _: Request) -> JSONResponse:
         self.metrics.refused.labels("plaintext-secure").inc()
