@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from pathlib import Path
 
 import cbor2
 import pytest
@@ -16,7 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from serdab.crypto import cert_der, cose_sign1, issue_certificate, new_key, public_der
-from serdab.errors import AttestationError, CertificateChainError, DebugEnclaveError, MalformedDocumentError
+from serdab.errors import (
+    AttestationError,
+    CertificateChainError,
+    DebugEnclaveError,
+    MalformedDocumentError,
+    NonceError,
+    PcrMismatchError,
+    StaleDocumentError,
+)
 from serdab.kms import KeyService, ServicePolicy, SqliteStore, StateStore
 from serdab.kms.server import create_app
 from serdab.tee import HostIdentity, verify_attestation
@@ -193,7 +202,7 @@ def _resigned(host: HostIdentity, change) -> bytes:
         (lambda f: f.update(timestamp=-5), "not a time"),
         (lambda f: f.update(user_data=b"u" * 1025), "user_data is 1025 bytes"),
         (lambda f: f.update(nonce=b"n" * 2000), "nonce is 2000 bytes"),
-        (lambda f: f.update(public_key=b"not a key"), "public_key is not a DER"),
+        (lambda f: f.update(public_key=b"k" * 1025), "public_key is 1025 bytes"),
         (lambda f: f.update(pcrs={99: bytes(48)}), "indices 0..31"),
         (lambda f: f.update(module_id="i-0123-enc4567"), "must start with sim-"),
         (lambda f: f.update(cabundle=[b"x"] * 9), "cabundle must list"),
@@ -360,3 +369,53 @@ def test_fuzz_fields_headers_and_certificates(host, genuine, data) -> None:
             changed["cabundle"] = bundle
         payload = cbor2.dumps(changed)
     _outcome(cbor2.dumps(cbor2.CBORTag(18, [protected, unprotected, payload, signature])), host, fields)
+
+
+# --- genuine AWS documents, published by others (tests/data/nitro/README.md says where from) ----------------
+NITRO_VECTORS = Path(__file__).parent / "data" / "nitro"
+
+
+def _genuine_aws(name: str) -> tuple[bytes, dt.datetime]:
+    import base64
+
+    from serdab.crypto import decode_sign1
+    from serdab.tee.document import decode_payload
+
+    data = base64.b64decode((NITRO_VECTORS / name).read_text().strip())
+    return data, decode_payload(decode_sign1(data)[1]).time
+
+
+def test_a_genuine_aws_debug_document_verifies_at_its_own_time_as_what_it_is() -> None:
+    data, when = _genuine_aws("brave-p3a-2022-07-26.b64")
+    verified = verify_attestation(data, now=when, allow_debug=True)
+    assert verified.tee_type == "nitro" and verified.module_id == "i-0936512d5ae6ee91a-enc01823bcde8eb8a8a"
+    assert verified.public_key == b"" and verified.user_data == bytes(32)  # a placeholder, not a key: accepted
+    assert verified.document.nonce.hex() == "831493346b44132e2ffb7988bce351f593eeb8dd"
+    assert [i for i, v in sorted(verified.pcrs.items()) if any(v)] == [4]
+    assert verified.pcrs[4].hex().startswith("5a3e54bd0a5f50b1b5ec641e063a1f1e")
+    with pytest.raises(DebugEnclaveError):  # PCR0-2 zero: a debug enclave, refused unless allowed
+        verify_attestation(data, now=when)
+    with pytest.raises(StaleDocumentError):  # today
+        verify_attestation(data, allow_debug=True)
+    with pytest.raises(PcrMismatchError, match="PCR0"):
+        verify_attestation(data, now=when, allow_debug=True, expected_pcrs={0: b"\x01" * 48})
+    with pytest.raises(NonceError):
+        verify_attestation(data, now=when, allow_debug=True, nonce=b"another nonce")
+
+
+def test_every_byte_of_a_genuine_aws_document_is_covered() -> None:
+    """Flip each byte of the genuine document in turn: every copy is refused, always with an attestation
+    error (a byte of the unprotected header, which COSE leaves unsigned, may flip a field the verifier
+    ignores: such a copy is accepted only when it still verifies as the same document)."""
+    data, when = _genuine_aws("brave-p3a-2022-07-26.b64")
+    accepted = []
+    for i in range(len(data)):
+        copy = bytearray(data)
+        copy[i] ^= 0x01
+        try:
+            verified = verify_attestation(bytes(copy), now=when, allow_debug=True)
+        except AttestationError:
+            continue
+        accepted.append((i, verified.module_id))
+    assert all(module == "i-0936512d5ae6ee91a-enc01823bcde8eb8a8a" for _, module in accepted)
+    assert len(accepted) <= 2, accepted  # only bytes outside the signed structure, if any

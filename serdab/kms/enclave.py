@@ -138,7 +138,7 @@ def main(argv: list[str]) -> int:
     def share_storage_key(document: bytes) -> bytes:
         policy = ServicePolicy(allow_simulated=args.allow_simulated)
         verified = service.verify(document, policy, expected_pcrs=own)
-        assert verified.public_key is not None  # verify() refuses a document without one
+        assert verified.public_key is not None  # KeyService.verify refuses a document without an EC key there
         return seal_envelope(storage_key, public_from_der(verified.public_key), context=b"storage-key")
 
     replica = os.environ.get("SERDAB_ENCLAVE_ID", "kms")

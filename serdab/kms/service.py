@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import cbor2
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from serdab.crypto import (
     cert_pem,
@@ -145,10 +146,12 @@ class KeyService:
             raise KmsRefusedError(f"refused: {type(exc).__name__}: {exc}") from None
         if not verified.public_key:
             raise KmsRefusedError("refused: the document carries no public_key to encrypt the keys to")
-        try:
+        try:  # the verifier takes public_key as opaque bytes (NSM requires no key there); here it must be one
             public_from_der(verified.public_key)
-        except ValueError:
-            raise KmsRefusedError("refused: the public_key in the document is not an EC key") from None
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise KmsRefusedError(
+                "refused: the document's public_key is not a DER SubjectPublicKeyInfo EC key to encrypt the keys to"
+            ) from None
         return verified
 
     def release(self, name: str, document: bytes) -> bytes:

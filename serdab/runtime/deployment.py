@@ -356,6 +356,8 @@ class Deployment:
             self.events.put((w.id, received))
 
     def _sealed_config(self, w: _Worker, hello: Hello, nonce: bytes) -> bytes:
+        from cryptography.exceptions import UnsupportedAlgorithm
+
         from serdab.crypto import public_from_der, seal_envelope
         from serdab.errors import MalformedDocumentError
         from serdab.tee.verify import verify_attestation
@@ -371,11 +373,13 @@ class Deployment:
             nonce=nonce,
             simulated_roots=self.ctx.executor.simulated_roots(),
         )
-        if not verified.public_key:
-            raise MalformedDocumentError("the attestation document carries no public key for the configuration")
-        return seal_envelope(
-            cbor2.dumps(w.config.to_wire()), public_from_der(verified.public_key), context=CONFIG_CONTEXT
-        )
+        try:  # public_key is opaque to the verifier; the configuration is sealed to it, so it must be a key
+            key = public_from_der(verified.public_key or b"")
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise MalformedDocumentError(
+                "the attestation document's public_key is not a DER EC public key to seal the configuration to"
+            ) from None
+        return seal_envelope(cbor2.dumps(w.config.to_wire()), key, context=CONFIG_CONTEXT)
 
     def _accept_sink(self) -> None:
         last = {w.id for w in self._stages[-1]}

@@ -7,7 +7,9 @@ whatever the input) with a message saying what did not match:
    item, no trailing bytes, the unprotected header a map sharing no label with the protected one,
    alg ES384);
 2. payload fields and types, timestamp in range, PCR indices 0..31 of 32/48/64 bytes, user_data,
-   nonce and public_key at most 1 KiB each, public_key a DER public key, at most 7 CA certificates;
+   nonce and public_key opaque bytes of at most 1 KiB each (the NSM API requires no key in
+   ``public_key``: genuine documents carry placeholders there; a consumer that uses it as a key
+   parses it itself, as the key service does), at most 7 CA certificates;
 3. certificates parse completely (names, extensions, P-256/384/521 EC keys);
 4. the ES384 signature with the document's certificate;
 5. the root: the pinned AWS Nitro root G1, or a simulated root when ``allow_simulated`` (then the
@@ -32,8 +34,8 @@ from dataclasses import dataclass
 from importlib import resources
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from serdab.crypto import CoseError, cert_der, cert_from_der, cert_from_pem, cose_verify1, decode_sign1
@@ -244,11 +246,6 @@ def verify_attestation(
     document = decode_payload(payload)
     leaf = _parse(document.certificate, "the signing certificate")
     bundle = [_parse(c, f"cabundle[{i}]") for i, c in enumerate(document.cabundle)]
-    if document.public_key is not None:
-        try:
-            serialization.load_der_public_key(document.public_key)
-        except (ValueError, TypeError, UnsupportedAlgorithm):
-            raise MalformedDocumentError("public_key is not a DER SubjectPublicKeyInfo public key") from None
     key = leaf.public_key()
     assert isinstance(key, ec.EllipticCurvePublicKey)  # _parse checked it
     try:
