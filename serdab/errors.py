@@ -37,7 +37,8 @@ below), 4 for an unavailable backend or service ([4]), 2 for everything else the
     │   ├── DebugEnclaveError        all-zero (debug) PCRs without allow_debug
     │   ├── NonceError               nonce missing, different from the one asked for, or replayed
     │   ├── StaleDocumentError       the document is older than the maximum age (or from the future)
-    │   └── UserDataMismatchError    user_data is not what the caller binds (e.g. a TLS certificate hash)
+    │   ├── UserDataMismatchError    user_data is not what the caller binds (e.g. a TLS certificate hash)
+    │   └── TcbMismatchError         the endorsing certificate names another chip or TCB (SEV-SNP)
     ├── KmsError                     the key service refused or could not be reached
     │   ├── KmsRefusedError      [3] the attested enclave does not satisfy the service's policy
     │   ├── KmsUnreachableError  [4] no KMS answered at that address
@@ -106,6 +107,7 @@ __all__ = [
     "SerdabError",
     "SimulatedRootError",
     "StaleDocumentError",
+    "TcbMismatchError",
     "TeeError",
     "TeeUnavailableError",
     "UnknownRootError",
@@ -240,6 +242,10 @@ class StaleDocumentError(AttestationError):
 
 class UserDataMismatchError(AttestationError):
     """user_data does not carry the binding the caller expects."""
+
+
+class TcbMismatchError(AttestationError):
+    """The endorsing certificate was issued for another chip or TCB than the evidence reports (SEV-SNP)."""
 
 
 class KmsError(SerdabError):
