@@ -17,7 +17,7 @@ from serdab.serve import oip_pb2 as pb
 from serdab.serve.client import Client
 from serdab.serve.config import GatewayOptions, ServeConfig
 from serdab.serve.gateway import ReplicaEntry
-from serdab.serve.grpc_oip import SERVICE, GrpcOip
+from serdab.serve.grpc_oip import CALLS, SERVICE, GrpcOip
 from serdab.serve.service import ModelService
 from serdab.testing import RecordingProxy
 
@@ -179,6 +179,16 @@ def test_typed_contents_are_accepted_as_raw_ones_are(doors):
     assert answer.id == "" and answer.model_version == "1"
 
 
+def test_bytes_that_are_not_the_message_are_invalid_argument(doors):
+    for channel in doors.values():
+        for call in ("ModelInfer", "ModelMetadata", "ServerLive"):
+            raw = channel.channel.unary_unary(f"/{SERVICE}/{call}")
+            with pytest.raises(grpc.RpcError) as caught:
+                raw(b"\xff\xff\xff\xff\x0f", timeout=5)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (call, caught.value.details())
+            assert "do not parse" in caught.value.details()
+
+
 def test_calls_outside_the_protocol_are_unimplemented(doors):
     for channel in doors.values():
         other = channel.channel.unary_unary(f"/{SERVICE}/RepositoryIndex")
@@ -218,7 +228,8 @@ def test_metric_labels_stay_a_closed_set(service, doors):
     public = next(r for r in service.replicas.values() if r.kind == "public")
     text = httpx.get(f"http://127.0.0.1:{public.port}/metrics").text
     routes = {line.split('route="')[1].split('"')[0] for line in text.splitlines() if 'route="' in line}
-    assert {r for r in routes if r.startswith("grpc:")} <= {"grpc:ModelInfer", "grpc:ServerLive", "grpc:ModelReady"}
+    grpc_routes = {r for r in routes if r.startswith("grpc:")}
+    assert "grpc:ModelInfer" in grpc_routes and grpc_routes <= {f"grpc:{call}" for call in CALLS}
 
 
 def test_our_messages_are_the_triton_clients_on_the_wire():

@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from serdab.errors import InferenceRequestError, ServeError
 from serdab.serve import oip_pb2 as pb
@@ -175,9 +176,13 @@ class _NotFound(ServeError):
 def _unary(name: str, fn: Callable[..., Any], observe: Observe | None, takes_context: bool = False) -> Any:
     request_type, response_type = _MESSAGES[name]
 
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         started, failed = time.perf_counter(), True
         try:
+            try:  # parsed here, not by grpc: a message that is not this protobuf is the client's error
+                request = request_type.FromString(raw)
+            except DecodeError:
+                raise InferenceRequestError(f"not a {name}Request message (protobuf): the bytes do not parse") from None
             answer = fn(request, context) if takes_context else fn(request)
             if isinstance(answer, Awaitable):
                 answer = await answer
@@ -191,9 +196,7 @@ def _unary(name: str, fn: Callable[..., Any], observe: Observe | None, takes_con
             if observe is not None:
                 observe(name, time.perf_counter() - started, failed)
 
-    return grpc.unary_unary_rpc_method_handler(
-        call, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString
-    )
+    return grpc.unary_unary_rpc_method_handler(call, response_serializer=response_type.SerializeToString)
 
 
 async def start_server(
