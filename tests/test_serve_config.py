@@ -26,6 +26,7 @@ from serdab.serve.ray.args import BuilderArgs
             "--secure-port, --grpc are the gateway engine's; --engine ray cannot honour them",
         ),
         ({"ray": RayOptions(ingress=RayIngress.HAPROXY)}, "--ray-ingress is the ray engine's; --engine gateway"),
+        ({"gateway": GatewayOptions(grpc_port=9001)}, "add --grpc"),
     ],
 )
 def test_a_bad_configuration_is_refused_when_it_is_made(kwargs, message):

@@ -104,6 +104,9 @@ class ServeConfig:
                 raise ServeConfigError(
                     f"{wanted} {kind} replica(s) is outside --autoscale {config.min_replicas}:{config.max_replicas}"
                 )
+        g = self.gateway
+        if not g.grpc and (g.grpc_port or g.secure_grpc_port):
+            raise ServeConfigError("--grpc-port and --secure-grpc-port choose the gRPC doors' ports: add --grpc")
         other, part = (
             ("gateway", self.gateway) if self.engine is ServeEngine.RAY else ("ray", self.ray)  # the one not running
         )
