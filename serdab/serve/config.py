@@ -104,9 +104,6 @@ class ServeConfig:
                 raise ServeConfigError(
                     f"{wanted} {kind} replica(s) is outside --autoscale {config.min_replicas}:{config.max_replicas}"
                 )
-        g = self.gateway
-        if not g.grpc and (g.grpc_port or g.secure_grpc_port):
-            raise ServeConfigError("--grpc-port and --secure-grpc-port choose the gRPC doors' ports: add --grpc")
         other, part = (
             ("gateway", self.gateway) if self.engine is ServeEngine.RAY else ("ray", self.ray)  # the one not running
         )
@@ -116,6 +113,9 @@ class ServeConfig:
                 f"{', '.join(changed)} {'is' if len(changed) == 1 else 'are'} the {other} engine's; "
                 f"--engine {self.engine} cannot honour {'it' if len(changed) == 1 else 'them'}"
             )
+        g = self.gateway
+        if not g.grpc and (g.grpc_port or g.secure_grpc_port):
+            raise ServeConfigError("--grpc-port and --secure-grpc-port choose the gRPC doors' ports: add --grpc")
 
     def wants_enclaves(self) -> bool:
         return bool(self.secure) or "enclave" in self.autoscale
