@@ -179,11 +179,11 @@ def test_release_needs_a_kms_nonce_and_a_public_key(service, host) -> None:
         service.release("echo", device.attest(nonce=b"my own nonce", public_key=public))
     with pytest.raises(KmsRefusedError, match="no public_key"):
         service.release("echo", device.attest(nonce=service.issue_nonce()))
-    # the verifier takes public_key as opaque bytes (genuine documents carry placeholders); the key service,
+    # the verifier takes public_key as opaque bytes (genuine documents carry other bytes there); the key service,
     # which wraps keys to it, parses it and refuses what is not an EC key
-    for placeholder in (b"\x00" * 16, b"not a key", public_der(new_key().public_key())[:-3]):
+    for not_a_key in (b"\x00" * 16, b"not a key", public_der(new_key().public_key())[:-3]):
         with pytest.raises(KmsRefusedError, match="not a DER SubjectPublicKeyInfo EC key"):
-            service.release("echo", device.attest(nonce=service.issue_nonce(), public_key=placeholder))
+            service.release("echo", device.attest(nonce=service.issue_nonce(), public_key=not_a_key))
 
 
 def test_rotation_keeps_the_model_key(service, host) -> None:

@@ -388,7 +388,7 @@ def _genuine_aws(name: str) -> tuple[bytes, dt.datetime]:
 GENUINE_AWS = {  # file -> (module_id, public_key, user_data, nonce hex, PCR4 prefix)
     "brave-p3a-2022-07-26.b64": (
         "i-0936512d5ae6ee91a-enc01823bcde8eb8a8a",
-        b"",  # an empty placeholder
+        b"",  # an empty byte string, not a key
         bytes(32),
         "831493346b44132e2ffb7988bce351f593eeb8dd",
         "5a3e54bd0a5f50b1b5ec641e063a1f1e",

@@ -166,8 +166,15 @@ class Client:
 
     def _model_name(self, secure: bool) -> str:
         if self.model is None:
-            self.model = self._public.get(self.url + "/v1/gateway").json()["model"]
+            self.model = self._gateway_info()["model"]
         return str(self.model)
+
+    def _gateway_info(self) -> dict[str, Any]:
+        """The front door's ``/v1/gateway`` (model, engine, ports), read once: where to connect only,
+        never what to trust (TLS and attestation decide that)."""
+        if self._engine is None:
+            self._engine = self._public.get(self.url + "/v1/gateway").json()
+        return self._engine
 
     def _post(self, path: str, body: bytes, headers: dict[str, str], secure: bool) -> httpx.Response:
         if secure and self._sealed_engine():
@@ -228,8 +235,7 @@ class Client:
                 raise ServeError("this engine (Ray Serve) serves no gRPC; use protocol='http'")
             if secure:
                 self._secure_client()  # attest (or fail closed) before anything is sent
-            info = self._public.get(self.url + "/v1/gateway").json()
-            port = info.get("secure_grpc_port" if secure else "grpc_port")
+            port = self._gateway_info().get("secure_grpc_port" if secure else "grpc_port")
             if not port:
                 raise ServeError(f"{self.url} serves no gRPC (start it with serdab serve --grpc)")
             host = urlsplit(self.url).hostname or "127.0.0.1"
@@ -239,9 +245,7 @@ class Client:
 
     # --- sealed requests (an engine that terminates HTTP itself: Ray Serve) ----------------------------
     def _sealed_engine(self) -> bool:
-        if self._engine is None:
-            self._engine = self._public.get(self.url + "/v1/gateway").json()
-        return self._engine.get("secure") == "sealed"
+        return self._gateway_info().get("secure") == "sealed"
 
     def _post_sealed(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
         """Seal the request to the attested service key, send it through the engine, open the answer."""
@@ -326,9 +330,8 @@ class Client:
         certificate, replica_pcrs, allow_simulated, roots = self._service_certificate()
         context = service_context(certificate["ca_pem"])
         self._service_ca = str(certificate["ca_pem"])
-        info = self._public.get(self.url + "/v1/gateway").json()  # only where to connect: TLS and attestation decide
         host = urlsplit(self.url).hostname or "127.0.0.1"
-        self._secure_base = f"https://{host}:{int(info['secure_port'])}"
+        self._secure_base = f"https://{host}:{int(self._gateway_info()['secure_port'])}"
         self._secure_context = context
         client = httpx.Client(timeout=self.timeout_s, transport=_transport(context))
         nonce = secrets.token_bytes(32)

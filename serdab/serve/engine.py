@@ -64,7 +64,7 @@ class ServingEngine(ABC):
         """One line per front door: what it serves and where (for `serdab serve`'s report)."""
 
     def replica_rows(self) -> list[dict[str, Any]]:
-        """Per-replica detail where the engine has it (id, kind, host, port, pid, start_s)."""
+        """Per-replica detail where the engine has it (id, kind, host, port, grpc_port, pid, start_s)."""
         return []
 
     def __enter__(self) -> Self:

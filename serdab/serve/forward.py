@@ -20,12 +20,26 @@ from collections.abc import Sequence
 
 import h11
 
-__all__ = ["UnforwardableRequest", "UpstreamError", "UpstreamPool"]
+__all__ = ["HOP_BY_HOP", "UnforwardableRequest", "UpstreamError", "UpstreamPool", "answer_headers", "end_to_end"]
 
 MAX_HEAD_BYTES = 64 * 1024
 _READ_BYTES = 256 * 1024
-# framing and connection management belong to each hop (RFC 9110 sec. 7.6.1), h11 writes its own
-_HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"proxy-connection"}
+# framing and connection management belong to each hop (RFC 9110 sec. 7.6.1; the proxy ones and
+# "trailers" from RFC 2616's list, still sent), h11 writes its own
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
 
 
 class UpstreamError(Exception):
@@ -51,13 +65,20 @@ class _Conn:
             self.writer.close()
 
 
-def answer_headers(headers: Sequence[tuple[bytes, bytes]], head_request: bool) -> list[tuple[bytes, bytes]]:
-    """The replica's answer headers a proxy hands on: no hop-by-hop header nor one the replica's
-    ``Connection`` names; Content-Length only for HEAD (the server re-frames every body it sends,
-    a HEAD answer keeps the length a GET would get)."""
+def end_to_end(
+    headers: Sequence[tuple[bytes, bytes]], also: frozenset[bytes] = frozenset()
+) -> list[tuple[bytes, bytes]]:
+    """The headers a proxy hands on, either way (lowercase names): no hop-by-hop header, none the
+    sender's ``Connection`` names, none in ``also``."""
     named = {token.strip().lower() for name, value in headers if name == b"connection" for token in value.split(b",")}
-    dropped = _HOP_BY_HOP | named | (set() if head_request else {b"content-length"})
+    dropped = HOP_BY_HOP | named | also
     return [(name, value) for name, value in headers if name not in dropped]
+
+
+def answer_headers(headers: Sequence[tuple[bytes, bytes]], head_request: bool) -> list[tuple[bytes, bytes]]:
+    """The replica's answer headers handed on; Content-Length only for HEAD (the server re-frames every
+    body it sends, a HEAD answer keeps the length a GET would get)."""
+    return end_to_end(headers, frozenset() if head_request else frozenset({b"content-length"}))
 
 
 class UpstreamPool:

@@ -36,25 +36,14 @@ from starlette.routing import Route
 
 from serdab.errors import ServeError
 from serdab.serve.balancing import BalancingPolicy, HostSample, ReplicaView
-from serdab.serve.forward import UnforwardableRequest, UpstreamError, UpstreamPool
+from serdab.serve.forward import UnforwardableRequest, UpstreamError, UpstreamPool, end_to_end
 from serdab.serve.replica import LATENCY_BUCKETS, MAX_BODY_BYTES
 from serdab.web import HttpError, error_response, install_errors, listen_http, read_body, serve_app
 
 __all__ = ["Gateway", "GatewayConfig", "ReplicaEntry"]
 
-_HOP_HEADERS = {
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailers",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "expect",  # the gateway answers 100-continue itself and forwards the whole body
-}
+# besides the hop-by-hop ones: the gateway writes its own Host and length, and answers 100-continue itself
+_REQUEST_OWN = frozenset({b"host", b"content-length", b"expect"})
 # the gateway's server writes its own: the replica's would make two of each
 _ANSWER_HEADERS_DROPPED = {b"date", b"server"}
 
@@ -448,8 +437,7 @@ class Gateway:
         except HttpError as exc:
             self.metrics.refused.labels("too-large" if exc.status == 413 else "bad-body").inc()
             return error_response(exc.status, exc.message)
-        named = {t.strip().lower() for t in request.headers.get("connection", "").split(",")}  # RFC 9110 7.6.1
-        headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in _HOP_HEADERS | named]
+        headers = end_to_end(request.headers.raw, _REQUEST_OWN)
         # as the client sent it: a decoded path (`my model`) is not a valid request line
         raw_path = request.scope.get("raw_path") or request.url.path.encode()
         target = raw_path.decode("latin-1") + (f"?{request.url.query}" if request.url.query else "")

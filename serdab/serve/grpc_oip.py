@@ -82,6 +82,15 @@ def _path(call: str) -> str:
     return f"/{SERVICE}/{call}"
 
 
+def _server_calls(ready: Callable[[], bool]) -> dict[str, Callable[[Any], Any]]:
+    """Server live, ready and metadata: a replica's and the gateway's alike, but for what ready means."""
+    return {
+        "ServerLive": lambda _request: pb.ServerLiveResponse(live=True),
+        "ServerReady": lambda _request: pb.ServerReadyResponse(ready=ready()),
+        "ServerMetadata": lambda _request: SERVER_METADATA,
+    }
+
+
 # --- a replica's calls ------------------------------------------------------------------------------
 def request_tensors(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
     """The request's input tensors by name, checked; InferenceRequestError names the first problem."""
@@ -158,9 +167,7 @@ def replica_handler(runner: Any, observe: Observe | None = None) -> grpc.Generic
         return infer_response(runner.name, outputs, request)
 
     calls: dict[str, Callable[..., Any]] = {
-        "ServerLive": lambda _request: pb.ServerLiveResponse(live=True),
-        "ServerReady": lambda _request: pb.ServerReadyResponse(ready=True),
-        "ServerMetadata": lambda _request: SERVER_METADATA,
+        **_server_calls(lambda: True),
         "ModelReady": ready,
         "ModelMetadata": metadata,
     }
@@ -224,8 +231,6 @@ class ProxyHandler(grpc.GenericRpcHandler):
     """Forwards the OIP calls as bytes to public replicas; ``pick`` is the gateway's balancing policy,
     ``attempt(entry, ok)`` its accounting (in-flight counts, health)."""
 
-    OWN = frozenset({"ServerLive", "ServerReady", "ServerMetadata"})
-
     def __init__(
         self,
         pick: Pick,
@@ -237,37 +242,32 @@ class ProxyHandler(grpc.GenericRpcHandler):
     ) -> None:
         self._pick = pick
         self._attempt = attempt
-        self._ready = ready
         self._timeout_s = timeout_s
         self._max_attempts = max_attempts
         self._observe = observe
         self._channels: dict[tuple[str, int], grpc.aio.Channel] = {}
         self._callables: dict[tuple[tuple[str, int], str], Any] = {}
+        # made once: grpc asks service() for a handler on every call
+        own = {name: _unary(name, fn, observe) for name, fn in _server_calls(ready).items()}
+        self._handlers = {_path(call): own.get(call) or self._forwarding(call) for call in CALLS}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        method = handler_call_details.method
-        prefix, _, call = method.rpartition("/")
-        if prefix != f"/{SERVICE}" or call not in CALLS:
-            return None  # UNIMPLEMENTED, from grpc
-        if call in self.OWN:
-            return _unary(call, self._answer_own, self._observe, takes_context=True)
+        return self._handlers.get(handler_call_details.method)  # None: UNIMPLEMENTED, from grpc
+
+    def _forwarding(self, call: str) -> grpc.RpcMethodHandler:
+        method = _path(call)
 
         async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            started = time.perf_counter()
+            started, failed = time.perf_counter(), True
             try:
-                return await self._forward(method, request, context)
+                answer = await self._forward(method, request, context)
+                failed = False
+                return answer
             finally:
                 if self._observe is not None:
-                    self._observe(call, time.perf_counter() - started, False)
+                    self._observe(call, time.perf_counter() - started, failed)
 
         return grpc.unary_unary_rpc_method_handler(forward)  # bytes in, bytes out: never parsed here
-
-    def _answer_own(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, pb.ServerLiveRequest):
-            return pb.ServerLiveResponse(live=True)
-        if isinstance(request, pb.ServerReadyRequest):  # ready when a replica of either kind can serve
-            return pb.ServerReadyResponse(ready=self._ready())
-        return SERVER_METADATA
 
     async def _forward(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         metadata = tuple((k, v) for k, v in context.invocation_metadata() or () if not k.startswith((":", "grpc-")))

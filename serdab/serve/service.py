@@ -174,7 +174,15 @@ class ModelService(ServingEngine):
 
     def replica_rows(self) -> list[dict[str, Any]]:
         return [
-            {"id": r.id, "kind": r.kind, "host": r.host, "port": r.port, "pid": r.pid, "start_s": r.start_s}
+            {
+                "id": r.id,
+                "kind": r.kind,
+                "host": r.host,
+                "port": r.port,
+                "grpc_port": r.grpc_port,
+                "pid": r.pid,
+                "start_s": r.start_s,
+            }
             for r in self.replicas.values()
         ]
 
@@ -375,18 +383,7 @@ class ModelService(ServingEngine):
             return {"stopped": name}
         if action == "replicas":
             return {
-                "replicas": [
-                    {
-                        "id": r.id,
-                        "kind": r.kind,
-                        "host": r.host,
-                        "port": r.port,
-                        "grpc_port": r.grpc_port,
-                        "pid": r.pid,
-                        "start_s": r.start_s,
-                    }
-                    for r in self.replicas.values()
-                ],
+                "replicas": self.replica_rows(),
                 "stress": list(self.stress),
                 "decisions": self.decisions[-20:],
             }

@@ -23,6 +23,7 @@ never anything else, whatever the input:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import struct
 import warnings
@@ -151,6 +152,7 @@ class VerifiedSnpReport:
         return self.report.measurement
 
 
+@functools.cache  # read and fingerprinted once per process, not on every report
 def _ark(product: str) -> x509.Certificate:
     pem = resources.files("serdab.tee").joinpath(f"roots/amd_ark_{product.lower()}.pem").read_bytes()
     cert = x509.load_pem_x509_certificate(pem)

@@ -8,8 +8,9 @@ whatever the input) with a message saying what did not match:
    alg ES384);
 2. payload fields and types, timestamp in range, PCR indices 0..31 of 32/48/64 bytes, user_data,
    nonce and public_key opaque bytes of at most 1 KiB each (the NSM API requires no key in
-   ``public_key``: genuine documents carry placeholders there; a consumer that uses it as a key
-   parses it itself, as the key service does), at most 7 CA certificates;
+   ``public_key``: genuine documents carry other bytes there, an empty string or an application's
+   raw key; a consumer that uses it as a key parses it itself, as the key service does), at most
+   7 CA certificates;
 3. certificates parse completely (names, extensions, P-256/384/521 EC keys);
 4. the ES384 signature with the document's certificate;
 5. the root: the pinned AWS Nitro root G1, or a simulated root when ``allow_simulated`` (then the
@@ -26,6 +27,7 @@ whatever the input) with a message saying what did not match:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import secrets
 import threading
 import time
@@ -68,6 +70,7 @@ DEBUG_PCRS = (0, 1, 2)
 MAX_DOCUMENT_BYTES = 32 * 1024  # a real Nitro document is about 4.5 KiB
 
 
+@functools.cache  # read and fingerprinted once per process, not on every document
 def aws_nitro_root() -> x509.Certificate:
     """The pinned AWS Nitro Enclaves root G1 (checked against its published SHA-256 fingerprint)."""
     pem = resources.files("serdab.tee").joinpath("roots/aws_nitro_root_g1.pem").read_bytes()

@@ -17,6 +17,7 @@ from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, RequestRouter
 
 from serdab.choices import RayIngress
 from serdab.raycluster import ENCLAVE_RESOURCE
+from serdab.serve.config import balancer_for
 from serdab.serve.ray.args import BuilderArgs
 from serdab.serve.ray.compat import HAS_ROUTER_HOOK, REPLICA_ENV, with_ingress_router
 from serdab.serve.ray.deployments import (
@@ -59,7 +60,7 @@ def _scaling(args: BuilderArgs) -> dict[str, Any]:
 def _router(args: BuilderArgs, kind: str) -> RequestRouterConfig:
     config: dict[str, Any] = {  # Ray's stubs type every field as a dict
         "request_router_class": SerdabRouter,
-        "request_router_kwargs": {"balancer": args.config(kind).balancer_for(kind)},
+        "request_router_kwargs": {"balancer": balancer_for(kind, args.balancer)},
         "request_routing_stats_period_s": args.stats_period_s,
     }
     return RequestRouterConfig(**config)
@@ -145,7 +146,7 @@ def build_secure(args: BuilderArgs) -> Any:
         config.enclave_speed,
         config.threads,
         args.stress_dir,
-        config.balancer_for("enclave"),
+        balancer_for("enclave", args.balancer),
     )
     if args.ingress is not RayIngress.HAPROXY:
         return enclaves
