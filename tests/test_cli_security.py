@@ -83,7 +83,7 @@ def test_kms_start_attest_register_stop(kms_process, tmp_path, monkeypatch, caps
     assert "simulated root" in _error_line(capsys)
     assert main(["attest", url, "--allow-simulated", "--pcr", f"2={pcr2}", "--nonce", "ab" * 16]) == 0
     out = capsys.readouterr().out
-    assert "verified (simulated)" in out and "ab" * 16 in out
+    assert "verified (aws-nitro, simulated)" in out and "ab" * 16 in out
     assert main(["attest", url, "--allow-simulated", "--pcr", f"2={'00' * 48}"]) == 3  # refused: PCR mismatch
     assert "PCR2 is" in _error_line(capsys)
     image = tmp_path / "echo"

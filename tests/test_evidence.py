@@ -22,7 +22,7 @@ def test_both_kinds_map_onto_one_model() -> None:
     snp = from_snp(verify_snp_report(report, certs))
     assert (snp.kind, snp.root, snp.debug) == ("amd-sev-snp", "ARK-Milan", False)
     assert set(snp.measurements) == {"MEASUREMENT", "HOST_DATA"} and snp.tcb["microcode"] == 219
-    assert snp.bound_data is not None and len(snp.bound_data) == 64
+    assert snp.user_data is not None and len(snp.user_data) == 64
 
 
 def test_a_policy_names_the_kind_and_the_measurements_it_expects() -> None:

@@ -61,7 +61,7 @@ def test_client_over_grpc_on_both_paths_equals_onnx_runtime(service):
     with Client(service.gateway.url, trust=service.trust(), protocol="grpc") as client:
         public = client.infer(X, secure=False)
         secure = client.infer(X, secure=True)
-        assert client.attested is not None and client.attested["module_id"].startswith("sim-")
+        assert client.attested is not None and client.attested["identity"].startswith("sim-")
         assert client.last_timing is not None and "infer;dur=" in client.last_timing
     np.testing.assert_allclose(public, direct(X), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(secure, public, rtol=1e-6, atol=1e-6)

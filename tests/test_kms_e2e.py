@@ -56,7 +56,7 @@ def test_two_replicas_two_enclaves_one_service(world) -> None:
 
     admin = attest_kms(url_a, expected_pcrs=kms_pcrs, allow_simulated=True, simulated_roots=roots)
     clients.append(admin)
-    assert admin.attestation.tee_type == "simulated"
+    assert admin.attestation.simulated and admin.attestation.kind == "aws-nitro"
     service_image = build_image(Path(tls_echo.__file__), tmp / "echo-image", "tls_echo:main")
     service_pcrs = {i: v for i, v in measure_image(service_image).items() if i in MEASURED}
     admin.register("echo", token, service_pcrs, allow_simulated=True)

@@ -55,7 +55,7 @@ def test_each_kind_is_routed_right_and_secure_requests_travel_sealed(ray_cluster
             assert client.served_by and client.served_by.startswith("public-")
             secure = client.infer(X, secure=True)
             assert client.served_by and client.served_by.startswith("enclave-")
-            assert client.attested and client.attested["module_id"].startswith("sim-")
+            assert client.attested and client.attested["identity"].startswith("sim-")
             answer = client.infer(marker, secure=True)
         assert float(np.abs(public - expected).max()) <= 1e-5 and float(np.abs(secure - expected).max()) <= 1e-5
         seen = proxy.seen()

@@ -173,7 +173,7 @@ def test_secure_and_public_paths_give_the_same_answer(service):
     with Client(service.gateway.url, trust=service.trust()) as client:
         public = client.infer(X, secure=False)
         secure = client.infer(X, secure=True)
-        assert client.attested is not None and client.attested["module_id"].startswith("sim-")
+        assert client.attested is not None and client.attested["identity"].startswith("sim-")
     np.testing.assert_allclose(secure, public, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(public, direct(X), rtol=1e-5, atol=1e-5)
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AuditOpt",
+    "EvidenceOpt",
     "InputShapeOpt",
     "JsonOpt",
     "ModelArg",
@@ -30,6 +31,7 @@ __all__ = [
     "open_model",
     "progress_bar",
     "read_audit",
+    "use_evidence",
     "write_json",
 ]
 
@@ -61,6 +63,30 @@ ReplicateOpt = Annotated[
 TrustedTailOpt = Annotated[
     bool, typer.Option("--trusted-tail", help="The last stage runs on a trusted device: labels never leave enclaves.")
 ]
+EvidenceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--evidence",
+        help="Attestation format: aws-nitro or amd-sev-snp. Simulated enclaves attest in it and verifiers "
+        "expect it (default: $SERDAB_TEE_EVIDENCE, else aws-nitro).",
+    ),
+]
+
+
+def use_evidence(kind: str | None) -> str:
+    """Make ``kind`` this process's (and its children's) evidence format; the one in force."""
+    import os
+
+    from serdab.tee.evidence import EVIDENCE_ENV, evidence_kind
+
+    try:
+        chosen = evidence_kind(kind)
+    except Exception as exc:  # an AttestationError names the kinds; here it is a usage error
+        from serdab.errors import ConfigError
+
+        raise ConfigError(f"--evidence: {exc}") from None
+    os.environ[EVIDENCE_ENV] = chosen
+    return chosen
 
 
 def read_audit(path: Path | None, policy: PrivacyPolicy, chain: Chain | None, model_name: str) -> AuditReport | None:

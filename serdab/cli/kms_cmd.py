@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from serdab.cli.common import console, err_console
+from serdab.cli.common import EvidenceOpt, console, err_console, use_evidence
 from serdab.cli.tee_cmd import parse_pcr_options
 from serdab.errors import KmsError
 from serdab.kms import attest_kms
@@ -51,8 +51,10 @@ def start(
     peer: Annotated[list[str] | None, typer.Option(help="URL of a running replica (repeatable).")] = None,
     backend: Annotated[str, typer.Option(help="TEE backend: simulated, nitro, gramine-sgx.")] = "simulated",
     admin_token_file: Annotated[Path | None, typer.Option(help="Admin token (created 0600 if absent).")] = None,
+    evidence: EvidenceOpt = None,
 ) -> None:
     """Start one KMS replica inside an enclave and serve until Ctrl-C."""
+    kind = use_evidence(evidence)
     home = serdab_home()
     tee = get_backend(backend)
     token_path = admin_token_file or _default_token()
@@ -89,6 +91,7 @@ def start(
     console.print(
         f"verify it: serdab attest {url}"
         + (" --allow-simulated" if backend == "simulated" else "")
+        + (f" --evidence {kind}" if kind != "aws-nitro" else "")
         + f" --pcr {PCR_APP}={pcrs[PCR_APP].hex()}"
     )
     replica.serve_until_stopped()
@@ -108,8 +111,13 @@ def register(
     ] = False,
     kms_pcr: Annotated[list[str] | None, typer.Option(help="Expected PCR of the KMS itself, N=HEX.")] = None,
     admin_token_file: Annotated[Path | None, typer.Option(help="Admin token file.")] = None,
+    evidence: EvidenceOpt = None,
 ) -> None:
-    """Register a service (or change its policy); the KMS generates its PKI inside its enclave."""
+    """Register a service (or change its policy); the KMS generates its PKI inside its enclave.
+
+    The policy names the evidence kind and the image's measurements as that kind reports them
+    (Nitro: PCR0-2; SEV-SNP: the launch measurement)."""
+    use_evidence(evidence)
     if image is not None:
         measured = measure_image(image)
         expected = {i: measured[i] for i in (PCR_IMAGE, PCR_RUNTIME, PCR_APP)}

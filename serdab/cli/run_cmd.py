@@ -16,6 +16,7 @@ from rich.table import Table
 from serdab.choices import BadInput, ExecutorKind
 from serdab.cli.common import (
     AuditOpt,
+    EvidenceOpt,
     InputShapeOpt,
     JsonOpt,
     PrivacyOpt,
@@ -26,6 +27,7 @@ from serdab.cli.common import (
     open_model,
     progress_bar,
     read_audit,
+    use_evidence,
     write_json,
 )
 from serdab.errors import ConfigError, RunError
@@ -223,6 +225,7 @@ def run(
     ] = "",
     audit: AuditOpt = None,
     input_shape: InputShapeOpt = None,
+    evidence: EvidenceOpt = None,
     json_path: JsonOpt = None,
 ) -> None:
     """Run MODEL as a pipeline on the cluster: enclaves first, untrusted accelerators once the tensor is private.
@@ -240,6 +243,7 @@ def run(
     from serdab.runtime.repartition import Repartitioner
     from serdab.runtime.results import read_answered, sort_by_frame
 
+    use_evidence(evidence)
     spec = load_cluster(cluster)
     slowdowns = dict(parse_slowdown(s) for s in slowdown or [])
     for device in slowdowns:

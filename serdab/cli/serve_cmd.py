@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from serdab.choices import RayIngress, ServeEngine
-from serdab.cli.common import JsonOpt, ModelArg, console, err_console, write_json
+from serdab.cli.common import EvidenceOpt, JsonOpt, ModelArg, console, err_console, use_evidence, write_json
 from serdab.errors import ServeConfigError
 
 __all__ = ["infer", "load", "serve", "stress"]
@@ -105,6 +105,7 @@ def serve(
             f"haproxy when Serdab starts Ray, else what the running cluster was started with). {RAY_ONLY}"
         ),
     ] = None,
+    evidence: EvidenceOpt = None,
 ) -> None:
     """Serve MODEL from enclave and public replicas behind one front door, until Ctrl-C.
 
@@ -121,6 +122,7 @@ def serve(
     from serdab.serve.config import GatewayOptions, RayOptions, ServeConfig
     from serdab.serve.engine import make_engine
 
+    use_evidence(evidence)  # the key service and the enclave replicas attest in it; the trust statement names it
     scaling = {}
     if autoscale:
         low, high = parse_range(autoscale)
@@ -275,7 +277,8 @@ def infer(
         table.add_row(name, ", ".join(f"{p['class']} ({p['score']:.3f})" for p in row))
     console.print(table)
     if attested:
-        console.print(f"attested enclave {attested['module_id']} (PCR0 {attested['pcrs'][0][:16]}...)")
+        name, value = next(iter(attested["measurements"].items()), ("measurement", ""))
+        console.print(f"attested enclave {attested['identity'][:40]} ({attested['kind']}, {name} {value[:16]}...)")
     rows = [{"image": n, "top": p} for (n, _), p in zip(loaded, predictions, strict=True)]
     write_json(json_path, {"url": url, "secure": secure, "attested": attested, "predictions": rows})
 

@@ -8,8 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from serdab.cli.common import JsonOpt, console, write_json
-from serdab.crypto import cert_from_der
+from serdab.cli.common import EvidenceOpt, JsonOpt, console, use_evidence, write_json
 from serdab.errors import EnclaveImageError, PolicyError
 from serdab.tee import build_image, load_manifest, measure_image
 from serdab.tee.host import local_simulated_roots
@@ -94,9 +93,12 @@ def attest(
         bool, typer.Option("--allow-simulated", help="Accept documents from this host's simulated root (NOT a TEE).")
     ] = False,
     pcr: Annotated[list[str] | None, typer.Option(help="Expected PCR, N=HEX (repeatable).")] = None,
+    evidence: EvidenceOpt = None,
     json_path: JsonOpt = None,
 ) -> None:
-    """Fetch and verify an attestation document: signature, chain, age, nonce, PCRs, TLS binding."""
+    """Fetch and verify attestation evidence (a Nitro document or an SEV-SNP report): signature, chain
+    to a pinned root, age, nonce, measurements, TLS binding."""
+    use_evidence(evidence)
     from serdab.kms import attest_kms  # HTTP client stack: only when a document is fetched
 
     try:
@@ -112,33 +114,32 @@ def attest(
         nonce=raw_nonce,
     )
     kms.close()
-    document = kms.attestation.document
-    chain = [cert_from_der(c).subject.rfc4514_string() for c in [*document.cabundle, document.certificate]]
-    table = Table(title=f"attestation of {url}: verified ({kms.attestation.tee_type})", show_header=False)
+    verified = kms.attestation
+    shown = verified.summary()
+    title = f"attestation of {url}: verified ({verified.kind}, {'simulated' if verified.simulated else verified.root})"
+    table = Table(title=title, show_header=False)
     table.add_column("field")
     table.add_column("value")
-    table.add_row(
-        "tee", kms.attestation.tee_type + ("  (emulated: NOT A TEE)" if kms.attestation.tee_type == "simulated" else "")
-    )
-    table.add_row("module_id", document.module_id)
-    table.add_row("timestamp", f"{document.time:%Y-%m-%d %H:%M:%S.%f} UTC")
-    for index, value in sorted(document.pcrs.items()):
+    table.add_row("kind", verified.kind + ("  (emulated: NOT A TEE)" if verified.simulated else ""))
+    table.add_row("root", verified.root)
+    table.add_row("identity", verified.identity)
+    if verified.time is not None:
+        table.add_row("timestamp", f"{verified.time:%Y-%m-%d %H:%M:%S.%f} UTC")
+    for name, value in verified.measurements.items():
         if any(value):
-            table.add_row(f"PCR{index}", value.hex())
-    table.add_row("user_data", (document.user_data or b"").hex() + "  (= SHA-384 of the TLS certificate served)")
-    table.add_row("nonce", (document.nonce or b"").hex())
-    table.add_row("chain", " -> ".join(chain))
+            table.add_row(name, value.hex())
+    for name, spl in verified.tcb.items():
+        table.add_row(f"TCB {name}", str(spl))
+    table.add_row("user_data", (verified.user_data or b"").hex() + "  (= SHA-384 of the TLS certificate served)")
+    table.add_row("nonce", (verified.nonce or b"").hex())
     console.print(table)
     write_json(
         json_path,
         {
             "url": url,
-            "tee_type": kms.attestation.tee_type,
-            "module_id": document.module_id,
-            "timestamp_ms": document.timestamp_ms,
-            "pcrs": {str(i): v.hex() for i, v in document.pcrs.items()},
-            "user_data": (document.user_data or b"").hex(),
-            "nonce": (document.nonce or b"").hex(),
-            "chain": chain,
+            **shown,
+            "timestamp": verified.time.isoformat() if verified.time else None,
+            "user_data": (verified.user_data or b"").hex(),
+            "nonce": (verified.nonce or b"").hex(),
         },
     )

@@ -1,8 +1,9 @@
 """Client side of the key service: attest-then-connect, fail closed.
 
-``attest_kms`` fetches the KMS's TLS certificate, asks the KMS for an attestation document with
-a fresh nonce, verifies it (PCRs, root, age, nonce) and checks that its user_data is the hash of
-that very certificate; only then is the certificate pinned for every later request.
+``attest_kms`` fetches the KMS's TLS certificate, asks the KMS for its evidence (a Nitro document or
+an SEV-SNP report) with a fresh nonce, verifies it (measurements, root, age, nonce) and checks that
+its user_data is the hash of that very certificate; only then is the certificate pinned for every
+later request.
 ``connect_service`` goes on to fetch a service's CA from the attested KMS and opens TLS to an
 enclave serving that service, trusting nothing else.
 """
@@ -26,7 +27,7 @@ from serdab.crypto.pki import new_key
 from serdab.errors import KmsError, KmsRefusedError, KmsUnreachableError, UnknownServiceError
 from serdab.kms.service import ReleasedKeys
 from serdab.tee.backend import Nsm
-from serdab.tee.verify import VerifiedDocument, verify_attestation
+from serdab.tee.evidence import Evidence, EvidencePolicy, evidence_kind, image_measurements, verify_evidence
 from serdab.web import error_message
 
 __all__ = ["AttestedKms", "attest_kms", "connect_service", "fetch_certificate", "open_service"]
@@ -74,7 +75,7 @@ class AttestedKms:
 
     url: str
     certificate: x509.Certificate
-    attestation: VerifiedDocument
+    attestation: Evidence
     client: httpx.Client
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -99,10 +100,15 @@ class AttestedKms:
         allow_simulated: bool = False,
         allow_debug: bool = False,
         model_key: bytes | None = None,
+        kind: str | None = None,
     ) -> dict[str, Any]:
+        """Register ``name`` for enclaves of the image with these PCRs, attesting in ``kind`` (default:
+        the deployment's, ``serdab.tee.evidence.evidence_kind``)."""
+        kind = evidence_kind(kind)
         body: dict[str, Any] = {
             "name": name,
-            "pcrs": {str(i): v.hex() for i, v in pcrs.items()},
+            "kind": kind,
+            "measurements": {n: v.hex() for n, v in image_measurements(kind, pcrs).items()},
             "allow_simulated": allow_simulated,
             "allow_debug": allow_debug,
         }
@@ -143,8 +149,10 @@ def attest_kms(
     simulated_roots: Sequence[x509.Certificate] = (),
     timeout_s: float = 10.0,
     nonce: bytes | None = None,
+    kind: str | None = None,
 ) -> AttestedKms:
-    """Verify the KMS at ``url`` and return a client pinned to its attested TLS certificate."""
+    """Verify the KMS at ``url`` (evidence of ``kind``, default the deployment's) and return a client
+    pinned to its attested TLS certificate."""
     der = fetch_certificate(url, timeout_s)
     certificate = cert_from_der(der)
     context = ssl.create_default_context(cadata=cert_pem(certificate).decode())
@@ -157,11 +165,9 @@ def attest_kms(
         raise KmsUnreachableError(f"KMS {url} did not answer: {exc}") from None
     _raise_for(response)
     try:
-        verified = verify_attestation(
+        verified = verify_evidence(
             response.content,
-            expected_pcrs=expected_pcrs,
-            allow_simulated=allow_simulated,
-            allow_debug=allow_debug,
+            EvidencePolicy.for_image(expected_pcrs, kind, allow_simulated=allow_simulated, allow_debug=allow_debug),
             nonce=nonce,
             user_data=sha384(der),
             simulated_roots=simulated_roots,
@@ -196,6 +202,7 @@ def open_service(
     allow_simulated: bool = False,
     simulated_roots: Sequence[x509.Certificate] = (),
     timeout_s: float = 10.0,
+    kind: str | None = None,
 ) -> ssl.SSLSocket:
     """Attest-then-connect in one call: verify the KMS, fetch the service CA, open pinned TLS to the enclave."""
     kms = attest_kms(
@@ -204,6 +211,7 @@ def open_service(
         allow_simulated=allow_simulated,
         simulated_roots=simulated_roots,
         timeout_s=timeout_s,
+        kind=kind,
     )
     try:
         return connect_service(kms, service, address, timeout_s)

@@ -32,9 +32,10 @@ from serdab.crypto import (
 from serdab.errors import KmsError, SerdabError
 from serdab.kms.client import attest_kms
 from serdab.kms.server import create_app
-from serdab.kms.service import KeyService, ServicePolicy
+from serdab.kms.service import KeyService
 from serdab.kms.state import BOOTSTRAP_KEY, StateStore, key_id
 from serdab.kms.store import Store, open_store
+from serdab.tee.evidence import EvidencePolicy
 from serdab.tee.host import HostIdentity
 from serdab.tee.image import PCR_TLS
 from serdab.tee.nsm import NsmClient
@@ -123,7 +124,7 @@ def main(argv: list[str]) -> int:
     if len(admin_token) < 16:
         raise KmsError(f"{ADMIN_TOKEN_ENV} must hold an admin token of at least 16 characters")
     nsm = NsmClient.from_env()
-    roots = [HostIdentity.load_or_create(args.host_dir).root_cert] if args.allow_simulated else []
+    roots = HostIdentity.load_or_create(args.host_dir).simulated_roots() if args.allow_simulated else []
     args.data.mkdir(parents=True, exist_ok=True)
     store = open_store(args.store)
     storage_key, origin = obtain_storage_key(store, nsm, args.data, args.peer, args.allow_simulated, roots)
@@ -136,8 +137,7 @@ def main(argv: list[str]) -> int:
     service = KeyService(StateStore(store, storage_key), simulated_roots=roots)
 
     def share_storage_key(document: bytes) -> bytes:
-        policy = ServicePolicy(allow_simulated=args.allow_simulated)
-        verified = service.verify(document, policy, expected_pcrs=own)
+        verified = service.verify(document, EvidencePolicy.for_image(own, allow_simulated=args.allow_simulated))
         assert verified.public_key is not None  # KeyService.verify refuses a document without an EC key there
         return seal_envelope(storage_key, public_from_der(verified.public_key), context=b"storage-key")
 

@@ -96,6 +96,15 @@ def _pcrs_from_hex(pcrs: Mapping[Any, Any]) -> dict[int, bytes]:
         raise KmsError('key service PCRs must map indices to hex, e.g. {"0": "ab12..."}') from None
 
 
+def _kind(value: Any) -> str:
+    from serdab.tee.evidence import KINDS
+
+    kind = str(value or "aws-nitro")
+    if kind not in KINDS:
+        raise KmsError(f"key service evidence kind {kind!r} is not one of {', '.join(KINDS)}")
+    return kind
+
+
 @dataclass(frozen=True)
 class KmsCoordinates:
     """Where an enclave finds its key service and what that service must attest to."""
@@ -104,6 +113,7 @@ class KmsCoordinates:
     service: str
     pcrs: dict[int, bytes]
     allow_simulated: bool = False
+    evidence: str = "aws-nitro"  # the kind the key service attests in (serdab.tee.evidence.KINDS)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -111,19 +121,25 @@ class KmsCoordinates:
             "service": self.service,
             "pcrs": {str(i): v.hex() for i, v in sorted(self.pcrs.items())},
             "allow_simulated": self.allow_simulated,
+            "evidence": self.evidence,
         }
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> KmsCoordinates:
         try:
             return cls(
-                str(wire["url"]), str(wire["service"]), _pcrs_from_hex(wire["pcrs"]), bool(wire["allow_simulated"])
+                str(wire["url"]),
+                str(wire["service"]),
+                _pcrs_from_hex(wire["pcrs"]),
+                bool(wire["allow_simulated"]),
+                _kind(wire.get("evidence")),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise KmsError(f"key service coordinates lack {exc}: need url, service, pcrs, allow_simulated") from None
 
     def to_argv(self) -> list[str]:
         args = ["--kms", self.url, "--service", self.service, "--kms-pcrs", json.dumps(self.to_wire()["pcrs"])]
+        args += ["--kms-evidence", self.evidence]
         return args + (["--allow-simulated"] if self.allow_simulated else [])
 
     @staticmethod
@@ -132,6 +148,7 @@ class KmsCoordinates:
         parser.add_argument("--kms", required=True, help="https URL of the key service")
         parser.add_argument("--service", required=True, help="the key service's name for this image")
         parser.add_argument("--kms-pcrs", required=True, help="JSON {index: hex} the key service must show")
+        parser.add_argument("--kms-evidence", default="aws-nitro", help="the kind of evidence it attests with")
         parser.add_argument("--allow-simulated", action="store_true")
 
     @classmethod
@@ -140,7 +157,7 @@ class KmsCoordinates:
             pcrs = json.loads(args.kms_pcrs)
         except ValueError:
             raise KmsError(f"--kms-pcrs must be JSON, got {args.kms_pcrs!r}") from None
-        return cls(args.kms, args.service, _pcrs_from_hex(pcrs), bool(args.allow_simulated))
+        return cls(args.kms, args.service, _pcrs_from_hex(pcrs), bool(args.allow_simulated), _kind(args.kms_evidence))
 
 
 def image_model_file(name: str | None = None) -> Path:
@@ -165,12 +182,13 @@ def fetch_model(
     if roots is None:
         from serdab.tee.host import HostIdentity
 
-        roots = [HostIdentity.load_or_create().root_cert] if coordinates.allow_simulated else []
+        roots = HostIdentity.load_or_create().simulated_roots() if coordinates.allow_simulated else []
     kms = attest_kms(
         coordinates.url,
         expected_pcrs=coordinates.pcrs,
         allow_simulated=coordinates.allow_simulated,
         simulated_roots=roots,
+        kind=coordinates.evidence,
     )
     try:
         keys = kms.release_keys(coordinates.service, nsm)

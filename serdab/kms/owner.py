@@ -20,6 +20,7 @@ from serdab.errors import KmsError, KmsUnreachableError
 from serdab.kms.client import AttestedKms, attest_kms
 from serdab.kms.lifecycle import MEASURED_PCRS, KmsCoordinates, ModelImage
 from serdab.kms.replica import KmsReplica, start_kms_replica
+from serdab.tee.evidence import evidence_kind
 
 __all__ = ["OwnerSession"]
 
@@ -36,8 +37,10 @@ class OwnerSession:
         stop: Callable[[], None] | None = None,
         revive: Callable[[], AttestedKms | None] | None = None,
         replicas: list[KmsReplica] | None = None,
+        evidence: str | None = None,
     ) -> None:
         self.kms = kms
+        self.evidence = evidence_kind(evidence)  # what the key service and the enclaves it serves attest in
         self.token = token
         self.pcrs = pcrs  # what the key service attested to; enclaves check the same
         self.allow_simulated = allow_simulated
@@ -84,6 +87,7 @@ class OwnerSession:
                 expected_pcrs={i: v for i, v in replica.pcrs.items() if i in MEASURED_PCRS},
                 allow_simulated=True,
                 simulated_roots=[*roots, *backend.simulated_roots()],
+                kind=backend.evidence,
             )
 
         def stop() -> None:
@@ -102,7 +106,7 @@ class OwnerSession:
             stop()
             raise
         pcrs = {i: v for i, v in replicas[-1].pcrs.items() if i in MEASURED_PCRS}
-        return cls(kms, token, pcrs, True, stop, revive, replicas)
+        return cls(kms, token, pcrs, True, stop, revive, replicas, backend.evidence)
 
     @classmethod
     def external(
@@ -113,8 +117,10 @@ class OwnerSession:
         pcrs: dict[int, bytes],
         allow_simulated: bool,
         timeout_s: float = 10.0,
+        evidence: str | None = None,
     ) -> OwnerSession:
-        """A running key service: verified before anything is sent to it."""
+        """A running key service (attesting in ``evidence``, default the deployment's): verified before
+        anything is sent to it."""
         try:
             kms = attest_kms(
                 url,
@@ -122,6 +128,7 @@ class OwnerSession:
                 allow_simulated=allow_simulated,
                 simulated_roots=roots,
                 timeout_s=timeout_s,
+                kind=evidence,
             )
         except KmsUnreachableError as exc:
             raise KmsUnreachableError(f"the key service is down, so no enclave can get its key: {exc}") from None
@@ -130,7 +137,13 @@ class OwnerSession:
         except OSError as exc:
             kms.close()
             raise KmsError(f"cannot read the KMS admin token {token_file}: {exc.strerror}") from None
-        return cls(kms, token, pcrs if pcrs else dict(kms.attestation.pcrs), allow_simulated)
+        if not pcrs and kms.attestation.kind != "aws-nitro":
+            kms.close()
+            raise KmsError(
+                f"a key service attesting with {kms.attestation.kind} evidence reports no PCRs: pass its image's PCRs"
+            )
+        seen = {int(name[3:]): v for name, v in kms.attestation.measurements.items() if name.startswith("PCR")}
+        return cls(kms, token, pcrs if pcrs else seen, allow_simulated, evidence=kms.attestation.kind)
 
     def revive(self) -> bool:
         """Restart an embedded key service that died, from its store (True when it did). A running one
@@ -147,13 +160,18 @@ class OwnerSession:
     def register(self, image: ModelImage) -> None:
         """Upload the image's model key under a policy that names the image's PCRs."""
         self.kms.register(
-            image.service, self.token, image.pcrs, allow_simulated=self.allow_simulated, model_key=image.model_key
+            image.service,
+            self.token,
+            image.pcrs,
+            allow_simulated=self.allow_simulated,
+            model_key=image.model_key,
+            kind=self.evidence,
         )
 
     def coordinates(self, service: str) -> KmsCoordinates:
         """What an enclave of ``service`` needs to find and verify this key service."""
         pcrs = {i: v for i, v in self.pcrs.items() if i in MEASURED_PCRS}
-        return KmsCoordinates(self.url, service, pcrs, self.allow_simulated)
+        return KmsCoordinates(self.url, service, pcrs, self.allow_simulated, self.evidence)
 
     def close(self) -> None:
         self.kms.close()

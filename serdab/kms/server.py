@@ -3,12 +3,13 @@
 Endpoints (JSON unless marked CBOR)::
 
     GET  /v1/health                         liveness, replica id, number of services
-    GET  /v1/attestation?nonce=HEX          CBOR: this KMS's document, user_data = SHA-384 of its TLS cert
+    GET  /v1/attestation?nonce=HEX          CBOR: this KMS's evidence, user_data = SHA-384 of its TLS cert
     GET  /v1/nonce                          a single-use nonce to put in an attestation document
-    POST /v1/services                       (admin) register a service + policy [+ owner's model key]; PKI made here
+    POST /v1/services                       (admin) register a service + policy (evidence kind, measurements)
+                                            [+ owner's model key]; PKI made here
     POST /v1/services/{name}/rotate         (admin) new PKI generation
     GET  /v1/services/{name}/certificate    the service CA and certificate (public)
-    POST /v1/services/{name}/keys           CBOR {document} -> CBOR {envelope}: keys for an attested enclave
+    POST /v1/services/{name}/keys           CBOR {document: evidence} -> CBOR {envelope}: keys for an attested enclave
     POST /v1/replica/storage-key            CBOR {document} -> CBOR {envelope}: the storage key for a twin KMS
 
 Bad input is a 4xx with an ``error`` message (415 wrong content type, 413 over 64 KiB, 400 bad
@@ -39,7 +40,9 @@ CBOR = "application/cbor"
 
 class RegisterRequest(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    pcrs: dict[int, str] = Field(default_factory=dict)
+    kind: str = Field("aws-nitro", description="the evidence kind: aws-nitro or amd-sev-snp")
+    measurements: dict[str, str] = Field(default_factory=dict, description='by name, hex: {"PCR0": ...}')
+    pcrs: dict[int, str] | None = Field(None, description="Nitro PCRs by index (older clients); or measurements")
     allow_simulated: bool = False
     allow_debug: bool = False
     model_key: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="the owner's AES-256 key, hex")
@@ -98,11 +101,15 @@ def create_app(
     @app.post("/v1/services", status_code=201)
     def register(body: RegisterRequest, request: Request) -> dict[str, Any]:
         _admin(request)
+        fields = body.model_dump(exclude={"name", "model_key"}, exclude_none=True)
+        if body.pcrs is not None and body.measurements:
+            raise HttpError(422, "give measurements by name or pcrs by index, not both")
         try:
-            policy = ServicePolicy(pcrs=body.pcrs, allow_simulated=body.allow_simulated, allow_debug=body.allow_debug)
-            policy.expected()
+            policy = ServicePolicy.model_validate(fields)
         except ValueError:
-            raise HttpError(422, "pcrs must map PCR indices to hex strings") from None
+            raise HttpError(
+                422, "kind must be aws-nitro or amd-sev-snp; measurements map names to hex (pcrs: indices to hex)"
+            ) from None
         record = service.register(body.name, policy, bytes.fromhex(body.model_key) if body.model_key else None)
         return {"name": record.name, "generation": record.generation, "policy": record.policy.model_dump()}
 

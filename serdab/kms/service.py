@@ -1,8 +1,9 @@
 """The key service's logic (S3ML's AECS, seed 002 sec. 4): register, rotate, release to attested enclaves.
 
 No sockets here (``serdab.kms.server`` serves it over HTTPS). Keys leave only inside an
-envelope encrypted to the public key of a verified attestation document whose PCRs satisfy the
-service's policy, and whose nonce this KMS issued and has not seen before.
+envelope encrypted to the public key of verified evidence (a Nitro document or an SEV-SNP report,
+``serdab.tee.evidence``) of the kind and measurements the service's policy names, and whose nonce
+this KMS issued and has not seen before.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from serdab.crypto import (
 )
 from serdab.errors import AttestationError, KmsRefusedError, UnknownServiceError
 from serdab.kms.state import KmsState, ServicePolicy, ServiceRecord, StateStore
-from serdab.tee.verify import NonceRegistry, VerifiedDocument, verify_attestation
+from serdab.tee.evidence import Evidence, EvidencePolicy, verify_evidence
+from serdab.tee.verify import NonceRegistry
 
 __all__ = ["KeyService", "ReleasedKeys", "new_service_record"]
 
@@ -128,16 +130,12 @@ class KeyService:
             raise UnknownServiceError(f"no service named {name!r} (registered: {known})")
         return state.services[name]
 
-    def verify(
-        self, document: bytes, policy: ServicePolicy, expected_pcrs: dict[int, bytes] | None = None
-    ) -> VerifiedDocument:
-        """Check a document against a policy with a nonce this KMS issued; KmsRefusedError says why not."""
+    def verify(self, document: bytes, policy: EvidencePolicy) -> Evidence:
+        """Check evidence (any kind) against a policy with a nonce this KMS issued; KmsRefusedError says why not."""
         try:
-            verified = verify_attestation(
+            verified = verify_evidence(
                 document,
-                expected_pcrs=expected_pcrs if expected_pcrs is not None else policy.expected(),
-                allow_simulated=policy.allow_simulated,
-                allow_debug=policy.allow_debug,
+                policy,
                 nonces=self.nonces,
                 max_age_s=self.max_age_s,
                 simulated_roots=self.simulated_roots,
@@ -145,19 +143,19 @@ class KeyService:
         except AttestationError as exc:
             raise KmsRefusedError(f"refused: {type(exc).__name__}: {exc}") from None
         if not verified.public_key:
-            raise KmsRefusedError("refused: the document carries no public_key to encrypt the keys to")
+            raise KmsRefusedError("refused: the evidence carries no public_key to encrypt the keys to")
         try:  # the verifier takes public_key as opaque bytes (NSM requires no key there); here it must be one
             public_from_der(verified.public_key)
         except (ValueError, TypeError, UnsupportedAlgorithm):
             raise KmsRefusedError(
-                "refused: the document's public_key is not a DER SubjectPublicKeyInfo EC key to encrypt the keys to"
+                "refused: the evidence's public_key is not a DER SubjectPublicKeyInfo EC key to encrypt the keys to"
             ) from None
         return verified
 
     def release(self, name: str, document: bytes) -> bytes:
         """The service's keys in an envelope for the attested enclave (CBOR, see ``ReleasedKeys``)."""
         record = self.record(name)
-        verified = self.verify(document, record.policy)
+        verified = self.verify(document, record.policy.evidence_policy())
         bundle = cbor2.dumps(
             {
                 "service": name,

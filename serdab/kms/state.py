@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+from typing import Any, Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from serdab.errors import KmsError
 from serdab.kms.store import Store
+from serdab.tee.evidence import EvidencePolicy
 
 __all__ = ["BOOTSTRAP_KEY", "STATE_KEY", "KmsState", "ServicePolicy", "ServiceRecord", "StateStore", "key_id"]
 
@@ -30,14 +32,39 @@ def key_id(storage_key: bytes) -> str:
 
 
 class ServicePolicy(BaseModel):
-    """Which enclaves may receive a service's keys: expected PCRs (hex), simulated/debug allowed."""
+    """Which enclaves may receive a service's keys: the evidence kind, the measurements it must show by
+    name (hex: ``PCR0``.. for Nitro, ``MEASUREMENT`` for SEV-SNP), simulated/debug allowed. A policy
+    stored before kinds existed (``pcrs`` by index) reads as a Nitro one."""
 
-    pcrs: dict[int, str] = Field(default_factory=dict)
+    kind: Literal["aws-nitro", "amd-sev-snp"] = "aws-nitro"
+    measurements: dict[str, str] = Field(default_factory=dict)
     allow_simulated: bool = False
     allow_debug: bool = False
 
-    def expected(self) -> dict[int, bytes]:
-        return {int(i): bytes.fromhex(v) for i, v in self.pcrs.items()}
+    @model_validator(mode="before")
+    @classmethod
+    def _indexed_pcrs(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "pcrs" in data:
+            data = dict(data)
+            data.setdefault("measurements", {f"PCR{int(i)}": v for i, v in data.pop("pcrs").items()})
+        return data
+
+    @field_validator("measurements")
+    @classmethod
+    def _hex(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, digest in value.items():
+            bytes.fromhex(digest)  # a ValueError here is pydantic's validation error
+            if not name.replace("_", "").isalnum():
+                raise ValueError(f"measurement name {name!r} is not a name")
+        return value
+
+    def evidence_policy(self) -> EvidencePolicy:
+        return EvidencePolicy(
+            self.kind,
+            {name: bytes.fromhex(v) for name, v in self.measurements.items()},
+            allow_debug=self.allow_debug,
+            allow_simulated=self.allow_simulated,
+        )
 
 
 class ServiceRecord(BaseModel):

@@ -360,16 +360,15 @@ class Deployment:
 
         from serdab.crypto import public_from_der, seal_envelope
         from serdab.errors import MalformedDocumentError
-        from serdab.tee.verify import verify_attestation
+        from serdab.tee.evidence import EvidencePolicy, verify_evidence
 
         if w.artifact.image is None:
             raise MalformedDocumentError(f"{w.device} runs an untrusted stage: it has no image to attest to")
         if not isinstance(hello.document, bytes):
             raise MalformedDocumentError("the worker sent no attestation document")
-        verified = verify_attestation(
-            hello.document,
-            expected_pcrs=w.artifact.image.pcrs,
-            allow_simulated=self.ctx.allow_simulated,
+        verified = verify_evidence(
+            hello.document,  # the deployment's evidence kind ($SERDAB_TEE_EVIDENCE), as its backends attest
+            EvidencePolicy.for_image(w.artifact.image.pcrs, allow_simulated=self.ctx.allow_simulated),
             nonce=nonce,
             simulated_roots=self.ctx.executor.simulated_roots(),
         )
@@ -377,7 +376,7 @@ class Deployment:
             key = public_from_der(verified.public_key or b"")
         except (ValueError, TypeError, UnsupportedAlgorithm):
             raise MalformedDocumentError(
-                "the attestation document's public_key is not a DER EC public key to seal the configuration to"
+                "the attestation evidence's public_key is not a DER EC public key to seal the configuration to"
             ) from None
         return seal_envelope(cbor2.dumps(w.config.to_wire()), key, context=CONFIG_CONTEXT)
 

@@ -23,7 +23,7 @@ import secrets
 import socket
 import ssl
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -32,6 +32,9 @@ import numpy as np
 from serdab.errors import AttestationError, NoReplicaError, ServeError
 from serdab.serve.protocol import BINARY_HEADER, encode_image, encode_infer_request, parse_infer_response
 from serdab.web import error_message
+
+if TYPE_CHECKING:
+    from serdab.tee.evidence import EvidencePolicy
 
 __all__ = ["Client", "service_certificate", "service_context"]
 
@@ -46,12 +49,15 @@ def service_context(ca_pem: str) -> ssl.SSLContext:
 
 def service_certificate(
     trust: Mapping[str, Any], timeout_s: float = 60.0
-) -> tuple[dict[str, Any], dict[int, bytes], bool, list[Any]]:
+) -> tuple[dict[str, Any], EvidencePolicy, list[Any]]:
     """From the key service, attested against the owner's trust statement: the service's CA and release
-    policy, which must name exactly the stated replica PCRs; with those PCRs, the simulated-root flag and roots."""
+    policy, which must name exactly the stated evidence kind and replica image; with the policy a
+    replica's evidence must satisfy, and the simulated roots the statement names."""
     from cryptography import x509
 
     from serdab.kms.client import attest_kms
+    from serdab.kms.state import ServicePolicy
+    from serdab.tee.evidence import EvidencePolicy, evidence_kind
 
     t = trust
     missing = [k for k in ("kms", "kms_pcrs", "service", "replica_pcrs") if k not in t]
@@ -61,26 +67,37 @@ def service_certificate(
             "missing): pass trust=json.load(open('serve-trust.json'))"
         )
     allow_simulated = bool(t.get("allow_simulated"))
-    roots = [x509.load_pem_x509_certificate(t["simulated_root_pem"].encode())] if t.get("simulated_root_pem") else []
-    replica_pcrs = {int(i): bytes.fromhex(v) for i, v in t["replica_pcrs"].items()}
+    kind = evidence_kind(str(t.get("evidence") or "aws-nitro"))  # a statement from before kinds is Nitro's
+    pem = str(t.get("simulated_root_pem") or "")
+    roots = x509.load_pem_x509_certificates(pem.encode()) if pem else []
+    replicas = EvidencePolicy.for_image(
+        {int(i): bytes.fromhex(v) for i, v in t["replica_pcrs"].items()}, kind, allow_simulated=allow_simulated
+    )
     kms = attest_kms(
         t["kms"],
         expected_pcrs={int(i): bytes.fromhex(v) for i, v in t["kms_pcrs"].items()},
         allow_simulated=allow_simulated,
         simulated_roots=roots,
         timeout_s=timeout_s,
+        kind=kind,
     )
     try:
         certificate = kms.service_certificate(t["service"])
     finally:
         kms.close()
-    policy = {int(i): bytes.fromhex(v) for i, v in (certificate.get("policy") or {}).get("pcrs", {}).items()}
-    if policy != replica_pcrs:
+    try:
+        released_to = ServicePolicy.model_validate(certificate.get("policy") or {}).evidence_policy()
+    except ValueError:
+        released_to = None
+    if released_to is None or (released_to.kind, dict(released_to.measurements)) != (
+        replicas.kind,
+        dict(replicas.measurements),
+    ):
         raise AttestationError(
-            f"the key service would release {t['service']}'s keys to other PCRs than the "
-            "replica image's: refusing to send"
+            f"the key service would release {t['service']}'s keys to other enclaves than the "
+            f"replica image's ({kind}): refusing to send"
         )
-    return certificate, replica_pcrs, allow_simulated, roots
+    return certificate, replicas, roots
 
 
 def _transport(verify: ssl.SSLContext | bool = True) -> httpx.HTTPTransport:
@@ -285,9 +302,9 @@ class Client:
         from cryptography import x509
 
         from serdab.crypto import cert_der, sha384
-        from serdab.tee.verify import verify_attestation
+        from serdab.tee.evidence import verify_evidence
 
-        certificate, replica_pcrs, allow_simulated, roots = self._service_certificate()
+        certificate, replicas, roots = self._service_certificate()
         prefix = str((self._engine or {}).get("secure_prefix", ""))
         try:
             pem = self._public.get(f"{self.url}{prefix}/v1/service-certificate")
@@ -303,15 +320,14 @@ class Client:
         reply = self._public.get(f"{self.url}{prefix}/v1/attestation", params={"nonce": nonce.hex()})
         if reply.status_code != 200:
             raise NoReplicaError(f"no enclave replica attested at {self.url}: {reply.status_code} {reply.text}")
-        verified = verify_attestation(
+        verified = verify_evidence(
             reply.content,
-            expected_pcrs=replica_pcrs,
-            allow_simulated=allow_simulated,
+            replicas,
             simulated_roots=roots,
             nonce=nonce,
             user_data=sha384(cert_der(service)),
         )
-        self.attested = {"module_id": verified.module_id, "pcrs": {i: v.hex() for i, v in verified.pcrs.items()}}
+        self.attested = verified.summary()
         return service.public_key()
 
     # --- attest, then send ----------------------------------------------------------------------------
@@ -320,14 +336,14 @@ class Client:
             self._secure = self._attest()
         return self._secure
 
-    def _service_certificate(self) -> tuple[dict[str, Any], dict[int, bytes], bool, list[Any]]:
+    def _service_certificate(self) -> tuple[dict[str, Any], EvidencePolicy, list[Any]]:
         return service_certificate(self.trust, self.timeout_s)
 
     def _attest(self) -> httpx.Client:
         from serdab.crypto import sha384
-        from serdab.tee.verify import verify_attestation
+        from serdab.tee.evidence import verify_evidence
 
-        certificate, replica_pcrs, allow_simulated, roots = self._service_certificate()
+        certificate, replicas, roots = self._service_certificate()
         context = service_context(certificate["ca_pem"])
         self._service_ca = str(certificate["ca_pem"])
         host = urlsplit(self.url).hostname or "127.0.0.1"
@@ -339,10 +355,9 @@ class Client:
             reply = client.get(self._secure_base + "/v1/attestation", params={"nonce": nonce.hex()}, extensions={})
             peer = reply.extensions["network_stream"].get_extra_info("ssl_object").getpeercert(True)
             reply.raise_for_status()
-            verified = verify_attestation(
+            verified = verify_evidence(
                 reply.content,
-                expected_pcrs=replica_pcrs,
-                allow_simulated=allow_simulated,
+                replicas,
                 simulated_roots=roots,
                 nonce=nonce,
                 user_data=sha384(peer),
@@ -353,5 +368,5 @@ class Client:
         except Exception:
             client.close()
             raise
-        self.attested = {"module_id": verified.module_id, "pcrs": {i: v.hex() for i, v in verified.pcrs.items()}}
+        self.attested = verified.summary()
         return client

@@ -32,6 +32,7 @@ def statement_coordinates(statement: dict[str, Any]) -> KmsCoordinates:
             "service": statement["service"],
             "pcrs": statement["kms_pcrs"],
             "allow_simulated": bool(statement.get("allow_simulated")),
+            "evidence": statement.get("evidence", "aws-nitro"),
         }
     )
 
@@ -41,7 +42,7 @@ class ServiceTrust:
     kms: OwnerSession
     image: ModelImage
     ca_pem: str
-    root: x509.Certificate  # the simulated host root certificate
+    roots: list[x509.Certificate]  # the simulated host's roots (Nitro-format root, simulated ARK)
 
     @classmethod
     def start(cls, model_name: str, model: bytes, work_dir: Path) -> ServiceTrust:
@@ -49,7 +50,7 @@ class ServiceTrust:
         from serdab.tee.host import HostIdentity
 
         host = HostIdentity.load_or_create()
-        kms = OwnerSession.embedded(work_dir / "kms", [host.root_cert], work_dir / "images")
+        kms = OwnerSession.embedded(work_dir / "kms", host.simulated_roots(), work_dir / "images")
         try:
             image = build_model_image(
                 model, f"{model_name}.onnx", work_dir / "replica-image", REPLICA_ENTRYPOINT, f"serve-{model_name}"
@@ -59,7 +60,7 @@ class ServiceTrust:
         except BaseException:
             kms.close()
             raise
-        return cls(kms, image, ca_pem, host.root_cert)
+        return cls(kms, image, ca_pem, host.simulated_roots())  # after the key service: its backend made them
 
     @property
     def service(self) -> str:
@@ -78,7 +79,8 @@ class ServiceTrust:
             "service": self.service,
             "replica_pcrs": {str(i): v.hex() for i, v in self.image.pcrs.items()},
             "allow_simulated": coordinates["allow_simulated"],
-            "simulated_root_pem": cert_pem(self.root).decode(),
+            "evidence": coordinates["evidence"],  # the kind both the key service and the replicas attest in
+            "simulated_root_pem": "".join(cert_pem(root).decode() for root in self.roots),
         }
 
     def enclave_args(self) -> list[str]:

@@ -53,6 +53,7 @@ class Enclave:
 
 class TeeBackend(ABC):
     name: ClassVar[str]
+    evidence: str = "aws-nitro"  # the format its enclaves attest in (serdab.tee.evidence.KINDS)
 
     @abstractmethod
     def launch(

@@ -15,12 +15,16 @@ import platform
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from serdab.crypto import cert_from_pem, cert_pem, issue_certificate, key_from_pem, key_pem, new_key, self_signed_ca
 from serdab.validation import write_private
+
+if TYPE_CHECKING:
+    from serdab.tee.snp_firmware import SimulatedSnpFirmware
 
 __all__ = ["SIMULATED_ROOT_CN", "HostIdentity", "local_simulated_roots", "serdab_home"]
 
@@ -55,6 +59,19 @@ class HostIdentity:
             sealing_secret=(directory / "sealing.secret").read_bytes(),
         )
 
+    def snp_firmware(self) -> SimulatedSnpFirmware:
+        """This host's simulated AMD secure processor (made on first use)."""
+        from serdab.tee.snp_firmware import SimulatedSnpFirmware
+
+        return SimulatedSnpFirmware.load_or_create(self.directory)
+
+    def simulated_roots(self) -> list[x509.Certificate]:
+        """Every simulated root of this host: the Nitro-format root, and the simulated ARK once made."""
+        roots = [self.root_cert]
+        if (self.directory / "snp-chain.pem").exists():
+            roots.append(x509.load_pem_x509_certificates((self.directory / "snp-chain.pem").read_bytes())[0])
+        return roots
+
     @staticmethod
     def _create(directory: Path) -> None:
         root_key = new_key()
@@ -81,4 +98,4 @@ def local_simulated_roots(create: bool = False) -> list[x509.Certificate]:
     directory = serdab_home() / "tee-host"
     if not create and not (directory / "host.key").exists():
         return []
-    return [HostIdentity.load_or_create(directory).root_cert]
+    return HostIdentity.load_or_create(directory).simulated_roots()

@@ -28,6 +28,7 @@ from serdab.tee.epc import EpcMeter, EpcStats
 from serdab.tee.host import HostIdentity
 from serdab.tee.image import PCR_COUNT, extend
 from serdab.tee.sealing import seal, unseal
+from serdab.tee.snp_firmware import SimulatedSnpFirmware
 
 __all__ = ["NSM_SOCKET_ENV", "NsmClient", "NsmDevice", "NsmServer"]
 
@@ -40,9 +41,16 @@ class NsmDevice:
     """Host-side NSM of one enclave."""
 
     def __init__(
-        self, host: HostIdentity, module_id: str, pcrs: dict[int, bytes], debug: bool, epc: EpcMeter | None = None
+        self,
+        host: HostIdentity,
+        module_id: str,
+        pcrs: dict[int, bytes],
+        debug: bool,
+        epc: EpcMeter | None = None,
+        snp: SimulatedSnpFirmware | None = None,
     ) -> None:
         self.host = host
+        self.snp = snp  # attest in the SEV-SNP report format (through this simulated chip) instead of Nitro's
         self.module_id = module_id
         self.debug = debug
         self._measured = dict(pcrs)  # what sealing binds to
@@ -66,7 +74,15 @@ class NsmDevice:
     def attest(
         self, nonce: bytes | None = None, user_data: bytes | None = None, public_key: bytes | None = None
     ) -> bytes:
-        """A fresh document signed by a per-document key certified by the host CA (as Nitro's leaf certs)."""
+        """A fresh document signed by a per-document key certified by the host CA (as Nitro's leaf certs),
+        or, for an SNP enclave, a report binding the three fields in an evidence bundle."""
+        if self.snp is not None:
+            from serdab.tee.evidence import SnpEvidence
+            from serdab.tee.snp_firmware import launch_measurement
+
+            binding = SnpEvidence.binding(nonce, user_data, public_key)
+            report = self.snp.report(launch_measurement(self._measured), binding, debug=self.debug)
+            return SnpEvidence(report, self.snp.certificates(), nonce, user_data, public_key).encode()
         key = new_key()
         now = dt.datetime.now(dt.UTC)
         leaf = issue_certificate(

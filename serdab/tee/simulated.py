@@ -1,7 +1,8 @@
 """The simulated TEE backend: an enclave is a separate OS process started from a measured image.
 
 Honest about what it is: documents chain to CN=SIMULATED-NOT-A-TEE and carry module ids that
-start with "sim-"; memory limits and paging are emulated (``EpcMeter``); the process is not
+start with "sim-" (or, with ``evidence="amd-sev-snp"``, SEV-SNP reports chain to a simulated ARK,
+``serdab.tee.snp_firmware``); memory limits and paging are emulated (``EpcMeter``); the process is not
 isolated from the host's root user. What is real: the measurement of the image, the crypto, the
 document format and the separation between the enclave process and the keys it cannot read.
 """
@@ -23,6 +24,7 @@ from serdab.errors import EnclaveImageError, TeeError
 from serdab.proc import ReadyEvent
 from serdab.tee.backend import Enclave, TeeBackend
 from serdab.tee.epc import EpcMeter
+from serdab.tee.evidence import EVIDENCE_ENV, evidence_kind
 from serdab.tee.host import HostIdentity
 from serdab.tee.image import load_manifest, measure_image, runtime_lock
 from serdab.tee.nsm import NSM_SOCKET_ENV, NsmDevice, NsmServer
@@ -35,9 +37,13 @@ _counter = itertools.count()
 class SimulatedBackend(TeeBackend):
     name = "simulated"
 
-    def __init__(self, host: HostIdentity | None = None, epc: EpcMeter | None = None) -> None:
+    def __init__(
+        self, host: HostIdentity | None = None, epc: EpcMeter | None = None, evidence: str | None = None
+    ) -> None:
         self.host = host or HostIdentity.load_or_create()
         self.epc = epc or EpcMeter()
+        self.evidence = evidence_kind(evidence)  # the format its enclaves attest in ($SERDAB_TEE_EVIDENCE)
+        self.snp = self.host.snp_firmware() if self.evidence == "amd-sev-snp" else None
         self._devices: dict[str, NsmDevice] = {}
         self._servers: dict[str, NsmServer] = {}
         # a Unix socket path must stay under ~108 bytes: a deep TMPDIR falls back to /tmp
@@ -59,11 +65,16 @@ class SimulatedBackend(TeeBackend):
                 f"{image} was built for another runtime (Python, Serdab source or packages differ): rebuild it"
             )
         enclave_id = f"sim-{platform.node() or 'host'}-{os.getpid()}-enc{next(_counter):04d}"
-        device = NsmDevice(self.host, enclave_id, pcrs, manifest.debug, self.epc)
+        device = NsmDevice(self.host, enclave_id, pcrs, manifest.debug, self.epc, self.snp)
         self._sockets.mkdir(exist_ok=True)  # a backend closed once may launch again
         socket_path = self._sockets / f"{enclave_id}.sock"
         server = NsmServer(socket_path, device)
-        child_env = {**(env or {}), NSM_SOCKET_ENV: str(socket_path), "SERDAB_ENCLAVE_ID": enclave_id}
+        child_env = {
+            **(env or {}),
+            NSM_SOCKET_ENV: str(socket_path),
+            "SERDAB_ENCLAVE_ID": enclave_id,
+            EVIDENCE_ENV: self.evidence,  # what it expects of its peers (twin key services) by default
+        }
         try:
             child = proc.start(
                 [sys.executable, "-m", "serdab.tee.runner", str(image), *(args or [])],
@@ -81,7 +92,7 @@ class SimulatedBackend(TeeBackend):
         return Enclave(enclave_id, self.name, image, device.describe(), manifest.debug, child)
 
     def simulated_roots(self) -> list[Any]:
-        return [self.host.root_cert]
+        return self.host.simulated_roots()
 
     def nsm(self, enclave: Enclave) -> NsmDevice:
         try:

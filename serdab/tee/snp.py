@@ -44,6 +44,7 @@ from serdab.errors import (
     DebugEnclaveError,
     MalformedDocumentError,
     PcrMismatchError,
+    SimulatedRootError,
     TcbMismatchError,
     UnknownRootError,
     UserDataMismatchError,
@@ -59,11 +60,12 @@ ARK_SHA256 = {
     "Milan": "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd",
     "Genoa": "4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1",
 }
+SIMULATED = "SIMULATED"  # the product name a simulated ARK's chain reports
 POLICY_DEBUG = 1 << 19
 POLICY_RESERVED_ONE = 1 << 17
 _AMD = "1.3.6.1.4.1.3704.1"
-_SPL_OIDS = {"boot_loader": f"{_AMD}.3.1", "tee": f"{_AMD}.3.2", "snp": f"{_AMD}.3.3", "microcode": f"{_AMD}.3.8"}
-_HWID_OID = f"{_AMD}.4"
+SPL_OIDS = {"boot_loader": f"{_AMD}.3.1", "tee": f"{_AMD}.3.2", "snp": f"{_AMD}.3.3", "microcode": f"{_AMD}.3.8"}
+HWID_OID = f"{_AMD}.4"
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ class SnpReport:
 @dataclass(frozen=True)
 class VerifiedSnpReport:
     report: SnpReport
-    product: str  # "Milan" or "Genoa": the pinned ARK the chain ends at
+    product: str  # "Milan" or "Genoa": the pinned ARK the chain ends at ("SIMULATED": a simulated one)
 
     @property
     def measurement(self) -> bytes:
@@ -215,9 +217,12 @@ def verify_snp_report(
     report_data: bytes | None = None,
     allow_debug: bool = False,
     now: dt.datetime | None = None,
+    allow_simulated: bool = False,
+    simulated_roots: Sequence[x509.Certificate] = (),
 ) -> VerifiedSnpReport:
     """Verify ``report`` with ``certificates`` = (VCEK, ASK[, ARK]) in DER or PEM; raises an
-    ``AttestationError`` subclass on any failure, nothing else."""
+    ``AttestationError`` subclass on any failure, nothing else. ``simulated_roots``: simulated ARKs
+    (``serdab.tee.snp_firmware``) recognised, and accepted only with ``allow_simulated``."""
     parsed = SnpReport.parse(report)
     if parsed.signature_algo != 1:
         raise MalformedDocumentError(f"signature algorithm {parsed.signature_algo}: only 1 (ECDSA P-384) is known")
@@ -232,7 +237,18 @@ def verify_snp_report(
     roots = {product: _ark(product) for product in ARK_SHA256}
     product = next((p for p, ark in roots.items() if ask.issuer == ark.subject), None)
     if product is None:
-        raise UnknownRootError(f"the ASK is issued by {ask.issuer.rfc4514_string()}, not a pinned AMD root")
+        simulated = next(
+            (r for r in simulated_roots if isinstance(r.public_key(), rsa.RSAPublicKey) and ask.issuer == r.subject),
+            None,
+        )
+        if simulated is None:
+            raise UnknownRootError(f"the ASK is issued by {ask.issuer.rfc4514_string()}, not a pinned AMD root")
+        if not allow_simulated:
+            raise SimulatedRootError(
+                f"report endorsed by the simulated root {simulated.subject.rfc4514_string()}: not a real TEE; "
+                "pass allow_simulated to accept simulated enclaves"
+            )
+        product, roots[SIMULATED] = SIMULATED, simulated
     ark = roots[product]
     if len(certificates) == 3:
         given = _load(bytes(certificates[2]), "the ARK")
@@ -273,12 +289,12 @@ def _check_tcb(vcek: x509.Certificate, report: SnpReport) -> None:
     """The VCEK is derived from the chip and its TCB: it must name this report's chip and reported TCB."""
     if not report.mask_chip_id:
         try:
-            hwid = getattr(vcek.extensions.get_extension_for_oid(x509.ObjectIdentifier(_HWID_OID)).value, "value", b"")
+            hwid = getattr(vcek.extensions.get_extension_for_oid(x509.ObjectIdentifier(HWID_OID)).value, "value", b"")
         except (x509.ExtensionNotFound, ValueError):
             hwid = b""
         if hwid != report.chip_id:
             raise TcbMismatchError("the VCEK was issued for another chip than the report's")
-    for name, oid in _SPL_OIDS.items():
+    for name, oid in SPL_OIDS.items():
         certified, reported = _spl(vcek, oid), getattr(report.reported_tcb, name)
         if certified != reported:
             raise TcbMismatchError(f"reported TCB {name} SPL is {reported}, the VCEK certifies {certified}")

@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     nsm = NsmClient.from_env()
     expected = {int(i): bytes.fromhex(v) for i, v in (p.split("=", 1) for p in args.kms_pcr)}
-    roots = [HostIdentity.load_or_create().root_cert] if args.allow_simulated else []
+    roots = HostIdentity.load_or_create().simulated_roots() if args.allow_simulated else []
     kms = attest_kms(args.kms, expected_pcrs=expected, allow_simulated=args.allow_simulated, simulated_roots=roots)
     keys = kms.release_keys(args.service, nsm)
     kms.close()
