@@ -71,7 +71,7 @@ def test_each_kind_is_routed_right_and_secure_requests_travel_sealed(ray_cluster
                 == 400
             )
         wrong = service.trust() | {"replica_pcrs": {"0": "00" * 48, "1": "00" * 48, "2": "00" * 48}}
-        with Client(service.url, trust=wrong) as client, pytest.raises(AttestationError, match="other PCRs"):
+        with Client(service.url, trust=wrong) as client, pytest.raises(AttestationError, match="other enclaves"):
             client.infer(X, secure=True)
     finally:
         proxy.close()

@@ -187,7 +187,7 @@ def test_a_secure_route_over_plain_http_is_refused(service):
 def test_client_refuses_an_enclave_with_other_pcrs(service):
     trust = service.trust()
     trust["replica_pcrs"] = {**trust["replica_pcrs"], "2": "00" * 48}
-    with Client(service.gateway.url, trust=trust) as client, pytest.raises(AttestationError, match="other PCRs"):
+    with Client(service.gateway.url, trust=trust) as client, pytest.raises(AttestationError, match="other enclaves"):
         client.infer(X, secure=True)
 
 

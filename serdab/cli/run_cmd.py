@@ -333,6 +333,9 @@ def run(
     if resume is not None:
         sort_by_frame(resume)
     console.print(f"{summary.frames} frames in {summary.wall_s:.1f} s host time; {summary.emulation}")
+    if summary.attested:
+        kinds = sorted({f"{e['kind']} evidence under the {e['root']}" for e in summary.attested.values()})
+        console.print(f"enclaves attested: {', '.join(sorted(summary.attested))} ({'; '.join(kinds)})")
     for switch in summary.switches:
         console.print(
             f"re-partitioned after chunk {switch['after_chunk']} (before frame {switch['before_frame']}): "

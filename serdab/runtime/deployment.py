@@ -139,6 +139,7 @@ class Deployment:
         self._stopping = False
         self.latency_s: float | None = None  # median of probe frames through the empty pipeline (host s)
         self.path_latency_s: list[float] = []  # the same on every replica path (path 0's is latency_s)
+        self.attested: dict[str, dict[str, object]] = {}  # enclave device -> what its evidence showed
         self._sent: dict[int, float] = {}
         self._traffic: dict[tuple[str, str], tuple[int, int]] = {}
         self._ingress: list[LinkSender] = []
@@ -372,6 +373,7 @@ class Deployment:
             nonce=nonce,
             simulated_roots=self.ctx.executor.simulated_roots(),
         )
+        self.attested[w.device] = verified.summary()
         try:  # public_key is opaque to the verifier; the configuration is sealed to it, so it must be a key
             key = public_from_der(verified.public_key or b"")
         except (ValueError, TypeError, UnsupportedAlgorithm):

@@ -362,6 +362,7 @@ class ApplicationManager:
             self.deployment = None
             raise
         self.current_cost = self._request(self.belief()).evaluate(placement)
+        self.summary.attested.update(deployment.attested)
         if not self.summary.placements or self.summary.placements[-1] != key:
             self.summary.placements.append(key)
 

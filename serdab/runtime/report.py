@@ -83,6 +83,7 @@ class RunSummary(BaseModel):
     faults: list[dict] = Field(default_factory=list)
     hops: list[HopReport] = Field(default_factory=list)
     skipped: list[dict] = Field(default_factory=list)  # bad input: frame, source, why
+    attested: dict[str, dict] = Field(default_factory=dict)  # enclave device -> its verified evidence (kind, root)
 
     def steady(self) -> list[ChunkReport]:
         """Full-size, uninterrupted chunks of the last placement: what measured-vs-predicted compares."""
