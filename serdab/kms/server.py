@@ -40,7 +40,7 @@ CBOR = "application/cbor"
 
 class RegisterRequest(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    kind: str = Field("aws-nitro", description="the evidence kind: aws-nitro or amd-sev-snp")
+    kind: str = Field("aws-nitro", description="the evidence kind: aws-nitro, amd-sev-snp or intel-tdx")
     measurements: dict[str, str] = Field(default_factory=dict, description='by name, hex: {"PCR0": ...}')
     pcrs: dict[int, str] | None = Field(None, description="Nitro PCRs by index (older clients); or measurements")
     allow_simulated: bool = False
@@ -108,7 +108,9 @@ def create_app(
             policy = ServicePolicy.model_validate(fields)
         except ValueError:
             raise HttpError(
-                422, "kind must be aws-nitro or amd-sev-snp; measurements map names to hex (pcrs: indices to hex)"
+                422,
+                "kind must be aws-nitro, amd-sev-snp or intel-tdx; measurements map names to hex "
+                "(pcrs: indices to hex)",
             ) from None
         record = service.register(body.name, policy, bytes.fromhex(body.model_key) if body.model_key else None)
         return {"name": record.name, "generation": record.generation, "policy": record.policy.model_dump()}

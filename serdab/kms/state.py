@@ -36,7 +36,7 @@ class ServicePolicy(BaseModel):
     name (hex: ``PCR0``.. for Nitro, ``MEASUREMENT`` for SEV-SNP), simulated/debug allowed. A policy
     stored before kinds existed (``pcrs`` by index) reads as a Nitro one."""
 
-    kind: Literal["aws-nitro", "amd-sev-snp"] = "aws-nitro"
+    kind: Literal["aws-nitro", "amd-sev-snp", "intel-tdx"] = "aws-nitro"
     measurements: dict[str, str] = Field(default_factory=dict)
     allow_simulated: bool = False
     allow_debug: bool = False

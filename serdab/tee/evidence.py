@@ -2,17 +2,19 @@
 names the kind and the measurements it expects checks it the same way for every kind.
 
 The verifiers stay per format (``serdab.tee.verify`` for AWS Nitro documents, ``serdab.tee.snp``
-for AMD SEV-SNP reports); this module maps what they verified onto names a policy can use:
-Nitro's PCRs as ``PCR0``..``PCR31``, SNP's launch digest as ``MEASUREMENT`` and its host data as
-``HOST_DATA``. ``verify_evidence`` is the one entry point the key service, the runtime and the
-serving client call: it recognises the format, verifies it, binds nonce, user data and public key
-the same way for every kind, and applies the policy.
+for AMD SEV-SNP reports, ``serdab.tee.tdx`` for Intel TDX quotes); this module maps what they
+verified onto names a policy can use: Nitro's PCRs as ``PCR0``..``PCR31``, SNP's launch digest as
+``MEASUREMENT`` and its host data as ``HOST_DATA``, TDX's ``MRTD``, ``RTMR0``-``RTMR3``,
+``MRCONFIGID``, ``MROWNER``, ``MROWNERCONFIG`` and ``MRSEAM``. ``verify_evidence`` is the one entry
+point the key service, the runtime and the serving client call: it recognises the format, verifies
+it, binds nonce, user data and public key the same way for every kind, and applies the policy.
 
 On the wire, Nitro evidence is the COSE_Sign1 document itself. SNP evidence is a CBOR map (an
 ``SnpEvidence``) carrying the report, its VCEK and ASK (and ARK), and the nonce, user data and public
-key in the clear; the report's 64-byte ``report_data`` is SHA-512 over a label and those three, so
-the signed report binds them as Nitro's signed payload binds its own fields. An SNP report has no
-timestamp: its freshness is the nonce alone.
+key in the clear; TDX evidence (a ``TdxEvidence``) the quote, optionally Intel's collateral, and the
+same three. The report's (quote's) 64-byte ``report_data`` is SHA-512 over a label and those three,
+so the signed report binds them as Nitro's signed payload binds its own fields. SNP reports and TDX
+quotes carry no timestamp: their freshness is the nonce alone (TDX collateral has its own dates).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import cbor2
 from cryptography import x509
@@ -33,29 +36,38 @@ from serdab.errors import (
     NonceError,
     PcrMismatchError,
     SimulatedRootError,
+    TcbMismatchError,
     UserDataMismatchError,
 )
 from serdab.tee.snp import SIMULATED, VerifiedSnpReport, verify_snp_report
-from serdab.tee.verify import MAX_DOCUMENT_BYTES, NonceRegistry, VerifiedDocument, verify_attestation
+from serdab.tee.tdx import VerifiedTdxQuote
+from serdab.tee.verify import NonceRegistry, VerifiedDocument, verify_attestation
 
 __all__ = [
     "EVIDENCE_ENV",
     "KINDS",
     "Evidence",
     "EvidencePolicy",
+    "SIMULATED_KINDS",
     "SnpEvidence",
+    "TdxEvidence",
+    "binding",
+    "bundle_kind",
     "evidence_kind",
     "from_nitro",
     "from_snp",
+    "from_tdx",
     "image_measurements",
     "verify_evidence",
 ]
 
-KINDS = ("aws-nitro", "amd-sev-snp")
+KINDS = ("aws-nitro", "amd-sev-snp", "intel-tdx")
+SIMULATED_KINDS = ("aws-nitro", "amd-sev-snp")  # what the simulated backend can attest in
 EVIDENCE_ENV = "SERDAB_TEE_EVIDENCE"  # the format simulated enclaves attest in, and consumers expect
 _BINDING_LABEL = "serdab-evidence-binding-v1"
 _MAX_FIELD = 1024  # as Nitro caps nonce, user_data and public_key
 _MAX_CERTIFICATE = 8192
+MAX_EVIDENCE_BYTES = 64 * 1024  # a TDX quote with Intel's collateral inside is about 30 KiB
 
 
 def evidence_kind(kind: str | None = None) -> str:
@@ -70,10 +82,15 @@ def image_measurements(kind: str, pcrs: Mapping[int, bytes]) -> dict[str, bytes]
     """How evidence of ``kind`` reports an enclave image with these PCRs: Nitro as the PCRs themselves,
     SNP as the simulated launch digest over PCR0-2 (which cover the whole image; SNP has no
     extendable registers, so PCR16+ are not reported)."""
-    if evidence_kind(kind) == "aws-nitro":
+    kind = evidence_kind(kind)
+    if kind == "aws-nitro":
         return {f"PCR{i}": v for i, v in sorted(pcrs.items())}
     if not pcrs:
         return {}
+    if kind not in SIMULATED_KINDS:
+        raise AttestationError(
+            f"{kind} evidence reports no Serdab image PCRs: name the measurements (MRTD, RTMRs) your TD was built with"
+        )
     from serdab.tee.snp_firmware import launch_measurement
 
     if not all(i in pcrs for i in (0, 1, 2)):
@@ -93,7 +110,8 @@ class Evidence:
     nonce: bytes | None = None
     public_key: bytes | None = None  # opaque bytes (see serdab.tee.verify); a consumer parses it
     tcb: Mapping[str, int] = field(default_factory=dict)  # SNP: boot_loader, tee, snp, microcode
-    time: dt.datetime | None = None  # Nitro's timestamp (an SNP report has none)
+    time: dt.datetime | None = None  # Nitro's timestamp (an SNP report or a TDX quote has none)
+    tcb_status: str | None = None  # TDX: Intel's grading of the platform TCB ("UpToDate", "OutOfDate", ...)
 
     def summary(self) -> dict[str, object]:
         """What a report or a CLI shows of it (hex bytes)."""
@@ -105,6 +123,7 @@ class Evidence:
             "measurements": {k: v.hex() for k, v in self.measurements.items() if any(v)},
             "debug": self.debug,
             "tcb": dict(self.tcb),
+            "tcb_status": self.tcb_status,
         }
 
 
@@ -144,6 +163,44 @@ def from_snp(verified: VerifiedSnpReport, bundle: SnpEvidence | None = None) -> 
     )
 
 
+def binding(nonce: bytes | None, user_data: bytes | None, public_key: bytes | None) -> bytes:
+    """The 64-byte report_data (SNP) or REPORTDATA (TDX) that binds these three."""
+    return hashlib.sha512(cbor2.dumps([_BINDING_LABEL, nonce, user_data, public_key])).digest()
+
+
+def _bundle(data: bytes, kind: str, body: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
+    """A bundle's CBOR map: exactly ``kind``, the body fields of their types, and the three bound fields."""
+    from serdab.crypto import CoseError
+    from serdab.crypto.cose import loads_exact
+
+    try:
+        item = loads_exact(data, f"{kind} evidence")
+    except CoseError as exc:
+        raise MalformedDocumentError(str(exc)) from None
+    names = {"kind", *body, "nonce", "user_data", "public_key"}
+    if not isinstance(item, dict) or set(item) != names or item["kind"] != kind:
+        raise MalformedDocumentError(f"{kind} evidence is a map of {', '.join(sorted(names))}")
+    for name, types in body.items():
+        if not isinstance(item[name], types):
+            raise MalformedDocumentError(f"{kind} evidence: {name} has the wrong type")
+    for name in ("nonce", "user_data", "public_key"):
+        value = item[name]
+        if value is not None and (not isinstance(value, bytes) or len(value) > _MAX_FIELD):
+            raise MalformedDocumentError(f"{kind} evidence: {name} must be bytes of at most {_MAX_FIELD}")
+    return item
+
+
+def bundle_kind(data: bytes) -> str | None:
+    """The kind a CBOR-map bundle says it is (None: not a bundle, e.g. a Nitro COSE_Sign1 document)."""
+    if not data or not 0xA0 <= data[0] <= 0xBF:  # a CBOR map; a COSE_Sign1 is an array or tag 18
+        return None
+    try:
+        kind = cbor2.loads(data).get("kind")
+    except Exception:  # cbor2 raises many kinds on hostile input; the bundle's own decode says why
+        return "malformed"
+    return kind if isinstance(kind, str) else "malformed"
+
+
 @dataclass(frozen=True)
 class SnpEvidence:
     """An SNP report with its endorsement and the data its ``report_data`` binds."""
@@ -154,10 +211,7 @@ class SnpEvidence:
     user_data: bytes | None = None
     public_key: bytes | None = None
 
-    @staticmethod
-    def binding(nonce: bytes | None, user_data: bytes | None, public_key: bytes | None) -> bytes:
-        """The 64-byte report_data that binds these three."""
-        return hashlib.sha512(cbor2.dumps([_BINDING_LABEL, nonce, user_data, public_key])).digest()
+    binding = staticmethod(binding)
 
     def encode(self) -> bytes:
         return cbor2.dumps(
@@ -173,37 +227,41 @@ class SnpEvidence:
 
     @classmethod
     def decode(cls, data: bytes) -> SnpEvidence:
-        from serdab.crypto import CoseError
-        from serdab.crypto.cose import loads_exact
-
-        try:
-            item = loads_exact(data, "SEV-SNP evidence")
-        except CoseError as exc:
-            raise MalformedDocumentError(str(exc)) from None
-        if not isinstance(item, dict) or set(item) != {
-            "kind",
-            "report",
-            "certificates",
-            "nonce",
-            "user_data",
-            "public_key",
-        }:
-            raise MalformedDocumentError(
-                "SEV-SNP evidence is a map of kind, report, certificates, nonce, user_data, public_key"
-            )
+        item = _bundle(data, "amd-sev-snp", {"report": bytes, "certificates": list})
         certificates = item["certificates"]
-        if (
-            item["kind"] != "amd-sev-snp"
-            or not isinstance(item["report"], bytes)
-            or not isinstance(certificates, list)
-            or not all(isinstance(c, bytes) and len(c) <= _MAX_CERTIFICATE for c in certificates)
-        ):
-            raise MalformedDocumentError("SEV-SNP evidence: report and certificates must be byte strings")
-        for name in ("nonce", "user_data", "public_key"):
-            value = item[name]
-            if value is not None and (not isinstance(value, bytes) or len(value) > _MAX_FIELD):
-                raise MalformedDocumentError(f"SEV-SNP evidence: {name} must be bytes of at most {_MAX_FIELD}")
+        if not all(isinstance(c, bytes) and len(c) <= _MAX_CERTIFICATE for c in certificates):
+            raise MalformedDocumentError(
+                f"amd-sev-snp evidence: certificates are byte strings of <= {_MAX_CERTIFICATE}"
+            )
         return cls(item["report"], certificates, item["nonce"], item["user_data"], item["public_key"])
+
+
+@dataclass(frozen=True)
+class TdxEvidence:
+    """A TDX quote, the data its REPORTDATA binds, and (optionally) the Intel collateral to verify it with."""
+
+    quote: bytes
+    collateral: str | None = None  # dcap-qvl's collateral JSON; else the verifier's caller supplies it
+    nonce: bytes | None = None
+    user_data: bytes | None = None
+    public_key: bytes | None = None
+
+    def encode(self) -> bytes:
+        return cbor2.dumps(
+            {
+                "kind": "intel-tdx",
+                "quote": self.quote,
+                "collateral": self.collateral,
+                "nonce": self.nonce,
+                "user_data": self.user_data,
+                "public_key": self.public_key,
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> TdxEvidence:
+        item = _bundle(data, "intel-tdx", {"quote": bytes, "collateral": (str, type(None))})
+        return cls(item["quote"], item["collateral"], item["nonce"], item["user_data"], item["public_key"])
 
 
 @dataclass(frozen=True)
@@ -217,6 +275,7 @@ class EvidencePolicy:
     allow_debug: bool = False
     allow_simulated: bool = False
     min_tcb: Mapping[str, int] = field(default_factory=dict)
+    tcb_statuses: tuple[str, ...] = ("UpToDate",)  # TDX: the grades of Intel's TCB info accepted
 
     @classmethod
     def for_image(
@@ -245,10 +304,26 @@ class EvidencePolicy:
         for name, least in self.min_tcb.items():
             if evidence.tcb.get(name, -1) < least:
                 raise AttestationError(f"TCB {name} SPL {evidence.tcb.get(name)} is below the policy's {least}")
+        if evidence.tcb_status is not None and evidence.tcb_status not in self.tcb_statuses:
+            raise TcbMismatchError(
+                f"the platform's TCB is {evidence.tcb_status}; the policy accepts {', '.join(self.tcb_statuses)}"
+            )
 
 
-def _is_snp_bundle(data: bytes) -> bool:
-    return bool(data) and 0xA0 <= data[0] <= 0xBF  # a CBOR map; a COSE_Sign1 is an array or tag 18
+def from_tdx(verified: VerifiedTdxQuote, bundle: TdxEvidence | None = None) -> Evidence:
+    """A verified quote; with the bundle it came in, whose nonce, user data and key it binds."""
+    return Evidence(
+        kind="intel-tdx",
+        simulated=False,
+        root="Intel SGX Root CA",
+        identity=f"FMSPC {verified.fmspc}",
+        measurements=verified.measurements,
+        debug=verified.debug,
+        user_data=bundle.user_data if bundle else verified.report_data,
+        nonce=bundle.nonce if bundle else None,
+        public_key=bundle.public_key if bundle else None,
+        tcb_status=verified.tcb_status,
+    )
 
 
 def verify_evidence(
@@ -261,22 +336,42 @@ def verify_evidence(
     max_age_s: float = 300.0,
     simulated_roots: Sequence[x509.Certificate] = (),
     now: dt.datetime | None = None,
+    tdx_collateral: str | None = None,
 ) -> Evidence:
-    """Verify Nitro or SNP evidence and check it against ``policy``: signature and chain to a pinned
-    (or, when allowed, simulated) root, the nonce asked for (or one ``nonces`` issued, once), the
-    bound ``user_data``, then kind, debug and measurements. Raises an ``AttestationError`` subclass
-    on any failure, nothing else."""
-    if not isinstance(data, bytes | bytearray) or len(data) > MAX_DOCUMENT_BYTES:
+    """Verify Nitro, SNP or TDX evidence and check it against ``policy``: signature and chain to a
+    pinned (or, when allowed, simulated) root, the nonce asked for (or one ``nonces`` issued, once),
+    the bound ``user_data``, then kind, debug, measurements and TCB. TDX quotes are verified with the
+    collateral in their bundle, else ``tdx_collateral``. Raises an ``AttestationError`` subclass on
+    any failure, nothing else."""
+    if not isinstance(data, bytes | bytearray) or len(data) > MAX_EVIDENCE_BYTES:
         size = len(data) if isinstance(data, bytes | bytearray) else "?"
-        raise MalformedDocumentError(f"evidence is bytes of at most {MAX_DOCUMENT_BYTES}, got {size}")
+        raise MalformedDocumentError(f"evidence is bytes of at most {MAX_EVIDENCE_BYTES}, got {size}")
     data = bytes(data)
-    if _is_snp_bundle(data):
+    kind = bundle_kind(data)
+    if kind == "intel-tdx":
+        from serdab.tee.tdx import verify_tdx_quote
+
+        tdx = TdxEvidence.decode(data)
+        collateral = tdx.collateral or tdx_collateral
+        if collateral is None:
+            raise MalformedDocumentError("a TDX quote needs Intel's collateral: in its bundle or from the caller")
+        evidence = from_tdx(
+            verify_tdx_quote(
+                tdx.quote,
+                collateral,
+                report_data=binding(tdx.nonce, tdx.user_data, tdx.public_key),
+                allow_debug=policy.allow_debug,
+                now=now,
+            ),
+            tdx,
+        )
+    elif kind is not None:
         bundle = SnpEvidence.decode(data)
         evidence = from_snp(
             verify_snp_report(
                 bundle.report,
                 bundle.certificates,
-                report_data=SnpEvidence.binding(bundle.nonce, bundle.user_data, bundle.public_key),
+                report_data=binding(bundle.nonce, bundle.user_data, bundle.public_key),
                 allow_debug=policy.allow_debug,
                 allow_simulated=policy.allow_simulated,
                 simulated_roots=simulated_roots,

@@ -69,6 +69,7 @@ _RUNTIME_PACKAGES = (
     "onnxruntime",
     "pydantic",
     "psycopg",
+    "dcap-qvl",  # a key service in an enclave verifies TDX quotes with it
     "click",
     "rich",
     "pygments",

@@ -24,7 +24,7 @@ from serdab.errors import EnclaveImageError, TeeError
 from serdab.proc import ReadyEvent
 from serdab.tee.backend import Enclave, TeeBackend
 from serdab.tee.epc import EpcMeter
-from serdab.tee.evidence import EVIDENCE_ENV, evidence_kind
+from serdab.tee.evidence import EVIDENCE_ENV, SIMULATED_KINDS, evidence_kind
 from serdab.tee.host import HostIdentity
 from serdab.tee.image import load_manifest, measure_image, runtime_lock
 from serdab.tee.nsm import NSM_SOCKET_ENV, NsmDevice, NsmServer
@@ -43,6 +43,8 @@ class SimulatedBackend(TeeBackend):
         self.host = host or HostIdentity.load_or_create()
         self.epc = epc or EpcMeter()
         self.evidence = evidence_kind(evidence)  # the format its enclaves attest in ($SERDAB_TEE_EVIDENCE)
+        if self.evidence not in SIMULATED_KINDS:
+            raise TeeError(f"simulated enclaves attest in {' or '.join(SIMULATED_KINDS)}, not {self.evidence}")
         self.snp = self.host.snp_firmware() if self.evidence == "amd-sev-snp" else None
         self._devices: dict[str, NsmDevice] = {}
         self._servers: dict[str, NsmServer] = {}
