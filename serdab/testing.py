@@ -45,16 +45,17 @@ def random_request(rng: random.Random, replicate: bool, max_blocks: int = 5, max
     k = rng.randint(1, max_devices)
     host_names = ["h0", "h1", "h2"][: rng.randint(1, 3)]
     # a few hardware templates, so identical devices (replica candidates) are common
-    templates = [
+    templates: list[dict[str, Any]] = [
         {
             "kind": kind,
-            "trusted": kind == "tee",
+            "trusted": kind in ("tee", "cvm", "cgpu"),
             "speed": rng.choice([0.25, 1.0, 4.0]),
             "memory": rng.choice([100, 1000, 10**9]),
             "paging_factor": rng.choice([None, 3.0]) if kind == "tee" else None,
         }
-        for kind in ("tee", "tee", "cpu", "gpu")
+        for kind in ("tee", "tee", "cpu", "gpu", "cvm", "cgpu")
     ]
+    templates[-1] |= {"transfer_overhead": rng.choice([0.0, 0.005]), "transfer_bandwidth": rng.choice([None, 500.0])}
     devices: list[dict[str, Any]] = []
     for i in range(k):
         template = templates[0] if i == 0 else rng.choice(templates)

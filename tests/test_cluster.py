@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,7 @@ def test_bad_sizes_show_an_example(bad) -> None:
 
 def test_shipped_examples_load() -> None:
     names = {p.stem for p in EXAMPLES}
-    assert {"paper", "single-tee", "edge-cloud"} <= names
+    assert {"paper", "single-tee", "edge-cloud", "cvm-h100", "edge-cvm-cgpu"} <= names
     for path in EXAMPLES:
         cluster = load_cluster(path)
         assert cluster.device(cluster.source).trusted
@@ -99,3 +100,70 @@ def test_unreadable_cluster_files(tmp_path) -> None:
     (tmp_path / "l.yaml").write_text("- just a list")
     with pytest.raises(ClusterError, match="expected a mapping"):
         load_cluster(tmp_path / "l.yaml")
+
+
+CONFIDENTIAL_CLUSTER = """
+source: cvm
+local: {bandwidth: 200Gbit, rtt: 0.01ms}
+devices:
+  - {name: cvm,  kind: cvm,  trusted: true, host: cloud, native_speed: 2.0, memory: 64GiB}
+  - {name: h100, kind: cgpu, trusted: true, host: cloud, native_speed: 30.0, memory: 80GiB,
+     transfer_overhead: 0.1ms, transfer_bandwidth: 32Gbit}
+  - {name: gpu,  kind: gpu,  trusted: false, host: other, speed: 30.0, memory: 80GiB}
+links:
+  - {a: cloud, b: other, bandwidth: 10Gbit, rtt: 0.5ms}
+"""
+
+
+def test_confidential_vms_and_gpus_are_trusted_devices_with_derived_speed(tmp_path) -> None:
+    path = tmp_path / "cc.yaml"
+    path.write_text(CONFIDENTIAL_CLUSTER)
+    cluster = load_cluster(path)
+    cvm, h100 = cluster.device("cvm"), cluster.device("h100")
+    assert cvm.speed == pytest.approx(2.0 / 1.10) and cvm.slowdown == 1.10  # the default CPU-TEE slowdown
+    assert h100.speed == 30.0 and h100.slowdown == 1.0 and h100.transfer_overhead_s == pytest.approx(1e-4)
+    for edit, message in [
+        (("kind: cvm,  trusted: true", "kind: cvm,  trusted: false"), "a cvm is trusted by what it is"),
+        (("native_speed: 2.0,", "native_speed: 2.0, speed: 1.0,"), "native_speed (and slowdown) or speed"),
+        (("native_speed: 2.0,", "native_speed: 2.0, paging_factor: 5,"), "paging_factor applies to kind tee only"),
+        (("speed: 30.0, memory: 80GiB}", "speed: 30.0, memory: 80GiB, transfer_overhead: 1ms}"), "apply to kind cgpu"),
+        (("speed: 30.0, memory: 80GiB}", "speed: 30.0, memory: 80GiB, slowdown: 1.1}"), "apply to kinds cvm and cgpu"),
+        (("native_speed: 2.0,", "native_speed: 2.0, slowdown: 0.5,"), "slowdown"),
+    ]:
+        path.write_text(CONFIDENTIAL_CLUSTER.replace(*edit))
+        with pytest.raises(ClusterError, match=re.escape(message)):
+            load_cluster(path)
+
+
+def test_a_confidential_gpu_adds_its_bounce_buffer_toll_to_every_transfer(tmp_path) -> None:
+    path = tmp_path / "cc.yaml"
+    path.write_text(CONFIDENTIAL_CLUSTER)
+    cluster = load_cluster(path)
+    cvm, h100, gpu = (cluster.device(n) for n in ("cvm", "h100", "gpu"))
+    into = cluster.channel(cvm, h100)
+    assert into is not None and into.rtt_s == pytest.approx(0.01e-3 + 0.1e-3)
+    assert into.bandwidth_bytes_per_s == pytest.approx(4e9)  # the bounce buffers' 32 Gbit, below PCIe's 200
+    out = cluster.channel(h100, gpu)
+    assert out is not None and out.bandwidth_bytes_per_s == pytest.approx(1.25e9) and out.rtt_s == pytest.approx(0.6e-3)
+    assert cluster.channel(cvm, gpu) == cluster.link("cloud", "other")  # no confidential GPU at either end
+    assert cluster.channel(h100, h100) is cluster.local  # nothing crosses; the cost model charges 0 here
+
+
+def test_the_planner_sends_a_whole_frame_to_a_confidential_gpu_until_its_toll_dominates(tmp_path) -> None:
+    from serdab.bench.placement_bench import _with_toll
+    from serdab.plan import get_planner
+    from serdab.plan.model import plan_request
+    from serdab.testing import synthetic_workload
+
+    path = tmp_path / "cc.yaml"
+    path.write_text(CONFIDENTIAL_CLUSTER)
+    cluster = load_cluster(path)
+    workload = synthetic_workload(12)
+    placements = {}
+    for toll in (1e-4, 1.0):
+        request = plan_request(workload, _with_toll(cluster, toll), policy="resolution:20", chunk=1000)
+        placement = get_planner("optimal").plan(request)
+        assert placement is not None
+        placements[toll] = {d for s in placement.stages for d in s.devices}
+    assert "h100" in placements[1e-4]  # the trusted GPU takes blocks the 20x20 rule keeps from `gpu`
+    assert "h100" not in placements[1.0]  # a one-second toll per crossing: the GPU is not worth reaching

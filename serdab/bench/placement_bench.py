@@ -159,6 +159,64 @@ def tree_gap(cluster: Cluster, blocks: int = 40, seeds: int = 10, chunk: int = 1
     return rows
 
 
+TOLLS_S = (0.0, 1e-4, 1e-3, 1e-2)  # per transfer into or out of a confidential GPU: none, the examples', 10x, 100x
+
+
+def _with_toll(cluster: Cluster, toll_s: float | None) -> Cluster:
+    """The cluster with every confidential GPU's per-transfer toll set; 0: no bounce buffers at all (as
+    with confidential computing off), None: without the confidential GPUs."""
+
+    def tolled(device: Any) -> Any:
+        if device.kind != "cgpu":
+            return device
+        update: dict[str, Any] = {"transfer_overhead_s": toll_s}
+        if toll_s == 0.0:
+            update["transfer_bandwidth_bytes_per_s"] = None
+        return device.model_copy(update=update)
+
+    if toll_s is None:
+        devices = [d for d in cluster.devices if d.kind != "cgpu"]
+    else:
+        devices = [tolled(d) for d in cluster.devices]
+    return cluster.model_copy(update={"devices": devices})
+
+
+def confidential_gpu(
+    cluster: Cluster, models: list[str], chunk: int = 10_800, policy: str = "resolution:20"
+) -> list[dict[str, Any]]:
+    """Where the optimal planner puts each model's blocks when a confidential GPU exists, what its
+    bounce-buffer toll costs (the toll swept from none to 100x the example's), and what the GPU buys
+    (the same cluster without it)."""
+    rows: list[dict[str, Any]] = []
+    for model in models:
+        chain = open_chain(model)
+        workload = Workload.from_profile(cached_profile(chain.chain, chain.name)[0])
+        for toll in (None, *TOLLS_S):
+            variant = _with_toll(cluster, toll)
+            request = _request(workload, variant, chunk, policy, False)
+            placement = get_planner("optimal").plan(request)
+            row: dict[str, Any] = {
+                "cluster": cluster.name,
+                "model": model,
+                "toll_ms": None if toll is None else 1000 * toll,
+                "bounce_cap": toll is not None and toll > 0,
+                "feasible": placement is not None,
+            }
+            if placement is not None:
+                cost = request.evaluate(placement)
+                on_gpu = [s for s in placement.stages if any(variant.device(d).kind == "cgpu" for d in s.devices)]
+                row |= {
+                    "placement": placement.describe(),
+                    "gpu_blocks": sum(s.last - s.first + 1 for s in on_gpu),
+                    "latency_s": cost.latency_s,
+                    "period_s": cost.period_s,
+                    "bottleneck": cost.bottleneck,
+                    "chunk_time_s": cost.chunk_time_s,
+                }
+            rows.append(row)
+    return rows
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     """One panel per cluster: grouped bars of speedup over 1 TEE, one group per model."""
     rows = result["results"]
@@ -196,15 +254,21 @@ def run(
     policy: str = "resolution:20",
     quick: bool = False,
 ) -> dict[str, Any]:
-    """Fig. 12 on each cluster (examples/clusters/paper.yaml and edge-cloud.yaml by default), the optimal
-    planner's speed at 100 blocks, and seed 000's tree against the optimum on synthetic chains."""
+    """Fig. 12 on each cluster (examples/clusters/: paper, edge-cloud and the confidential cvm-h100 and
+    edge-cvm-cgpu by default), the optimal planner's speed at 100 blocks, seed 000's tree against the
+    optimum on synthetic chains, and on clusters with a confidential GPU its toll swept."""
     from serdab.cluster import load_cluster
 
-    specs = [load_cluster(p) for p in cluster or ["paper", "edge-cloud"]]
+    specs = [load_cluster(p) for p in cluster or ["paper", "edge-cloud", "cvm-h100", "edge-cvm-cgpu"]]
     models = ["resnet18"] if quick else FIG12_MODELS
     rows = []
     for spec in specs:
         rows += run_placement_bench(spec, models, chunk, policy, progress=progress)
+    confidential = []
+    for spec in specs:
+        if any(d.kind == "cgpu" for d in spec.devices):
+            progress(f"{spec.name}: the confidential GPU's toll, swept")
+            confidential += confidential_gpu(spec, models, chunk, policy)
     progress("timing the optimal planner at 100 blocks")
     speed = planner_speed(load_cluster(speed_cluster))
     progress("seed 000's tree vs optimal on synthetic chains")
@@ -216,6 +280,7 @@ def run(
         "results": rows,
         "planner_speed": speed,
         "tree_gap": gaps,
+        "confidential_gpu": confidential,
     }
 
 
@@ -247,6 +312,29 @@ def report(result: dict[str, Any]) -> list[Any]:
     for r in result["planner_speed"]:
         speed_table.add_row(r["policy"], str(r["replicate"]), str(r["chunk"]), f"{r['planner_ms']:.1f}")
     lines: list[Any] = [table, speed_table]
+    if result.get("confidential_gpu"):
+        toll_table = new_table(
+            "with a confidential GPU: optimal placement as its per-transfer toll grows (and without the GPU)",
+            ("cluster", "model", "toll", "placement", "blocks on cGPU", "L ms", "P ms", "T(n) s", "bottleneck"),
+            left=("cluster", "model", "toll", "placement", "bottleneck"),
+        )
+        for r in result["confidential_gpu"]:
+            toll = "no cGPU" if r["toll_ms"] is None else ("none" if not r["bounce_cap"] else f"{r['toll_ms']:g} ms")
+            if not r["feasible"]:
+                toll_table.add_row(r["cluster"], r["model"], toll, "infeasible", "-", "-", "-", "-", "-")
+                continue
+            toll_table.add_row(
+                r["cluster"],
+                r["model"],
+                toll,
+                r["placement"],
+                str(r["gpu_blocks"]),
+                f"{1000 * r['latency_s']:.1f}",
+                f"{1000 * r['period_s']:.1f}",
+                f"{r['chunk_time_s']:.1f}",
+                str(r["bottleneck"]),
+            )
+        lines.append(toll_table)
     for name in result["clusters"]:
         mine = sorted(float(g["gap"]) for g in gaps if g["cluster"] == name)
         worst = max((g for g in gaps if g["cluster"] == name), key=lambda g: g["gap"])

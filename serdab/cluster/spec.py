@@ -2,8 +2,9 @@
 
 ``speed`` is relative to the host the profile was measured on (a TEE below 1, a GPU above).
 A TEE with a ``paging_factor`` can exceed its memory at that slowdown (SGX EPC paging); a
-device without one cannot hold a stage larger than its memory (Nitro enclaves, GPUs, CPUs).
-Links join hosts; devices on one host talk over ``local`` (shared memory or vsock).
+device without one cannot hold a stage larger than its memory (Nitro enclaves, GPUs, CPUs,
+confidential VMs and GPUs). Links join hosts; devices on one host talk over ``local`` (shared
+memory or vsock); a confidential GPU adds its bounce-buffer toll to every transfer (``channel``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from serdab.cluster.units import parse_bandwidth_bytes_per_s, parse_bytes, parse_seconds
 from serdab.errors import ClusterError
 
-__all__ = ["EXAMPLES_DIR", "Cluster", "Device", "Link", "LocalLink", "load_cluster", "resolve_cluster"]
+__all__ = ["CONFIDENTIAL", "EXAMPLES_DIR", "Cluster", "Device", "Link", "LocalLink", "load_cluster", "resolve_cluster"]
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples" / "clusters"  # in a source checkout
 
@@ -26,31 +27,80 @@ BytesPerSecond = Annotated[float, BeforeValidator(parse_bandwidth_bytes_per_s)]
 Seconds = Annotated[float, BeforeValidator(parse_seconds)]
 
 
+CONFIDENTIAL = ("cvm", "cgpu")  # trusted by construction: a confidential VM, a GPU in confidential-computing mode
+DEFAULT_SLOWDOWN = {"cvm": 1.10, "cgpu": 1.0}  # against native: see docs/plan.md for the sources
+
+
 class Device(BaseModel):
+    """One device. Kinds: ``tee`` (an SGX or Nitro enclave), ``cpu`` and ``gpu`` (untrusted), ``cvm``
+    (a confidential VM, SEV-SNP or TDX: trusted, no EPC cliff, ``native_speed`` / ``slowdown``) and
+    ``cgpu`` (a GPU in confidential-computing mode: trusted, and every transfer to or from it goes
+    through encrypted bounce buffers, ``transfer_overhead`` per transfer at most ``transfer_bandwidth``).
+    ``speed`` is always what the cost model uses: for a confidential device it is derived."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     name: str = Field(min_length=1)
-    kind: Literal["tee", "cpu", "gpu"]
+    kind: Literal["tee", "cpu", "gpu", "cvm", "cgpu"]
     trusted: bool
     host: str = Field(min_length=1)
     speed: float = Field(gt=0, description="relative to the profiling host")
     memory_bytes: Bytes = Field(alias="memory", gt=0)
     paging_factor: float | None = Field(None, ge=1.0, description="slowdown when a TEE stage exceeds memory")
+    native_speed: float | None = Field(None, gt=0, description="cvm/cgpu: the same machine without confidentiality")
+    slowdown: float | None = Field(None, ge=1.0, description="cvm/cgpu: native time x this = confidential time")
+    transfer_overhead_s: Seconds = Field(0.0, alias="transfer_overhead", ge=0, description="cgpu: per transfer")
+    transfer_bandwidth_bytes_per_s: BytesPerSecond | None = Field(
+        None, alias="transfer_bandwidth", gt=0, description="cgpu: encrypted bounce-buffer throughput"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _confidential_speed(cls, data: Any) -> Any:
+        """A confidential device states its native speed (and slowdown); its ``speed`` follows."""
+        if not isinstance(data, dict) or data.get("kind") not in CONFIDENTIAL:
+            return data
+        data = dict(data)
+        if "native_speed" in data:
+            if "speed" in data:
+                raise ValueError(f"give native_speed (and slowdown) or speed, not both (device {data.get('name')})")
+            data.setdefault("slowdown", DEFAULT_SLOWDOWN[data["kind"]])
+            native, slowdown = data["native_speed"], data["slowdown"]
+            if not isinstance(native, int | float) or not isinstance(slowdown, int | float):
+                raise ValueError(f"native_speed and slowdown are numbers (device {data.get('name')})")
+            if native <= 0 or slowdown < 1:
+                raise ValueError(
+                    f"native_speed must be > 0 and slowdown >= 1 (confidential is never faster than native; "
+                    f"device {data.get('name')})"
+                )
+            data["speed"] = native / slowdown
+        return data
 
     @model_validator(mode="after")
-    def _paging_only_for_tees(self) -> Device:
+    def _kind_rules(self) -> Device:
         if self.paging_factor is not None and self.kind != "tee":
             raise ValueError(f"paging_factor applies to kind tee only, not {self.kind} (device {self.name})")
+        if self.kind in CONFIDENTIAL and not self.trusted:
+            raise ValueError(f"a {self.kind} is trusted by what it is: set trusted: true (device {self.name})")
+        if self.kind not in CONFIDENTIAL and (self.native_speed is not None or self.slowdown is not None):
+            raise ValueError(f"native_speed and slowdown apply to kinds cvm and cgpu, not {self.kind} ({self.name})")
+        if self.kind != "cgpu" and (self.transfer_overhead_s or self.transfer_bandwidth_bytes_per_s is not None):
+            raise ValueError(f"transfer_overhead/transfer_bandwidth apply to kind cgpu, not {self.kind} ({self.name})")
         return self
 
     def same_hardware(self, other: Device) -> bool:
-        """Interchangeable for replication: same kind, trust, speed, memory and paging."""
-        return (self.kind, self.trusted, self.speed, self.memory_bytes, self.paging_factor) == (
-            other.kind,
-            other.trusted,
-            other.speed,
-            other.memory_bytes,
-            other.paging_factor,
+        """Interchangeable for replication: same kind, trust, speed, memory, paging and transfer toll."""
+        return self._hardware() == other._hardware()
+
+    def _hardware(self) -> tuple[object, ...]:
+        return (
+            self.kind,
+            self.trusted,
+            self.speed,
+            self.memory_bytes,
+            self.paging_factor,
+            self.transfer_overhead_s,
+            self.transfer_bandwidth_bytes_per_s,
         )
 
 
@@ -125,6 +175,24 @@ class Cluster(BaseModel):
             if {link.a, link.b} == {host_a, host_b}:
                 return link
         return None
+
+    def channel(self, a: Device, b: Device) -> LocalLink | None:
+        """What a transfer from device ``a`` to device ``b`` goes through: the link between their hosts,
+        and, at a confidential GPU's end, its encrypted bounce buffers (a fixed toll per transfer, added
+        to the round trip, and their throughput, capping the bandwidth). None when not connected."""
+        link = self.link(a.host, b.host)
+        if link is None:
+            return None
+        ends = [d for d in ((a, b) if a.name != b.name else ()) if d.kind == "cgpu"]
+        if not ends:
+            return link
+        caps = [d.transfer_bandwidth_bytes_per_s for d in ends if d.transfer_bandwidth_bytes_per_s is not None]
+        return LocalLink.model_validate(
+            {
+                "bandwidth": min([link.bandwidth_bytes_per_s, *caps]),
+                "rtt": link.rtt_s + sum(d.transfer_overhead_s for d in ends),
+            }
+        )
 
 
 def _where(loc: tuple[object, ...], data: object) -> str:

@@ -131,11 +131,11 @@ class CostModel:
 
     # --- hops ---------------------------------------------------------------------------------
     def transfer_s(self, a: int, b: int, nbytes: np.ndarray | int) -> np.ndarray | float:
-        """bytes / bandwidth + rtt between two devices (0 on the same device, inf if not linked)."""
+        """bytes / bandwidth + rtt between two devices (0 on the same device, inf if not linked); a
+        confidential GPU's bounce-buffer toll is part of its channel (``Cluster.channel``)."""
         if a == b:
             return nbytes * 0.0
-        da, db = self.devices[a], self.devices[b]
-        link = self.cluster.link(da.host, db.host)
+        link = self.cluster.channel(self.devices[a], self.devices[b])
         if link is None:
             return nbytes * 0.0 + math.inf
         return nbytes / link.bandwidth_bytes_per_s + link.rtt_s

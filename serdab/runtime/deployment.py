@@ -156,8 +156,7 @@ class Deployment:
         b = self.topology.device_of(dst)
         bandwidth, rtt = None, 0.0
         if not self.ctx.native and b is not None and a != b:
-            da, db = self.ctx.cluster.device(a), self.ctx.cluster.device(b)
-            link = self.ctx.cluster.link(da.host, db.host)
+            link = self.ctx.cluster.channel(self.ctx.cluster.device(a), self.ctx.cluster.device(b))
             if link is None:
                 raise WorkerError(f"no link between {a} and {b} in cluster {self.ctx.cluster.name}")
             bandwidth, rtt = link.bandwidth_bytes_per_s, link.rtt_s
