@@ -165,7 +165,10 @@ def test_plan_from_a_model_with_strategy_and_replication(clusters_dir, capsys) -
     ("args", "message"),
     [
         (["--cluster", "{clusters}/nope.yaml"], "cluster file not found"),
-        (["--cluster", "moon"], "cluster file not found: moon (shipped examples: edge-cloud, paper, single-tee)"),
+        (
+            ["--cluster", "moon"],
+            "cluster file not found: moon (shipped examples: cvm-h100, edge-cloud, edge-cvm-cgpu, paper, single-tee)",
+        ),
         (["--cluster", "{clusters}/paper.yaml", "--strategy", "fastest"], "unknown strategy 'fastest'"),
         (["--cluster", "{clusters}/paper.yaml", "--privacy", "blur:3"], "unknown privacy policy"),
         (["--cluster", "{clusters}/paper.yaml", "--privacy", "ssim:0.2"], "needs leakage measurements"),

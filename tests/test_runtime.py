@@ -278,12 +278,16 @@ def test_an_enclave_from_other_code_is_refused_by_the_manager_and_by_the_kms(mon
         manager.run(open_source("synthetic:4", (1, 1, 28, 28)).frames())
 
     # a manager that skipped its own check: the KMS still refuses the stage key
-    import serdab.tee.verify as verify
+    import serdab.tee.evidence as evidence
 
-    real = verify.verify_attestation
-    monkeypatch.setattr(verify, "verify_attestation", lambda doc, **kw: real(doc, **{**kw, "expected_pcrs": None}))
+    real = evidence.verify_evidence
+    monkeypatch.setattr(
+        evidence,
+        "verify_evidence",
+        lambda doc, policy, **kw: real(doc, dataclasses.replace(policy, measurements={}), **kw),
+    )
     manager = _manager("lenet5", load_cluster("paper"), chunk=4, placement="tee1[0-2] -> e1[3-11]")
-    monkeypatch.setattr("serdab.kms.service.verify_attestation", real)
+    monkeypatch.setattr("serdab.kms.service.verify_evidence", real)
     with pytest.raises(WorkerError, match="refused: PcrMismatchError"):
         manager.run(open_source("synthetic:4", (1, 1, 28, 28)).frames())
 

@@ -92,7 +92,12 @@ def start(
         f"verify it: serdab attest {url}"
         + (" --allow-simulated" if backend == "simulated" else "")
         + (f" --evidence {kind}" if kind != "aws-nitro" else "")
-        + f" --pcr {PCR_APP}={pcrs[PCR_APP].hex()}"
+        # Nitro shows each PCR; an SNP launch measurement covers PCR0-2 together, so all three are needed
+        + "".join(
+            f" --pcr {i}={pcrs[i].hex()}"
+            for i in ((PCR_APP,) if kind == "aws-nitro" else (PCR_IMAGE, PCR_RUNTIME, PCR_APP))
+        ),
+        soft_wrap=True,
     )
     replica.serve_until_stopped()
     err_console.print("key service stopped")

@@ -33,15 +33,13 @@ from serdab.errors import (
     AttestationError,
     DebugEnclaveError,
     MalformedDocumentError,
-    NonceError,
     PcrMismatchError,
     SimulatedRootError,
     TcbMismatchError,
-    UserDataMismatchError,
 )
 from serdab.tee.snp import SIMULATED, VerifiedSnpReport, verify_snp_report
 from serdab.tee.tdx import VerifiedTdxQuote
-from serdab.tee.verify import NonceRegistry, VerifiedDocument, verify_attestation
+from serdab.tee.verify import NonceRegistry, VerifiedDocument, check_binding, verify_attestation
 
 __all__ = [
     "EVIDENCE_ENV",
@@ -391,11 +389,5 @@ def verify_evidence(
             )
         )
     policy.check(evidence)
-    if nonce is not None and evidence.nonce != nonce:
-        raise NonceError("the evidence's nonce is not the one this verifier asked for")
-    if nonces is not None:
-        nonces.consume(evidence.nonce)
-    if user_data is not None and evidence.user_data != user_data:
-        shown = evidence.user_data.hex()[:16] if evidence.user_data else "absent"
-        raise UserDataMismatchError(f"user_data is {shown}..., expected {user_data.hex()[:16]}...")
+    check_binding(evidence.nonce, evidence.user_data, nonce=nonce, nonces=nonces, user_data=user_data)
     return evidence

@@ -62,6 +62,7 @@ __all__ = [
     "NonceRegistry",
     "VerifiedDocument",
     "aws_nitro_root",
+    "check_binding",
     "verify_attestation",
 ]
 
@@ -293,11 +294,24 @@ def verify_attestation(
         if actual != value:
             shown = actual.hex()[:16] if actual else "absent"
             raise PcrMismatchError(f"PCR{index} is {shown}..., expected {value.hex()[:16]}...")
-    if nonce is not None and document.nonce != nonce:
-        raise NonceError("the document's nonce is not the one this verifier asked for")
-    if nonces is not None:
-        nonces.consume(document.nonce)
-    if user_data is not None and document.user_data != user_data:
-        shown = document.user_data.hex()[:16] if document.user_data else "absent"
-        raise UserDataMismatchError(f"user_data is {shown}..., expected {user_data.hex()[:16]}...")
+    check_binding(document.nonce, document.user_data, nonce=nonce, nonces=nonces, user_data=user_data)
     return VerifiedDocument(tee_type, document)
+
+
+def check_binding(
+    seen_nonce: bytes | None,
+    seen_user_data: bytes | None,
+    *,
+    nonce: bytes | None = None,
+    nonces: NonceRegistry | None = None,
+    user_data: bytes | None = None,
+) -> None:
+    """What evidence of any kind binds, checked once it verified: the nonce asked for (or one ``nonces``
+    issued, used once) and the caller's ``user_data``."""
+    if nonce is not None and seen_nonce != nonce:
+        raise NonceError("the evidence's nonce is not the one this verifier asked for")
+    if nonces is not None:
+        nonces.consume(seen_nonce)
+    if user_data is not None and seen_user_data != user_data:
+        shown = seen_user_data.hex()[:16] if seen_user_data else "absent"
+        raise UserDataMismatchError(f"user_data is {shown}..., expected {user_data.hex()[:16]}...")
