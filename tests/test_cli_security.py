@@ -92,6 +92,14 @@ def test_kms_start_attest_register_stop(kms_process, tmp_path, monkeypatch, caps
     assert main(["kms", "register", "echo", "--url", url, "--image", str(image), "--allow-simulated"]) == 0
     assert "service echo registered (PKI generation 1)" in capsys.readouterr().out
     assert main(["kms", "register", "x", "--url", url, "--allow-simulated"]) == 2
-    assert "a policy with no PCRs would release keys to any enclave" in _error_line(capsys)
+    assert "a policy with no measurements would release keys to any enclave" in _error_line(capsys)
+    # a policy for a real TD, named by its measurements, at a key service attesting Nitro-format
+    td = ["kms", "register", "td", "--url", url, "--allow-simulated", "--evidence", "intel-tdx"]
+    assert main([*td, "--measurement", f"MRTD={'ab' * 48}", "--measurement", f"RTMR0={'cd' * 48}"]) == 0
+    assert "service td registered" in capsys.readouterr().out
+    assert main([*td, "--measurement", "MRTD=xyz"]) == 2
+    assert "must look like MRTD=<hex>" in _error_line(capsys)
+    assert main([*td, "--measurement", f"MRTD={'ab' * 48}", "--pcr", f"2={'00' * 48}"]) == 2
+    assert "one of --image, --pcr or --measurement" in _error_line(capsys)
     assert Path(env["SERDAB_HOME"], "kms", "admin.token").stat().st_mode & 0o777 == 0o600
     os.kill(enclave_pid, 0)  # the enclave process is alive while the KMS serves

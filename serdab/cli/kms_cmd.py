@@ -11,7 +11,7 @@ from rich.table import Table
 
 from serdab.cli.common import EvidenceOpt, console, err_console, use_evidence
 from serdab.cli.tee_cmd import parse_pcr_options
-from serdab.errors import KmsError
+from serdab.errors import KmsError, SerdabError
 from serdab.kms import attest_kms
 from serdab.kms.replica import start_kms_replica
 from serdab.tee import get_backend, measure_image
@@ -103,6 +103,20 @@ def start(
     err_console.print("key service stopped")
 
 
+def _measurement_options(values: list[str]) -> dict[str, bytes]:
+    """['MRTD=ab..'] -> {"MRTD": bytes}; a bad one is a one-line usage error."""
+    named = {}
+    for value in values:
+        name, _, digest = value.partition("=")
+        try:
+            named[name.strip()] = bytes.fromhex(digest)
+        except ValueError:
+            raise KmsError(f"--measurement {value!r} must look like MRTD=<hex>") from None
+        if not name.strip().replace("_", "").isalnum() or not named[name.strip()]:
+            raise KmsError(f"--measurement {value!r} must look like MRTD=<hex>")
+    return named
+
+
 @kms_app.command("register")
 def register(
     name: Annotated[str, typer.Argument(help="Service name.")],
@@ -111,6 +125,13 @@ def register(
         Path | None, typer.Option(help="Enclave image of the service: its PCR0-2 become the policy.")
     ] = None,
     pcr: Annotated[list[str] | None, typer.Option(help="Expected PCR N=HEX instead of --image (repeatable).")] = None,
+    measurement: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Expected measurement NAME=HEX as the evidence names it (MEASUREMENT for SEV-SNP; MRTD, "
+            "RTMR0..3 for TDX; PCR0.. for Nitro) instead of --image or --pcr (repeatable)."
+        ),
+    ] = None,
     allow_simulated: Annotated[
         bool, typer.Option("--allow-simulated", help="Release keys to simulated enclaves too (NOT TEEs).")
     ] = False,
@@ -120,25 +141,39 @@ def register(
 ) -> None:
     """Register a service (or change its policy); the KMS generates its PKI inside its enclave.
 
-    The policy names the evidence kind and the image's measurements as that kind reports them
-    (Nitro: PCR0-2; SEV-SNP: the launch measurement)."""
-    use_evidence(evidence)
+    The policy names the evidence kind (--evidence, default $SERDAB_TEE_EVIDENCE or aws-nitro) and the
+    measurements evidence of that kind must show: an image's as that kind reports them (Nitro: PCR0-2;
+    simulated SEV-SNP: the launch measurement), or named with --measurement (a real SNP guest's
+    MEASUREMENT, a TD's MRTD and RTMRs). The key service itself is attested in the deployment's kind."""
+    from serdab.tee.evidence import evidence_kind
+
+    try:  # the service's kind; the key service itself is attested in the deployment's ($SERDAB_TEE_EVIDENCE)
+        kind = evidence_kind(evidence)
+    except SerdabError as exc:
+        raise KmsError(f"--evidence: {exc}") from None
+    named = _measurement_options(measurement or [])
     if image is not None:
         measured = measure_image(image)
         expected = {i: measured[i] for i in (PCR_IMAGE, PCR_RUNTIME, PCR_APP)}
     else:
         expected = parse_pcr_options(pcr or [])
-    if not expected:
-        raise KmsError("give --image DIR or --pcr N=HEX: a policy with no PCRs would release keys to any enclave")
+    if sum(map(bool, (image is not None, pcr, named))) > 1:
+        raise KmsError("give one of --image, --pcr or --measurement")
+    if not expected and not named:
+        raise KmsError(
+            "give --image DIR, --pcr N=HEX or --measurement NAME=HEX: a policy with no measurements would "
+            "release keys to any enclave"
+        )
     roots = local_simulated_roots(create=allow_simulated)
     kms = attest_kms(
         url, expected_pcrs=parse_pcr_options(kms_pcr or []), allow_simulated=allow_simulated, simulated_roots=roots
     )
     try:
-        result = kms.register(name, _token(admin_token_file or _default_token()), expected, allow_simulated)
+        token = _token(admin_token_file or _default_token())
+        result = kms.register(name, token, expected, allow_simulated, kind=kind, measurements=named or None)
     finally:
         kms.close()
     console.print(
         f"service {result['name']} registered (PKI generation {result['generation']}); keys go to "
-        f"enclaves with {', '.join(f'PCR{i}' for i in sorted(expected))} as measured"
+        f"enclaves whose {kind} evidence shows {', '.join(result['policy']['measurements'])} as named"
     )

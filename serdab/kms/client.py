@@ -101,14 +101,17 @@ class AttestedKms:
         allow_debug: bool = False,
         model_key: bytes | None = None,
         kind: str | None = None,
+        measurements: Mapping[str, bytes] | None = None,
     ) -> dict[str, Any]:
         """Register ``name`` for enclaves of the image with these PCRs, attesting in ``kind`` (default:
-        the deployment's, ``serdab.tee.evidence.evidence_kind``)."""
+        the deployment's, ``serdab.tee.evidence.evidence_kind``); or for evidence showing
+        ``measurements`` by name (a real SNP guest's launch digest, a TD's MRTD and RTMRs)."""
         kind = evidence_kind(kind)
+        named = dict(measurements) if measurements else image_measurements(kind, pcrs)
         body: dict[str, Any] = {
             "name": name,
             "kind": kind,
-            "measurements": {n: v.hex() for n, v in image_measurements(kind, pcrs).items()},
+            "measurements": {n: v.hex() for n, v in named.items()},
             "allow_simulated": allow_simulated,
             "allow_debug": allow_debug,
         }
