@@ -78,6 +78,30 @@ def test_each_kind_is_routed_right_and_secure_requests_travel_sealed(ray_cluster
         service.stop()
 
 
+def test_sealed_sessions_are_attested_with_snp_format_evidence(ray_cluster, monkeypatch) -> None:
+    from serdab.tee.evidence import EVIDENCE_ENV
+
+    monkeypatch.setenv(
+        EVIDENCE_ENV, "amd-sev-snp"
+    )  # the owner's key service and, via the trust statement, the replicas
+    service = _service(ray_cluster, public=0, secure=1)
+    try:
+        trust = service.trust()
+        assert trust["evidence"] == "amd-sev-snp"
+        monkeypatch.setenv(EVIDENCE_ENV, "aws-nitro")  # the client reads the kind from the trust statement
+        with Client(service.url, trust=trust) as client:
+            secure = client.infer(X, secure=True)
+            assert client.attested and (client.attested["kind"], client.attested["root"]) == (
+                "amd-sev-snp",
+                "simulated ARK",
+            )
+        assert secure.shape == (1, 10)
+        with Client(service.url, trust={**trust, "evidence": "aws-nitro"}) as client, pytest.raises(AttestationError):
+            client.infer(X, secure=True)
+    finally:
+        service.stop()
+
+
 def test_the_epc_aware_router_sheds_the_host_that_pages(ray_cluster, tmp_path: Path) -> None:
     stress = tmp_path / "stress"
     service = _service(

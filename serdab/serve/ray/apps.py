@@ -147,6 +147,7 @@ def build_secure(args: BuilderArgs) -> Any:
         config.threads,
         args.stress_dir,
         balancer_for("enclave", args.balancer),
+        str(trust.get("evidence") or "aws-nitro"),
     )
     if args.ingress is not RayIngress.HAPROXY:
         return enclaves

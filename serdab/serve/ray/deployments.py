@@ -225,15 +225,19 @@ class EnclaveModel:
         threads: int,
         stress_dir: str | None = None,
         balancer: str = "sed",
+        evidence: str = "aws-nitro",
     ) -> None:
         from serdab.raycluster import TEE_BACKEND_ENV
         from serdab.serve.client import service_context
         from serdab.tee import get_backend
+        from serdab.tee.evidence import EVIDENCE_ENV
 
         self.dir = Path(tempfile.mkdtemp(prefix="serdab-ray-replica-"))
         unpack_image(image, self.dir / "image")
         self.host = _host_label()
         self.id = f"enclave-{self.host}-{os.getpid()}"
+        # the trust statement's evidence kind: the enclave attests in it (this actor hosts this replica alone)
+        os.environ[EVIDENCE_ENV] = evidence
         self.backend: Any = get_backend(os.environ.get(TEE_BACKEND_ENV) or "simulated")
         args = ["--name", name, *trust_args, "--speed", str(speed), "--id", self.id, "--threads", str(threads)]
         self.enclave = self.backend.launch(
