@@ -49,7 +49,8 @@ below), 4 for an unavailable backend or service ([4]), 2 for everything else the
     │   ├── FrameSourceError         a video, image directory or synthetic source cannot supply frames
     │   ├── WorkerError              a stage worker failed to start, or kept failing after restarts
     │   ├── WireError                a peer sent something that is not a message, or hung up mid-message
-    │   └── LinkIntegrityError   [3] a frame on a link was tampered with, replayed, dropped or reordered
+    │   └── LinkIntegrityError   [3] a frame on a link was tampered with, replayed, dropped or reordered,
+    │                                or a GPU answered a blinded layer wrongly
     └── ServeError                   model serving cannot start or answer
         ├── ServeConfigError         a serving option is invalid (balancer, autoscale range, replica counts)
         ├── ReplicaError             a replica failed to start or stopped answering
@@ -284,7 +285,8 @@ class LinkIntegrityError(RunError):
     """A frame on a link failed authentication or arrived out of sequence; ``kind`` says which.
 
     kind: "tampered" (tag fails), "replayed" (sequence number seen before), "dropped" (a sequence
-    number was skipped: dropped or reordered).
+    number was skipped: dropped or reordered), "wrong-answer" (a GPU's answer to a blinded layer
+    failed Freivalds' check, ``serdab.blind``).
     """
 
     def __init__(self, kind: str, message: str) -> None:

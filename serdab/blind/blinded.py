@@ -1,0 +1,160 @@
+"""The blinded pass: every linear layer on an untrusted GPU, masked; everything else in the enclave.
+
+Per frame and linear layer the enclave draws a fresh mask ``r`` (``masks``), sends ``x + r mod P`` (the
+GPU sees uniform field elements, whatever the image), receives ``z = W (x + r) mod P``, optionally
+checks it (``freivalds``), subtracts ``u = W r`` and rounds back (``quantize.QLinear.finish``): the
+result equals the plaintext integer reference bit for bit while ``|W x| < P/2``. Where ``u`` comes
+from is the cost that decides whether blinding pays (Slalom sec. 4.3):
+
+- ``in-stream``: the enclave computes ``W r`` itself, per frame: a whole layer's work, in the enclave;
+- ``pool``: computed ahead of the stream and kept outside the enclave sealed (AES-GCM, the (frame,
+  layer) pair as associated data), opened as each frame needs it; ``pool_bytes`` says how big it is;
+- ``outsourced``: a second untrusted device computes ``W r`` from ``r`` alone (it never sees ``x + r``):
+  sound only if the two devices do not collude, which every report must say.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from serdab.blind.field import P, decode, encode
+from serdab.blind.freivalds import FreivaldsCheck
+from serdab.blind.masks import MaskSource
+from serdab.blind.quantize import QLinear, QuantizedModel
+from serdab.errors import LinkIntegrityError
+
+__all__ = ["MODES", "BlindedRunner", "HonestGpu"]
+
+MODES = ("in-stream", "pool", "outsourced")
+Linear = Callable[[int, np.ndarray], np.ndarray]  # (linear layer index, field elements) -> W x mod P
+
+
+class HonestGpu:
+    """The untrusted device's side: it holds the integer weights (they are not secret from it) and
+    answers ``W x mod P``; ``seen`` keeps every input it was shown, for tests of what it learns."""
+
+    def __init__(self, model: QuantizedModel, keep: bool = False) -> None:
+        self.layers = model.linear_layers
+        self.seen: list[np.ndarray] | None = [] if keep else None
+
+    def __call__(self, index: int, masked: np.ndarray) -> np.ndarray:
+        if self.seen is not None:
+            self.seen.append(masked.copy())
+        return np.mod(self.layers[index].linear(masked), P)
+
+
+@dataclass
+class _Pool:
+    """``W r`` for frames ahead of the stream, sealed outside the enclave."""
+
+    key: bytes = field(default_factory=lambda: os.urandom(32))
+    sealed: dict[tuple[int, int], tuple[bytes, tuple[int, ...]]] = field(default_factory=dict)
+
+    @staticmethod
+    def _aad(frame: int, layer: int) -> bytes:
+        return b"serdab-unmask-pool-v1|" + struct.pack(">QI", frame, layer)
+
+    def put(self, frame: int, layer: int, u: np.ndarray) -> None:
+        nonce = os.urandom(12)
+        body = np.mod(u, P).astype("<u4").tobytes()
+        sealed = nonce + AESGCM(self.key).encrypt(nonce, body, self._aad(frame, layer))
+        self.sealed[(frame, layer)] = (sealed, tuple(u.shape))
+
+    def take(self, frame: int, layer: int) -> np.ndarray:
+        blob, shape = self.sealed.pop((frame, layer))  # used once, as its mask
+        body = AESGCM(self.key).decrypt(blob[:12], blob[12:], self._aad(frame, layer))
+        return np.frombuffer(body, dtype="<u4").astype(np.float64).reshape(shape)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(blob) for blob, _ in self.sealed.values())
+
+
+class BlindedRunner:
+    """The enclave's side of the blinded pass over a quantised model."""
+
+    def __init__(
+        self,
+        model: QuantizedModel,
+        gpu: Linear,
+        *,
+        mode: str = "in-stream",
+        integrity: bool = False,
+        helper: Linear | None = None,
+        masks: MaskSource | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"precomputation mode {mode!r}; choose one of {', '.join(MODES)}")
+        if mode == "outsourced" and helper is None:
+            raise ValueError("outsourced precomputation needs a second device (helper) to compute W r")
+        self.model, self.gpu, self.mode, self.integrity, self.helper = model, gpu, mode, integrity, helper
+        self.masks = masks or MaskSource()
+        self._layers = model.linear_layers
+        self._rng = np.random.default_rng(seed)  # Freivalds' secret vectors (per runner: one key epoch)
+        self._checks: dict[tuple[int, tuple[int, ...]], FreivaldsCheck] = {}
+        self._pool = _Pool()
+
+    @property
+    def pool_bytes(self) -> int:
+        return self._pool.nbytes
+
+    def precompute(self, frames: range, input_shape: tuple[int, ...]) -> None:
+        """``pool`` mode: ``W r`` of every linear layer for these frames, ahead of the stream."""
+        shapes = self._shapes(input_shape)
+        for frame in frames:
+            for index, (layer, shape) in enumerate(zip(self._layers, shapes, strict=True)):
+                r = self.masks.regenerate(frame, index, shape)
+                self._pool.put(frame, index, layer.linear(r))
+
+    def run(self, frame: int, x: np.ndarray) -> np.ndarray:
+        """The last layer's integers (scale 2^a), equal to ``model.run(x)`` bit for bit."""
+        h = self.model.quantise_input(x)
+        index = 0
+        for step in self.model.steps:
+            if not isinstance(step, QLinear):
+                h = step.run(h)
+                continue
+            r = self.masks.draw(frame, index, h.shape)
+            masked = np.mod(encode(h) + r, P)
+            z = self.gpu(index, masked)
+            if self.integrity and not self._check(index, step, masked, z):
+                raise LinkIntegrityError(
+                    "wrong-answer",
+                    f"the GPU's answer to blinded layer {step.name} (frame {frame}) fails Freivalds' check",
+                )
+            h = step.finish(decode(z - self._unmask(frame, index, step, r)))
+            index += 1
+        return h
+
+    def _unmask(self, frame: int, index: int, layer: QLinear, r: np.ndarray) -> np.ndarray:
+        if self.mode == "pool":
+            return self._pool.take(frame, index)
+        if self.mode == "outsourced":
+            assert self.helper is not None
+            return self.helper(index, r)
+        return np.mod(layer.linear(r), P)
+
+    def _check(self, index: int, layer: QLinear, masked: np.ndarray, z: np.ndarray) -> bool:
+        key = (index, masked.shape)
+        if key not in self._checks:
+            self._checks[key] = FreivaldsCheck(layer, masked.shape, self._rng)
+        return self._checks[key].check(masked, z)
+
+    def _shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """The input shape of every linear layer, from a pass of zeros."""
+        shapes: list[tuple[int, ...]] = []
+        h = np.zeros(input_shape, dtype=np.int64)
+        for step in self.model.steps:
+            if isinstance(step, QLinear):
+                shapes.append(h.shape)
+                h = step.finish(np.rint(step.linear(h)).astype(np.int64))
+            else:
+                h = step.run(h)
+        return shapes

@@ -1,0 +1,37 @@
+"""The prime field blinded layers compute in, and the bounds that keep float64 arithmetic exact.
+
+Why float64: a GPU multiplies doubles at full speed and a double holds every integer below 2^53
+exactly, so ``W (x + r)`` with integer weights and masked values below ``P`` is exact as long as every
+partial sum stays below 2^53 (Slalom's analysis, sec. 4, with doubles instead of its floats). ``P`` is
+the largest prime below 2^30: a layer with ``fan_in`` inputs and weights of magnitude at most ``w`` is
+exact when ``fan_in * w * P < 2^53`` (VGG-16's widest layer, 25,088 inputs, allows ``w`` up to 300).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["EXACT", "P", "check_exact", "decode", "encode"]
+
+P = 2**30 - 35  # the largest prime below 2^30 (tests/test_blind.py checks it)
+EXACT = 2**53  # doubles hold every integer below this
+
+
+def encode(x: np.ndarray) -> np.ndarray:
+    """Signed integers (int64) as field elements in [0, P), as float64."""
+    return np.mod(x.astype(np.int64), P).astype(np.float64)
+
+
+def decode(y: np.ndarray) -> np.ndarray:
+    """Field elements back to the signed integers in (-P/2, P/2) they stand for (int64)."""
+    v = np.mod(np.rint(y).astype(np.int64), P)
+    return np.where(v > P // 2, v - P, v)
+
+
+def check_exact(fan_in: int, max_weight: int, what: str) -> None:
+    """Refuse a layer whose masked product could leave the exact range of a double."""
+    if fan_in * max(1, max_weight) * P >= EXACT:
+        raise ValueError(
+            f"{what}: {fan_in} inputs x weights up to {max_weight} x P exceed 2^53; "
+            "quantise its weights with fewer bits"
+        )

@@ -1,0 +1,208 @@
+"""A model's linear layers as integers: the quantisation scheme and the plaintext integer reference.
+
+Scheme (Slalom's fixed point, sec. 4): activations carry ``ACT_BITS`` fraction bits, weights
+``WEIGHT_BITS``; a linear layer computes ``W_q x_q`` exactly (scale 2^(a+w)), adds its bias quantised
+at that scale, and rounds back to 2^a (round half up, in integers). ReLU and max pooling act on the
+integers unchanged; average pooling is a sum (a linear layer with weights 1, blindable) followed by
+a rounded division in the enclave. Batch norm is already folded into the convolutions of the exported
+graphs. Everything after the input is integer, so the blinded pass can reproduce this reference bit
+for bit; ``run`` here is that reference, and ``dequantised`` its float view for accuracy checks.
+
+Written by hand because no ONNX runtime computes convolutions in a prime field (or in exact integers
+on a GPU); the arithmetic itself is torch's float64 convolution, exact for integers below 2^53.
+Supports sequential graphs (Conv, Gemm, Relu, MaxPool, AveragePool, GlobalAveragePool, Flatten,
+Reshape to a batch of vectors): LeNet-5, AlexNet, VGG-16 and the small CNNs of the zoo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+
+from serdab.blind.field import check_exact
+
+__all__ = ["ACT_BITS", "WEIGHT_BITS", "QLinear", "QOp", "QuantizedModel", "quantize_model"]
+
+ACT_BITS = 8
+WEIGHT_BITS = 8
+
+
+@dataclass
+class QOp:
+    """A non-linear step the enclave runs on integers: relu, maxpool, flatten, divide (after a sum pool)."""
+
+    kind: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        if self.kind == "relu":
+            return np.maximum(x, 0)
+        if self.kind == "flatten":
+            return x.reshape(x.shape[0], -1)
+        if self.kind == "maxpool":
+            t = torch.from_numpy(x.astype(np.float64))
+            pads = self.attrs["pads"]
+            if any(pads):
+                t = F.pad(t, (pads[1], pads[3], pads[0], pads[2]), value=float("-inf"))
+            out = F.max_pool2d(t, self.attrs["kernel"], self.attrs["strides"], ceil_mode=self.attrs["ceil"])
+            return out.numpy().astype(np.int64)
+        if self.kind == "divide":  # round(x / count), half up, in integers
+            count = int(self.attrs["count"])
+            return np.floor_divide(2 * x + count, 2 * count)
+        raise ValueError(f"unknown step {self.kind}")
+
+
+@dataclass
+class QLinear:
+    """A linear layer with integer weights: conv, gemm, or a sum pool (weights all 1, no bias)."""
+
+    name: str
+    kind: str  # "conv", "gemm", "sumpool"
+    weight: np.ndarray | None  # int64, None for a sum pool
+    bias: np.ndarray | None  # int64 at scale 2^(a+w)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    shift: int = WEIGHT_BITS  # bits to round away after the bias: the weights' fraction bits
+
+    def linear(self, x: np.ndarray) -> np.ndarray:
+        """``W x`` exactly, for integer-valued float64 ``x`` (the GPU's work: no bias, no rounding)."""
+        with torch.no_grad():
+            return np.rint(self.linear_t(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))).numpy())
+
+    def linear_t(self, t: torch.Tensor) -> torch.Tensor:
+        """The same map on a float64 tensor (differentiable: Freivalds' check takes its transpose)."""
+        if self.kind == "gemm":
+            return t @ torch.from_numpy(self.weight.astype(np.float64)).T  # type: ignore[union-attr]
+        pads = self.attrs["pads"]
+        if any(pads):
+            t = F.pad(t, (pads[1], pads[3], pads[0], pads[2]))
+        if self.kind == "conv":
+            w = torch.from_numpy(self.weight.astype(np.float64))  # type: ignore[union-attr]
+            return F.conv2d(t, w, None, self.attrs["strides"], 0, self.attrs["dilations"], self.attrs["group"])
+        kernel = self.attrs["kernel"]
+        return F.avg_pool2d(t, kernel, self.attrs["strides"]) * float(np.prod(kernel))  # a sum of integers
+
+    @property
+    def fan_in(self) -> int:
+        if self.weight is None:
+            return int(np.prod(self.attrs["kernel"]))
+        return int(np.prod(self.weight.shape[1:]))
+
+    def finish(self, wx: np.ndarray) -> np.ndarray:
+        """From ``W x`` (int64) to the next layer's input: add the bias, round back to 2^a."""
+        y = wx.astype(np.int64)
+        if self.bias is not None:
+            y = y + (self.bias.reshape(1, -1, 1, 1) if self.kind == "conv" else self.bias.reshape(1, -1))
+        if self.shift == 0:
+            return y
+        return np.floor_divide(y + (1 << (self.shift - 1)), 1 << self.shift)
+
+
+@dataclass
+class QuantizedModel:
+    name: str
+    steps: list[QLinear | QOp]
+    act_bits: int = ACT_BITS
+
+    @property
+    def linear_layers(self) -> list[QLinear]:
+        return [s for s in self.steps if isinstance(s, QLinear)]
+
+    def quantise_input(self, x: np.ndarray) -> np.ndarray:
+        return np.rint(np.asarray(x, dtype=np.float64) * (1 << self.act_bits)).astype(np.int64)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """The plaintext integer reference: float input in, the last layer's integers (scale 2^a) out."""
+        h = self.quantise_input(x)
+        for step in self.steps:
+            h = step.finish(np.rint(step.linear(h)).astype(np.int64)) if isinstance(step, QLinear) else step.run(h)
+        return h
+
+    def dequantised(self, x: np.ndarray) -> np.ndarray:
+        return self.run(x).astype(np.float64) / (1 << self.act_bits)
+
+
+def _ints(values: list[int] | None, default: list[int]) -> list[int]:
+    return list(values) if values else default
+
+
+def _pool_attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
+    kernel = list(a["kernel_shape"])
+    return {
+        "kernel": kernel,
+        "strides": _ints(a.get("strides"), [1] * len(kernel)),
+        "pads": _ints(a.get("pads"), [0] * 2 * len(kernel)),
+        "ceil": bool(a.get("ceil_mode", 0)),
+    }
+
+
+def quantize_model(
+    proto: onnx.ModelProto, name: str = "model", input_hw: tuple[int, int] | None = None
+) -> QuantizedModel:
+    """The integer model of a sequential ONNX graph; ValueError names the first node it cannot take."""
+    graph = proto.graph
+    weights = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    current = graph.input[0].name
+    steps: list[QLinear | QOp] = []
+    scale_w = float(1 << WEIGHT_BITS)
+    scale_b = float(1 << (ACT_BITS + WEIGHT_BITS))
+    for node in graph.node:
+        if node.op_type == "Constant":  # a value the next node reads as a weight
+            weights[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+            continue
+        if node.op_type in ("Identity", "Dropout") and node.input and node.input[0] in weights:
+            weights[node.output[0]] = weights[node.input[0]]  # an alias of a weight (shared initialisers)
+            continue
+        if node.op_type in ("Identity", "Dropout") and node.input and node.input[0] == current:
+            current = node.output[0]
+            continue
+        if not node.input or node.input[0] != current:
+            raise ValueError(
+                f"{name}: node {node.name or node.op_type} does not follow the one before it (not a chain)"
+            )
+        current = node.output[0]
+        attrs = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
+        label = node.name or f"{node.op_type}{len(steps)}"
+        if node.op_type in ("Conv", "Gemm"):
+            w = weights[node.input[1]]
+            if node.op_type == "Gemm":
+                if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+                    raise ValueError(f"{name}: {label} is a Gemm with transA/alpha/beta, not a plain linear layer")
+                if not attrs.get("transB", 0):
+                    w = w.T
+            b = weights[node.input[2]] if len(node.input) > 2 and node.input[2] else None
+            wq = np.rint(w.astype(np.float64) * scale_w).astype(np.int64)
+            bq = None if b is None else np.rint(b.astype(np.float64) * scale_b).astype(np.int64)
+            layer_attrs: dict[str, Any] = {}
+            if node.op_type == "Conv":
+                spatial = wq.ndim - 2
+                layer_attrs = {
+                    "strides": _ints(attrs.get("strides"), [1] * spatial),
+                    "pads": _ints(attrs.get("pads"), [0] * 2 * spatial),
+                    "dilations": _ints(attrs.get("dilations"), [1] * spatial),
+                    "group": int(attrs.get("group", 1)),
+                }
+            layer = QLinear(label, node.op_type.lower(), wq, bq, layer_attrs)
+            check_exact(layer.fan_in, int(np.abs(wq).max(initial=0)), f"{name}: {label}")
+            steps.append(layer)
+        elif node.op_type == "Relu":
+            steps.append(QOp("relu"))
+        elif node.op_type == "MaxPool":
+            steps.append(QOp("maxpool", _pool_attrs(node)))
+        elif node.op_type == "AveragePool":
+            pool = _pool_attrs(node)
+            if pool["ceil"]:
+                raise ValueError(f"{name}: {label} averages with ceil_mode; only exact windows are supported")
+            steps.append(QLinear(label, "sumpool", None, None, pool, shift=0))
+            steps.append(QOp("divide", {"count": int(np.prod(pool["kernel"]))}))
+        elif node.op_type in ("Flatten", "Reshape"):
+            steps.append(QOp("flatten"))
+        else:
+            raise ValueError(f"{name}: {node.op_type} ({label}) is not supported in a blinded chain yet")
+    return QuantizedModel(name, steps)

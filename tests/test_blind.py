@@ -1,0 +1,113 @@
+"""Blinded linear layers (serdab.blind): the blinded pass equals the quantised model bit for bit, masks
+are never reused, the GPU's view does not depend on the image, and Freivalds' check catches a wrong
+answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from serdab.blind.blinded import BlindedRunner, HonestGpu
+from serdab.blind.field import P, check_exact
+from serdab.blind.masks import MaskReuseError, MaskSource
+from serdab.blind.quantize import quantize_model
+from serdab.errors import LinkIntegrityError
+from serdab.models.load import load_model
+from serdab.onnxrt import make_session
+
+
+def _is_prime(n: int) -> bool:  # trial division: n < 2^30 needs divisors up to 2^15
+    return n > 1 and all(n % d for d in range(2, int(n**0.5) + 1))
+
+
+def test_the_field_is_the_largest_prime_below_2_30_and_bounds_are_enforced() -> None:
+    assert _is_prime(P) and not any(_is_prime(n) for n in range(P + 1, 2**30))
+    check_exact(25_088, 256, "vgg16 fc6")  # VGG-16's widest layer fits
+    with pytest.raises(ValueError, match="exceed 2\\^53"):
+        check_exact(25_088, 400, "too wide")
+
+
+@pytest.fixture(scope="module", params=["lenet5", "alexnet"])
+def quantised(request):
+    loaded = load_model(request.param)
+    return loaded, quantize_model(loaded.proto, request.param)
+
+
+@pytest.mark.parametrize("mode", ["in-stream", "pool", "outsourced"])
+def test_the_blinded_pass_equals_the_quantised_model_bit_for_bit(quantised, mode: str) -> None:
+    loaded, model = quantised
+    x = np.random.default_rng(3).standard_normal((1, *loaded.input_chw)).astype(np.float32)
+    runner = BlindedRunner(model, HonestGpu(model), mode=mode, integrity=True, helper=HonestGpu(model), seed=0)
+    if mode == "pool":
+        runner.precompute(range(5, 6), x.shape)
+        assert runner.pool_bytes > 0
+    blinded = runner.run(5, x)
+    assert blinded.dtype == np.int64 and np.array_equal(blinded, model.run(x))
+    if mode == "pool":
+        assert runner.pool_bytes == 0  # each precomputed W r is used once, with its mask
+
+
+def test_the_quantised_lenet_agrees_with_the_float_model_on_digits() -> None:
+    from serdab.models.digits import digits_28
+
+    loaded = load_model("lenet5")
+    model = quantize_model(loaded.proto, "lenet5")
+    images = digits_28()[2][:200].numpy()
+    float_top1 = make_session(loaded.proto).run(None, {"input": images})[0].argmax(1)
+    quantised_top1 = model.dequantised(images).argmax(1)
+    assert (quantised_top1 == float_top1).mean() >= 0.98  # 8 fraction bits cost almost nothing here
+
+
+def test_masks_are_fresh_per_frame_and_layer_and_across_restarts() -> None:
+    source = MaskSource(key=bytes(32))
+    masks = {(f, layer): source.draw(f, layer, (4, 8)) for f in range(20) for layer in range(5)}
+    flat = {m.tobytes() for m in masks.values()}
+    assert len(flat) == len(masks)  # no two (frame, layer) pairs share a mask
+    assert all(m.min() >= 0 and m.max() < P for m in masks.values())
+    with pytest.raises(MaskReuseError, match="frame 3, layer 2"):
+        source.draw(3, 2, (4, 8))
+    assert np.array_equal(source.regenerate(3, 2, (4, 8)), masks[(3, 2)])  # for precomputing W r only
+    restarted = MaskSource()  # a new epoch: a fresh key
+    assert not np.array_equal(restarted.draw(3, 2, (4, 8)), masks[(3, 2)])
+
+
+def test_what_the_gpu_sees_does_not_depend_on_the_image() -> None:
+    loaded = load_model("lenet5")
+    model = quantize_model(loaded.proto, "lenet5")
+    views = []
+    for image in (np.zeros((1, 1, 28, 28), np.float32), np.full((1, 1, 28, 28), 2.0, np.float32)):
+        gpu = HonestGpu(model, keep=True)
+        BlindedRunner(model, gpu, masks=MaskSource(key=bytes(range(32)) if not views else bytes(32))).run(0, image)
+        views.append(np.concatenate([v.ravel() for v in gpu.seen or []]) / P)
+    for view in views:  # uniform in [0, 1) whatever the image
+        assert stats.kstest(view, "uniform").pvalue > 0.01
+    assert stats.ks_2samp(views[0], views[1]).pvalue > 0.01  # two very different images, one distribution
+
+
+def test_freivalds_catches_a_gpu_that_answers_wrongly() -> None:
+    loaded = load_model("lenet5")
+    model = quantize_model(loaded.proto, "lenet5")
+    honest = HonestGpu(model)
+
+    def tampering(change: int, at_layer: int):
+        def gpu(index: int, masked: np.ndarray) -> np.ndarray:
+            z = honest(index, masked)
+            if index == at_layer:
+                z.flat[3] = (z.flat[3] + change) % P
+            return z
+
+        return gpu
+
+    x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    unchecked = BlindedRunner(model, tampering(1 << 12, 4)).run(0, x)
+    assert not np.array_equal(unchecked, model.run(x))  # the tampering changes the answer...
+    for change, layer in ((1 << 12, 4), (1, 1)):  # ...and the check catches it, even a change rounding would hide
+        with pytest.raises(LinkIntegrityError, match="fails Freivalds' check") as caught:
+            BlindedRunner(model, tampering(change, layer), integrity=True, seed=1).run(0, x)
+        assert caught.value.kind == "wrong-answer"
+
+
+def test_a_graph_that_is_not_a_chain_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="not a chain|not supported"):
+        quantize_model(load_model("resnet18").proto, "resnet18")
