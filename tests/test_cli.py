@@ -167,7 +167,8 @@ def test_plan_from_a_model_with_strategy_and_replication(clusters_dir, capsys) -
         (["--cluster", "{clusters}/nope.yaml"], "cluster file not found"),
         (
             ["--cluster", "moon"],
-            "cluster file not found: moon (shipped examples: cvm-h100, edge-cloud, edge-cvm-cgpu, paper, seed000, single-tee)",
+            "cluster file not found: moon (shipped examples: cvm-h100, edge-cloud, edge-cvm-cgpu, paper, seed000, "
+            "single-tee)",
         ),
         (["--cluster", "{clusters}/paper.yaml", "--strategy", "fastest"], "unknown strategy 'fastest'"),
         (["--cluster", "{clusters}/paper.yaml", "--privacy", "blur:3"], "unknown privacy policy"),
