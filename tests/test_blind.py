@@ -108,6 +108,22 @@ def test_freivalds_catches_a_gpu_that_answers_wrongly() -> None:
         assert caught.value.kind == "wrong-answer"
 
 
-def test_a_graph_that_is_not_a_chain_is_refused_by_name() -> None:
-    with pytest.raises(ValueError, match="not a chain|not supported"):
-        quantize_model(load_model("resnet18").proto, "resnet18")
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2", "squeezenet1_1"])
+def test_residual_depthwise_and_concatenating_models_are_blinded_bit_for_bit(name: str) -> None:
+    loaded = load_model(name)  # Add (ResNet), Clip and depthwise convolutions (MobileNetV2), Concat (SqueezeNet)
+    model = quantize_model(loaded.proto, name)
+    x = np.random.default_rng(4).standard_normal((1, *loaded.input_chw)).astype(np.float32)
+    assert np.array_equal(BlindedRunner(model, HonestGpu(model)).run(0, x), model.run(x))
+
+
+def test_an_operation_without_an_integer_form_is_refused_by_name() -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Sigmoid", ["input"], ["output"], name="squash")],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])],
+    )
+    with pytest.raises(ValueError, match="Sigmoid \\(squash\\) is not supported"):
+        quantize_model(helper.make_model(graph), "g")

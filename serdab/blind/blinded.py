@@ -115,12 +115,14 @@ class BlindedRunner:
 
     def run(self, frame: int, x: np.ndarray) -> np.ndarray:
         """The last layer's integers (scale 2^a), equal to ``model.run(x)`` bit for bit."""
-        h = self.model.quantise_input(x)
+        values = {self.model.input_name: self.model.quantise_input(x)}
         index = 0
         for step in self.model.steps:
+            args = [values[name] for name in step.inputs]
             if not isinstance(step, QLinear):
-                h = step.run(h)
+                values[step.output] = step.run(*args)
                 continue
+            h = args[0]
             r = self.masks.draw(frame, index, h.shape)
             masked = np.mod(encode(h) + r, P)
             z = self.gpu(index, masked)
@@ -129,9 +131,9 @@ class BlindedRunner:
                     "wrong-answer",
                     f"the GPU's answer to blinded layer {step.name} (frame {frame}) fails Freivalds' check",
                 )
-            h = step.finish(decode(z - self._unmask(frame, index, step, r)))
+            values[step.output] = step.finish(decode(z - self._unmask(frame, index, step, r)))
             index += 1
-        return h
+        return values[self.model.output_name]
 
     def _unmask(self, frame: int, index: int, layer: QLinear, r: np.ndarray) -> np.ndarray:
         if self.mode == "pool":
@@ -150,11 +152,12 @@ class BlindedRunner:
     def _shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
         """The input shape of every linear layer, from a pass of zeros."""
         shapes: list[tuple[int, ...]] = []
-        h = np.zeros(input_shape, dtype=np.int64)
+        values = {self.model.input_name: np.zeros(input_shape, dtype=np.int64)}
         for step in self.model.steps:
+            args = [values[name] for name in step.inputs]
             if isinstance(step, QLinear):
-                shapes.append(h.shape)
-                h = step.finish(np.rint(step.linear(h)).astype(np.int64))
+                shapes.append(args[0].shape)
+                values[step.output] = step.finish(np.rint(step.linear(args[0])).astype(np.int64))
             else:
-                h = step.run(h)
+                values[step.output] = step.run(*args)
         return shapes

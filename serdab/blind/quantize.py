@@ -10,8 +10,8 @@ for bit; ``run`` here is that reference, and ``dequantised`` its float view for 
 
 Written by hand because no ONNX runtime computes convolutions in a prime field (or in exact integers
 on a GPU); the arithmetic itself is torch's float64 convolution, exact for integers below 2^53.
-Supports sequential graphs (Conv, Gemm, Relu, MaxPool, AveragePool, GlobalAveragePool, Flatten,
-Reshape to a batch of vectors): LeNet-5, AlexNet, VGG-16 and the small CNNs of the zoo.
+Supports Conv (grouped and depthwise too), Gemm, Relu, Clip, MaxPool, AveragePool, GlobalAveragePool,
+Add, Concat, Flatten and Reshape to a batch of vectors: every model of the zoo.
 """
 
 from __future__ import annotations
@@ -35,12 +35,25 @@ WEIGHT_BITS = 8
 
 @dataclass
 class QOp:
-    """A non-linear step the enclave runs on integers: relu, maxpool, flatten, divide (after a sum pool)."""
+    """A step the enclave runs on integers: relu, clip, maxpool, flatten, divide (after a sum pool),
+    globalavg (a rounded mean over the spatial axes: cheap, so not worth blinding), add and concat
+    (every activation has the same scale 2^a, so these are exact integer operations)."""
 
     kind: str
     attrs: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+    output: str = ""
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: np.ndarray, *more: np.ndarray) -> np.ndarray:
+        if self.kind == "add":
+            return x + sum(more, np.zeros_like(x))
+        if self.kind == "concat":
+            return np.concatenate([x, *more], axis=int(self.attrs["axis"]))
+        if self.kind == "clip":
+            return np.clip(x, self.attrs["low"], self.attrs["high"])
+        if self.kind == "globalavg":
+            count = int(np.prod(x.shape[2:]))
+            return np.floor_divide(2 * x.sum(axis=tuple(range(2, x.ndim)), keepdims=True) + count, 2 * count)
         if self.kind == "relu":
             return np.maximum(x, 0)
         if self.kind == "flatten":
@@ -68,6 +81,8 @@ class QLinear:
     bias: np.ndarray | None  # int64 at scale 2^(a+w)
     attrs: dict[str, Any] = field(default_factory=dict)
     shift: int = WEIGHT_BITS  # bits to round away after the bias: the weights' fraction bits
+    inputs: list[str] = field(default_factory=list)
+    output: str = ""
 
     def linear(self, x: np.ndarray) -> np.ndarray:
         """``W x`` exactly, for integer-valued float64 ``x`` (the GPU's work: no bias, no rounding)."""
@@ -106,7 +121,9 @@ class QLinear:
 @dataclass
 class QuantizedModel:
     name: str
-    steps: list[QLinear | QOp]
+    steps: list[QLinear | QOp]  # in the graph's (topological) order, each naming its inputs and output
+    input_name: str = "input"
+    output_name: str = "output"
     act_bits: int = ACT_BITS
 
     @property
@@ -118,10 +135,14 @@ class QuantizedModel:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """The plaintext integer reference: float input in, the last layer's integers (scale 2^a) out."""
-        h = self.quantise_input(x)
+        values = {self.input_name: self.quantise_input(x)}
         for step in self.steps:
-            h = step.finish(np.rint(step.linear(h)).astype(np.int64)) if isinstance(step, QLinear) else step.run(h)
-        return h
+            args = [values[name] for name in step.inputs]
+            if isinstance(step, QLinear):
+                values[step.output] = step.finish(np.rint(step.linear(args[0])).astype(np.int64))
+            else:
+                values[step.output] = step.run(*args)
+        return values[self.output_name]
 
     def dequantised(self, x: np.ndarray) -> np.ndarray:
         return self.run(x).astype(np.float64) / (1 << self.act_bits)
@@ -145,28 +166,27 @@ def _pool_attrs(node: onnx.NodeProto) -> dict[str, Any]:
 def quantize_model(
     proto: onnx.ModelProto, name: str = "model", input_hw: tuple[int, int] | None = None
 ) -> QuantizedModel:
-    """The integer model of a sequential ONNX graph; ValueError names the first node it cannot take."""
+    """The integer model of an ONNX graph (chains, residual additions, concatenations); ValueError
+    names the first node it cannot take."""
     graph = proto.graph
     weights = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    current = graph.input[0].name
     steps: list[QLinear | QOp] = []
     scale_w = float(1 << WEIGHT_BITS)
     scale_b = float(1 << (ACT_BITS + WEIGHT_BITS))
+    scale_a = float(1 << ACT_BITS)
+    alias: dict[str, str] = {}  # Identity/Dropout outputs -> the activation they pass on
     for node in graph.node:
-        if node.op_type == "Constant":  # a value the next node reads as a weight
+        if node.op_type == "Constant":  # a value a later node reads as a weight or a bound
             weights[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
             continue
         if node.op_type in ("Identity", "Dropout") and node.input and node.input[0] in weights:
             weights[node.output[0]] = weights[node.input[0]]  # an alias of a weight (shared initialisers)
             continue
-        if node.op_type in ("Identity", "Dropout") and node.input and node.input[0] == current:
-            current = node.output[0]
+        if node.op_type in ("Identity", "Dropout"):
+            alias[node.output[0]] = alias.get(node.input[0], node.input[0])
             continue
-        if not node.input or node.input[0] != current:
-            raise ValueError(
-                f"{name}: node {node.name or node.op_type} does not follow the one before it (not a chain)"
-            )
-        current = node.output[0]
+        inputs = [alias.get(n, n) for n in node.input if n and n not in weights]
+        output = node.output[0]
         attrs = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
         label = node.name or f"{node.op_type}{len(steps)}"
         if node.op_type in ("Conv", "Gemm"):
@@ -188,21 +208,35 @@ def quantize_model(
                     "dilations": _ints(attrs.get("dilations"), [1] * spatial),
                     "group": int(attrs.get("group", 1)),
                 }
-            layer = QLinear(label, node.op_type.lower(), wq, bq, layer_attrs)
+            layer = QLinear(label, node.op_type.lower(), wq, bq, layer_attrs, inputs=inputs, output=output)
             check_exact(layer.fan_in, int(np.abs(wq).max(initial=0)), f"{name}: {label}")
             steps.append(layer)
         elif node.op_type == "Relu":
-            steps.append(QOp("relu"))
+            steps.append(QOp("relu", inputs=inputs, output=output))
+        elif node.op_type == "Clip":
+            low = weights.get(node.input[1]) if len(node.input) > 1 and node.input[1] else attrs.get("min")
+            high = weights.get(node.input[2]) if len(node.input) > 2 and node.input[2] else attrs.get("max")
+            bounds = {
+                "low": None if low is None else int(np.rint(float(low) * scale_a)),
+                "high": None if high is None else int(np.rint(float(high) * scale_a)),
+            }
+            steps.append(QOp("clip", bounds, inputs=inputs, output=output))
         elif node.op_type == "MaxPool":
-            steps.append(QOp("maxpool", _pool_attrs(node)))
+            steps.append(QOp("maxpool", _pool_attrs(node), inputs=inputs, output=output))
         elif node.op_type == "AveragePool":
             pool = _pool_attrs(node)
             if pool["ceil"]:
                 raise ValueError(f"{name}: {label} averages with ceil_mode; only exact windows are supported")
-            steps.append(QLinear(label, "sumpool", None, None, pool, shift=0))
-            steps.append(QOp("divide", {"count": int(np.prod(pool["kernel"]))}))
+            steps.append(QLinear(label, "sumpool", None, None, pool, shift=0, inputs=inputs, output=output + ":sum"))
+            steps.append(QOp("divide", {"count": int(np.prod(pool["kernel"]))}, [output + ":sum"], output))
+        elif node.op_type == "GlobalAveragePool":
+            steps.append(QOp("globalavg", inputs=inputs, output=output))
+        elif node.op_type == "Add" and len(inputs) == 2:
+            steps.append(QOp("add", inputs=inputs, output=output))
+        elif node.op_type == "Concat":
+            steps.append(QOp("concat", {"axis": int(attrs.get("axis", 1))}, inputs=inputs, output=output))
         elif node.op_type in ("Flatten", "Reshape"):
-            steps.append(QOp("flatten"))
+            steps.append(QOp("flatten", inputs=inputs[:1], output=output))
         else:
-            raise ValueError(f"{name}: {node.op_type} ({label}) is not supported in a blinded chain yet")
-    return QuantizedModel(name, steps)
+            raise ValueError(f"{name}: {node.op_type} ({label}) is not supported in a blinded model yet")
+    return QuantizedModel(name, steps, graph.input[0].name, alias.get(graph.output[0].name, graph.output[0].name))
