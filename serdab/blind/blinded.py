@@ -115,25 +115,19 @@ class BlindedRunner:
 
     def run(self, frame: int, x: np.ndarray) -> np.ndarray:
         """The last layer's integers (scale 2^a), equal to ``model.run(x)`` bit for bit."""
-        values = {self.model.input_name: self.model.quantise_input(x)}
-        index = 0
-        for step in self.model.steps:
-            args = [values[name] for name in step.inputs]
-            if not isinstance(step, QLinear):
-                values[step.output] = step.run(*args)
-                continue
-            h = args[0]
+
+        def blinded(index: int, layer: QLinear, h: np.ndarray) -> np.ndarray:
             r = self.masks.draw(frame, index, h.shape)
             masked = np.mod(encode(h) + r, P)
             z = self.gpu(index, masked)
-            if self.integrity and not self._check(index, step, masked, z):
+            if self.integrity and not self._check(index, layer, masked, z):
                 raise LinkIntegrityError(
                     "wrong-answer",
-                    f"the GPU's answer to blinded layer {step.name} (frame {frame}) fails Freivalds' check",
+                    f"the GPU's answer to blinded layer {layer.name} (frame {frame}) fails Freivalds' check",
                 )
-            values[step.output] = step.finish(decode(z - self._unmask(frame, index, step, r)))
-            index += 1
-        return values[self.model.output_name]
+            return decode(z - self._unmask(frame, index, layer, r))
+
+        return self.model.evaluate(self.model.quantise_input(x), blinded)
 
     def _unmask(self, frame: int, index: int, layer: QLinear, r: np.ndarray) -> np.ndarray:
         if self.mode == "pool":
@@ -152,12 +146,10 @@ class BlindedRunner:
     def _shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
         """The input shape of every linear layer, from a pass of zeros."""
         shapes: list[tuple[int, ...]] = []
-        values = {self.model.input_name: np.zeros(input_shape, dtype=np.int64)}
-        for step in self.model.steps:
-            args = [values[name] for name in step.inputs]
-            if isinstance(step, QLinear):
-                shapes.append(args[0].shape)
-                values[step.output] = step.finish(np.rint(step.linear(args[0])).astype(np.int64))
-            else:
-                values[step.output] = step.run(*args)
+
+        def record(_: int, layer: QLinear, h: np.ndarray) -> np.ndarray:
+            shapes.append(h.shape)
+            return np.rint(layer.linear(h)).astype(np.int64)
+
+        self.model.evaluate(np.zeros(input_shape, dtype=np.int64), record)
         return shapes

@@ -48,11 +48,9 @@ class MaskSource:
         nonce = struct.pack(">QII", frame, layer, 0)
         encryptor = Cipher(algorithms.AES(self._key), modes.CTR(nonce)).encryptor()
         values = np.empty(0, dtype=np.int64)
-        stream = 0
         while values.size < count:
             need = count - values.size + 64
             raw = np.frombuffer(encryptor.update(bytes(4 * need)), dtype="<u4").astype(np.int64)
             draws = raw & ((1 << _BITS) - 1)
             values = np.concatenate([values, draws[draws < P]])
-            stream += 1
         return values[:count].reshape(shape).astype(np.float64)

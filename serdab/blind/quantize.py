@@ -16,6 +16,7 @@ Add, Concat, Flatten and Reshape to a batch of vectors: every model of the zoo.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,16 +134,23 @@ class QuantizedModel:
     def quantise_input(self, x: np.ndarray) -> np.ndarray:
         return np.rint(np.asarray(x, dtype=np.float64) * (1 << self.act_bits)).astype(np.int64)
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """The plaintext integer reference: float input in, the last layer's integers (scale 2^a) out."""
-        values = {self.input_name: self.quantise_input(x)}
+    def evaluate(self, h: np.ndarray, linear: Callable[[int, QLinear, np.ndarray], np.ndarray]) -> np.ndarray:
+        """The graph on integer input ``h``, with ``linear(index, layer, x)`` giving each linear layer's
+        ``W x`` (int64): plainly for the reference, through the GPU for the blinded pass."""
+        values = {self.input_name: h}
+        index = 0
         for step in self.steps:
             args = [values[name] for name in step.inputs]
             if isinstance(step, QLinear):
-                values[step.output] = step.finish(np.rint(step.linear(args[0])).astype(np.int64))
+                values[step.output] = step.finish(linear(index, step, args[0]))
+                index += 1
             else:
                 values[step.output] = step.run(*args)
         return values[self.output_name]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """The plaintext integer reference: float input in, the last layer's integers (scale 2^a) out."""
+        return self.evaluate(self.quantise_input(x), lambda _, layer, h: np.rint(layer.linear(h)).astype(np.int64))
 
     def dequantised(self, x: np.ndarray) -> np.ndarray:
         return self.run(x).astype(np.float64) / (1 << self.act_bits)
@@ -163,9 +171,7 @@ def _pool_attrs(node: onnx.NodeProto) -> dict[str, Any]:
     }
 
 
-def quantize_model(
-    proto: onnx.ModelProto, name: str = "model", input_hw: tuple[int, int] | None = None
-) -> QuantizedModel:
+def quantize_model(proto: onnx.ModelProto, name: str = "model") -> QuantizedModel:
     """The integer model of an ONNX graph (chains, residual additions, concatenations); ValueError
     names the first node it cannot take."""
     graph = proto.graph

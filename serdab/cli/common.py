@@ -28,6 +28,7 @@ __all__ = [
     "ReplicateOpt",
     "TrustedTailOpt",
     "console",
+    "evidence_option",
     "open_model",
     "progress_bar",
     "read_audit",
@@ -73,19 +74,24 @@ EvidenceOpt = Annotated[
 ]
 
 
+def evidence_option(kind: str | None) -> str:
+    """The ``--evidence`` given (or the deployment's), checked: an unknown kind is a usage error."""
+    from serdab.errors import AttestationError, ConfigError
+    from serdab.tee.evidence import evidence_kind
+
+    try:
+        return evidence_kind(kind)
+    except AttestationError as exc:
+        raise ConfigError(f"--evidence: {exc}") from None
+
+
 def use_evidence(kind: str | None) -> str:
     """Make ``kind`` this process's (and its children's) evidence format; the one in force."""
     import os
 
-    from serdab.tee.evidence import EVIDENCE_ENV, evidence_kind
+    from serdab.tee.evidence import EVIDENCE_ENV
 
-    try:
-        chosen = evidence_kind(kind)
-    except Exception as exc:  # an AttestationError names the kinds; here it is a usage error
-        from serdab.errors import ConfigError
-
-        raise ConfigError(f"--evidence: {exc}") from None
-    os.environ[EVIDENCE_ENV] = chosen
+    os.environ[EVIDENCE_ENV] = chosen = evidence_option(kind)
     return chosen
 
 

@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from serdab.cli.common import EvidenceOpt, console, err_console, use_evidence
+from serdab.cli.common import EvidenceOpt, console, err_console, evidence_option, use_evidence
 from serdab.cli.tee_cmd import parse_pcr_options
-from serdab.errors import KmsError, SerdabError
+from serdab.errors import KmsError
 from serdab.kms import attest_kms
 from serdab.kms.replica import start_kms_replica
 from serdab.tee import get_backend, measure_image
@@ -145,12 +145,7 @@ def register(
     measurements evidence of that kind must show: an image's as that kind reports them (Nitro: PCR0-2;
     simulated SEV-SNP: the launch measurement), or named with --measurement (a real SNP guest's
     MEASUREMENT, a TD's MRTD and RTMRs). The key service itself is attested in the deployment's kind."""
-    from serdab.tee.evidence import evidence_kind
-
-    try:  # the service's kind; the key service itself is attested in the deployment's ($SERDAB_TEE_EVIDENCE)
-        kind = evidence_kind(evidence)
-    except SerdabError as exc:
-        raise KmsError(f"--evidence: {exc}") from None
+    kind = evidence_option(evidence)  # the service's; the key service is attested in the deployment's
     named = _measurement_options(measurement or [])
     if image is not None:
         measured = measure_image(image)

@@ -50,7 +50,6 @@ __all__ = [
     "SnpEvidence",
     "TdxEvidence",
     "binding",
-    "bundle_kind",
     "evidence_kind",
     "from_nitro",
     "from_snp",
@@ -166,17 +165,24 @@ def binding(nonce: bytes | None, user_data: bytes | None, public_key: bytes | No
     return hashlib.sha512(cbor2.dumps([_BINDING_LABEL, nonce, user_data, public_key])).digest()
 
 
-def _bundle(data: bytes, kind: str, body: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
-    """A bundle's CBOR map: exactly ``kind``, the body fields of their types, and the three bound fields."""
+def _load_bundle(data: bytes) -> dict[Any, Any]:
+    """A bundle's CBOR map, decoded once (one item spanning all of ``data``)."""
     from serdab.crypto import CoseError
     from serdab.crypto.cose import loads_exact
 
     try:
-        item = loads_exact(data, f"{kind} evidence")
+        item = loads_exact(data, "evidence bundle")
     except CoseError as exc:
         raise MalformedDocumentError(str(exc)) from None
+    if not isinstance(item, dict):
+        raise MalformedDocumentError("an evidence bundle is a CBOR map")
+    return item
+
+
+def _fields(item: dict[Any, Any], kind: str, body: dict[str, type | tuple[type, ...]]) -> dict[Any, Any]:
+    """A bundle's map checked: exactly ``kind``, the body fields of their types, and the three bound fields."""
     names = {"kind", *body, "nonce", "user_data", "public_key"}
-    if not isinstance(item, dict) or set(item) != names or item["kind"] != kind:
+    if set(item) != names or item["kind"] != kind:
         raise MalformedDocumentError(f"{kind} evidence is a map of {', '.join(sorted(names))}")
     for name, types in body.items():
         if not isinstance(item[name], types):
@@ -188,17 +194,6 @@ def _bundle(data: bytes, kind: str, body: dict[str, type | tuple[type, ...]]) ->
     return item
 
 
-def bundle_kind(data: bytes) -> str | None:
-    """The kind a CBOR-map bundle says it is (None: not a bundle, e.g. a Nitro COSE_Sign1 document)."""
-    if not data or not 0xA0 <= data[0] <= 0xBF:  # a CBOR map; a COSE_Sign1 is an array or tag 18
-        return None
-    try:
-        kind = cbor2.loads(data).get("kind")
-    except Exception:  # cbor2 raises many kinds on hostile input; the bundle's own decode says why
-        return "malformed"
-    return kind if isinstance(kind, str) else "malformed"
-
-
 @dataclass(frozen=True)
 class SnpEvidence:
     """An SNP report with its endorsement and the data its ``report_data`` binds."""
@@ -208,8 +203,6 @@ class SnpEvidence:
     nonce: bytes | None = None
     user_data: bytes | None = None
     public_key: bytes | None = None
-
-    binding = staticmethod(binding)
 
     def encode(self) -> bytes:
         return cbor2.dumps(
@@ -225,7 +218,11 @@ class SnpEvidence:
 
     @classmethod
     def decode(cls, data: bytes) -> SnpEvidence:
-        item = _bundle(data, "amd-sev-snp", {"report": bytes, "certificates": list})
+        return cls.from_item(_load_bundle(data))
+
+    @classmethod
+    def from_item(cls, item: dict[Any, Any]) -> SnpEvidence:
+        item = _fields(item, "amd-sev-snp", {"report": bytes, "certificates": list})
         certificates = item["certificates"]
         if not all(isinstance(c, bytes) and len(c) <= _MAX_CERTIFICATE for c in certificates):
             raise MalformedDocumentError(
@@ -258,7 +255,11 @@ class TdxEvidence:
 
     @classmethod
     def decode(cls, data: bytes) -> TdxEvidence:
-        item = _bundle(data, "intel-tdx", {"quote": bytes, "collateral": (str, type(None))})
+        return cls.from_item(_load_bundle(data))
+
+    @classmethod
+    def from_item(cls, item: dict[Any, Any]) -> TdxEvidence:
+        item = _fields(item, "intel-tdx", {"quote": bytes, "collateral": (str, type(None))})
         return cls(item["quote"], item["collateral"], item["nonce"], item["user_data"], item["public_key"])
 
 
@@ -345,11 +346,11 @@ def verify_evidence(
         size = len(data) if isinstance(data, bytes | bytearray) else "?"
         raise MalformedDocumentError(f"evidence is bytes of at most {MAX_EVIDENCE_BYTES}, got {size}")
     data = bytes(data)
-    kind = bundle_kind(data)
-    if kind == "intel-tdx":
+    item = _load_bundle(data) if data and 0xA0 <= data[0] <= 0xBF else None  # a map; COSE_Sign1 is an array
+    if item is not None and item.get("kind") == "intel-tdx":
         from serdab.tee.tdx import verify_tdx_quote
 
-        tdx = TdxEvidence.decode(data)
+        tdx = TdxEvidence.from_item(item)
         collateral = tdx.collateral or tdx_collateral
         if collateral is None:
             raise MalformedDocumentError("a TDX quote needs Intel's collateral: in its bundle or from the caller")
@@ -363,8 +364,8 @@ def verify_evidence(
             ),
             tdx,
         )
-    elif kind is not None:
-        bundle = SnpEvidence.decode(data)
+    elif item is not None:
+        bundle = SnpEvidence.from_item(item)
         evidence = from_snp(
             verify_snp_report(
                 bundle.report,

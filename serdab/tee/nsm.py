@@ -17,7 +17,7 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cbor2
 
@@ -28,7 +28,9 @@ from serdab.tee.epc import EpcMeter, EpcStats
 from serdab.tee.host import HostIdentity
 from serdab.tee.image import PCR_COUNT, extend
 from serdab.tee.sealing import seal, unseal
-from serdab.tee.snp_firmware import SimulatedSnpFirmware
+
+if TYPE_CHECKING:
+    from serdab.tee.snp_firmware import SimulatedSnpFirmware
 
 __all__ = ["NSM_SOCKET_ENV", "NsmClient", "NsmDevice", "NsmServer"]
 
@@ -77,11 +79,11 @@ class NsmDevice:
         """A fresh document signed by a per-document key certified by the host CA (as Nitro's leaf certs),
         or, for an SNP enclave, a report binding the three fields in an evidence bundle."""
         if self.snp is not None:
-            from serdab.tee.evidence import SnpEvidence
+            from serdab.tee.evidence import SnpEvidence, binding
             from serdab.tee.snp_firmware import launch_measurement
 
-            binding = SnpEvidence.binding(nonce, user_data, public_key)
-            report = self.snp.report(launch_measurement(self._measured), binding, debug=self.debug)
+            bound = binding(nonce, user_data, public_key)
+            report = self.snp.report(launch_measurement(self._measured), bound, debug=self.debug)
             return SnpEvidence(report, self.snp.certificates(), nonce, user_data, public_key).encode()
         key = new_key()
         now = dt.datetime.now(dt.UTC)

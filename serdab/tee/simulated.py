@@ -94,7 +94,7 @@ class SimulatedBackend(TeeBackend):
         return Enclave(enclave_id, self.name, image, device.describe(), manifest.debug, child)
 
     def simulated_roots(self) -> list[Any]:
-        return self.host.simulated_roots()
+        return [self.host.root_cert, *([self.snp.ark] if self.snp else [])]
 
     def nsm(self, enclave: Enclave) -> NsmDevice:
         try:
