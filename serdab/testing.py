@@ -16,7 +16,7 @@ import numpy as np
 from serdab.cluster import Cluster
 from serdab.crypto import cert_der, issue_certificate, new_key
 from serdab.errors import SerdabError
-from serdab.plan import CostModel, PlanRequest, Workload
+from serdab.plan import BlindCosts, CostModel, PlanRequest, Workload
 from serdab.tee.document import AttestationDocument, sign_document
 from serdab.tee.host import HostIdentity
 
@@ -39,8 +39,11 @@ def synthetic_workload(blocks: int, seed: int = 0, side: int = 224) -> Workload:
     )
 
 
-def random_request(rng: random.Random, replicate: bool, max_blocks: int = 5, max_devices: int = 4) -> PlanRequest:
-    """A small random planning problem: identical devices (for replicas), tight memories, sparse links."""
+def random_request(
+    rng: random.Random, replicate: bool, max_blocks: int = 5, max_devices: int = 4, blind: bool = False
+) -> PlanRequest:
+    """A small random planning problem: identical devices (for replicas), tight memories, sparse links;
+    with ``blind``, random blinding costs (some blocks not blindable, sometimes an outsourced W r device)."""
     m = rng.randint(1, max_blocks)
     k = rng.randint(1, max_devices)
     host_names = ["h0", "h1", "h2"][: rng.randint(1, 3)]
@@ -70,14 +73,16 @@ def random_request(rng: random.Random, replicate: bool, max_blocks: int = 5, max
     cluster = Cluster.model_validate(
         {"source": "d0", "devices": devices, "links": links, "local": {"bandwidth": 1e6, "rtt": 0.001}}
     )
+    block_s = np.array([rng.choice([0.01, 0.02, 0.05, 0.1, 0.3]) for _ in range(m)])
     workload = Workload(
         model="random",
         block_names=tuple(f"b{i}" for i in range(m)),
-        block_s=np.array([rng.choice([0.01, 0.02, 0.05, 0.1, 0.3]) for _ in range(m)]),
+        block_s=block_s,
         params_bytes=np.array([rng.choice([0, 50, 200]) for _ in range(m)]),
         peak_bytes=np.array([rng.choice([10, 60]) for _ in range(m)]),
         boundary_bytes=np.array([rng.choice([10, 100, 1000]) for _ in range(m + 1)]),
         boundary_resolution=tuple(None for _ in range(m + 1)),
+        blind=_random_blind(rng, block_s, cluster) if blind else None,
     )
     allowed = (False, *(rng.random() < 0.6 for _ in range(m)))
     return PlanRequest(
@@ -87,6 +92,25 @@ def random_request(rng: random.Random, replicate: bool, max_blocks: int = 5, max
         policy="random",
         trusted_tail=rng.random() < 0.2,
         replicate=replicate,
+    )
+
+
+def _random_blind(rng: random.Random, block_s: np.ndarray, cluster: Cluster) -> BlindCosts:
+    m = len(block_s)
+    untrusted = [d.name for d in cluster.devices if not d.trusted]
+    mode = rng.choice(["in-stream", "pool", "outsourced"] if len(untrusted) > 1 else ["in-stream", "pool"])
+    return BlindCosts(
+        mode=mode,
+        integrity=rng.random() < 0.5,
+        enclave_s=block_s * np.array([rng.choice([0.05, 0.2, 1.5]) for _ in range(m)]),
+        sent_bytes=np.array([rng.choice([1, 10, 100]) for _ in range(m)], dtype=np.int64),
+        returned_bytes=np.array([rng.choice([1, 10, 100]) for _ in range(m)], dtype=np.int64),
+        trips=np.array([rng.choice([0, 1, 3]) for _ in range(m)], dtype=np.int64),
+        blindable=np.array([rng.random() < 0.85 for _ in range(m)], dtype=bool),
+        pool_bytes=np.zeros(m, dtype=np.int64),
+        precompute_s=np.zeros(m),
+        why_not=tuple("random" for _ in range(m)),
+        helper=rng.choice(untrusted) if mode == "outsourced" else None,
     )
 
 

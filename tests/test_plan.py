@@ -174,6 +174,24 @@ def test_optimal_equals_brute_force(seed, replicate) -> None:
     assert t_opt == pytest.approx(t_brute, rel=1e-9) or t_opt == t_brute == math.inf
 
 
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_optimal_equals_brute_force_with_blinded_stages(seed) -> None:
+    # the three execution modes: enclave, blinded on an untrusted helper, plaintext after an accepted cut
+    request = random_request(random.Random(seed), replicate=False, blind=True)
+    t_opt, t_brute = _brute_and_optimal(request)
+    assert t_opt == pytest.approx(t_brute, rel=1e-9) or t_opt == t_brute == math.inf
+
+
+def test_random_blinded_problems_choose_blinding_often() -> None:
+    rng = random.Random(11)
+    plans = [get_planner("optimal").plan(random_request(rng, False, blind=True)) for _ in range(300)]
+    blinded = [p for p in plans if p is not None and p.helpers]
+    assert len(blinded) > 15  # of 300; the property test above then meets blinded optima every run
+    # and some optima blind and then hand the rest to the helper in plaintext (Origami's shape)
+    assert any(s.device in p.helpers for p in blinded for s in p.stages)
+
+
 def test_random_problems_are_not_trivial() -> None:
     # the generator behind the property test must produce real choices: multi-stage optima,
     # replicated optima when allowed, and some infeasible problems

@@ -17,22 +17,44 @@ from __future__ import annotations
 
 import os
 import struct
+import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import cbor2
 import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from serdab.blind.field import P, decode, encode
+from serdab.blind.field import P, decode
 from serdab.blind.freivalds import FreivaldsCheck
 from serdab.blind.masks import MaskSource
 from serdab.blind.quantize import QLinear, QuantizedModel
 from serdab.errors import LinkIntegrityError
 
-__all__ = ["MODES", "BlindedRunner", "HonestGpu"]
+__all__ = ["MODES", "BlindedRunner", "HonestGpu", "field_payload", "read_field_payload"]
 
 MODES = ("in-stream", "pool", "outsourced")
 Linear = Callable[[int, np.ndarray], np.ndarray]  # (linear layer index, field elements) -> W x mod P
+
+
+def field_payload(layer: int, values: np.ndarray) -> bytes:
+    """Field elements on the wire between the enclave and its GPU: 4 bytes each (P < 2^32)."""
+    body = np.mod(np.rint(values), P).astype("<u4").tobytes()
+    return cbor2.dumps({"layer": layer, "shape": list(values.shape), "data": body})
+
+
+def read_field_payload(payload: bytes) -> tuple[int, np.ndarray]:
+    """(layer, float64 field elements) from ``field_payload``; ValueError when malformed or out of range."""
+    try:
+        item = cbor2.loads(payload)
+        layer, shape, body = int(item["layer"]), tuple(int(n) for n in item["shape"]), item["data"]
+        values = np.frombuffer(body, dtype="<u4").reshape(shape)
+    except (ValueError, TypeError, KeyError, cbor2.CBORDecodeError) as exc:
+        raise ValueError(f"malformed field payload: {exc}") from exc
+    if values.size and int(values.max()) >= P:
+        raise ValueError("field payload holds a value >= P")
+    return layer, values.astype(np.float64)
 
 
 class HonestGpu:
@@ -66,8 +88,11 @@ class _Pool:
         sealed = nonce + AESGCM(self.key).encrypt(nonce, body, self._aad(frame, layer))
         self.sealed[(frame, layer)] = (sealed, tuple(u.shape))
 
-    def take(self, frame: int, layer: int) -> np.ndarray:
-        blob, shape = self.sealed.pop((frame, layer))  # used once, as its mask
+    def take(self, frame: int, layer: int) -> np.ndarray | None:
+        """The sealed ``W r`` of (frame, layer), opened and dropped (used once, as its mask); None if absent."""
+        if (frame, layer) not in self.sealed:
+            return None
+        blob, shape = self.sealed.pop((frame, layer))
         body = AESGCM(self.key).decrypt(blob[:12], blob[12:], self._aad(frame, layer))
         return np.frombuffer(body, dtype="<u4").astype(np.float64).reshape(shape)
 
@@ -100,6 +125,8 @@ class BlindedRunner:
         self._rng = np.random.default_rng(seed)  # Freivalds' secret vectors (per runner: one key epoch)
         self._checks: dict[tuple[int, tuple[int, ...]], FreivaldsCheck] = {}
         self._pool = _Pool()
+        self.pool_misses = 0
+        self.timings: defaultdict[str, float] = defaultdict(float)  # seconds per part, for the blinding profile
 
     @property
     def pool_bytes(self) -> int:
@@ -107,7 +134,7 @@ class BlindedRunner:
 
     def precompute(self, frames: range, input_shape: tuple[int, ...]) -> None:
         """``pool`` mode: ``W r`` of every linear layer for these frames, ahead of the stream."""
-        shapes = self._shapes(input_shape)
+        shapes = [shape for shape, _ in self.model.linear_shapes(input_shape)]
         for frame in frames:
             for index, (layer, shape) in enumerate(zip(self._layers, shapes, strict=True)):
                 r = self.masks.regenerate(frame, index, shape)
@@ -116,22 +143,36 @@ class BlindedRunner:
     def run(self, frame: int, x: np.ndarray) -> np.ndarray:
         """The last layer's integers (scale 2^a), equal to ``model.run(x)`` bit for bit."""
 
+        clock, timings = time.perf_counter, self.timings
+
         def blinded(index: int, layer: QLinear, h: np.ndarray) -> np.ndarray:
             r = self.masks.draw(frame, index, h.shape)
-            masked = np.mod(encode(h) + r, P)
+            masked = h.astype(np.float64) + r  # in (-P/2, 3P/2): |h| < P/2 (decode's range), r in [0, P)
+            masked[masked >= P] -= P  # two compares instead of a modulo (every activation, in the enclave)
+            masked[masked < 0] += P
+            started = clock()
             z = self.gpu(index, masked)
+            checked = clock()
+            timings["gpu"] += checked - started
             if self.integrity and not self._check(index, layer, masked, z):
                 raise LinkIntegrityError(
                     "wrong-answer",
                     f"the GPU's answer to blinded layer {layer.name} (frame {frame}) fails Freivalds' check",
                 )
-            return decode(z - self._unmask(frame, index, layer, r))
+            unmasking = clock()
+            timings["check"] += unmasking - checked
+            u = self._unmask(frame, index, layer, r)
+            timings["unmask"] += clock() - unmasking
+            return decode(z - u)
 
         return self.model.evaluate(self.model.quantise_input(x), blinded)
 
     def _unmask(self, frame: int, index: int, layer: QLinear, r: np.ndarray) -> np.ndarray:
         if self.mode == "pool":
-            return self._pool.take(frame, index)
+            u = self._pool.take(frame, index)
+            if u is not None:
+                return u
+            self.pool_misses += 1  # a frame the pool did not foresee: computed here, and counted
         if self.mode == "outsourced":
             assert self.helper is not None
             return self.helper(index, r)
@@ -142,14 +183,3 @@ class BlindedRunner:
         if key not in self._checks:
             self._checks[key] = FreivaldsCheck(layer, masked.shape, self._rng)
         return self._checks[key].check(masked, z)
-
-    def _shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-        """The input shape of every linear layer, from a pass of zeros."""
-        shapes: list[tuple[int, ...]] = []
-
-        def record(_: int, layer: QLinear, h: np.ndarray) -> np.ndarray:
-            shapes.append(h.shape)
-            return np.rint(layer.linear(h)).astype(np.int64)
-
-        self.model.evaluate(np.zeros(input_shape, dtype=np.int64), record)
-        return shapes

@@ -47,10 +47,8 @@ class MaskSource:
         count = int(np.prod(shape))
         nonce = struct.pack(">QII", frame, layer, 0)
         encryptor = Cipher(algorithms.AES(self._key), modes.CTR(nonce)).encryptor()
-        values = np.empty(0, dtype=np.int64)
-        while values.size < count:
-            need = count - values.size + 64
-            raw = np.frombuffer(encryptor.update(bytes(4 * need)), dtype="<u4").astype(np.int64)
-            draws = raw & ((1 << _BITS) - 1)
-            values = np.concatenate([values, draws[draws < P]])
-        return values[:count].reshape(shape).astype(np.float64)
+        values = np.frombuffer(encryptor.update(bytes(4 * count)), dtype="<u4") & np.uint32((1 << _BITS) - 1)
+        while (rejected := np.flatnonzero(values >= P)).size:  # rare (35 in 2^30): redraw those, in stream order
+            more = np.frombuffer(encryptor.update(bytes(4 * rejected.size)), dtype="<u4") & np.uint32((1 << _BITS) - 1)
+            values[rejected] = more
+        return values.reshape(shape).astype(np.float64)

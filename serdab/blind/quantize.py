@@ -84,22 +84,31 @@ class QLinear:
     shift: int = WEIGHT_BITS  # bits to round away after the bias: the weights' fraction bits
     inputs: list[str] = field(default_factory=list)
     output: str = ""
+    _weight_t: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def linear(self, x: np.ndarray) -> np.ndarray:
         """``W x`` exactly, for integer-valued float64 ``x`` (the GPU's work: no bias, no rounding)."""
         with torch.no_grad():
             return np.rint(self.linear_t(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))).numpy())
 
+    @property
+    def weight_t(self) -> torch.Tensor:
+        """The integer weights as a float64 tensor, made once (a layer is applied once per frame or more)."""
+        if self._weight_t is None:
+            self._weight_t = torch.from_numpy(self.weight.astype(np.float64))  # type: ignore[union-attr]
+        return self._weight_t
+
     def linear_t(self, t: torch.Tensor) -> torch.Tensor:
         """The same map on a float64 tensor (differentiable: Freivalds' check takes its transpose)."""
         if self.kind == "gemm":
-            return t @ torch.from_numpy(self.weight.astype(np.float64)).T  # type: ignore[union-attr]
+            return t @ self.weight_t.T
         pads = self.attrs["pads"]
         if any(pads):
             t = F.pad(t, (pads[1], pads[3], pads[0], pads[2]))
         if self.kind == "conv":
-            w = torch.from_numpy(self.weight.astype(np.float64))  # type: ignore[union-attr]
-            return F.conv2d(t, w, None, self.attrs["strides"], 0, self.attrs["dilations"], self.attrs["group"])
+            return F.conv2d(
+                t, self.weight_t, None, self.attrs["strides"], 0, self.attrs["dilations"], self.attrs["group"]
+            )
         kernel = self.attrs["kernel"]
         return F.avg_pool2d(t, kernel, self.attrs["strides"]) * float(np.prod(kernel))  # a sum of integers
 
@@ -147,6 +156,18 @@ class QuantizedModel:
             else:
                 values[step.output] = step.run(*args)
         return values[self.output_name]
+
+    def linear_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """(input shape, output shape) of every linear layer, from a pass of zeros."""
+        shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+
+        def record(_: int, layer: QLinear, h: np.ndarray) -> np.ndarray:
+            wx = np.rint(layer.linear(h)).astype(np.int64)
+            shapes.append((tuple(h.shape), tuple(wx.shape)))
+            return wx
+
+        self.evaluate(np.zeros(input_shape, dtype=np.int64), record)
+        return shapes
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """The plaintext integer reference: float input in, the last layer's integers (scale 2^a) out."""

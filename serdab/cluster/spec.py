@@ -53,6 +53,9 @@ class Device(BaseModel):
     transfer_bandwidth_bytes_per_s: BytesPerSecond | None = Field(
         None, alias="transfer_bandwidth", gt=0, description="cgpu: encrypted bounce-buffer throughput"
     )
+    field_factor: float = Field(
+        2.0, ge=1.0, description="a blinding helper: a layer's time in the prime field / its plain time (assumed)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -101,6 +104,7 @@ class Device(BaseModel):
             self.paging_factor,
             self.transfer_overhead_s,
             self.transfer_bandwidth_bytes_per_s,
+            self.field_factor,
         )
 
 

@@ -8,9 +8,9 @@ simulator and the runtime judge a placement with the one ``CostModel``.
 
 from serdab.errors import PlanError
 from serdab.plan.brute import BruteForcePlanner, all_placements
-from serdab.plan.costs import CostModel, Workload
-from serdab.plan.optimal import OptimalPlanner, device_groups
-from serdab.plan.placement import HopCost, Placement, PlanCost, Stage, StageCost
+from serdab.plan.costs import PRECOMPUTATION, BlindCosts, CostModel, Workload
+from serdab.plan.optimal import Group, OptimalPlanner, device_groups
+from serdab.plan.placement import BlindedShare, HopCost, Placement, PlanCost, Stage, StageCost
 from serdab.plan.planner import Planner, PlanRequest, best_placement, violation
 from serdab.plan.strategies import (
     NeurosurgeonPlanner,
@@ -22,7 +22,11 @@ from serdab.plan.strategies import (
 
 __all__ = [
     "PLANNERS",
+    "PRECOMPUTATION",
+    "BlindCosts",
+    "BlindedShare",
     "CostModel",
+    "Group",
     "HopCost",
     "Placement",
     "PlanCost",

@@ -28,15 +28,22 @@ def all_placements(request: PlanRequest, strategy: str = "brute-force") -> Itera
     m = costs.blocks
     for k in range(1, min(m, len(names)) + 1):
         for chosen in itertools.permutations(groups, k):
-            flat = [i for g in chosen for i in g]
-            if len(flat) != len(set(flat)):
+            holding = [i for g in chosen for i in g.devices]
+            helping = [g.helper for g in chosen if g.helper is not None]
+            if len(holding) != len(set(holding)) or len(helping) != len(set(helping)):
                 continue
             for inner in itertools.combinations(range(1, m), k - 1):
                 bounds = (0, *inner, m)
                 yield Placement(
                     strategy,
                     tuple(
-                        Stage(tuple(names[i] for i in g), bounds[j], bounds[j + 1] - 1) for j, g in enumerate(chosen)
+                        Stage(
+                            tuple(names[i] for i in g.devices),
+                            bounds[j],
+                            bounds[j + 1] - 1,
+                            names[g.helper] if g.helper is not None else None,
+                        )
+                        for j, g in enumerate(chosen)
                     ),
                 )
 

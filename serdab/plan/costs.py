@@ -17,15 +17,81 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from serdab.cluster import Cluster, Device
 from serdab.framing import hop_bytes, ingress_bytes
-from serdab.plan.placement import HopCost, Placement, PlanCost, StageCost
+from serdab.plan.placement import BlindedShare, HopCost, Placement, PlanCost, Stage, StageCost
 from serdab.profile import Profile
 
-__all__ = ["CostModel", "Workload", "link_key"]
+if TYPE_CHECKING:
+    from serdab.blind.profile import BlindingProfile
+
+__all__ = ["PRECOMPUTATION", "BlindCosts", "CostModel", "Workload", "link_key"]
+
+PRECOMPUTATION = ("in-stream", "pool", "outsourced")  # where W r comes from (serdab.blind.blinded.MODES)
+
+
+@dataclass(frozen=True, eq=False)
+class BlindCosts:
+    """Per block, what its linear layers cost blinded (issue 28; measured by ``serdab.blind.profile``).
+
+    ``enclave_s`` is the enclave's host seconds per frame in the chosen precomputation ``mode``, with
+    Freivalds' check when ``integrity``: in-stream it includes computing ``W r``; pool, opening the
+    sealed ``W r`` (its computation ``precompute_s`` happens ahead of the stream and is reported, not
+    charged to the stream); outsourced, nothing for ``W r``, which the ``helper`` device computes from
+    ``r`` alone in parallel with the GPU (the non-colluding assumption). The GPU's share is the block's
+    plain time times the helper device's ``field_factor``.
+    """
+
+    mode: str
+    integrity: bool
+    enclave_s: np.ndarray  # (M,)
+    sent_bytes: np.ndarray  # (M,) enclave -> GPU on the socket per frame
+    returned_bytes: np.ndarray  # (M,)
+    trips: np.ndarray  # (M,) linear layers: one round trip each
+    blindable: np.ndarray  # (M,) bool
+    pool_bytes: np.ndarray  # (M,) sealed W r per frame
+    precompute_s: np.ndarray  # (M,) host s of W r per frame
+    why_not: tuple[str, ...] = ()  # (M,) why a block cannot be blinded ("" when it can)
+    helper: str | None = None  # outsourced: the second untrusted device that computes W r
+
+    @classmethod
+    def from_profile(
+        cls, profile: BlindingProfile, mode: str, integrity: bool, helper: str | None = None
+    ) -> BlindCosts:
+        if mode not in PRECOMPUTATION:
+            raise ValueError(f"precomputation mode {mode!r}; choose one of {', '.join(PRECOMPUTATION)}")
+        if (mode == "outsourced") != (helper is not None):
+            raise ValueError("the outsourced mode, and only it, names the device that computes W r (--blind-helper)")
+        blocks = profile.blocks
+        extra = {"in-stream": [b.wr_s for b in blocks], "pool": [b.pool_open_s for b in blocks]}
+        enclave = np.array([b.enclave_s for b in blocks]) + np.array(extra.get(mode, [0.0] * len(blocks)))
+        if integrity:
+            enclave = enclave + np.array([b.check_s for b in blocks])
+        return cls(
+            mode=mode,
+            integrity=integrity,
+            enclave_s=enclave,
+            sent_bytes=np.array([b.sent_bytes for b in blocks], dtype=np.int64),
+            returned_bytes=np.array([b.returned_bytes for b in blocks], dtype=np.int64),
+            trips=np.array([b.layers for b in blocks], dtype=np.int64),
+            blindable=np.array([b.blindable for b in blocks], dtype=bool),
+            pool_bytes=np.array([b.pool_bytes if mode == "pool" else 0 for b in blocks], dtype=np.int64),
+            precompute_s=np.array([b.wr_s if mode != "in-stream" else 0.0 for b in blocks]),
+            why_not=tuple(b.why_not for b in blocks),
+            helper=helper,
+        )
+
+    def describe(self) -> str:
+        where = {
+            "in-stream": "W r in the enclave per frame",
+            "pool": "W r precomputed into a sealed pool",
+            "outsourced": f"W r on {self.helper}, ASSUMED NOT TO COLLUDE with the GPU",
+        }[self.mode]
+        return f"blinded: {self.mode} ({where}), integrity {'on (Freivalds)' if self.integrity else 'off'}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,6 +105,7 @@ class Workload:
     peak_bytes: np.ndarray  # (M,)
     boundary_bytes: np.ndarray  # (M+1,) bytes a hop ships into block b (boundary 0 = input frame, b > 0 = cut b-1)
     boundary_resolution: tuple[tuple[int, int] | None, ...]  # (M+1,) spatial size, None = no spatial axes
+    blind: BlindCosts | None = None  # what blinding each block costs, when the plan may blind
 
     @property
     def blocks(self) -> int:
@@ -100,6 +167,10 @@ class CostModel:
             peaks = np.maximum.accumulate(workload.peak_bytes[c:])
             memory[c, c + 1 :] = params_prefix[c + 1 :] - params_prefix[c] + peaks
         self._memory = memory
+        peaks = np.zeros((m + 1, m + 1), dtype=np.int64)  # a blinded enclave holding activations only
+        for c in range(m):
+            peaks[c, c + 1 :] = np.maximum.accumulate(workload.peak_bytes[c:])
+        self._peaks = peaks
         self._hops: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[np.ndarray, np.ndarray]] = {}
 
     @property
@@ -128,6 +199,92 @@ class CostModel:
         if self.stage_memory(first, last) > d.memory_bytes:
             return math.inf if d.paging_factor is None else seconds * d.paging_factor
         return float(seconds)
+
+    # --- blinded stages (issue 28) ---------------------------------------------------------------
+    def blind_memory(self, first: int, last: int) -> int:
+        """What a blinded enclave holds: activations, and the weights only when it computes W r itself."""
+        blind = self.workload.blind
+        if blind is not None and blind.mode == "in-stream":
+            return self.stage_memory(first, last)
+        return int(self._peaks[first, last + 1])
+
+    def _round_trips(self, a: int, b: int) -> np.ndarray:
+        """Per block: every linear layer's masked input a -> b and answer b -> a (each message pays the rtt)."""
+        blind = self.workload.blind
+        assert blind is not None
+        there = self.cluster.channel(self.devices[a], self.devices[b])
+        back = self.cluster.channel(self.devices[b], self.devices[a])
+        if there is None or back is None or a == b:
+            return np.full(self.blocks, math.inf)
+        return (
+            blind.sent_bytes / there.bandwidth_bytes_per_s
+            + blind.returned_bytes / back.bandwidth_bytes_per_s
+            + blind.trips * (there.rtt_s + back.rtt_s)
+        )
+
+    def blind_blocks(self, enclave: int, gpu: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per block, seconds of (the enclave's share, the GPU's share, the round trips) when ``enclave``
+        blinds it with ``gpu``; inf where a block cannot be blinded or the two are not linked. Outsourced:
+        the enclave waits for the slower of the GPU and the W r helper (the difference counts as GPU)."""
+        blind = self.workload.blind
+        if blind is None:
+            inf = np.full(self.blocks, math.inf)
+            return inf, inf, inf
+        e, g = self.devices[enclave], self.devices[gpu]
+        enclave_s = np.where(blind.blindable, blind.enclave_s / e.speed, math.inf)
+        gpu_s = self.workload.block_s * g.field_factor / g.speed
+        link_s = self._round_trips(enclave, gpu)
+        if blind.helper is not None:
+            h = self.index[blind.helper]
+            other = self.workload.block_s * self.devices[h].field_factor / self.devices[h].speed
+            other = other + self._round_trips(enclave, h)
+            gpu_s = np.maximum(gpu_s + link_s, other) - link_s
+        return enclave_s, gpu_s, link_s
+
+    def blind_matrix(self, enclave: int, gpu: int) -> np.ndarray:
+        """B[c, c2]: seconds for blocks c..c2-1 on ``enclave`` blinded by ``gpu`` (the enclave's share times
+        its paging factor when its activations overflow it); inf where c2 <= c, unblindable, unlinked."""
+        enclave_s, gpu_s, link_s = self.blind_blocks(enclave, gpu)
+        e = self.devices[enclave]
+        bad = ~np.isfinite(enclave_s + gpu_s + link_s)
+        inner = np.concatenate([[0.0], np.cumsum(np.where(bad, 0.0, enclave_s))])
+        outer = np.concatenate([[0.0], np.cumsum(np.where(bad, 0.0, gpu_s + link_s))])
+        count = np.concatenate([[0], np.cumsum(bad)])
+        own = inner[None, :] - inner[:, None]
+        memory = self._memory if self.workload.blind and self.workload.blind.mode == "in-stream" else self._peaks
+        over = memory > e.memory_bytes
+        own = np.where(over, math.inf if e.paging_factor is None else own * e.paging_factor, own)
+        seconds = own + (outer[None, :] - outer[:, None])
+        seconds = np.where(count[None, :] - count[:, None] > 0, math.inf, seconds)
+        return np.where(np.triu(np.ones_like(over), k=1), seconds, math.inf)
+
+    def blind_share(self, enclave: int, gpu: int, first: int, last: int) -> BlindedShare:
+        blind = self.workload.blind
+        assert blind is not None
+        enclave_s, gpu_s, link_s = (part[first : last + 1] for part in self.blind_blocks(enclave, gpu))
+        e = self.devices[enclave]
+        own = float(enclave_s.sum())
+        if self.blind_memory(first, last) > e.memory_bytes:
+            own = math.inf if e.paging_factor is None else own * e.paging_factor
+        blocks = slice(first, last + 1)
+        return BlindedShare(
+            enclave_s=own,
+            gpu_s=float(gpu_s.sum()),
+            link_s=float(link_s.sum()),
+            sent_bytes=int(blind.sent_bytes[blocks].sum()),
+            returned_bytes=int(blind.returned_bytes[blocks].sum()),
+            pool_bytes=int(blind.pool_bytes[blocks].sum()),
+            precompute_s=float(blind.precompute_s[blocks].sum() / e.speed),
+        )
+
+    def stage_compute_s(self, stage: Stage, replica: int = 0) -> float:
+        """One frame of ``stage`` on its ``replica``-th device (blinded stages: the enclave's, its helper's and
+        their round trips' time, in turn)."""
+        device = self.index[stage.devices[replica]]
+        if stage.helper is None:
+            return self.compute_s(device, stage.first, stage.last)
+        share = self.blind_share(device, self.index[stage.helper], stage.first, stage.last)
+        return share.enclave_s + share.gpu_s + share.link_s
 
     # --- hops ---------------------------------------------------------------------------------
     def transfer_s(self, a: int, b: int, nbytes: np.ndarray | int) -> np.ndarray | float:
@@ -189,14 +346,20 @@ class CostModel:
                         period_s=float(period[boundary]),
                     )
                 )
-            memory = self.stage_memory(stage.first, stage.last)
             head = self.devices[group[0]]
+            share = None
+            if stage.helper is None:
+                memory = self.stage_memory(stage.first, stage.last)
+            else:
+                memory = self.blind_memory(stage.first, stage.last)
+                share = self.blind_share(group[0], self.index[stage.helper], stage.first, stage.last)
             stages.append(
                 StageCost(
                     stage=stage,
-                    compute_s=self.compute_s(group[0], stage.first, stage.last),
+                    compute_s=self.stage_compute_s(stage),
                     memory_bytes=memory,
                     paged=head.paging_factor is not None and memory > head.memory_bytes,
+                    blinded=share,
                 )
             )
             previous = group
@@ -217,7 +380,7 @@ class CostModel:
             for stage in placement.stages:
                 device = self.index[stage.devices[j % stage.replicas]]
                 total += float(self.transfer_s(previous, device, int(self.workload.boundary_bytes[stage.first])))
-                total += self.compute_s(device, stage.first, stage.last)
+                total += self.stage_compute_s(stage, j % stage.replicas)
                 previous = device
             paths.append(total)
         return tuple(paths)
@@ -226,8 +389,10 @@ class CostModel:
         """Why a placement is malformed (gaps, unknown or reused devices, mixed replicas), or None."""
         expected = 0
         used: set[str] = set()
+        helping: set[str] = set()
         if not placement.stages:
             return "no stages"
+        reserved = self.workload.blind.helper if self.workload.blind else None
         for stage in placement.stages:
             if stage.first != expected or stage.last < stage.first:
                 return f"stage {stage.first}-{stage.last} does not continue at block {expected}"
@@ -237,10 +402,41 @@ class CostModel:
                     return f"unknown device {name!r}"
                 if name in used:
                     return f"device {name} holds two stages"
+                if name == reserved:
+                    return f"device {name} computes W r for the blinded stages; it cannot hold a stage"
                 used.add(name)
+            if stage.helper is not None:
+                error = self._blinding_error(stage, helping)
+                if error:
+                    return error
+                helping.add(stage.helper)
             head = self.devices[self.index[stage.devices[0]]]
             if any(not head.same_hardware(self.devices[self.index[n]]) for n in stage.devices[1:]):
                 return f"replicas {'+'.join(stage.devices)} are not identical devices"
         if expected != self.blocks:
             return f"stages end at block {expected - 1}, the model has {self.blocks} blocks"
+        return None
+
+    def _blinding_error(self, stage: Stage, helping: set[str]) -> str | None:
+        """Why a stage cannot be blinded as written: one trusted device, an untrusted helper blinding
+        for no other stage, every block with an integer form, a blinding profile to cost it with."""
+        blind = self.workload.blind
+        helper = stage.helper
+        if blind is None:
+            return (
+                f"stage {stage.first}-{stage.last} is blinded, but the plan has no blinding costs (plan with --blind)"
+            )
+        if helper not in self.index:
+            return f"unknown device {helper!r}"
+        if helper == blind.helper:
+            return f"{helper} computes W r (outsourced); the GPU that sees masked inputs must be another device"
+        if stage.replicas != 1 or not self.devices[self.index[stage.device]].trusted:
+            return f"a blinded stage runs on one trusted device, not {'+'.join(stage.devices)}"
+        if self.devices[self.index[helper]].trusted:
+            return f"{helper} is trusted: give it the blocks in plaintext rather than blinded"
+        if helper in helping or helper in stage.devices:
+            return f"device {helper} blinds for two stages"
+        for b in range(stage.first, stage.last + 1):
+            if not blind.blindable[b]:
+                return f"block {b} cannot be blinded: {blind.why_not[b] or 'no integer form'}"
         return None

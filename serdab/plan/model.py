@@ -8,12 +8,12 @@ demo, the benchmarks, the runtime); ``plan_model`` runs a registered planner on 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from serdab.cluster import Cluster
 from serdab.errors import InfeasibleError
-from serdab.plan import CostModel, Placement, PlanRequest, Workload, get_planner
+from serdab.plan import BlindCosts, CostModel, Placement, PlanRequest, Workload, get_planner
 from serdab.plan.placement import PlanCost
 from serdab.plan.report import why_infeasible
 from serdab.privacy.leakage import LeakageReport
@@ -44,11 +44,17 @@ def plan_request(
     replicate: bool = False,
     leakage: LeakageReport | None = None,
     audit: AuditReport | None = None,
+    blind: BlindCosts | None = None,
 ) -> PlanRequest:
     """The request a planner sees: the cost model of this workload on this cluster, the cuts the
     policy lets an untrusted device receive (pearson/ssim/mse need ``leakage``, attack-* an
-    ``audit``), and the rules."""
+    ``audit``), and the rules; with ``blind``, trusted stages may have an untrusted helper blind
+    their linear layers (issue 28)."""
     workload = profile if isinstance(profile, Workload) else Workload.from_profile(profile)
+    if blind is not None:
+        if blind.helper is not None and blind.helper not in {d.name for d in cluster.devices}:
+            raise InfeasibleError(f"--blind-helper {blind.helper}: no such device in cluster {cluster.name}")
+        workload = replace(workload, blind=blind)
     rule = parse_policy(policy) if isinstance(policy, str) else policy
     allowed = tuple(allowed_starts(rule, workload.boundary_resolution, leakage, audit))
     return PlanRequest(CostModel(workload, cluster), allowed, chunk, rule.spec, trusted_tail, replicate)
@@ -65,6 +71,7 @@ def plan_model(
     replicate: bool = False,
     leakage: LeakageReport | None = None,
     audit: AuditReport | None = None,
+    blind: BlindCosts | None = None,
 ) -> PlannedModel:
     """The ``strategy``'s placement for a stream of ``chunk`` frames; InfeasibleError says why not."""
     request = plan_request(
@@ -76,6 +83,7 @@ def plan_model(
         replicate=replicate,
         leakage=leakage,
         audit=audit,
+        blind=blind,
     )
     started = time.perf_counter()
     placement = get_planner(strategy).plan(request)

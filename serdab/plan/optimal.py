@@ -25,18 +25,45 @@ import numpy as np
 from serdab.plan.placement import Placement, Stage
 from serdab.plan.planner import Planner, PlanRequest
 
-__all__ = ["OptimalPlanner", "device_groups", "min_latency_placement"]
+__all__ = ["Group", "OptimalPlanner", "device_groups", "min_latency_placement"]
 
 
-def device_groups(request: PlanRequest) -> list[tuple[int, ...]]:
-    """Single devices, plus (with ``replicate``) every set of >= 2 identical devices.
+@dataclass(frozen=True)
+class Group:
+    """What can hold one stage: devices running it round robin, or one trusted device whose linear
+    layers an untrusted ``helper`` computes blinded. A device may hold one stage and blind for one."""
+
+    devices: tuple[int, ...]
+    helper: int | None = None
+
+    def mask(self, k: int) -> int:
+        """Bits of what the group occupies among ``k`` devices: holding a stage, then blinding for one."""
+        bits = sum(1 << i for i in self.devices)
+        return bits | (1 << (k + self.helper)) if self.helper is not None else bits
+
+
+def device_groups(request: PlanRequest) -> list[Group]:
+    """Single devices, (with ``replicate``) every set of >= 2 identical devices, and (when the workload
+    carries blinding costs) every trusted device with every untrusted helper it is linked to.
 
     A group lists the source first when it holds it, then cluster order: its first device takes
-    frame 0.
+    frame 0. An outsourced mode's W r device is reserved for that: it is in no group.
     """
     costs = request.costs
     devices = costs.devices
-    groups: list[tuple[int, ...]] = [(i,) for i in range(len(devices))]
+    blind = costs.workload.blind
+    reserved = costs.index[blind.helper] if blind is not None and blind.helper is not None else None
+    groups = [Group((i,)) for i in range(len(devices)) if i != reserved]
+    if blind is not None:
+        groups += [
+            Group((e,), g)
+            for e in range(len(devices))
+            for g in range(len(devices))
+            if devices[e].trusted
+            and not devices[g].trusted
+            and reserved not in (e, g)
+            and costs.cluster.channel(devices[e], devices[g]) is not None
+        ]
     if not request.replicate:
         return groups
     classes: list[list[int]] = []
@@ -48,9 +75,9 @@ def device_groups(request: PlanRequest) -> list[tuple[int, ...]]:
         else:
             classes.append([i])
     for members in classes:
-        ordered = sorted(members, key=lambda i: (i != costs.source, i))
+        ordered = sorted((i for i in members if i != reserved), key=lambda i: (i != costs.source, i))
         for size in range(2, len(ordered) + 1):
-            groups.extend(itertools.combinations(ordered, size))
+            groups.extend(Group(c) for c in itertools.combinations(ordered, size))
     return groups
 
 
@@ -68,23 +95,27 @@ class _Tables:
         self.request = request
         self.m = costs.blocks
         self.groups = device_groups(request)
-        self.masks = [sum(1 << i for i in g) for g in self.groups]
-        self.trusted = [all(costs.devices[i].trusted for i in g) for g in self.groups]
+        k = len(costs.devices)
+        self.masks = [g.mask(k) for g in self.groups]
+        self.trusted = [all(costs.devices[i].trusted for i in g.devices) for g in self.groups]
         self.compute = []  # latency matrices C[c, c2]
         self.compute_period = []  # C / replicas
-        by_head: dict[int, np.ndarray] = {}
+        by_head: dict[tuple[int, int | None], np.ndarray] = {}
         for g in self.groups:
-            if g[0] not in by_head:
-                by_head[g[0]] = costs.compute_matrix(g[0])
-            self.compute.append(by_head[g[0]])
-            self.compute_period.append(by_head[g[0]] / len(g))
+            key = (g.devices[0], g.helper)
+            if key not in by_head:
+                by_head[key] = (
+                    costs.compute_matrix(g.devices[0]) if g.helper is None else costs.blind_matrix(*key)  # type: ignore[arg-type]
+                )
+            self.compute.append(by_head[key])
+            self.compute_period.append(by_head[key] / len(g.devices))
         source = (costs.source,)
         self.entry = []  # (latency, period) of the hop source -> g for the input frame (cut 0)
         for g in self.groups:
-            if g == source:
+            if g.devices == source:
                 self.entry.append((0.0, 0.0))
             else:
-                lat, per = costs.hop_vectors(source, g)
+                lat, per = costs.hop_vectors(source, g.devices)
                 self.entry.append((float(lat[0]), float(per[0])))
         allowed = np.array(request.allowed, dtype=bool)
         self.blocked = ~allowed  # cuts an untrusted group may not start at
@@ -93,7 +124,7 @@ class _Tables:
     def hop(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
         key = (a, b)
         if key not in self._hops:
-            lat, per = self.request.costs.hop_vectors(self.groups[a], self.groups[b])
+            lat, per = self.request.costs.hop_vectors(self.groups[a].devices, self.groups[b].devices)
             if not self.trusted[b]:
                 lat = np.where(self.blocked, np.inf, lat)
             self._hops[key] = (lat, per)
@@ -133,7 +164,7 @@ def _solve(t: _Tables, cap: float) -> _Solution | None:
             row = entry_lat + compute[g][0]
             if np.isfinite(row).any():
                 states[(t.masks[g], g)] = (row, np.full(m + 1, -1), np.zeros(m + 1, dtype=np.int64))
-    levels = max(len(t.request.costs.devices), 1)
+    levels = max(2 * len(t.request.costs.devices), 1)
     for level in range(1, levels + 1):
         for mask, g in [k for k in states if k[0].bit_count() == level]:
             f = states[(mask, g)][0]
@@ -190,7 +221,7 @@ def _min_period(t: _Tables) -> float:
         if t.trusted[g] and math.isfinite(entry_lat):
             states[(t.masks[g], g)] = np.maximum(entry_per, t.compute_period[g][0])
     best = math.inf
-    levels = max(len(t.request.costs.devices), 1)
+    levels = max(2 * len(t.request.costs.devices), 1)
     for level in range(1, levels + 1):
         for mask, g in [k for k in states if k[0].bit_count() == level]:
             f = states[(mask, g)]
@@ -212,10 +243,12 @@ def _min_period(t: _Tables) -> float:
 
 def _placement(t: _Tables, solution: _Solution, strategy: str) -> Placement:
     names = [d.name for d in t.request.costs.devices]
-    return Placement(
-        strategy,
-        tuple(Stage(tuple(names[i] for i in t.groups[g]), first, last) for g, first, last in solution.stages),
-    )
+    stages = []
+    for g, first, last in solution.stages:
+        group = t.groups[g]
+        helper = names[group.helper] if group.helper is not None else None
+        stages.append(Stage(tuple(names[i] for i in group.devices), first, last, helper))
+    return Placement(strategy, tuple(stages))
 
 
 def min_latency_placement(request: PlanRequest, strategy: str) -> Placement | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["HopCost", "Placement", "PlanCost", "Stage", "StageCost", "crossing"]
+__all__ = ["BlindedShare", "HopCost", "Placement", "PlanCost", "Stage", "StageCost", "crossing"]
 
 
 def crossing(boundary: int) -> str:
@@ -21,9 +21,13 @@ def crossing(boundary: int) -> str:
 
 @dataclass(frozen=True)
 class Stage:
+    """Blocks ``first``..``last`` on ``devices``; with a ``helper``, the stage's one (trusted) device runs them
+    with every linear layer computed blinded by the untrusted ``helper`` (docs/blinded.md)."""
+
     devices: tuple[str, ...]
     first: int
     last: int
+    helper: str | None = None
 
     @property
     def device(self) -> str:
@@ -43,9 +47,29 @@ class Placement:
     def devices(self) -> list[str]:
         return [d for s in self.stages for d in s.devices]
 
+    @property
+    def helpers(self) -> list[str]:
+        return [s.helper for s in self.stages if s.helper]
+
     def describe(self) -> str:
-        """'tee1[0-11] -> gpu2[12-21]' (replicas joined with '+')."""
-        return " -> ".join(f"{'+'.join(s.devices)}[{s.first}-{s.last}]" for s in self.stages)
+        """'tee1[0-11] -> gpu2[12-21]' (replicas joined with '+', a blinded stage 'tee1(blinded:gpu0)[0-5]')."""
+        return " -> ".join(
+            f"{'+'.join(s.devices)}{f'(blinded:{s.helper})' if s.helper else ''}[{s.first}-{s.last}]"
+            for s in self.stages
+        )
+
+
+@dataclass(frozen=True)
+class BlindedShare:
+    """Where a blinded stage's time goes, per frame (its ``compute_s`` is their sum: the enclave waits)."""
+
+    enclave_s: float  # non-linear steps, masks, unmasking (and checks, and W r in the in-stream mode)
+    gpu_s: float  # the helper's field products
+    link_s: float  # every linear layer's round trip between the enclave and its helper
+    sent_bytes: int  # enclave -> helper, per frame
+    returned_bytes: int
+    pool_bytes: int  # sealed W r kept outside the enclave per frame (pool mode)
+    precompute_s: float  # W r per frame ahead of the stream (pool) or on the second device (outsourced)
 
 
 @dataclass(frozen=True)
@@ -54,6 +78,7 @@ class StageCost:
     compute_s: float  # one frame on one replica
     memory_bytes: int  # weights + peak activations of the stage
     paged: bool  # a TEE stage over its memory, charged the paging factor
+    blinded: BlindedShare | None = None
 
     @property
     def period_s(self) -> float:
