@@ -38,23 +38,25 @@ MODES = ("in-stream", "pool", "outsourced")
 Linear = Callable[[int, np.ndarray], np.ndarray]  # (linear layer index, field elements) -> W x mod P
 
 
-def field_payload(layer: int, values: np.ndarray) -> bytes:
-    """Field elements on the wire between the enclave and its GPU: 4 bytes each (P < 2^32)."""
+def field_payload(layer: int, values: np.ndarray, frame: int = 0) -> bytes:
+    """Field elements on the wire between the enclave and its GPU: 4 bytes each (P < 2^32), with the
+    layer and the stream's frame id (public sequencing, as on every link)."""
     body = np.mod(np.rint(values), P).astype("<u4").tobytes()
-    return cbor2.dumps({"layer": layer, "shape": list(values.shape), "data": body})
+    return cbor2.dumps({"layer": layer, "frame": frame, "shape": list(values.shape), "data": body})
 
 
-def read_field_payload(payload: bytes) -> tuple[int, np.ndarray]:
-    """(layer, float64 field elements) from ``field_payload``; ValueError when malformed or out of range."""
+def read_field_payload(payload: bytes) -> tuple[int, np.ndarray, int]:
+    """(layer, float64 field elements, frame) from ``field_payload``; ValueError when malformed or out of range."""
     try:
         item = cbor2.loads(payload)
-        layer, shape, body = int(item["layer"]), tuple(int(n) for n in item["shape"]), item["data"]
+        layer, frame = int(item["layer"]), int(item["frame"])
+        shape, body = tuple(int(n) for n in item["shape"]), item["data"]
         values = np.frombuffer(body, dtype="<u4").reshape(shape)
     except (ValueError, TypeError, KeyError, cbor2.CBORDecodeError) as exc:
         raise ValueError(f"malformed field payload: {exc}") from exc
     if values.size and int(values.max()) >= P:
         raise ValueError("field payload holds a value >= P")
-    return layer, values.astype(np.float64)
+    return layer, values.astype(np.float64), frame
 
 
 class HonestGpu:
@@ -80,7 +82,7 @@ class _Pool:
 
     @staticmethod
     def _aad(frame: int, layer: int) -> bytes:
-        return b"serdab-unmask-pool-v1|" + struct.pack(">QI", frame, layer)
+        return b"serdab-unmask-pool-v1|" + struct.pack(">qI", frame, layer)
 
     def put(self, frame: int, layer: int, u: np.ndarray) -> None:
         nonce = os.urandom(12)

@@ -45,7 +45,7 @@ class MaskSource:
     def regenerate(self, frame: int, layer: int, shape: tuple[int, ...]) -> np.ndarray:
         """The same mask again, for precomputing ``W r`` ahead of the stream (never sent anywhere)."""
         count = int(np.prod(shape))
-        nonce = struct.pack(">QII", frame, layer, 0)
+        nonce = struct.pack(">qII", frame, layer, 0)  # warm-up frames have negative ids
         encryptor = Cipher(algorithms.AES(self._key), modes.CTR(nonce)).encryptor()
         values = np.frombuffer(encryptor.update(bytes(4 * count)), dtype="<u4") & np.uint32((1 << _BITS) - 1)
         while (rejected := np.flatnonzero(values >= P)).size:  # rare (35 in 2^30): redraw those, in stream order

@@ -15,11 +15,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 if TYPE_CHECKING:
     from serdab.graph import NamedChain
     from serdab.graph.chain import Chain
+    from serdab.plan import BlindCosts
     from serdab.privacy.audit import AuditReport
     from serdab.privacy.policy import PrivacyPolicy
 
 __all__ = [
     "AuditOpt",
+    "BlindHelperOpt",
+    "BlindOpt",
+    "IntegrityOpt",
+    "blind_costs",
     "EvidenceOpt",
     "InputShapeOpt",
     "JsonOpt",
@@ -63,6 +68,22 @@ ReplicateOpt = Annotated[
 ]
 TrustedTailOpt = Annotated[
     bool, typer.Option("--trusted-tail", help="The last stage runs on a trusted device: labels never leave enclaves.")
+]
+BlindOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--blind",
+        help="Let an untrusted GPU compute an enclave stage's linear layers blinded (docs/blinded.md); where W r "
+        "comes from: in-stream (the enclave, per frame), pool (precomputed, sealed outside) or outsourced "
+        "(a second device, --blind-helper; assumes it does not collude with the GPU).",
+    ),
+]
+IntegrityOpt = Annotated[
+    bool,
+    typer.Option("--integrity/--no-integrity", help="With --blind: check every GPU answer (Freivalds) in the enclave."),
+]
+BlindHelperOpt = Annotated[
+    str | None, typer.Option("--blind-helper", help="With --blind outsourced: the device that computes W r.")
 ]
 EvidenceOpt = Annotated[
     str | None,
@@ -120,6 +141,27 @@ def open_model(model: str, input_shape: str | None, batch: int | None = None) ->
     shape = parse_shape(input_shape) if input_shape else None
     with err_console.status(f"loading {model} ..."):
         return open_chain(model, shape, batch)
+
+
+def blind_costs(chain: Any, profile: Any, mode: str | None, integrity: bool, helper: str | None) -> BlindCosts | None:
+    """The cost of blinding every block in ``mode`` (measured on this host once, then cached); None without
+    --blind. A bad mode or a helper without the outsourced mode is a ConfigError."""
+    from serdab.errors import ConfigError
+    from serdab.plan import PRECOMPUTATION, BlindCosts
+
+    if mode is None:
+        if helper is not None:
+            raise ConfigError("--blind-helper needs --blind outsourced")
+        return None
+    if mode not in PRECOMPUTATION:
+        raise ConfigError(f"--blind {mode!r}: choose one of {', '.join(PRECOMPUTATION)}")
+    if (mode == "outsourced") != (helper is not None):
+        raise ConfigError("--blind outsourced needs --blind-helper DEVICE (and only it takes one)")
+    from serdab.blind.profile import cached_blinding
+
+    with progress_bar(f"blinding costs of {profile.model}", len(profile.blocks)) as update:
+        measured = cached_blinding(chain, profile, progress=update)
+    return BlindCosts.from_profile(measured, mode, integrity, helper)
 
 
 @contextmanager

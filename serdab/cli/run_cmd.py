@@ -16,12 +16,15 @@ from rich.table import Table
 from serdab.choices import BadInput, ExecutorKind
 from serdab.cli.common import (
     AuditOpt,
+    BlindOpt,
     EvidenceOpt,
     InputShapeOpt,
+    IntegrityOpt,
     JsonOpt,
     PrivacyOpt,
     ReplicateOpt,
     TrustedTailOpt,
+    blind_costs,
     console,
     err_console,
     open_model,
@@ -46,6 +49,13 @@ def parse_slowdown(text: str) -> tuple[str, tuple[float, int]]:
     if not device or value <= 0 or first < 0:
         raise ConfigError(f"--slowdown {text!r}: write DEVICE=FACTOR[@FRAME], e.g. tee1=3@40")
     return device, (value, first)
+
+
+def _parse_tamper(text: str, devices: list[str]) -> tuple[str, int]:
+    device, _, frame = text.partition("@")
+    if device not in devices or not frame.isdigit():
+        raise ConfigError(f"--tamper {text!r}: write DEVICE@FRAME with a device of the cluster ({', '.join(devices)})")
+    return device, int(frame)
 
 
 def _progress_text(update: dict[str, Any]) -> str:
@@ -226,6 +236,15 @@ def run(
     audit: AuditOpt = None,
     input_shape: InputShapeOpt = None,
     evidence: EvidenceOpt = None,
+    blind: BlindOpt = None,
+    integrity: IntegrityOpt = True,
+    tamper: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Fault injection with --blind: a helper answers one element wrong from a frame on, DEVICE@FRAME "
+            "(repeatable); the enclave's check (--integrity) catches it and the run charges that device."
+        ),
+    ] = None,
     json_path: JsonOpt = None,
 ) -> None:
     """Run MODEL as a pipeline on the cluster: enclaves first, untrusted accelerators once the tensor is private.
@@ -262,6 +281,10 @@ def run(
         images = default_images(grey_digits=opened.chain.input_shape[1] == 1)
         with progress_bar(f"leakage of {opened.name}", len(images)) as update:
             leakage = measure_leakage(opened.chain, opened.name, images, progress=update)
+    tampering = dict(_parse_tamper(t, spec.names) for t in tamper or [])
+    if tampering and blind is None:
+        raise ConfigError("--tamper injects wrong answers of a blinding helper: it needs --blind")
+    blinding = blind_costs(opened.chain, prof, blind, integrity, None)
     options = RunOptions(
         chunk=chunk,
         strategy=strategy,
@@ -277,6 +300,8 @@ def run(
         fault_budget=fault_budget,
         fault_window_s=fault_window,
         keep_run_dir=keep_run_dir,
+        blind=blinding,
+        tamper=tampering,
     )
     audited = read_audit(audit, parse_policy(privacy), opened.chain, opened.name)
     manager = ApplicationManager(opened.chain, opened.name, prof, spec, options, leakage=leakage, audit=audited)

@@ -45,8 +45,8 @@ def _route(costs: CostModel, placement: Placement, frame: int) -> list[tuple[str
                     float(costs.transfer_s(costs.index[previous.name], costs.index[device.name], nbytes)),
                 )
             )
-        head = costs.index[stage.device]
-        steps.append((device.name, costs.compute_s(head, stage.first, stage.last)))
+        # the stage's head device's time (a blinded stage's enclave is held through its helper's round trips)
+        steps.append((device.name, costs.stage_compute_s(stage)))
         previous = device
     return steps
 

@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from serdab.runtime.protocol import (
     CONFIG_CONTEXT,
     SINK,
     SOURCE,
+    BlindConfig,
     Challenge,
     Channel,
     Closed,
@@ -100,6 +101,11 @@ class _Worker:
     channel: Channel | None = None
     load_s: float = 0.0
 
+    @property
+    def enclave(self) -> bool:
+        """Runs in an enclave from a stage image (a blinded stage's helper never does)."""
+        return self.artifact.image is not None and self.config.role == "stage"
+
 
 @dataclass
 class DeploymentContext:
@@ -118,6 +124,8 @@ class DeploymentContext:
     normalise: Normalisation | None = None  # of the model's input: the first stage applies it to uint8 frames
     # (sender worker, receiver worker, address) -> address to dial: lets tests put a proxy on a link
     route: Callable[[str, str, tuple[str, int]], tuple[str, int]] | None = None
+    blind_frames: int = 0  # stream frames a pool-mode blinded stage precomputes W r for (from frame 0)
+    tamper: dict[str, int] = field(default_factory=dict)  # fault injection: helper device -> from frame
 
 
 class Deployment:
@@ -166,10 +174,21 @@ class Deployment:
         cost = physical.evaluate(self.placement, 1)
         self.topology: Topology = topology(self.placement, self.epoch)
         self._links = {pair: self._link(*pair) for pair in self.topology.links()}
+        self._slots = {slot.id: slot for slot in self.topology.workers}
+        blind = physical.workload.blind
+        warm = self.paths_of(self.placement) * (PROBE_FRAMES + 1)  # warm-up and probe frames: negative ids
         workers = {}
         for slot in self.topology.workers:
             k, artifact = slot.stage, artifacts[slot.stage]
             slow = self.ctx.slowdowns.get(slot.device)
+            helper = self.topology.helper_of(slot)
+            share = cost.stages[k].blinded
+            blind_config = None
+            if share is not None and blind is not None and helper is not None:
+                tamper = self.ctx.tamper.get(helper.device if slot.role == "stage" else slot.device)
+                blind_config = BlindConfig(
+                    blind.mode, blind.integrity, share.gpu_s, -warm, warm + self.ctx.blind_frames, tamper
+                )
             config = WorkerConfig(
                 worker=slot.id,
                 device=slot.device,
@@ -182,12 +201,24 @@ class Deployment:
                 inbound=tuple(self._links[(src, slot.id)] for src in self.topology.inbound(slot)),
                 outbound=tuple(self._links[(slot.id, dst)] for dst in self.topology.outbound(slot)),
                 slowdowns=(slow,) if slow else (),
-                kms=self.ctx.kms_coordinates(artifact.image.service) if artifact.image else None,
-                normalise=self.ctx.normalise if k == 0 else None,  # frames arrive as uint8 pixels
+                kms=self.ctx.kms_coordinates(artifact.image.service)
+                if artifact.image and slot.role == "stage"
+                else None,
+                normalise=self.ctx.normalise if k == 0 and slot.role == "stage" else None,  # uint8 pixels arrive
+                role=slot.role,
+                helper=helper.id if helper and slot.role == "stage" else None,
+                blind=blind_config,
             )
+            if slot.role == "helper":
+                assert artifact.helper_file is not None
+                config = replace(config, stage_file=artifact.helper_file, compute_emulated_s=0.0)
             workers[slot.id] = _Worker(slot.id, slot.device, k, artifact, config)
         self._stages = [[workers[slot.id] for slot in group] for group in self.topology.stages]
         return list(workers.values())
+
+    @staticmethod
+    def paths_of(placement: Placement) -> int:
+        return math.lcm(*(stage.replicas for stage in placement.stages))
 
     # --- start -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -201,8 +232,8 @@ class Deployment:
                 address,
                 self._token,
                 self.ctx.run_dir / "logs" / f"{w.id}.log",
-                w.artifact.image.path if w.artifact.image else None,
-                None if w.artifact.trusted else Path(w.artifact.stage_file),
+                w.artifact.image.path if w.enclave and w.artifact.image else None,
+                None if w.enclave else Path(w.config.stage_file),
                 (self.ctx.cluster.device(w.device).host,),
             )
             try:
@@ -210,14 +241,15 @@ class Deployment:
             except SerdabError as exc:  # the executor could not put a worker there: the device is gone
                 raise WorkerLost(w.device, f"cannot start the worker for {w.device}: {exc}") from None
         self._await(lambda: all(w.port for w in self.workers), "ready")
-        for k, group in enumerate(self._stages):
-            for w in group:
-                if k + 1 < len(self._stages):
-                    downstream = [self._address(w.id, d.id, (d.host, d.port or 0)) for d in self._stages[k + 1]]
-                else:
-                    downstream = [self._sink.getsockname()]
-                assert w.channel is not None
-                w.channel.send(Wire(tuple(downstream)))
+        for w in self.workers:
+            downstream = [
+                self._sink.getsockname()
+                if dst == SINK
+                else self._address(w.id, dst, (self._by_id[dst].host, self._by_id[dst].port or 0))
+                for dst in self.topology.outbound(self._slots[w.id])
+            ]
+            assert w.channel is not None
+            w.channel.send(Wire(tuple(downstream)))
         self._await(lambda: all(w.wired for w in self.workers), "wired")
         for w in self._stages[0]:
             sock = connect((w.host, w.port or 0))
@@ -332,7 +364,7 @@ class Deployment:
             channel.close()  # not one of ours
             return
         try:
-            if w.artifact.image is not None:
+            if w.enclave:
                 channel.send(Configure(envelope=self._sealed_config(w, hello, nonce)))
             else:
                 channel.send(Configure(config=w.config))
@@ -458,6 +490,10 @@ class Deployment:
             if isinstance(event, Heartbeat):
                 self.ctx.resources.heartbeat(device)
                 self._count(worker_id, event)
+            elif isinstance(event, IntegrityReport) and event.kind == "wrong-answer" and w and w.config.helper:
+                # the enclave caught its helper's wrong answer and answered nothing with it: the GPU's fault
+                helper = self._by_id[w.config.helper].device
+                raise WorkerLost(helper, f"{helper} returned a wrong answer to a blinded layer: {event.message}")
             elif isinstance(event, IntegrityReport):
                 raise LinkIntegrityError(event.kind, f"{event.message} (reported by {device})")
             elif isinstance(event, ErrorReport | LinkClosed):

@@ -12,6 +12,11 @@ keys included, in an envelope to that key), then:
 3. runs frames: open, infer, pad to the device's emulated time, seal, send to replica
    ``frame % r`` of the next stage; reports heartbeats and any integrity event to the manager.
 
+A blinded stage (issue 28) runs its quantised blocks with ``serdab.blind``: every linear layer's
+masked input goes to its helper over their own link and the answer comes back on another; a wrong
+answer (Freivalds) is reported as "wrong-answer" and the frame is dropped, never sent on. The
+helper (``role`` "helper") is an untrusted worker that only answers ``W x mod P`` requests.
+
 Loads only numpy, onnxruntime, cryptography and cbor2 (and httpx in an enclave, for the KMS).
 """
 
@@ -77,11 +82,20 @@ class _Worker:
         self.frame: int | None = None  # the frame being computed
         self._inbound = {spec.src: spec for spec in config.inbound}
         self._receivers: list[LinkReceiver] = []
+        self.frame_senders: list[LinkSender] = []  # the next stage's replicas (or the sink), frame % r
+        self.helper_sender: LinkSender | None = None  # a blinded stage: masked inputs to its helper
+        self.replies: queue.Queue[tuple[int, bytes]] = queue.Queue()  # ... and its answers
+        self.runner: Any = None  # a blinded stage's serdab.blind.blinded.BlindedRunner
+        self._blind_shapes: dict[int, tuple[int, ...]] = {}  # linear layer -> the answer's shape
+        self._requests = 0
 
     # --- set-up ---------------------------------------------------------------------------------
     def load(self) -> float:
         started = time.monotonic()
         cfg = self.config
+        if cfg.role == "helper":
+            self._load_helper(Path(self.local_stage_file or cfg.stage_file).read_bytes())
+            return time.monotonic() - started
         if self.nsm is not None:
             if cfg.kms is None:
                 raise SerdabError(f"{cfg.device}: an enclave stage needs the key service's coordinates")
@@ -89,6 +103,9 @@ class _Worker:
             self.nsm.resident(cfg.memory_bytes)
         else:
             model = Path(self.local_stage_file or cfg.stage_file).read_bytes()
+        if cfg.blind is not None:
+            self._load_blinded(model)
+            return time.monotonic() - started
         from serdab.onnxrt import make_session  # loads ONNX Runtime: only once the stage is known
 
         self.session = make_session(model, cfg.threads)
@@ -98,6 +115,74 @@ class _Worker:
         shape = [d if isinstance(d, int) else 1 for d in first.shape]
         self.session.run(None, {first.name: np.zeros(shape, dtype=np.float32)})
         return time.monotonic() - started
+
+    def _quantised(self, model: bytes) -> tuple[Any, tuple[int, ...]]:
+        import onnx
+
+        from serdab.blind.quantize import quantize_model
+
+        proto = onnx.load_from_string(model)
+        first = proto.graph.input[0]
+        self.input_name = first.name
+        shape = tuple(max(1, d.dim_value) for d in first.type.tensor_type.shape.dim)
+        return quantize_model(proto, f"stage {self.config.stage}"), shape
+
+    def _load_blinded(self, model: bytes) -> None:
+        """The enclave's side: the quantised stage, fresh masks (a new key: every start is a new epoch),
+        and in the pool mode W r of the frames ahead, sealed outside."""
+        from serdab.blind.blinded import BlindedRunner
+
+        blind = self.config.blind
+        assert blind is not None
+        quantised, shape = self._quantised(model)
+        self._blind_shapes = {i: out for i, (_, out) in enumerate(quantised.linear_shapes(shape))}
+        self.runner = BlindedRunner(quantised, self._ask_helper, mode=blind.mode, integrity=blind.integrity)
+        if blind.mode == "pool":
+            self.runner.precompute(range(blind.pool_from, blind.pool_from + blind.pool_frames), shape)
+
+    def _load_helper(self, model: bytes) -> None:
+        """The untrusted helper's side: the stage's integer weights (visible to it, as in Slalom), and each
+        layer's share of the stage's multiply-accumulates, to pad each answer to its emulated time."""
+        quantised, shape = self._quantised(model)
+        self.helper_layers = quantised.linear_layers
+        macs = [
+            int(np.prod(out)) * layer.fan_in
+            for layer, (_, out) in zip(self.helper_layers, quantised.linear_shapes(shape), strict=True)
+        ]
+        total = max(sum(macs), 1)
+        self.helper_share = [m / total for m in macs]
+
+    def _ask_helper(self, index: int, masked: np.ndarray) -> np.ndarray:
+        """One blinded layer's round trip: the masked input out, ``W (x + r) mod P`` back."""
+        from serdab.blind.blinded import field_payload, read_field_payload
+
+        assert self.helper_sender is not None and self.frame is not None
+        self._requests += 1
+        request = self._requests
+        self.helper_sender.put(request, field_payload(index, masked, self.frame))
+        waited = 0.0
+        while True:
+            try:
+                seq, payload = self.replies.get(timeout=0.5)
+                break
+            except queue.Empty:
+                waited += 0.5
+                if self.stopping.is_set() or waited > 120.0:
+                    raise SerdabError(
+                        f"the helper did not answer blinded layer {index} of frame {self.frame}"
+                    ) from None
+        try:
+            layer, z, _ = read_field_payload(payload)
+        except ValueError as exc:
+            raise LinkIntegrityError("wrong-answer", f"the helper's answer is malformed: {exc}") from None
+        if seq != request or layer != index or z.shape != self._blind_shapes.get(index):
+            raise LinkIntegrityError(
+                "wrong-answer", f"the helper answered request {seq} layer {layer} {z.shape} for {request}/{index}"
+            )
+        return z
+
+    def _reply(self, frame: int, payload: bytes) -> None:
+        self.replies.put((frame, payload))
 
     def listen(self, host: str) -> socket.socket:
         listener = listen(host)
@@ -120,13 +205,19 @@ class _Worker:
             if spec is None:
                 sock.close()  # not one of our upstreams; its frames would not authenticate anyway
                 continue
-            self._receivers.append(LinkReceiver(sock, spec, self._enqueue, self._integrity, on_closed=None))
+            on_frame = self._reply if spec.src == self.config.helper else self._enqueue
+            self._receivers.append(LinkReceiver(sock, spec, on_frame, self._integrity, on_closed=None))
 
     def wire(self, downstream: tuple[tuple[str, int], ...]) -> None:
         for spec, address in zip(self.config.outbound, downstream, strict=True):
             sock = connect(address)
             send_message(sock, LinkHello(spec.src).to_wire())
-            self.senders.append(LinkSender(sock, spec, self._link_broken, depth=self.config.queue_depth))
+            sender = LinkSender(sock, spec, self._link_broken, depth=self.config.queue_depth)
+            self.senders.append(sender)  # every link, in the configuration's order: the heartbeat's byte counts
+            if spec.dst == self.config.helper:
+                self.helper_sender = sender
+            else:
+                self.frame_senders.append(sender)
 
     # --- events ---------------------------------------------------------------------------------
     def _enqueue(self, frame: int, payload: bytes) -> None:
@@ -154,9 +245,12 @@ class _Worker:
             self._report(ErrorReport(self.failed))
 
     def _compute(self) -> None:
+        if self.config.role == "helper":
+            self._serve_helper()
+            return
         cfg = self.config
         native, dilation, emulated_s, norm = cfg.native, cfg.dilation, cfg.compute_emulated_s, cfg.normalise
-        replicas = len(self.senders)
+        replicas = len(self.frame_senders)
         while not self.stopping.is_set():
             try:
                 frame, payload, arrived = self.inputs.get(timeout=0.2)
@@ -166,7 +260,14 @@ class _Worker:
             self.frame = frame
             arrays, records = decode_payload(payload)
             x = norm.apply(arrays[0]) if norm is not None and arrays[0].dtype == np.uint8 else arrays[0]
-            outputs = self.session.run(None, {self.input_name: x})
+            if self.runner is None:
+                outputs = self.session.run(None, {self.input_name: x})
+            else:
+                try:
+                    outputs = [self._blinded(frame, x)]
+                except LinkIntegrityError as exc:  # nothing computed from a wrong answer leaves the enclave
+                    self._integrity(exc)
+                    continue
             host_s = time.monotonic() - started
             target = 0.0
             if not native:
@@ -187,7 +288,44 @@ class _Worker:
                 out = encode_payload(outputs, records)
             self.busy_s += time.monotonic() - started
             self.frames += 1
-            self.senders[frame % replicas].put(frame, out)
+            self.frame_senders[frame % replicas].put(frame, out)
+
+    def _blinded(self, frame: int, x: np.ndarray) -> np.ndarray:
+        """The quantised stage, blinded; its output back to floats for the next stage (exact: an integer
+        at scale 2^8 below 2^24 is a float32)."""
+        from serdab.blind.quantize import ACT_BITS
+
+        ints = self.runner.run(frame, x)
+        return (ints.astype(np.float64) / (1 << ACT_BITS)).astype(np.float32)
+
+    def _serve_helper(self) -> None:
+        """Answer masked linear layers: ``W (x + r) mod P``, padded to the layer's share of the helper's
+        emulated time; with ``tamper_from`` (fault injection) one element is off by one from that frame."""
+        from serdab.blind.blinded import field_payload, read_field_payload
+        from serdab.blind.field import P
+
+        cfg = self.config
+        blind = cfg.blind
+        assert blind is not None
+        while not self.stopping.is_set():
+            try:
+                request, payload, _ = self.inputs.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            started = time.monotonic()
+            layer, masked, frame = read_field_payload(payload)
+            self.frame = frame
+            z = np.mod(self.helper_layers[layer].linear(masked), P)
+            if blind.tamper_from is not None and frame >= blind.tamper_from:
+                z.flat[0] = (z.flat[0] + 1) % P
+            out = field_payload(layer, z, frame)
+            if not cfg.native:
+                target = blind.helper_s * cfg.dilation * self.helper_share[layer]
+                if (elapsed := time.monotonic() - started) < target:
+                    time.sleep(target - elapsed)
+            self.busy_s += time.monotonic() - started
+            self.frames += 1
+            self.senders[0].put(request, out)
 
     def heartbeat(self) -> None:
         while not self.stopping.wait(HEARTBEAT_S) and self.failed is None:

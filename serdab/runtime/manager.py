@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from serdab.framing import RECORD_SLOTS
 from serdab.graph import Chain
 from serdab.kms.lifecycle import KmsCoordinates
 from serdab.kms.owner import OwnerSession
-from serdab.plan import CostModel, Placement, PlanRequest, Workload, get_planner, violation
+from serdab.plan import BlindCosts, CostModel, Placement, PlanRequest, Workload, get_planner, violation
 from serdab.plan.model import plan_request
 from serdab.plan.placement import PlanCost, Stage
 from serdab.plan.report import why_infeasible
@@ -55,18 +55,24 @@ from serdab.tee.host import serdab_home
 
 __all__ = ["ApplicationManager", "RunOptions", "frame_ranges", "parse_placement"]
 
-_STAGE = re.compile(r"^\s*([A-Za-z0-9_.+-]+?)\s*\[\s*(\d+)\s*-\s*(\d+)\s*\]\s*$")
+_STAGE = re.compile(
+    r"^\s*([A-Za-z0-9_.+-]+?)\s*(?:\(\s*blinded\s*:\s*([A-Za-z0-9_.-]+)\s*\))?\s*\[\s*(\d+)\s*-\s*(\d+)\s*\]\s*$"
+)
 
 
 def parse_placement(text: str) -> Placement:
-    """``tee1[0-11] -> gpu2[12-21]`` (replicas joined with +), as ``Placement.describe`` prints it."""
+    """``tee1[0-11] -> gpu2[12-21]`` (replicas joined with +; ``tee1(blinded:gpu0)[0-5]`` a stage whose
+    linear layers gpu0 computes blinded), as ``Placement.describe`` prints it."""
     stages = []
     for part in text.split("->"):
         match = _STAGE.match(part)
         if not match:
-            raise PlanError(f"cannot read placement stage {part.strip()!r}; write e.g. 'tee1[0-11] -> gpu2[12-21]'")
-        devices, first, last = match.groups()
-        stages.append(Stage(tuple(devices.split("+")), int(first), int(last)))
+            raise PlanError(
+                f"cannot read placement stage {part.strip()!r}; write e.g. 'tee1[0-11] -> gpu2[12-21]' "
+                "or 'tee1(blinded:gpu0)[0-11]'"
+            )
+        devices, helper, first, last = match.groups()
+        stages.append(Stage(tuple(devices.split("+")), int(first), int(last), helper))
     return Placement("manual", tuple(stages))
 
 
@@ -91,6 +97,8 @@ class RunOptions:
     keep_run_dir: bool = False  # leave stage images, logs and the key-service store for a post-mortem
     chunk_timeout_s: float = 600.0
     lost_after_s: float = 5.0
+    blind: BlindCosts | None = None  # trusted stages may have an untrusted helper blind their linear layers
+    tamper: dict[str, int] = field(default_factory=dict)  # fault injection: a helper answers wrongly from a frame
 
 
 Progress = Callable[[dict[str, Any]], None]
@@ -185,6 +193,13 @@ class ApplicationManager:
         self.resources = ResourceManager(cluster, lost_after_s=options.lost_after_s)
         self.cluster = cluster
         self.workload = Workload.from_profile(profile)
+        if options.blind is not None:
+            if options.blind.mode == "outsourced":
+                raise RunError(
+                    "the outsourced precomputation mode is costed by the planner (serdab plan, serdab bench "
+                    "blinded) but serdab run executes the in-stream and pool modes only"
+                )
+            self.workload = replace(self.workload, blind=options.blind)
         self.policy = parse_policy(options.privacy)
         if self.policy.needs_leakage and leakage is None:
             raise PolicyError(f"policy {options.privacy} needs a leakage report")
@@ -262,7 +277,8 @@ class ApplicationManager:
         emitter = _Emitter(on_result)
         try:
             placement = self.plan()
-            used = [self.cluster.device(d) for d in (self.cluster.names if not o.placement else placement.devices)]
+            names = self.cluster.names if not o.placement else placement.devices + placement.helpers
+            used = [self.cluster.device(d) for d in names]
             dilation = 1.0 if o.native else (o.dilation or choose_dilation(used))
             self.emulation = Emulation(o.native, dilation)
             self.summary.emulation = self.emulation.describe()
@@ -281,6 +297,8 @@ class ApplicationManager:
                 allow_simulated=True,
                 normalise=normalisation(self.chain.input_shape[1]),
                 route=self.route,
+                blind_frames=total if total is not None else o.chunk,
+                tamper=dict(o.tamper),
             )
             budget = FaultBudget(o.fault_budget, o.fault_window_s, o.fault_backoff_s)
             run = _Run(ctx, kms, run_dir, f"run-{secrets.token_hex(4)}", budget, emitter)

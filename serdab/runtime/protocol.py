@@ -52,12 +52,45 @@ __all__ = [
     "Stop",
     "Wire",
     "Wired",
+    "BlindConfig",
     "WorkerConfig",
     "decode",
 ]
 
 SOURCE, SINK = "source", "sink"  # the manager's two ends of the stream, named like workers on links
 CONFIG_CONTEXT = b"serdab-stage-config"  # an enclave's configuration envelope is bound to this purpose
+
+
+@dataclass(frozen=True)
+class BlindConfig:
+    """A blinded stage's side of issue 28, told to its enclave and to its helper alike.
+
+    ``helper_s`` is the helper's emulated seconds per frame (its field products; each layer is padded
+    to its share by multiply-accumulates); the enclave precomputes the pool for the frame ids
+    ``pool_from`` .. ``pool_from + pool_frames - 1``; ``tamper_from`` (fault injection, tests and
+    demonstrations) makes the helper add 1 to one element of every answer from that frame on."""
+
+    mode: str
+    integrity: bool
+    helper_s: float
+    pool_from: int = 0
+    pool_frames: int = 0
+    tamper_from: int | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> BlindConfig:
+        tamper = wire.get("tamper_from")
+        return cls(
+            mode=str(wire["mode"]),
+            integrity=bool(wire["integrity"]),
+            helper_s=float(wire["helper_s"]),
+            pool_from=int(wire.get("pool_from", 0)),
+            pool_frames=int(wire.get("pool_frames", 0)),
+            tamper_from=None if tamper is None else int(tamper),
+        )
 
 
 @dataclass(frozen=True)
@@ -79,6 +112,9 @@ class WorkerConfig:
     normalise: Normalisation | None = None  # first stage: frames arrive as uint8 pixels
     threads: int = 1
     queue_depth: int = 2
+    role: str = "stage"  # or "helper": an untrusted device computing a blinded stage's linear layers
+    helper: str | None = None  # a blinded stage's enclave: its helper's worker id (the last link each way)
+    blind: BlindConfig | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -97,6 +133,9 @@ class WorkerConfig:
             "normalise": self.normalise.to_wire() if self.normalise else None,
             "threads": self.threads,
             "queue_depth": self.queue_depth,
+            "role": self.role,
+            "helper": self.helper,
+            "blind": self.blind.to_wire() if self.blind else None,
         }
 
     @classmethod
@@ -118,6 +157,9 @@ class WorkerConfig:
                 normalise=Normalisation.from_wire(wire["normalise"]) if wire.get("normalise") else None,
                 threads=int(wire["threads"]),
                 queue_depth=int(wire["queue_depth"]),
+                role=str(wire.get("role", "stage")),
+                helper=str(wire["helper"]) if wire.get("helper") else None,
+                blind=BlindConfig.from_wire(wire["blind"]) if wire.get("blind") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WireError(f"a worker configuration without a valid {exc}") from None

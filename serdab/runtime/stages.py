@@ -3,7 +3,9 @@
 A trusted stage's ONNX file is sealed into a measured model image (``serdab.kms.lifecycle``: a
 fresh key per stage file, the worker entrypoint as the image's only code); its key goes to the key
 service under a policy naming that image's PCRs, so only an enclave launched from that very image
-gets it (seed 000: each enclave receives only its own layers). Untrusted stages are plain ONNX files.
+gets it (seed 000: each enclave receives only its own layers). Untrusted stages are plain ONNX files,
+and so is what a blinded stage's helper gets: the weights of the layers it computes are visible to
+it (Slalom's model; docs/blinded.md), the activations never are.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class StageArtifact:
     last: int
     stage_file: str  # untrusted: path of the plain ONNX; trusted: file name under the image's models/
     image: ModelImage | None = None  # trusted stages only
+    helper_file: str | None = None  # a blinded stage: the plain ONNX its untrusted helper quantises
 
     @property
     def trusted(self) -> bool:
@@ -48,5 +51,10 @@ def package_stages(
             artifacts.append(StageArtifact(k, stage.first, stage.last, str(path)))
             continue
         image = build_model_image(data, name, out_dir / f"image-stage{k}", STAGE_ENTRYPOINT, f"{run_id}-stage{k}")
-        artifacts.append(StageArtifact(k, stage.first, stage.last, name, image))
+        helper_file = None
+        if stage.helper is not None:
+            helper_path = out_dir / f"stage{k}-b{stage.first}-{stage.last}-helper.onnx"
+            helper_path.write_bytes(data)
+            helper_file = str(helper_path)
+        artifacts.append(StageArtifact(k, stage.first, stage.last, name, image, helper_file))
     return artifacts

@@ -70,6 +70,8 @@ _RUNTIME_PACKAGES = (
     "pydantic",
     "psycopg",
     "dcap-qvl",  # a key service in an enclave verifies TDX quotes with it
+    "torch",  # a blinded stage's enclave computes its integer layers (serdab.blind) with it
+    "onnx",  # ... and quantises its stage from the ONNX graph
     "click",
     "rich",
     "pygments",
