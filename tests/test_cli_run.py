@@ -56,6 +56,23 @@ def test_run_a_video_through_the_paper_cluster(tmp_path: Path, capsys) -> None:
     assert "measured vs predicted" in printed and "period P" in printed
 
 
+def test_run_a_blinded_placement_one_line_per_frame(tmp_path: Path, capsys) -> None:
+    cluster = tmp_path / "desktop.yaml"
+    cluster.write_text(
+        "source: tee1\ndevices:\n"
+        "  - {name: tee1, kind: tee, trusted: true, host: h1, speed: 0.5, memory: 93MiB, paging_factor: 5.0}\n"
+        "  - {name: gpu1, kind: gpu, trusted: false, host: h1, speed: 4.0, memory: 8GiB}\n"
+    )
+    out = tmp_path / "results.jsonl"
+    argv = ["run", "lenet5", "--cluster", str(cluster), "--input", "synthetic:4", "--chunk", "2", "--out", str(out)]
+    code = main([*argv, "--blind", "in-stream", "--placement", "tee1(blinded:gpu1)[0-3] -> gpu1[4-11]"])
+    assert code == 0, capsys.readouterr().err
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["frame"] for line in lines] == [0, 1, 2, 3] and all(len(line["top5"]) == 5 for line in lines)
+    printed = capsys.readouterr().out
+    assert "tee1(blinded:gpu1)[0-3] -> gpu1[4-11]" in printed and "measured vs predicted" in printed
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -69,6 +86,10 @@ def test_run_a_video_through_the_paper_cluster(tmp_path: Path, capsys) -> None:
         ),
         (["--cluster", "{tmp}/tiny.yaml"], "nothing can hold the first stage"),
         (["--slowdown", "tee1=fast"], "DEVICE=FACTOR"),
+        (["--blind", "sometimes"], "choose one of in-stream, pool, outsourced"),
+        (["--tamper", "gpu2@1"], "it needs --blind"),
+        (["--placement", "tee1(blinded:gpu2)[0-11]"], "the plan has no blinding costs (plan with --blind)"),
+        (["--blind", "pool", "--placement", "tee1(blinded:tee2)[0-11]"], "tee2 is trusted"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path, capsys) -> None:
