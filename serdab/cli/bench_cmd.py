@@ -98,6 +98,14 @@ BENCHMARKS: dict[str, Benchmark] = {
                 BenchOption("quick", bool, False, "ResNet-18 only, 12 frames (about 3 minutes)."),
                 BenchOption("frames", int | None, None, "Frames per run (default 24; 12 with --quick).", min=2),
                 BenchOption("cluster", str, "paper", "Cluster file or shipped example."),
+                BenchOption(
+                    "compress",
+                    bool,
+                    False,
+                    "Compress the emulated clock to the enclaves' speed (seed000: hours become minutes); faster "
+                    "devices then count what they really took.",
+                ),
+                BenchOption("models", list[str] | None, None, "Models to run (repeatable; default seed 000's five)."),
             ),
         ),
         Benchmark(

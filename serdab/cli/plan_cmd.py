@@ -10,11 +10,15 @@ from rich.table import Table
 
 from serdab.cli.common import (
     AuditOpt,
+    BlindHelperOpt,
+    BlindOpt,
     InputShapeOpt,
+    IntegrityOpt,
     JsonOpt,
     PrivacyOpt,
     ReplicateOpt,
     TrustedTailOpt,
+    blind_costs,
     console,
     human_bytes,
     open_model,
@@ -51,6 +55,8 @@ def plan_table(cost: PlanCost, request: PlanRequest) -> Table:
         stage = s.stage
         hop = hops.get(stage.first)
         devices = "+".join(stage.devices) + (f" (x{stage.replicas} round robin)" if stage.replicas > 1 else "")
+        if stage.helper:
+            devices += f", blinded on {stage.helper}"
         table.add_row(
             str(i),
             devices,
@@ -94,6 +100,9 @@ def plan(
     ] = None,
     audit: AuditOpt = None,
     input_shape: InputShapeOpt = None,
+    blind: BlindOpt = None,
+    integrity: IntegrityOpt = True,
+    blind_helper: BlindHelperOpt = None,
     json_path: JsonOpt = None,
 ) -> None:
     """Place MODEL's blocks on the cluster's enclaves and accelerators: private, and fastest for a chunk of frames.
@@ -109,7 +118,10 @@ def plan(
         raise PlanError(f"--replicate applies to the optimal and brute-force strategies, not {strategy}")
     report = _leakage_file(leakage) if leakage is not None else None
     wants_leakage = policy.needs_leakage and report is None
-    opened = open_model(model, input_shape) if model is not None and (profile is None or wants_leakage) else None
+    if blind is not None and model is None:
+        raise ConfigError("--blind measures what blinding each block costs: give the MODEL (with --profile too)")
+    needs_model = profile is None or wants_leakage or blind is not None
+    opened = open_model(model, input_shape) if model is not None and needs_model else None
     if profile is not None:
         prof = Profile.load(profile)
     elif opened is not None:
@@ -122,6 +134,7 @@ def plan(
         with progress_bar(f"leakage of {opened.name}", len(images)) as update:
             report = measure_leakage(opened.chain, opened.name, images, progress=update)
     audited = read_audit(audit, policy, opened.chain if opened else None, model or prof.model)
+    blinding = blind_costs(opened.chain, prof, blind, integrity, blind_helper) if opened else None
     planned = plan_model(
         prof,
         spec,
@@ -132,6 +145,7 @@ def plan(
         replicate=replicate,
         leakage=report,
         audit=audited,
+        blind=blinding,
     )
     request, placement, cost, planner_s = planned.request, planned.placement, planned.cost, planned.planner_s
     costs = request.costs
@@ -149,6 +163,17 @@ def plan(
         console.print(
             f"event simulation of {chunk} frames: T = {sim.chunk_time_s:.3f} s ({100 * gap:+.2f}% vs formula)"
         )
+    for stage in cost.stages:
+        if stage.blinded is not None:
+            b = stage.blinded
+            console.print(
+                f"{stage.stage.device} blinds blocks {stage.stage.first}-{stage.stage.last} on {stage.stage.helper}: "
+                f"enclave {1000 * b.enclave_s:.1f} ms, GPU {1000 * b.gpu_s:.1f} ms, "
+                f"round trips {1000 * b.link_s:.1f} ms ({human_bytes(b.sent_bytes)} out, {human_bytes(b.returned_bytes)} back per frame)"
+                + (f"; sealed pool {human_bytes(b.pool_bytes)} per frame" if b.pool_bytes else "")
+            )
+    if blinding is not None and placement.helpers:
+        console.print(f"{blinding.describe()}; the GPU sees masked values only, and the layers' weights")
     exposed = document["privacy"]["untrusted_inputs"]
     if exposed:
         for e in exposed:

@@ -177,7 +177,12 @@ def run(
         str | None, typer.Option(help="Run this placement instead of planning, e.g. 'tee1[0-11] -> gpu2[12-21]'.")
     ] = None,
     dilation: Annotated[
-        float | None, typer.Option(min=1.0, help="Host seconds per emulated second (default: chosen from the devices).")
+        float | None,
+        typer.Option(
+            min=0.0001,
+            help="Host seconds per emulated second (default: chosen from the devices). Below 1 compresses the "
+            "clock: slow enclaves keep their emulated speed, devices too fast to keep up count what they took.",
+        ),
     ] = None,
     slowdown: Annotated[
         list[str] | None,

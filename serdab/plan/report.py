@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from serdab.plan.placement import PlanCost
+from serdab.plan.costs import Workload
+from serdab.plan.placement import BlindedShare, PlanCost
 from serdab.plan.planner import PlanRequest
 from serdab.privacy import LeakageReport
 
@@ -45,6 +46,7 @@ def plan_document(request: PlanRequest, cost: PlanCost, leakage: LeakageReport |
                 "memory_bytes": s.memory_bytes,
                 "paged": s.paged,
                 "trusted": request.trusted(s.stage.device),
+                **({"blinded": _blinded(s.stage.helper, s.blinded, workload)} if s.blinded else {}),
             }
             for s in cost.stages
         ],
@@ -67,7 +69,27 @@ def plan_document(request: PlanRequest, cost: PlanCost, leakage: LeakageReport |
             "policy": request.policy,
             "trusted_tail": request.trusted_tail,
             "untrusted_inputs": exposed,
+            **({"blinding": workload.blind.describe()} if workload.blind and cost.placement.helpers else {}),
         },
+    }
+
+
+def _blinded(helper: str | None, share: BlindedShare, workload: Workload) -> dict[str, Any]:
+    """A blinded stage's split of its time, and what it assumes (the outsourced mode's non-collusion)."""
+    blind = workload.blind
+    assert blind is not None
+    return {
+        "helper": helper,
+        "mode": blind.mode,
+        "integrity": blind.integrity,
+        "non_colluding_helper": blind.helper,
+        "enclave_s": share.enclave_s,
+        "gpu_s": share.gpu_s,
+        "round_trips_s": share.link_s,
+        "sent_bytes": share.sent_bytes,
+        "returned_bytes": share.returned_bytes,
+        "pool_bytes_per_frame": share.pool_bytes,
+        "precompute_s_per_frame": share.precompute_s,
     }
 
 

@@ -7,6 +7,12 @@ and every link is shaped to ``dilation x`` its emulated transfer time. The dilat
 that the fastest device used still has headroom on this host (``headroom`` x its speed) and the
 padded workers together leave CPU to spare on this host's cores. Reports divide host times by
 the dilation and say "emulated". ``native`` runs every worker at this host's speed, unshaped.
+
+A dilation below 1 compresses the clock (``compressed_dilation``): for clusters whose enclaves are
+far slower than this host (seed 000's run at 0.0073 of it) a real-time run would take hours. Devices
+at most ``dilation / HEADROOM`` fast are still emulated exactly; faster ones (GPUs) cannot keep up,
+so their stages and links take what they really take on this host, which the run reports as
+measured (a stage over its budget shows in the stage table beside its prediction).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 from serdab.cluster import Cluster, Device
 from serdab.cluster.spec import LocalLink
 
-__all__ = ["Emulation", "choose_dilation", "native_cluster"]
+__all__ = ["Emulation", "choose_dilation", "compressed_dilation", "native_cluster"]
 
 HEADROOM = 1.6  # a stage's host time may exceed its profile by 60% (jitter, crypto, 2 shared cores)
 CPU_SHARE = 0.6  # padded workers may keep at most this share of the host's cores busy
@@ -32,6 +38,11 @@ class Emulation:
     def describe(self) -> str:
         if self.native:
             return "native: every worker at this host's speed, links unshaped"
+        if self.dilation < 1:
+            return (
+                f"emulated, clock compressed: 1 emulated s = {self.dilation:.4f} host s; devices faster than "
+                f"{self.dilation / HEADROOM:.4f} of this host cannot keep up and count what they really took"
+            )
         return (
             f"emulated: device speeds and links from the cluster file, time dilated {self.dilation:.2f}x "
             f"(1 emulated s = {self.dilation:.2f} host s)"
@@ -43,6 +54,16 @@ def choose_dilation(devices: Iterable[Device], cores: int | None = None) -> floa
     speeds = [d.speed for d in devices]
     cores = cores or os.cpu_count() or 1
     return max(1.0, HEADROOM * max(speeds, default=1.0), sum(speeds) / (CPU_SHARE * cores))
+
+
+def compressed_dilation(devices: Iterable[Device], cores: int | None = None) -> float:
+    """The smallest dilation at which the *trusted* devices can still be emulated, when that is below
+    ``choose_dilation``'s: the enclaves, which set a pipeline's period, keep their emulated speed."""
+    trusted = [d for d in devices if d.trusted]
+    cores = cores or os.cpu_count() or 1
+    speeds = [d.speed for d in trusted]
+    fast = HEADROOM * max(speeds, default=1.0)
+    return min(choose_dilation(devices, cores), max(fast, sum(speeds) / (CPU_SHARE * cores)))
 
 
 def native_cluster(cluster: Cluster) -> Cluster:
