@@ -169,7 +169,8 @@ def plan(
             console.print(
                 f"{stage.stage.device} blinds blocks {stage.stage.first}-{stage.stage.last} on {stage.stage.helper}: "
                 f"enclave {1000 * b.enclave_s:.1f} ms, GPU {1000 * b.gpu_s:.1f} ms, "
-                f"round trips {1000 * b.link_s:.1f} ms ({human_bytes(b.sent_bytes)} out, {human_bytes(b.returned_bytes)} back per frame)"
+                f"round trips {1000 * b.link_s:.1f} ms "
+                f"({human_bytes(b.sent_bytes)} out, {human_bytes(b.returned_bytes)} back per frame)"
                 + (f"; sealed pool {human_bytes(b.pool_bytes)} per frame" if b.pool_bytes else "")
             )
     if blinding is not None and placement.helpers:
