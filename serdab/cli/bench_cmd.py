@@ -109,6 +109,20 @@ BENCHMARKS: dict[str, Benchmark] = {
             ),
         ),
         Benchmark(
+            "blinded",
+            "Issue 28: blinded offload of linear layers (each precomputation mode, with and without Freivalds) "
+            "against one enclave and Serdab's plaintext plans; measured runs on one desktop.",
+            "serdab.bench.blinded_bench",
+            (
+                BenchOption("quick", bool, False, "ResNet-18 only, predictions only (about a minute)."),
+                BenchOption("cluster", str, "seed000", "Cluster file or shipped example for the predictions."),
+                BenchOption("frames", int, 4, "Frames per measured run.", min=2),
+                BenchOption(
+                    "models", list[str] | None, None, "Models (repeatable; default VGG-16, ResNet-18, MobileNetV2)."
+                ),
+            ),
+        ),
+        Benchmark(
             "startup",
             "CLI start-up time and the heavy packages each entry point imports.",
             "serdab.bench.startup_bench",
