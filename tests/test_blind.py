@@ -106,6 +106,11 @@ def test_freivalds_catches_a_gpu_that_answers_wrongly() -> None:
         with pytest.raises(LinkIntegrityError, match="fails Freivalds' check") as caught:
             BlindedRunner(model, tampering(change, layer), integrity=True, seed=1).run(0, x)
         assert caught.value.kind == "wrong-answer"
+    # outsourced: a wrong W r from the second device is caught by the same check, and blamed on it
+    outsourced = BlindedRunner(model, honest, mode="outsourced", helper=tampering(1, 2), integrity=True, seed=1)
+    with pytest.raises(LinkIntegrityError, match="W r device") as caught:
+        outsourced.run(0, x)
+    assert caught.value.kind == "wrong-precomputation"
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv2", "squeezenet1_1"])

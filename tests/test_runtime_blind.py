@@ -97,3 +97,32 @@ def test_a_helper_that_answers_wrongly_is_caught_and_planned_around(lenet_costs,
             assert np.array_equal(out, quantised.dequantised(frame.tensor).astype(np.float32))
         else:  # never the tampered answer: the frame was answered by the re-planned enclave, in floats
             assert np.abs(out - whole.run(None, {chain.input_name: frame.tensor})[0]).max() <= 1e-5
+
+
+def test_outsourced_w_r_runs_beside_the_gpu_and_a_wrong_w_r_is_caught(lenet_costs, tmp_path: Path) -> None:
+    # the second untrusted device computes W r from the masks alone; checked like the GPU's answers
+    path = tmp_path / "desktop-cpu.yaml"
+    path.write_text(DESKTOP + "  - {name: cpu1, kind: cpu, trusted: false, host: h1, speed: 1.0, memory: 8GiB}\n")
+    cluster = load_cluster(path)
+    chain, profile, blinding = lenet_costs
+    blind = BlindCosts.from_profile(blinding, "outsourced", integrity=True, helper="cpu1")
+    options = RunOptions(
+        blind=blind,
+        chunk=3,
+        native=True,
+        keep_outputs=True,
+        fault_budget=0,
+        placement="tee1(blinded:gpu1)[0-11]",
+        tamper={"cpu1": 1},
+    )
+    manager = ApplicationManager(chain, "lenet5", profile, cluster, options)
+    lines: list[dict] = []
+    summary = manager.run(open_source("synthetic:3", chain.input_shape).frames(), on_result=lines.append)
+    assert [line["frame"] for line in lines] == [0, 1, 2]
+    quantised = quantize_model(chain.model, "lenet5")
+    first = next(iter(open_source("synthetic:1", chain.input_shape).frames()))
+    assert np.array_equal(  # frame 0: GPU and W r device both honest, the quantised model's answer
+        np.asarray(lines[0]["outputs"][-1], dtype=np.float32), quantised.dequantised(first.tensor).astype(np.float32)
+    )
+    assert summary.faults[0]["device"] == "cpu1" and summary.faults[0]["frame"] == 1  # W r's device, not the GPU
+    assert "cpu1" not in summary.placements[-1]

@@ -59,12 +59,23 @@ def _measure(
     compress: bool = False,
 ):
     devices = [cluster.device(d) for d in placement.devices]
+    dilation = None if native else choose_dilation(devices)
+    if compress and not native:
+        from serdab.plan import CostModel
+
+        cost = CostModel(Workload.from_profile(profile), cluster).evaluate(placement, frames)
+        untrusted = [
+            s.compute_s * cluster.device(s.stage.device).speed  # host seconds of the work (the profile's)
+            for s in cost.stages
+            if not cluster.device(s.stage.device).trusted
+        ]
+        dilation = compressed_dilation(devices, untrusted_host_s=max(untrusted, default=0.0), period_s=cost.period_s)
     options = RunOptions(
         chunk=frames,
         placement=placement.describe(),
         native=native,
         repartition=None,
-        dilation=None if native else (compressed_dilation if compress else choose_dilation)(devices),
+        dilation=dilation,
         replicate=True,
     )
     manager = ApplicationManager(chain, name, profile, cluster, options)

@@ -20,6 +20,7 @@ import struct
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cbor2
@@ -128,6 +129,8 @@ class BlindedRunner:
         self._checks: dict[tuple[int, tuple[int, ...]], FreivaldsCheck] = {}
         self._pool = _Pool()
         self.pool_misses = 0
+        # outsourced: W r is asked for before the GPU's answer, so the two devices work at the same time
+        self._ahead = ThreadPoolExecutor(1, thread_name_prefix="wr") if mode == "outsourced" else None
         self.timings: defaultdict[str, float] = defaultdict(float)  # seconds per part, for the blinding profile
 
     @property
@@ -152,6 +155,7 @@ class BlindedRunner:
             masked = h.astype(np.float64) + r  # in (-P/2, 3P/2): |h| < P/2 (decode's range), r in [0, P)
             masked[masked >= P] -= P  # two compares instead of a modulo (every activation, in the enclave)
             masked[masked < 0] += P
+            ahead = self._ahead.submit(self.helper, index, r) if self._ahead and self.helper else None
             started = clock()
             z = self.gpu(index, masked)
             checked = clock()
@@ -163,7 +167,7 @@ class BlindedRunner:
                 )
             unmasking = clock()
             timings["check"] += unmasking - checked
-            u = self._unmask(frame, index, layer, r)
+            u = self._unmask(frame, index, layer, r) if ahead is None else self._outsourced(ahead, index, layer, r)
             timings["unmask"] += clock() - unmasking
             return decode(z - u)
 
@@ -175,10 +179,17 @@ class BlindedRunner:
             if u is not None:
                 return u
             self.pool_misses += 1  # a frame the pool did not foresee: computed here, and counted
-        if self.mode == "outsourced":
-            assert self.helper is not None
-            return self.helper(index, r)
         return np.mod(layer.linear(r), P)
+
+    def _outsourced(self, ahead: Future[np.ndarray], index: int, layer: QLinear, r: np.ndarray) -> np.ndarray:
+        """The second device's ``W r``, checked like the GPU's answers when integrity is on (the same
+        secret vector: ``<s, W r> = <W^T s, r>``), so neither untrusted device can bend the result alone."""
+        u = ahead.result()
+        if self.integrity and not self._check(index, layer, r, u):
+            raise LinkIntegrityError(
+                "wrong-precomputation", f"the W r device's answer for blinded layer {layer.name} fails Freivalds' check"
+            )
+        return u
 
     def _check(self, index: int, layer: QLinear, masked: np.ndarray, z: np.ndarray) -> bool:
         key = (index, masked.shape)

@@ -16,6 +16,7 @@ from rich.table import Table
 from serdab.choices import BadInput, ExecutorKind
 from serdab.cli.common import (
     AuditOpt,
+    BlindHelperOpt,
     BlindOpt,
     EvidenceOpt,
     InputShapeOpt,
@@ -243,6 +244,7 @@ def run(
     evidence: EvidenceOpt = None,
     blind: BlindOpt = None,
     integrity: IntegrityOpt = True,
+    blind_helper: BlindHelperOpt = None,
     tamper: Annotated[
         list[str] | None,
         typer.Option(
@@ -289,7 +291,9 @@ def run(
     tampering = dict(_parse_tamper(t, spec.names) for t in tamper or [])
     if tampering and blind is None:
         raise ConfigError("--tamper injects wrong answers of a blinding helper: it needs --blind")
-    blinding = blind_costs(opened.chain, prof, blind, integrity, None)
+    if blind_helper is not None and blind_helper not in spec.names:
+        raise ConfigError(f"--blind-helper {blind_helper}: not a device of {spec.name} ({', '.join(spec.names)})")
+    blinding = blind_costs(opened.chain, prof, blind, integrity, blind_helper)
     options = RunOptions(
         chunk=chunk,
         strategy=strategy,

@@ -428,6 +428,8 @@ class CostModel:
             )
         if helper not in self.index:
             return f"unknown device {helper!r}"
+        if blind.helper is not None and blind.helper not in self.index:
+            return f"the W r device {blind.helper} is not available"
         if helper == blind.helper:
             return f"{helper} computes W r (outsourced); the GPU that sees masked inputs must be another device"
         if stage.replicas != 1 or not self.devices[self.index[stage.device]].trusted:

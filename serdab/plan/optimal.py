@@ -47,14 +47,16 @@ def device_groups(request: PlanRequest) -> list[Group]:
     carries blinding costs) every trusted device with every untrusted helper it is linked to.
 
     A group lists the source first when it holds it, then cluster order: its first device takes
-    frame 0. An outsourced mode's W r device is reserved for that: it is in no group.
+    frame 0. An outsourced mode's W r device is reserved for that: it is in no group (and without it,
+    nothing is blinded).
     """
     costs = request.costs
     devices = costs.devices
     blind = costs.workload.blind
-    reserved = costs.index[blind.helper] if blind is not None and blind.helper is not None else None
+    reserved = costs.index.get(blind.helper) if blind is not None and blind.helper is not None else None
     groups = [Group((i,)) for i in range(len(devices)) if i != reserved]
-    if blind is not None:
+    lost = blind is not None and blind.helper is not None and reserved is None  # the W r device is gone
+    if blind is not None and not lost:
         groups += [
             Group((e,), g)
             for e in range(len(devices))

@@ -67,6 +67,7 @@ from serdab.runtime.wire import WireError, connect, listen, recv_message, send_m
 
 __all__ = ["Deployment", "FrameResult", "WorkerLost"]
 
+BLAME = {"wrong-answer": "helper", "wrong-precomputation": "wr"}  # a blinded stage's integrity report -> who
 PROBE_FRAMES = 3  # sent one at a time after the warm-up; their median end-to-end time is the measured L
 
 
@@ -172,22 +173,23 @@ class Deployment:
 
     def _plan_workers(self, artifacts: list[StageArtifact], physical: CostModel) -> list[_Worker]:
         cost = physical.evaluate(self.placement, 1)
-        self.topology: Topology = topology(self.placement, self.epoch)
+        blind = physical.workload.blind
+        self.topology: Topology = topology(self.placement, self.epoch, blind.helper if blind else None)
         self._links = {pair: self._link(*pair) for pair in self.topology.links()}
         self._slots = {slot.id: slot for slot in self.topology.workers}
-        blind = physical.workload.blind
         warm = self.paths_of(self.placement) * (PROBE_FRAMES + 1)  # warm-up and probe frames: negative ids
         workers = {}
         for slot in self.topology.workers:
             k, artifact = slot.stage, artifacts[slot.stage]
             slow = self.ctx.slowdowns.get(slot.device)
-            helper = self.topology.helper_of(slot)
-            share = cost.stages[k].blinded
+            assistants = {a.role: a for a in self.topology.assistants(slot)}
             blind_config = None
-            if share is not None and blind is not None and helper is not None:
-                tamper = self.ctx.tamper.get(helper.device if slot.role == "stage" else slot.device)
+            share = cost.stages[k].blinded
+            if share is not None and blind is not None:
+                helper_s = share.gpu_s if slot.role != "wr" else self._wr_s(physical, k, slot.device)
+                tamper = self.ctx.tamper.get(slot.device) if slot.role != "stage" else None
                 blind_config = BlindConfig(
-                    blind.mode, blind.integrity, share.gpu_s, -warm, warm + self.ctx.blind_frames, tamper
+                    blind.mode, blind.integrity, helper_s, -warm, warm + self.ctx.blind_frames, tamper
                 )
             config = WorkerConfig(
                 worker=slot.id,
@@ -206,15 +208,22 @@ class Deployment:
                 else None,
                 normalise=self.ctx.normalise if k == 0 and slot.role == "stage" else None,  # uint8 pixels arrive
                 role=slot.role,
-                helper=helper.id if helper and slot.role == "stage" else None,
+                helper=assistants["helper"].id if "helper" in assistants else None,
+                wr=assistants["wr"].id if "wr" in assistants else None,
                 blind=blind_config,
             )
-            if slot.role == "helper":
+            if slot.role != "stage":
                 assert artifact.helper_file is not None
                 config = replace(config, stage_file=artifact.helper_file, compute_emulated_s=0.0)
             workers[slot.id] = _Worker(slot.id, slot.device, k, artifact, config)
         self._stages = [[workers[slot.id] for slot in group] for group in self.topology.stages]
         return list(workers.values())
+
+    def _wr_s(self, physical: CostModel, k: int, device: str) -> float:
+        """The outsourced W r device's emulated seconds per frame for stage ``k`` (as the cost model charges)."""
+        stage = self.placement.stages[k]
+        d = physical.cluster.device(device)
+        return float(physical.workload.block_s[stage.first : stage.last + 1].sum()) * d.field_factor / d.speed
 
     @staticmethod
     def paths_of(placement: Placement) -> int:
@@ -490,10 +499,15 @@ class Deployment:
             if isinstance(event, Heartbeat):
                 self.ctx.resources.heartbeat(device)
                 self._count(worker_id, event)
-            elif isinstance(event, IntegrityReport) and event.kind == "wrong-answer" and w and w.config.helper:
-                # the enclave caught its helper's wrong answer and answered nothing with it: the GPU's fault
-                helper = self._by_id[w.config.helper].device
-                raise WorkerLost(helper, f"{helper} returned a wrong answer to a blinded layer: {event.message}")
+            elif (
+                isinstance(event, IntegrityReport)
+                and event.kind in BLAME
+                and w
+                and getattr(w.config, BLAME[event.kind])
+            ):
+                # the enclave caught a wrong answer and answered nothing with it: the untrusted device's fault
+                culprit = self._by_id[getattr(w.config, BLAME[event.kind])].device
+                raise WorkerLost(culprit, f"{culprit} returned a wrong answer to a blinded layer: {event.message}")
             elif isinstance(event, IntegrityReport):
                 raise LinkIntegrityError(event.kind, f"{event.message} (reported by {device})")
             elif isinstance(event, ErrorReport | LinkClosed):

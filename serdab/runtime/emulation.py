@@ -17,6 +17,7 @@ measured (a stage over its budget shows in the stage table beside its prediction
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -56,14 +57,21 @@ def choose_dilation(devices: Iterable[Device], cores: int | None = None) -> floa
     return max(1.0, HEADROOM * max(speeds, default=1.0), sum(speeds) / (CPU_SHARE * cores))
 
 
-def compressed_dilation(devices: Iterable[Device], cores: int | None = None) -> float:
+def compressed_dilation(
+    devices: Iterable[Device], cores: int | None = None, untrusted_host_s: float = 0.0, period_s: float = math.inf
+) -> float:
     """The smallest dilation at which the *trusted* devices can still be emulated, when that is below
-    ``choose_dilation``'s: the enclaves, which set a pipeline's period, keep their emulated speed."""
+    ``choose_dilation``'s: the enclaves, which set a pipeline's period, keep their emulated speed. With
+    the longest host time of an untrusted stage per frame (``untrusted_host_s``) and the plan's predicted
+    period, also large enough that such a stage, running at host speed, stays under the period: then
+    only the latency of a frame shows what the faster devices really took."""
+    devices = list(devices)
     trusted = [d for d in devices if d.trusted]
     cores = cores or os.cpu_count() or 1
     speeds = [d.speed for d in trusted]
     fast = HEADROOM * max(speeds, default=1.0)
-    return min(choose_dilation(devices, cores), max(fast, sum(speeds) / (CPU_SHARE * cores)))
+    keep_up = HEADROOM * untrusted_host_s / period_s if period_s > 0 else 0.0
+    return min(choose_dilation(devices, cores), max(fast, keep_up, sum(speeds) / (CPU_SHARE * cores)))
 
 
 def native_cluster(cluster: Cluster) -> Cluster:

@@ -30,6 +30,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,19 +82,21 @@ class _Worker:
         self.failed: str | None = None  # why the compute loop ended, if it did
         self.frame: int | None = None  # the frame being computed
         self._inbound = {spec.src: spec for spec in config.inbound}
+        self._assistants = [a for a in (config.helper, config.wr) if a]
         self._receivers: list[LinkReceiver] = []
         self.frame_senders: list[LinkSender] = []  # the next stage's replicas (or the sink), frame % r
-        self.helper_sender: LinkSender | None = None  # a blinded stage: masked inputs to its helper
-        self.replies: queue.Queue[tuple[int, bytes]] = queue.Queue()  # ... and its answers
+        # a blinded stage: masked inputs to its helper (and masks to its W r device), their answers
+        self.assistant_senders: dict[str, LinkSender] = {}
+        self.replies: dict[str, queue.Queue[tuple[int, bytes]]] = {a: queue.Queue() for a in self._assistants}
         self.runner: Any = None  # a blinded stage's serdab.blind.blinded.BlindedRunner
         self._blind_shapes: dict[int, tuple[int, ...]] = {}  # linear layer -> the answer's shape
-        self._requests = 0
+        self._requests = dict.fromkeys(self._assistants, 0)
 
     # --- set-up ---------------------------------------------------------------------------------
     def load(self) -> float:
         started = time.monotonic()
         cfg = self.config
-        if cfg.role == "helper":
+        if cfg.role != "stage":
             self._load_helper(Path(self.local_stage_file or cfg.stage_file).read_bytes())
             return time.monotonic() - started
         if self.nsm is not None:
@@ -135,8 +138,17 @@ class _Worker:
         blind = self.config.blind
         assert blind is not None
         quantised, shape = self._quantised(model)
-        self._blind_shapes = {i: out for i, (_, out) in enumerate(quantised.linear_shapes(shape))}
-        self.runner = BlindedRunner(quantised, self._ask_helper, mode=blind.mode, integrity=blind.integrity)
+        shapes = quantised.linear_shapes(shape)
+        self._blind_shapes = {i: out for i, (_, out) in enumerate(shapes)}
+        helper, wr = self.config.helper, self.config.wr
+        assert helper is not None
+        self.runner = BlindedRunner(
+            quantised,
+            lambda index, masked: self._ask(helper, index, masked),
+            mode=blind.mode,
+            integrity=blind.integrity,
+            helper=(lambda index, r: self._ask(wr, index, r)) if wr else None,
+        )
         if blind.mode == "pool":
             self.runner.precompute(range(blind.pool_from, blind.pool_from + blind.pool_frames), shape)
 
@@ -152,37 +164,37 @@ class _Worker:
         total = max(sum(macs), 1)
         self.helper_share = [m / total for m in macs]
 
-    def _ask_helper(self, index: int, masked: np.ndarray) -> np.ndarray:
-        """One blinded layer's round trip: the masked input out, ``W (x + r) mod P`` back."""
+    def _ask(self, assistant: str | None, index: int, values: np.ndarray) -> np.ndarray:
+        """One blinded layer's round trip with an assistant: the masked input (or, to the W r device, the
+        mask) out, ``W v mod P`` back. Each assistant has its own links, queue and request numbers."""
         from serdab.blind.blinded import field_payload, read_field_payload
 
-        assert self.helper_sender is not None and self.frame is not None
-        self._requests += 1
-        request = self._requests
-        self.helper_sender.put(request, field_payload(index, masked, self.frame))
+        assert assistant is not None and self.frame is not None
+        kind = "wrong-answer" if assistant == self.config.helper else "wrong-precomputation"
+        self._requests[assistant] += 1
+        request = self._requests[assistant]
+        self.assistant_senders[assistant].put(request, field_payload(index, values, self.frame))
         waited = 0.0
         while True:
             try:
-                seq, payload = self.replies.get(timeout=0.5)
+                seq, payload = self.replies[assistant].get(timeout=0.5)
                 break
             except queue.Empty:
                 waited += 0.5
                 if self.stopping.is_set() or waited > 120.0:
                     raise SerdabError(
-                        f"the helper did not answer blinded layer {index} of frame {self.frame}"
+                        f"{assistant} did not answer blinded layer {index} of frame {self.frame}"
                     ) from None
         try:
             layer, z, _ = read_field_payload(payload)
         except ValueError as exc:
-            raise LinkIntegrityError("wrong-answer", f"the helper's answer is malformed: {exc}") from None
+            raise LinkIntegrityError(kind, f"{assistant}'s answer is malformed: {exc}") from None
         if seq != request or layer != index or z.shape != self._blind_shapes.get(index):
-            raise LinkIntegrityError(
-                "wrong-answer", f"the helper answered request {seq} layer {layer} {z.shape} for {request}/{index}"
-            )
+            raise LinkIntegrityError(kind, f"{assistant} answered request {seq} layer {layer} for {request}/{index}")
         return z
 
-    def _reply(self, frame: int, payload: bytes) -> None:
-        self.replies.put((frame, payload))
+    def _reply(self, src: str) -> Callable[[int, bytes], None]:
+        return lambda frame, payload: self.replies[src].put((frame, payload))
 
     def listen(self, host: str) -> socket.socket:
         listener = listen(host)
@@ -205,7 +217,7 @@ class _Worker:
             if spec is None:
                 sock.close()  # not one of our upstreams; its frames would not authenticate anyway
                 continue
-            on_frame = self._reply if spec.src == self.config.helper else self._enqueue
+            on_frame = self._reply(spec.src) if spec.src in self.replies else self._enqueue
             self._receivers.append(LinkReceiver(sock, spec, on_frame, self._integrity, on_closed=None))
 
     def wire(self, downstream: tuple[tuple[str, int], ...]) -> None:
@@ -214,8 +226,8 @@ class _Worker:
             send_message(sock, LinkHello(spec.src).to_wire())
             sender = LinkSender(sock, spec, self._link_broken, depth=self.config.queue_depth)
             self.senders.append(sender)  # every link, in the configuration's order: the heartbeat's byte counts
-            if spec.dst == self.config.helper:
-                self.helper_sender = sender
+            if spec.dst in self.replies:
+                self.assistant_senders[spec.dst] = sender
             else:
                 self.frame_senders.append(sender)
 
@@ -245,7 +257,7 @@ class _Worker:
             self._report(ErrorReport(self.failed))
 
     def _compute(self) -> None:
-        if self.config.role == "helper":
+        if self.config.role != "stage":
             self._serve_helper()
             return
         cfg = self.config

@@ -194,11 +194,6 @@ class ApplicationManager:
         self.cluster = cluster
         self.workload = Workload.from_profile(profile)
         if options.blind is not None:
-            if options.blind.mode == "outsourced":
-                raise RunError(
-                    "the outsourced precomputation mode is costed by the planner (serdab plan, serdab bench "
-                    "blinded) but serdab run executes the in-stream and pool modes only"
-                )
             self.workload = replace(self.workload, blind=options.blind)
         self.policy = parse_policy(options.privacy)
         if self.policy.needs_leakage and leakage is None:
@@ -278,6 +273,8 @@ class ApplicationManager:
         try:
             placement = self.plan()
             names = self.cluster.names if not o.placement else placement.devices + placement.helpers
+            if o.blind is not None and o.blind.helper and o.placement:
+                names.append(o.blind.helper)
             used = [self.cluster.device(d) for d in names]
             dilation = 1.0 if o.native else (o.dilation or choose_dilation(used))
             self.emulation = Emulation(o.native, dilation)

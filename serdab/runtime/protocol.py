@@ -112,8 +112,9 @@ class WorkerConfig:
     normalise: Normalisation | None = None  # first stage: frames arrive as uint8 pixels
     threads: int = 1
     queue_depth: int = 2
-    role: str = "stage"  # or "helper": an untrusted device computing a blinded stage's linear layers
-    helper: str | None = None  # a blinded stage's enclave: its helper's worker id (the last link each way)
+    role: str = "stage"  # or "helper" (an untrusted device computing a blinded stage's layers), "wr" (its W r)
+    helper: str | None = None  # a blinded stage's enclave: its helper's worker id (the last links each way)
+    wr: str | None = None  # ... and, outsourced, its W r device's worker id
     blind: BlindConfig | None = None
 
     def to_wire(self) -> dict[str, Any]:
@@ -135,6 +136,7 @@ class WorkerConfig:
             "queue_depth": self.queue_depth,
             "role": self.role,
             "helper": self.helper,
+            "wr": self.wr,
             "blind": self.blind.to_wire() if self.blind else None,
         }
 
@@ -159,6 +161,7 @@ class WorkerConfig:
                 queue_depth=int(wire["queue_depth"]),
                 role=str(wire.get("role", "stage")),
                 helper=str(wire["helper"]) if wire.get("helper") else None,
+                wr=str(wire["wr"]) if wire.get("wr") else None,
                 blind=BlindConfig.from_wire(wire["blind"]) if wire.get("blind") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
