@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +11,17 @@ from hypothesis import strategies as st
 
 from serdab.cluster import Cluster, load_cluster
 from serdab.errors import PlanError, PolicyError
-from serdab.plan import PLANNERS, CostModel, Placement, PlanRequest, Stage, Workload, get_planner, violation
+from serdab.plan import (
+    PLANNERS,
+    BlindCosts,
+    CostModel,
+    Placement,
+    PlanRequest,
+    Stage,
+    Workload,
+    get_planner,
+    violation,
+)
 from serdab.plan.report import plan_document, why_infeasible
 from serdab.privacy.leakage import CutLeakage, LeakageReport
 from serdab.privacy.policy import allowed_starts, parse_policy
@@ -68,6 +79,43 @@ def test_device_without_paging_cannot_hold_an_oversized_stage() -> None:
     costs = CostModel(HAND, _cluster(small_gpu))
     assert math.isinf(costs.compute_s(2, 2, 2))
     assert costs.compute_s(2, 1, 1) == pytest.approx(0.2)
+
+
+def test_a_blinded_stage_by_hand() -> None:
+    # the enclave's measured share over its speed, the GPU's plain time x field factor over its speed, and
+    # every linear layer's round trip on the local channel; the enclave holds activations only (no paging)
+    local_gpu = {"name": "g1", "kind": "gpu", "trusted": False, "host": "a", "speed": 4.0, "memory": 10**6}
+    blind = BlindCosts(
+        mode="pool",
+        integrity=True,
+        enclave_s=np.array([0.01, 0.02, 0.04]),
+        sent_bytes=np.array([100, 100, 100]),
+        returned_bytes=np.array([200, 200, 200]),
+        trips=np.array([1, 1, 2]),
+        blindable=np.array([True, True, True]),
+        pool_bytes=np.array([10, 20, 30]),
+        precompute_s=np.array([0.1, 0.1, 0.1]),
+    )
+    costs = CostModel(replace(HAND, blind=blind), _cluster(local_gpu))
+    cost = costs.evaluate(Placement("t", (Stage(("tee",), 0, 2, "g1"),)), chunk=1)
+    share = cost.stages[0].blinded
+    assert share is not None and not cost.stages[0].paged  # 50 bytes of activations, not 2,250 of weights
+    assert share.enclave_s == pytest.approx(0.07 / 0.5)
+    assert share.gpu_s == pytest.approx(0.7 * 2.0 / 4.0)
+    assert share.link_s == pytest.approx(900 / 1e9 + 4 * 2 * 0.05e-3)
+    assert cost.latency_s == cost.period_s == pytest.approx(share.enclave_s + share.gpu_s + share.link_s)
+    assert share.pool_bytes == 60 and share.precompute_s == pytest.approx(0.3 / 0.5)
+    plain = costs.evaluate(_stages(("tee", 0, 2)), chunk=1)
+    assert plain.latency_s == pytest.approx(0.7 / 0.5 * 2)  # the plain enclave pages
+    assert get_planner("optimal").plan(PlanRequest(costs, (False, True, True, True), 1)).helpers == ["g1"]
+    # an untrusted stage device, a trusted helper, an unblindable block: refused by name
+    assert "one trusted device, not g1" in costs.structure_error(Placement("t", (Stage(("g1",), 0, 2, "tee"),)))
+    twin = {"name": "tee2", "kind": "tee", "trusted": True, "host": "a", "speed": 0.5, "memory": 1000}
+    costs2 = CostModel(replace(HAND, blind=blind), _cluster(local_gpu, twin))
+    assert "tee2 is trusted" in costs2.structure_error(Placement("t", (Stage(("tee",), 0, 2, "tee2"),)))
+    unblindable = replace(blind, blindable=np.array([True, False, True]), why_not=("", "Sigmoid", ""))
+    costs = CostModel(replace(HAND, blind=unblindable), _cluster(local_gpu))
+    assert "block 1 cannot be blinded: Sigmoid" in costs.structure_error(Placement("t", (Stage(("tee",), 0, 2, "g1"),)))
 
 
 def test_replicated_stage_shares_compute_and_links() -> None:

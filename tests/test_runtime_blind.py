@@ -126,3 +126,43 @@ def test_outsourced_w_r_runs_beside_the_gpu_and_a_wrong_w_r_is_caught(lenet_cost
     )
     assert summary.faults[0]["device"] == "cpu1" and summary.faults[0]["frame"] == 1  # W r's device, not the GPU
     assert "cpu1" not in summary.placements[-1]
+
+
+def test_a_blinded_stage_wires_its_assistants_to_its_enclave_only() -> None:
+    from serdab.runtime.manager import parse_placement
+    from serdab.runtime.protocol import SINK, SOURCE
+    from serdab.runtime.topology import topology
+
+    placement = parse_placement("tee1(blinded:gpu1)[0-5] -> gpu1[6-11]")
+    assert placement.describe() == "tee1(blinded:gpu1)[0-5] -> gpu1[6-11]"
+    t = topology(placement, 1, wr_device="cpu1")
+    enclave, tail = t.stages[0][0], t.stages[1][0]
+    helper, wr = t.assistants(enclave)
+    assert (helper.role, helper.device, wr.role, wr.device) == ("helper", "gpu1", "wr", "cpu1")
+    assert t.outbound(enclave) == (tail.id, helper.id, wr.id)  # frames go to the first: the next stage
+    assert t.inbound(enclave) == (SOURCE, helper.id, wr.id)
+    assert t.inbound(helper) == t.outbound(helper) == (enclave.id,)
+    assert t.served(wr) == enclave and t.assistants(tail) == ()
+    assert set(t.links()) == {
+        (SOURCE, enclave.id),
+        (helper.id, enclave.id),
+        (wr.id, enclave.id),
+        (enclave.id, tail.id),
+        (enclave.id, helper.id),
+        (enclave.id, wr.id),
+        (tail.id, SINK),
+    }
+
+
+def test_a_compressed_clock_keeps_the_enclaves_and_lets_the_period_hold() -> None:
+    from serdab.runtime.emulation import HEADROOM, Emulation, choose_dilation, compressed_dilation
+
+    seed000 = load_cluster("seed000")
+    devices = list(seed000.devices)
+    assert compressed_dilation(devices, cores=16) == pytest.approx(HEADROOM * 0.0073)  # the enclaves keep up
+    # an untrusted stage taking 200 ms on this host must stay under a 1 s period: 1.6 x 200 ms / 1 s
+    assert compressed_dilation(devices, cores=16, untrusted_host_s=0.2, period_s=1.0) == pytest.approx(0.32)
+    # a worker's own 1 ms per frame is kept to 2% of a 0.5 s period
+    assert compressed_dilation(devices, cores=16, period_s=0.5) == pytest.approx(0.001 / 0.02 / 0.5)
+    assert compressed_dilation(devices, untrusted_host_s=100.0, period_s=1.0) == choose_dilation(devices)
+    assert "clock compressed" in Emulation(False, 0.0117).describe()

@@ -69,7 +69,12 @@ def _measure(
             for s in cost.stages
             if not cluster.device(s.stage.device).trusted
         ]
-        dilation = compressed_dilation(devices, untrusted_host_s=max(untrusted, default=0.0), period_s=cost.period_s)
+        dilation = compressed_dilation(
+            devices,
+            untrusted_host_s=max(untrusted, default=0.0),
+            period_s=cost.period_s,
+            hop_bytes=max((h.bytes for h in cost.hops), default=0),
+        )
     options = RunOptions(
         chunk=frames,
         placement=placement.describe(),

@@ -27,6 +27,8 @@ from serdab.cluster.spec import LocalLink
 
 __all__ = ["Emulation", "choose_dilation", "compressed_dilation", "native_cluster"]
 
+HOST_FRAME_S = 0.001  # a worker's own cost per frame on this host (decode, encode, hand-over: bench pipeline)
+HOST_HOP_BYTES_PER_S = 250e6  # sealing, sending and opening a frame between two processes here (bench pipeline)
 HEADROOM = 1.6  # a stage's host time may exceed its profile by 60% (jitter, crypto, 2 shared cores)
 CPU_SHARE = 0.6  # padded workers may keep at most this share of the host's cores busy
 
@@ -58,19 +60,27 @@ def choose_dilation(devices: Iterable[Device], cores: int | None = None) -> floa
 
 
 def compressed_dilation(
-    devices: Iterable[Device], cores: int | None = None, untrusted_host_s: float = 0.0, period_s: float = math.inf
+    devices: Iterable[Device],
+    cores: int | None = None,
+    untrusted_host_s: float = 0.0,
+    period_s: float = math.inf,
+    hop_bytes: int = 0,
 ) -> float:
     """The smallest dilation at which the *trusted* devices can still be emulated, when that is below
-    ``choose_dilation``'s: the enclaves, which set a pipeline's period, keep their emulated speed. With
-    the longest host time of an untrusted stage per frame (``untrusted_host_s``) and the plan's predicted
-    period, also large enough that such a stage, running at host speed, stays under the period: then
-    only the latency of a frame shows what the faster devices really took."""
+    ``choose_dilation``'s: the enclaves, which set a pipeline's period, keep their emulated speed. Given
+    the plan's predicted period, also large enough that what runs at host speed stays under it: the
+    longest untrusted stage (``untrusted_host_s``), the largest hop's sealing and sending (``hop_bytes``),
+    and a worker's own per-frame cost, kept to 2% of the period (a compressed clock magnifies every host
+    millisecond): then only a frame's latency shows what the faster devices really took."""
     devices = list(devices)
     trusted = [d for d in devices if d.trusted]
     cores = cores or os.cpu_count() or 1
     speeds = [d.speed for d in trusted]
     fast = HEADROOM * max(speeds, default=1.0)
-    keep_up = HEADROOM * untrusted_host_s / period_s if period_s > 0 else 0.0
+    keep_up = 0.0
+    if 0 < period_s < math.inf:
+        host_s = max(untrusted_host_s, hop_bytes / HOST_HOP_BYTES_PER_S)
+        keep_up = max(HEADROOM * host_s, HOST_FRAME_S / 0.02) / period_s
     return min(choose_dilation(devices, cores), max(fast, keep_up, sum(speeds) / (CPU_SHARE * cores)))
 
 
