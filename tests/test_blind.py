@@ -132,3 +132,46 @@ def test_an_operation_without_an_integer_form_is_refused_by_name() -> None:
     )
     with pytest.raises(ValueError, match="Sigmoid \\(squash\\) is not supported"):
         quantize_model(helper.make_model(graph), "g")
+
+
+def test_the_fused_enclave_kernels_equal_the_numpy_arithmetic() -> None:
+    from serdab.blind.field import decode
+    from serdab.blind.kernels import dot_mod, mask_into_field, unmask_finish
+    from serdab.blind.quantize import QLinear
+
+    rng = np.random.default_rng(5)
+    h = rng.integers(-(P // 2) + 1, P // 2, size=(1, 3, 4, 5))
+    r = rng.integers(0, P, size=h.shape).astype(np.uint32)
+    masked = mask_into_field(h, r)
+    assert np.array_equal(masked, np.mod(h + r.astype(np.int64), P).astype(np.float64))
+    z, u = rng.integers(0, P, size=h.shape).astype(np.float64), rng.integers(0, P, size=h.shape).astype(np.uint32)
+    z.flat[:4] = [0, P - 1, P // 2, P // 2 + 1]  # the edges of the signed range
+    u.flat[:4] = [P - 1, 0, 0, 0]
+    for bias, shift in ((rng.integers(-(2**20), 2**20, size=3), 8), (None, 0)):
+        layer = QLinear("l", "conv", None, bias, shift=shift)
+        assert np.array_equal(unmask_finish(z, u, bias, shift), layer.finish(decode(z - u.astype(np.float64))))
+    gemm = QLinear("g", "gemm", None, rng.integers(-100, 100, size=7), shift=8)
+    zg, ug = rng.integers(0, P, size=(1, 7)).astype(np.float64), rng.integers(0, P, size=(1, 7)).astype(np.float64)
+    assert np.array_equal(unmask_finish(zg, ug, gemm.bias, 8), gemm.finish(decode(zg - ug)))
+    a, b = rng.integers(0, P, size=1001), rng.integers(0, P, size=1001).astype(np.float64)
+    assert dot_mod(a, b) == sum(int(x) * int(y) for x, y in zip(a, b, strict=True)) % P
+
+
+@pytest.mark.parametrize(
+    ("kernel", "strides", "pads", "ceil"),
+    [
+        ([3, 3], [2, 2], [1, 1, 1, 1], False),
+        ([3, 3], [2, 2], [0, 0, 0, 0], True),
+        ([2, 2], [2, 2], [0, 0, 0, 0], False),
+    ],
+)
+def test_the_integer_max_pool_equals_torch(kernel, strides, pads, ceil) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from serdab.blind.kernels import max_pool
+
+    x = np.random.default_rng(2).integers(-(2**40), 2**40, size=(1, 3, 13, 14))
+    t = F.pad(torch.from_numpy(x.astype(np.float64)), (pads[1], pads[3], pads[0], pads[2]), value=float("-inf"))
+    expected = F.max_pool2d(t, kernel, strides, ceil_mode=ceil).numpy().astype(np.int64)
+    assert np.array_equal(max_pool(x, kernel, strides, pads, ceil), expected)

@@ -27,7 +27,8 @@ import cbor2
 import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from serdab.blind.field import P, decode
+from serdab.blind.field import P
+from serdab.blind.kernels import mask_into_field, unmask_finish
 from serdab.blind.freivalds import FreivaldsCheck
 from serdab.blind.masks import MaskSource
 from serdab.blind.quantize import QLinear, QuantizedModel
@@ -97,7 +98,7 @@ class _Pool:
             return None
         blob, shape = self.sealed.pop((frame, layer))
         body = AESGCM(self.key).decrypt(blob[:12], blob[12:], self._aad(frame, layer))
-        return np.frombuffer(body, dtype="<u4").astype(np.float64).reshape(shape)
+        return np.frombuffer(body, dtype="<u4").reshape(shape)  # the unmasking kernel reads uint32 as is
 
     @property
     def nbytes(self) -> int:
@@ -151,10 +152,8 @@ class BlindedRunner:
         clock, timings = time.perf_counter, self.timings
 
         def blinded(index: int, layer: QLinear, h: np.ndarray) -> np.ndarray:
-            r = self.masks.draw(frame, index, h.shape)
-            masked = h.astype(np.float64) + r  # in (-P/2, 3P/2): |h| < P/2 (decode's range), r in [0, P)
-            masked[masked >= P] -= P  # two compares instead of a modulo (every activation, in the enclave)
-            masked[masked < 0] += P
+            r = self.masks.draw(frame, index, h.shape, raw=True)
+            masked = mask_into_field(h, r)  # |h| < P/2 (decode's range), r in [0, P)
             ahead = self._ahead.submit(self.helper, index, r) if self._ahead and self.helper else None
             started = clock()
             z = self.gpu(index, masked)
@@ -169,9 +168,9 @@ class BlindedRunner:
             timings["check"] += unmasking - checked
             u = self._unmask(frame, index, layer, r) if ahead is None else self._outsourced(ahead, index, layer, r)
             timings["unmask"] += clock() - unmasking
-            return decode(z - u)
+            return unmask_finish(z, u, layer.bias, layer.shift)  # finish(decode(z - u)), in one pass
 
-        return self.model.evaluate(self.model.quantise_input(x), blinded)
+        return self.model.evaluate(self.model.quantise_input(x), blinded, finished=True)
 
     def _unmask(self, frame: int, index: int, layer: QLinear, r: np.ndarray) -> np.ndarray:
         if self.mode == "pool":
@@ -179,7 +178,7 @@ class BlindedRunner:
             if u is not None:
                 return u
             self.pool_misses += 1  # a frame the pool did not foresee: computed here, and counted
-        return np.mod(layer.linear(r), P)
+        return np.mod(layer.linear(r.astype(np.float64)), P)
 
     def _outsourced(self, ahead: Future[np.ndarray], index: int, layer: QLinear, r: np.ndarray) -> np.ndarray:
         """The second device's ``W r``, checked like the GPU's answers when integrity is on (the same

@@ -18,11 +18,6 @@ from serdab.blind.quantize import QLinear
 __all__ = ["FreivaldsCheck"]
 
 
-def _dot_mod(a: np.ndarray, b: np.ndarray) -> int:
-    products = np.mod(a.ravel() * b.ravel(), P)  # int64 products of values below 2^30: below 2^60
-    return int(np.mod(products.sum(), P))  # fewer than 2^33 terms below 2^30: below 2^63
-
-
 def _field(values: np.ndarray) -> np.ndarray:
     return np.mod(np.rint(values).astype(np.int64), P)
 
@@ -38,4 +33,7 @@ class FreivaldsCheck:
         self._fts = _field(fts.numpy())
 
     def check(self, x: np.ndarray, z: np.ndarray) -> bool:
-        return _dot_mod(self._s, _field(z)) == _dot_mod(self._fts, _field(x))
+        """``x`` and ``z`` field elements (values in [0, P): what the link's reader and ``np.mod`` give)."""
+        from serdab.blind.kernels import dot_mod
+
+        return dot_mod(self._s, z) == dot_mod(self._fts, x)

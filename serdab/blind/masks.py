@@ -34,15 +34,16 @@ class MaskSource:
         self._used: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
 
-    def draw(self, frame: int, layer: int, shape: tuple[int, ...]) -> np.ndarray:
-        """The mask for (frame, layer), uniform in [0, P), as float64; a second draw is refused."""
+    def draw(self, frame: int, layer: int, shape: tuple[int, ...], raw: bool = False) -> np.ndarray:
+        """The mask for (frame, layer), uniform in [0, P), as float64 (``raw``: uint32); a second draw is
+        refused."""
         with self._lock:
             if (frame, layer) in self._used:
                 raise MaskReuseError(f"the mask of frame {frame}, layer {layer} was already used")
             self._used.add((frame, layer))
-        return self.regenerate(frame, layer, shape)
+        return self.regenerate(frame, layer, shape, raw)
 
-    def regenerate(self, frame: int, layer: int, shape: tuple[int, ...]) -> np.ndarray:
+    def regenerate(self, frame: int, layer: int, shape: tuple[int, ...], raw: bool = False) -> np.ndarray:
         """The same mask again, for precomputing ``W r`` ahead of the stream (never sent anywhere)."""
         count = int(np.prod(shape))
         nonce = struct.pack(">qII", frame, layer, 0)  # warm-up frames have negative ids
@@ -51,4 +52,5 @@ class MaskSource:
         while (rejected := np.flatnonzero(values >= P)).size:  # rare (35 in 2^30): redraw those, in stream order
             more = np.frombuffer(encryptor.update(bytes(4 * rejected.size)), dtype="<u4") & np.uint32((1 << _BITS) - 1)
             values[rejected] = more
-        return values.reshape(shape).astype(np.float64)
+        values = values.reshape(shape)
+        return values if raw else values.astype(np.float64)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BlindingProfile", "BlockBlinding", "cached_blinding", "measure_blinding"]
 
-_FORMAT = "2"  # bump when the measured code paths change: cached costs are then re-measured
+_FORMAT = "3"  # bump when the measured code paths change: cached costs are then re-measured
 
 
 class BlockBlinding(BaseModel):

@@ -60,12 +60,10 @@ class QOp:
         if self.kind == "flatten":
             return x.reshape(x.shape[0], -1)
         if self.kind == "maxpool":
-            t = torch.from_numpy(x.astype(np.float64))
-            pads = self.attrs["pads"]
-            if any(pads):
-                t = F.pad(t, (pads[1], pads[3], pads[0], pads[2]), value=float("-inf"))
-            out = F.max_pool2d(t, self.attrs["kernel"], self.attrs["strides"], ceil_mode=self.attrs["ceil"])
-            return out.numpy().astype(np.int64)
+            from serdab.blind.kernels import max_pool
+
+            a = self.attrs
+            return max_pool(x, a["kernel"], a["strides"], a["pads"], a["ceil"])
         if self.kind == "divide":  # round(x / count), half up, in integers
             count = int(self.attrs["count"])
             return np.floor_divide(2 * x + count, 2 * count)
@@ -143,15 +141,19 @@ class QuantizedModel:
     def quantise_input(self, x: np.ndarray) -> np.ndarray:
         return np.rint(np.asarray(x, dtype=np.float64) * (1 << self.act_bits)).astype(np.int64)
 
-    def evaluate(self, h: np.ndarray, linear: Callable[[int, QLinear, np.ndarray], np.ndarray]) -> np.ndarray:
+    def evaluate(
+        self, h: np.ndarray, linear: Callable[[int, QLinear, np.ndarray], np.ndarray], finished: bool = False
+    ) -> np.ndarray:
         """The graph on integer input ``h``, with ``linear(index, layer, x)`` giving each linear layer's
-        ``W x`` (int64): plainly for the reference, through the GPU for the blinded pass."""
+        ``W x`` (int64): plainly for the reference, through the GPU for the blinded pass (which, with
+        ``finished``, also adds the bias and rounds: the layer's output)."""
         values = {self.input_name: h}
         index = 0
         for step in self.steps:
             args = [values[name] for name in step.inputs]
             if isinstance(step, QLinear):
-                values[step.output] = step.finish(linear(index, step, args[0]))
+                out = linear(index, step, args[0])
+                values[step.output] = out if finished else step.finish(out)
                 index += 1
             else:
                 values[step.output] = step.run(*args)

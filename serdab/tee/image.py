@@ -72,6 +72,7 @@ _RUNTIME_PACKAGES = (
     "dcap-qvl",  # a key service in an enclave verifies TDX quotes with it
     "torch",  # a blinded stage's enclave computes its integer layers (serdab.blind) with it
     "onnx",  # ... and quantises its stage from the ONNX graph
+    "numba",  # ... and runs its per-activation arithmetic compiled (serdab.blind.kernels)
     "click",
     "rich",
     "pygments",
