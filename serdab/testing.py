@@ -103,6 +103,8 @@ def _random_blind(rng: random.Random, block_s: np.ndarray, cluster: Cluster) -> 
         mode=mode,
         integrity=rng.random() < 0.5,
         enclave_s=block_s * np.array([rng.choice([0.05, 0.2, 1.5]) for _ in range(m)]),
+        entry_s=np.array([rng.choice([0.0, 0.001, 0.01]) for _ in range(m)]),
+        exit_s=np.array([rng.choice([0.0, 0.001, 0.01]) for _ in range(m)]),
         sent_bytes=np.array([rng.choice([1, 10, 100]) for _ in range(m)], dtype=np.int64),
         returned_bytes=np.array([rng.choice([1, 10, 100]) for _ in range(m)], dtype=np.int64),
         trips=np.array([rng.choice([0, 1, 3]) for _ in range(m)], dtype=np.int64),

@@ -89,6 +89,8 @@ def test_a_blinded_stage_by_hand() -> None:
         mode="pool",
         integrity=True,
         enclave_s=np.array([0.01, 0.02, 0.04]),
+        entry_s=np.array([0.003, 0.5, 0.5]),  # only the first block's entry and the last one's exit count
+        exit_s=np.array([0.001, 0.5, 0.002]),
         sent_bytes=np.array([100, 100, 100]),
         returned_bytes=np.array([200, 200, 200]),
         trips=np.array([1, 1, 2]),
@@ -100,7 +102,7 @@ def test_a_blinded_stage_by_hand() -> None:
     cost = costs.evaluate(Placement("t", (Stage(("tee",), 0, 2, "g1"),)), chunk=1)
     share = cost.stages[0].blinded
     assert share is not None and not cost.stages[0].paged  # 50 bytes of activations, not 2,250 of weights
-    assert share.enclave_s == pytest.approx(0.07 / 0.5)
+    assert share.enclave_s == pytest.approx((0.07 + 0.003 + 0.002) / 0.5)
     assert share.gpu_s == pytest.approx(0.7 * 2.0 / 4.0)
     assert share.link_s == pytest.approx(900 / 1e9 + 4 * 2 * 0.05e-3)
     assert cost.latency_s == cost.period_s == pytest.approx(share.enclave_s + share.gpu_s + share.link_s)
@@ -235,7 +237,7 @@ def test_random_blinded_problems_choose_blinding_often() -> None:
     rng = random.Random(11)
     plans = [get_planner("optimal").plan(random_request(rng, False, blind=True)) for _ in range(300)]
     blinded = [p for p in plans if p is not None and p.helpers]
-    assert len(blinded) > 15  # of 300; the property test above then meets blinded optima every run
+    assert len(blinded) > 10  # of 300; the property test above then meets blinded optima every run
     # and some optima blind and then hand the rest to the helper in plaintext (Origami's shape)
     assert any(s.device in p.helpers for p in blinded for s in p.stages)
 

@@ -28,8 +28,8 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from serdab.blind.field import P
-from serdab.blind.kernels import mask_into_field, unmask_finish
 from serdab.blind.freivalds import FreivaldsCheck
+from serdab.blind.kernels import mask_into_field, unmask_finish
 from serdab.blind.masks import MaskSource
 from serdab.blind.quantize import QLinear, QuantizedModel
 from serdab.errors import LinkIntegrityError
@@ -170,7 +170,10 @@ class BlindedRunner:
             timings["unmask"] += clock() - unmasking
             return unmask_finish(z, u, layer.bias, layer.shift)  # finish(decode(z - u)), in one pass
 
-        return self.model.evaluate(self.model.quantise_input(x), blinded, finished=True)
+        entered = clock()
+        h = self.model.quantise_input(x)
+        timings["entry"] += clock() - entered
+        return self.model.evaluate(h, blinded, finished=True)
 
     def _unmask(self, frame: int, index: int, layer: QLinear, r: np.ndarray) -> np.ndarray:
         if self.mode == "pool":

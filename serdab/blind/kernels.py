@@ -78,7 +78,7 @@ def _dot(a: np.ndarray, b: np.ndarray) -> int:  # pragma: no cover - compiled
         total += np.int64(a[i]) * np.int64(b[i])  # below 2^60 each; four of them and a remainder below 2^63
         if (i & 3) == 3:
             total %= P
-    return total % P
+    return int(total % P)
 
 
 def dot_mod(a: np.ndarray, b: np.ndarray) -> int:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BlindingProfile", "BlockBlinding", "cached_blinding", "measure_blinding"]
 
-_FORMAT = "3"  # bump when the measured code paths change: cached costs are then re-measured
+_FORMAT = "4"  # bump when the measured code paths change: cached costs are then re-measured
 
 
 class BlockBlinding(BaseModel):
@@ -40,6 +40,8 @@ class BlockBlinding(BaseModel):
     sent_bytes: int = 0  # enclave -> GPU per frame, on the socket (framing and AEAD tag included)
     returned_bytes: int = 0  # GPU -> enclave per frame
     enclave_s: float = 0.0  # host s: non-linear steps, masks, unmasking arithmetic
+    entry_s: float = 0.0  # host s: quantising the block's input (paid once, by a blinded stage's first block)
+    exit_s: float = 0.0  # host s: its output back to floats (paid by a blinded stage's last block)
     check_s: float = 0.0  # host s: Freivalds' check of every answer
     wr_s: float = 0.0  # host s: W r for every linear layer (the in-stream mode's extra, the pool's precomputation)
     pool_open_s: float = 0.0  # host s: opening the sealed W r of one frame
@@ -76,7 +78,7 @@ def measure_blinding(
     import numpy as np
 
     from serdab.blind.blinded import BlindedRunner, HonestGpu, field_payload
-    from serdab.blind.quantize import quantize_model
+    from serdab.blind.quantize import ACT_BITS, quantize_model
     from serdab.framing import message_bytes
     from serdab.graph.stages import extract_stage
 
@@ -101,8 +103,11 @@ def measure_blinding(
             runner.run(frame, x)  # a first pass builds Freivalds' vectors (once per key epoch, not per frame)
             runner.timings.clear()
             t0 = time.perf_counter()
-            runner.run(frame + 1, x)
+            out = runner.run(frame + 1, x)
             total = time.perf_counter() - t0
+            t2 = time.perf_counter()
+            (out.astype(np.float64) / (1 << ACT_BITS)).astype(np.float32)  # as the stage worker hands it on
+            exit_s = time.perf_counter() - t2
             pool = BlindedRunner(model, gpu, mode="pool", seed=seed)
             t1 = time.perf_counter()
             pool.precompute(range(frame + 2, frame + 3), x.shape)
@@ -112,7 +117,9 @@ def measure_blinding(
             frame += 3
             t = runner.timings
             sample = {
-                "enclave": total - t["gpu"] - t["check"] - t["unmask"],
+                "enclave": total - t["gpu"] - t["check"] - t["unmask"] - t["entry"],
+                "entry": t["entry"],
+                "exit": exit_s,
                 "check": t["check"],
                 "wr": min(t["unmask"], precompute),
                 "open": pool.timings["unmask"],
@@ -131,6 +138,8 @@ def measure_blinding(
                 sent_bytes=sent,
                 returned_bytes=returned,
                 enclave_s=max(best["enclave"], 0.0),
+                entry_s=best["entry"],
+                exit_s=best["exit"],
                 check_s=best["check"],
                 wr_s=best["wr"],
                 pool_open_s=best["open"],

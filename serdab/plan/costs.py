@@ -49,6 +49,8 @@ class BlindCosts:
     mode: str
     integrity: bool
     enclave_s: np.ndarray  # (M,)
+    entry_s: np.ndarray  # (M,) quantising the input: paid by the first block of a blinded stage
+    exit_s: np.ndarray  # (M,) the output back to floats: paid by its last block
     sent_bytes: np.ndarray  # (M,) enclave -> GPU on the socket per frame
     returned_bytes: np.ndarray  # (M,)
     trips: np.ndarray  # (M,) linear layers: one round trip each
@@ -75,6 +77,8 @@ class BlindCosts:
             mode=mode,
             integrity=integrity,
             enclave_s=enclave,
+            entry_s=np.array([b.entry_s for b in blocks]),
+            exit_s=np.array([b.exit_s for b in blocks]),
             sent_bytes=np.array([b.sent_bytes for b in blocks], dtype=np.int64),
             returned_bytes=np.array([b.returned_bytes for b in blocks], dtype=np.int64),
             trips=np.array([b.layers for b in blocks], dtype=np.int64),
@@ -251,6 +255,10 @@ class CostModel:
         outer = np.concatenate([[0.0], np.cumsum(np.where(bad, 0.0, gpu_s + link_s))])
         count = np.concatenate([[0], np.cumsum(bad)])
         own = inner[None, :] - inner[:, None]
+        blind = self.workload.blind
+        assert blind is not None
+        ends = np.concatenate([[0.0], np.where(bad, 0.0, blind.exit_s)])  # exit of block c2-1
+        own = own + (np.concatenate([np.where(bad, 0.0, blind.entry_s), [0.0]])[:, None] + ends[None, :]) / e.speed
         memory = self._memory if self.workload.blind and self.workload.blind.mode == "in-stream" else self._peaks
         over = memory > e.memory_bytes
         own = np.where(over, math.inf if e.paging_factor is None else own * e.paging_factor, own)
@@ -263,7 +271,7 @@ class CostModel:
         assert blind is not None
         enclave_s, gpu_s, link_s = (part[first : last + 1] for part in self.blind_blocks(enclave, gpu))
         e = self.devices[enclave]
-        own = float(enclave_s.sum())
+        own = float(enclave_s.sum()) + float(blind.entry_s[first] + blind.exit_s[last]) / e.speed
         if self.blind_memory(first, last) > e.memory_bytes:
             own = math.inf if e.paging_factor is None else own * e.paging_factor
         blocks = slice(first, last + 1)
