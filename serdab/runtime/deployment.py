@@ -67,6 +67,7 @@ from serdab.runtime.wire import WireError, connect, listen, recv_message, send_m
 
 __all__ = ["Deployment", "FrameResult", "WorkerLost"]
 
+POOL_BUDGET_BYTES = 2 * 2**30  # sealed W r a pool-mode enclave precomputes at most (frames beyond: in-stream)
 BLAME = {"wrong-answer": "helper", "wrong-precomputation": "wr"}  # a blinded stage's integrity report -> who
 PROBE_FRAMES = 3  # sent one at a time after the warm-up; their median end-to-end time is the measured L
 
@@ -188,9 +189,10 @@ class Deployment:
             if share is not None and blind is not None:
                 helper_s = share.gpu_s if slot.role != "wr" else self._wr_s(physical, k, slot.device)
                 tamper = self.ctx.tamper.get(slot.device) if slot.role != "stage" else None
-                blind_config = BlindConfig(
-                    blind.mode, blind.integrity, helper_s, -warm, warm + self.ctx.blind_frames, tamper
-                )
+                frames = warm + self.ctx.blind_frames
+                if share.pool_bytes:  # a long stream's pool would not fit in memory: precompute what fits
+                    frames = min(frames, max(warm, POOL_BUDGET_BYTES // share.pool_bytes))
+                blind_config = BlindConfig(blind.mode, blind.integrity, helper_s, -warm, frames, tamper)
             config = WorkerConfig(
                 worker=slot.id,
                 device=slot.device,

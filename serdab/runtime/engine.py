@@ -30,7 +30,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +256,14 @@ class _Worker:
             self.failed = f"{self.config.device}: stage {self.config.stage} failed{where}: {type(exc).__name__}: {exc}"
             self._report(ErrorReport(self.failed))
 
+    def _arrivals(self) -> Iterator[tuple[int, bytes, float]]:
+        """What the upstream links delivered (frame or request id, payload, arrival time), until stopped."""
+        while not self.stopping.is_set():
+            try:
+                yield self.inputs.get(timeout=0.2)
+            except queue.Empty:
+                continue
+
     def _compute(self) -> None:
         if self.config.role != "stage":
             self._serve_helper()
@@ -263,11 +271,7 @@ class _Worker:
         cfg = self.config
         native, dilation, emulated_s, norm = cfg.native, cfg.dilation, cfg.compute_emulated_s, cfg.normalise
         replicas = len(self.frame_senders)
-        while not self.stopping.is_set():
-            try:
-                frame, payload, arrived = self.inputs.get(timeout=0.2)
-            except queue.Empty:
-                continue
+        for frame, payload, arrived in self._arrivals():
             started = time.monotonic()
             self.frame = frame
             arrays, records = decode_payload(payload)
@@ -307,7 +311,15 @@ class _Worker:
         at scale 2^8 below 2^24 is a float32)."""
         from serdab.blind.quantize import ACT_BITS
 
+        misses = self.runner.pool_misses
         ints = self.runner.run(frame, x)
+        if self.runner.pool_misses and not misses:  # said once, in the worker's log
+            print(
+                f"{self.config.device}: the W r pool has no frame {frame}: computing W r in-stream from here "
+                "(slower than planned; the pool holds what fits in its budget)",
+                file=sys.stderr,
+                flush=True,
+            )
         return (ints.astype(np.float64) / (1 << ACT_BITS)).astype(np.float32)
 
     def _serve_helper(self) -> None:
@@ -319,11 +331,7 @@ class _Worker:
         cfg = self.config
         blind = cfg.blind
         assert blind is not None
-        while not self.stopping.is_set():
-            try:
-                request, payload, _ = self.inputs.get(timeout=0.2)
-            except queue.Empty:
-                continue
+        for request, payload, _ in self._arrivals():
             started = time.monotonic()
             layer, masked, frame = read_field_payload(payload)
             self.frame = frame
