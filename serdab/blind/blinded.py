@@ -27,6 +27,7 @@ import cbor2
 import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from serdab.blind import MODES, mode_error
 from serdab.blind.field import P
 from serdab.blind.freivalds import FreivaldsCheck
 from serdab.blind.kernels import mask_into_field, unmask_finish
@@ -36,7 +37,6 @@ from serdab.errors import LinkIntegrityError
 
 __all__ = ["MODES", "BlindedRunner", "HonestGpu", "field_payload", "read_field_payload"]
 
-MODES = ("in-stream", "pool", "outsourced")
 Linear = Callable[[int, np.ndarray], np.ndarray]  # (linear layer index, field elements) -> W x mod P
 
 
@@ -48,7 +48,8 @@ def field_payload(layer: int, values: np.ndarray, frame: int = 0) -> bytes:
 
 
 def read_field_payload(payload: bytes) -> tuple[int, np.ndarray, int]:
-    """(layer, float64 field elements, frame) from ``field_payload``; ValueError when malformed or out of range."""
+    """(layer, field elements as uint32, frame) from ``field_payload``; ValueError when malformed or out of
+    range. Read in place: the unmasking kernel, the check and ``QLinear.linear`` take any integer dtype."""
     try:
         item = cbor2.loads(payload)
         layer, frame = int(item["layer"]), int(item["frame"])
@@ -58,7 +59,7 @@ def read_field_payload(payload: bytes) -> tuple[int, np.ndarray, int]:
         raise ValueError(f"malformed field payload: {exc}") from exc
     if values.size and int(values.max()) >= P:
         raise ValueError("field payload holds a value >= P")
-    return layer, values.astype(np.float64), frame
+    return layer, values, frame
 
 
 class HonestGpu:
@@ -120,7 +121,7 @@ class BlindedRunner:
         seed: int | None = None,
     ) -> None:
         if mode not in MODES:
-            raise ValueError(f"precomputation mode {mode!r}; choose one of {', '.join(MODES)}")
+            raise ValueError(mode_error(mode, None))
         if mode == "outsourced" and helper is None:
             raise ValueError("outsourced precomputation needs a second device (helper) to compute W r")
         self.model, self.gpu, self.mode, self.integrity, self.helper = model, gpu, mode, integrity, helper

@@ -11,21 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EXACT", "P", "check_exact", "decode", "encode"]
+__all__ = ["EXACT", "P", "check_exact", "decode"]
 
 P = 2**30 - 35  # the largest prime below 2^30 (tests/test_blind.py checks it)
 EXACT = 2**53  # doubles hold every integer below this
 
 
-def encode(x: np.ndarray) -> np.ndarray:
-    """Signed integers (int64) as field elements in [0, P), as float64."""
-    return np.mod(x.astype(np.int64), P).astype(np.float64)
-
-
 def decode(y: np.ndarray) -> np.ndarray:
     """The difference of two field elements (integer-valued float64 in (-P, P)) as the signed integer
-    in [-P/2, P/2] it stands for (int64). Two compares instead of a modulo: this runs on every
-    activation of every blinded layer, inside the enclave."""
+    in [-P/2, P/2] it stands for (int64): the reference ``kernels.unmask_finish`` fuses and is tested against."""
     v = np.asarray(y, dtype=np.float64)  # in place when y is already float64 (a temporary, at the call)
     v[v > P // 2] -= P
     v[v < -(P // 2)] += P

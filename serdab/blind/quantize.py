@@ -133,6 +133,9 @@ class QuantizedModel:
     input_name: str = "input"
     output_name: str = "output"
     act_bits: int = ACT_BITS
+    _shapes: dict[tuple[int, ...], list[tuple[tuple[int, ...], tuple[int, ...]]]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def linear_layers(self) -> list[QLinear]:
@@ -160,7 +163,9 @@ class QuantizedModel:
         return values[self.output_name]
 
     def linear_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-        """(input shape, output shape) of every linear layer, from a pass of zeros."""
+        """(input shape, output shape) of every linear layer, from a pass of zeros (once per input shape)."""
+        if tuple(input_shape) in self._shapes:
+            return self._shapes[tuple(input_shape)]
         shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
 
         def record(_: int, layer: QLinear, h: np.ndarray) -> np.ndarray:
@@ -169,6 +174,7 @@ class QuantizedModel:
             return wx
 
         self.evaluate(np.zeros(input_shape, dtype=np.int64), record)
+        self._shapes[tuple(input_shape)] = shapes
         return shapes
 
     def run(self, x: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ __all__ = [
     "BlindOpt",
     "IntegrityOpt",
     "blind_costs",
+    "check_blind",
     "EvidenceOpt",
     "InputShapeOpt",
     "JsonOpt",
@@ -143,21 +144,29 @@ def open_model(model: str, input_shape: str | None, batch: int | None = None) ->
         return open_chain(model, shape, batch)
 
 
-def blind_costs(chain: Any, profile: Any, mode: str | None, integrity: bool, helper: str | None) -> BlindCosts | None:
-    """The cost of blinding every block in ``mode`` (measured on this host once, then cached); None without
-    --blind. A bad mode or a helper without the outsourced mode is a ConfigError."""
+def check_blind(mode: str | None, helper: str | None, devices: list[str]) -> None:
+    """Refuse a bad --blind / --blind-helper before any profiling: ConfigError."""
+    from serdab.blind import mode_error
     from serdab.errors import ConfigError
-    from serdab.plan import PRECOMPUTATION, BlindCosts
 
     if mode is None:
         if helper is not None:
             raise ConfigError("--blind-helper needs --blind outsourced")
+        return
+    error = mode_error(mode, helper)
+    if error:
+        raise ConfigError(f"--blind: {error}")
+    if helper is not None and helper not in devices:
+        raise ConfigError(f"--blind-helper {helper}: not a device of the cluster ({', '.join(devices)})")
+
+
+def blind_costs(chain: Any, profile: Any, mode: str | None, integrity: bool, helper: str | None) -> BlindCosts | None:
+    """The cost of blinding every block in ``mode`` (measured on this host once, then cached); None without
+    --blind. Options checked first with ``check_blind``."""
+    if mode is None:
         return None
-    if mode not in PRECOMPUTATION:
-        raise ConfigError(f"--blind {mode!r}: choose one of {', '.join(PRECOMPUTATION)}")
-    if (mode == "outsourced") != (helper is not None):
-        raise ConfigError("--blind outsourced needs --blind-helper DEVICE (and only it takes one)")
     from serdab.blind.profile import cached_blinding
+    from serdab.plan import BlindCosts
 
     with progress_bar(f"blinding costs of {profile.model}", len(profile.blocks)) as update:
         measured = cached_blinding(chain, profile, progress=update)

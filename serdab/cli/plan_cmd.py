@@ -19,6 +19,7 @@ from serdab.cli.common import (
     ReplicateOpt,
     TrustedTailOpt,
     blind_costs,
+    check_blind,
     console,
     human_bytes,
     open_model,
@@ -114,6 +115,7 @@ def plan(
     policy = parse_policy(privacy)
     get_planner(strategy)  # an unknown name fails before any profiling
     spec = load_cluster(cluster)
+    check_blind(blind, blind_helper, spec.names)
     if replicate and strategy not in ("optimal", "brute-force"):
         raise PlanError(f"--replicate applies to the optimal and brute-force strategies, not {strategy}")
     report = _leakage_file(leakage) if leakage is not None else None

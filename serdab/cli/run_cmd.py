@@ -26,6 +26,7 @@ from serdab.cli.common import (
     ReplicateOpt,
     TrustedTailOpt,
     blind_costs,
+    check_blind,
     console,
     err_console,
     open_model,
@@ -275,6 +276,10 @@ def run(
     for device in slowdowns:
         if device not in spec.names:
             raise ConfigError(f"--slowdown names {device!r}, not a device of {spec.name} ({', '.join(spec.names)})")
+    check_blind(blind, blind_helper, spec.names)
+    tampering = dict(_parse_tamper(t, spec.names) for t in tamper or [])
+    if tampering and blind is None:
+        raise ConfigError("--tamper injects wrong answers of a blinding helper: it needs --blind")
     opened = open_model(model, input_shape)
     source = open_source(input, opened.chain.input_shape, limit=frames, bad_input=bad_input)
     with progress_bar(f"profiling {opened.name}", len(opened.chain.blocks) + 1) as update:
@@ -288,11 +293,6 @@ def run(
         images = default_images(grey_digits=opened.chain.input_shape[1] == 1)
         with progress_bar(f"leakage of {opened.name}", len(images)) as update:
             leakage = measure_leakage(opened.chain, opened.name, images, progress=update)
-    tampering = dict(_parse_tamper(t, spec.names) for t in tamper or [])
-    if tampering and blind is None:
-        raise ConfigError("--tamper injects wrong answers of a blinding helper: it needs --blind")
-    if blind_helper is not None and blind_helper not in spec.names:
-        raise ConfigError(f"--blind-helper {blind_helper}: not a device of {spec.name} ({', '.join(spec.names)})")
     blinding = blind_costs(opened.chain, prof, blind, integrity, blind_helper)
     options = RunOptions(
         chunk=chunk,

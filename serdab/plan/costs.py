@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from serdab.blind import MODES, mode_error
 from serdab.cluster import Cluster, Device
 from serdab.framing import hop_bytes, ingress_bytes
 from serdab.plan.placement import BlindedShare, HopCost, Placement, PlanCost, Stage, StageCost
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PRECOMPUTATION", "BlindCosts", "CostModel", "Workload", "link_key"]
 
-PRECOMPUTATION = ("in-stream", "pool", "outsourced")  # where W r comes from (serdab.blind.blinded.MODES)
+PRECOMPUTATION = MODES  # where W r comes from
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,10 +65,9 @@ class BlindCosts:
     def from_profile(
         cls, profile: BlindingProfile, mode: str, integrity: bool, helper: str | None = None
     ) -> BlindCosts:
-        if mode not in PRECOMPUTATION:
-            raise ValueError(f"precomputation mode {mode!r}; choose one of {', '.join(PRECOMPUTATION)}")
-        if (mode == "outsourced") != (helper is not None):
-            raise ValueError("the outsourced mode, and only it, names the device that computes W r (--blind-helper)")
+        error = mode_error(mode, helper)
+        if error:
+            raise ValueError(error)
         blocks = profile.blocks
         extra = {"in-stream": [b.wr_s for b in blocks], "pool": [b.pool_open_s for b in blocks]}
         enclave = np.array([b.enclave_s for b in blocks]) + np.array(extra.get(mode, [0.0] * len(blocks)))
@@ -167,13 +167,11 @@ class CostModel:
         params_prefix = np.concatenate([[0], np.cumsum(workload.params_bytes)])
         # memory[c, c2] for blocks c..c2-1: weights of all + the largest activation peak among them
         memory = np.zeros((m + 1, m + 1), dtype=np.int64)
-        for c in range(m):
-            peaks = np.maximum.accumulate(workload.peak_bytes[c:])
-            memory[c, c + 1 :] = params_prefix[c + 1 :] - params_prefix[c] + peaks
-        self._memory = memory
-        peaks = np.zeros((m + 1, m + 1), dtype=np.int64)  # a blinded enclave holding activations only
+        peaks = np.zeros((m + 1, m + 1), dtype=np.int64)  # activations only: what a blinded enclave holds
         for c in range(m):
             peaks[c, c + 1 :] = np.maximum.accumulate(workload.peak_bytes[c:])
+            memory[c, c + 1 :] = params_prefix[c + 1 :] - params_prefix[c] + peaks[c, c + 1 :]
+        self._memory = memory
         self._peaks = peaks
         self._hops: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[np.ndarray, np.ndarray]] = {}
 
@@ -205,12 +203,14 @@ class CostModel:
         return float(seconds)
 
     # --- blinded stages (issue 28) ---------------------------------------------------------------
-    def blind_memory(self, first: int, last: int) -> int:
-        """What a blinded enclave holds: activations, and the weights only when it computes W r itself."""
+    def _blind_memory(self) -> np.ndarray:
+        """M[c, c2], what a blinded enclave holds for blocks c..c2-1: activations, and the weights only
+        when it computes W r itself (in-stream)."""
         blind = self.workload.blind
-        if blind is not None and blind.mode == "in-stream":
-            return self.stage_memory(first, last)
-        return int(self._peaks[first, last + 1])
+        return self._memory if blind is not None and blind.mode == "in-stream" else self._peaks
+
+    def blind_memory(self, first: int, last: int) -> int:
+        return int(self._blind_memory()[first, last + 1])
 
     def _round_trips(self, a: int, b: int) -> np.ndarray:
         """Per block: every linear layer's masked input a -> b and answer b -> a (each message pays the rtt)."""
@@ -238,12 +238,19 @@ class CostModel:
         enclave_s = np.where(blind.blindable, blind.enclave_s / e.speed, math.inf)
         gpu_s = self.workload.block_s * g.field_factor / g.speed
         link_s = self._round_trips(enclave, gpu)
-        if blind.helper is not None:
-            h = self.index[blind.helper]
-            other = self.workload.block_s * self.devices[h].field_factor / self.devices[h].speed
-            other = other + self._round_trips(enclave, h)
+        wr_s = self._wr_blocks()
+        if wr_s is not None:
+            other = wr_s + self._round_trips(enclave, self.index[blind.helper])  # type: ignore[index]
             gpu_s = np.maximum(gpu_s + link_s, other) - link_s
         return enclave_s, gpu_s, link_s
+
+    def _wr_blocks(self) -> np.ndarray | None:
+        """Per block, the outsourced W r device's seconds (None in the other modes)."""
+        blind = self.workload.blind
+        if blind is None or blind.helper is None:
+            return None
+        h = self.devices[self.index[blind.helper]]
+        return self.workload.block_s * h.field_factor / h.speed
 
     def blind_matrix(self, enclave: int, gpu: int) -> np.ndarray:
         """B[c, c2]: seconds for blocks c..c2-1 on ``enclave`` blinded by ``gpu`` (the enclave's share times
@@ -259,8 +266,7 @@ class CostModel:
         assert blind is not None
         ends = np.concatenate([[0.0], np.where(bad, 0.0, blind.exit_s)])  # exit of block c2-1
         own = own + (np.concatenate([np.where(bad, 0.0, blind.entry_s), [0.0]])[:, None] + ends[None, :]) / e.speed
-        memory = self._memory if self.workload.blind and self.workload.blind.mode == "in-stream" else self._peaks
-        over = memory > e.memory_bytes
+        over = self._blind_memory() > e.memory_bytes
         own = np.where(over, math.inf if e.paging_factor is None else own * e.paging_factor, own)
         seconds = own + (outer[None, :] - outer[:, None])
         seconds = np.where(count[None, :] - count[:, None] > 0, math.inf, seconds)
@@ -275,6 +281,7 @@ class CostModel:
         if self.blind_memory(first, last) > e.memory_bytes:
             own = math.inf if e.paging_factor is None else own * e.paging_factor
         blocks = slice(first, last + 1)
+        wr_s = self._wr_blocks()
         return BlindedShare(
             enclave_s=own,
             gpu_s=float(gpu_s.sum()),
@@ -283,6 +290,7 @@ class CostModel:
             returned_bytes=int(blind.returned_bytes[blocks].sum()),
             pool_bytes=int(blind.pool_bytes[blocks].sum()),
             precompute_s=float(blind.precompute_s[blocks].sum() / e.speed),
+            wr_s=0.0 if wr_s is None else float(wr_s[blocks].sum()),
         )
 
     def stage_compute_s(self, stage: Stage, replica: int = 0) -> float:
@@ -291,8 +299,7 @@ class CostModel:
         device = self.index[stage.devices[replica]]
         if stage.helper is None:
             return self.compute_s(device, stage.first, stage.last)
-        share = self.blind_share(device, self.index[stage.helper], stage.first, stage.last)
-        return share.enclave_s + share.gpu_s + share.link_s
+        return self.blind_share(device, self.index[stage.helper], stage.first, stage.last).total_s
 
     # --- hops ---------------------------------------------------------------------------------
     def transfer_s(self, a: int, b: int, nbytes: np.ndarray | int) -> np.ndarray | float:
@@ -358,13 +365,15 @@ class CostModel:
             share = None
             if stage.helper is None:
                 memory = self.stage_memory(stage.first, stage.last)
+                compute_s = self.compute_s(group[0], stage.first, stage.last)
             else:
                 memory = self.blind_memory(stage.first, stage.last)
                 share = self.blind_share(group[0], self.index[stage.helper], stage.first, stage.last)
+                compute_s = share.total_s
             stages.append(
                 StageCost(
                     stage=stage,
-                    compute_s=self.stage_compute_s(stage),
+                    compute_s=compute_s,
                     memory_bytes=memory,
                     paged=head.paging_factor is not None and memory > head.memory_bytes,
                     blinded=share,

@@ -61,7 +61,7 @@ class Placement:
 
 @dataclass(frozen=True)
 class BlindedShare:
-    """Where a blinded stage's time goes, per frame (its ``compute_s`` is their sum: the enclave waits)."""
+    """Where a blinded stage's time goes, per frame (its ``compute_s`` is ``total_s``: the enclave waits)."""
 
     enclave_s: float  # non-linear steps, masks, unmasking (and checks, and W r in the in-stream mode)
     gpu_s: float  # the helper's field products
@@ -69,7 +69,12 @@ class BlindedShare:
     sent_bytes: int  # enclave -> helper, per frame
     returned_bytes: int
     pool_bytes: int  # sealed W r kept outside the enclave per frame (pool mode)
-    precompute_s: float  # W r per frame ahead of the stream (pool) or on the second device (outsourced)
+    precompute_s: float  # W r per frame at the enclave's speed: ahead of the stream (pool), or spared (outsourced)
+    wr_s: float = 0.0  # outsourced: the W r device's seconds per frame (it works while the GPU does)
+
+    @property
+    def total_s(self) -> float:
+        return self.enclave_s + self.gpu_s + self.link_s
 
 
 @dataclass(frozen=True)

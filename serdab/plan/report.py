@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from serdab.plan.costs import Workload
+from serdab.plan.costs import BlindCosts
 from serdab.plan.placement import BlindedShare, PlanCost
 from serdab.plan.planner import PlanRequest
 from serdab.privacy import LeakageReport
@@ -46,7 +46,7 @@ def plan_document(request: PlanRequest, cost: PlanCost, leakage: LeakageReport |
                 "memory_bytes": s.memory_bytes,
                 "paged": s.paged,
                 "trusted": request.trusted(s.stage.device),
-                **({"blinded": _blinded(s.stage.helper, s.blinded, workload)} if s.blinded else {}),
+                **({"blinded": _blinded(s.stage.helper, s.blinded, workload.blind)} if s.blinded else {}),
             }
             for s in cost.stages
         ],
@@ -74,10 +74,9 @@ def plan_document(request: PlanRequest, cost: PlanCost, leakage: LeakageReport |
     }
 
 
-def _blinded(helper: str | None, share: BlindedShare, workload: Workload) -> dict[str, Any]:
+def _blinded(helper: str | None, share: BlindedShare, blind: BlindCosts | None) -> dict[str, Any]:
     """A blinded stage's split of its time, and what it assumes (the outsourced mode's non-collusion)."""
-    blind = workload.blind
-    assert blind is not None
+    assert blind is not None  # a stage has a share only when the workload carries blinding costs
     return {
         "helper": helper,
         "mode": blind.mode,

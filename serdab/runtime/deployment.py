@@ -187,7 +187,7 @@ class Deployment:
             blind_config = None
             share = cost.stages[k].blinded
             if share is not None and blind is not None:
-                helper_s = share.gpu_s if slot.role != "wr" else self._wr_s(physical, k, slot.device)
+                helper_s = share.wr_s if slot.role == "wr" else share.gpu_s
                 tamper = self.ctx.tamper.get(slot.device) if slot.role != "stage" else None
                 frames = warm + self.ctx.blind_frames
                 if share.pool_bytes:  # a long stream's pool would not fit in memory: precompute what fits
@@ -221,14 +221,9 @@ class Deployment:
         self._stages = [[workers[slot.id] for slot in group] for group in self.topology.stages]
         return list(workers.values())
 
-    def _wr_s(self, physical: CostModel, k: int, device: str) -> float:
-        """The outsourced W r device's emulated seconds per frame for stage ``k`` (as the cost model charges)."""
-        stage = self.placement.stages[k]
-        d = physical.cluster.device(device)
-        return float(physical.workload.block_s[stage.first : stage.last + 1].sum()) * d.field_factor / d.speed
-
     @staticmethod
     def paths_of(placement: Placement) -> int:
+        """Replica paths a frame can take: the lcm of the stages' replica counts."""
         return math.lcm(*(stage.replicas for stage in placement.stages))
 
     # --- start -----------------------------------------------------------------------------------
@@ -290,8 +285,7 @@ class Deployment:
 
     @property
     def paths(self) -> int:
-        """Replica paths a frame can take: the lcm of the stages' replica counts."""
-        return math.lcm(*(len(group) for group in self._stages))
+        return self.paths_of(self.placement)
 
     def _through(self, ids: list[int], pixels: np.ndarray) -> list[FrameResult]:
         """Send throw-away frames and wait until every one came out."""
