@@ -136,25 +136,74 @@ def test_an_operation_without_an_integer_form_is_refused_by_name() -> None:
 
 def test_the_fused_enclave_kernels_equal_the_numpy_arithmetic() -> None:
     from serdab.blind.field import decode
-    from serdab.blind.kernels import dot_mod, mask_into_field, unmask_finish
+    from serdab.blind.kernels import dequantise, dot_mod, mask_into_field, quantise, unmask_finish
     from serdab.blind.quantize import QLinear
+
+    def exact_dot(a: np.ndarray, b: np.ndarray) -> int:  # Python's unbounded integers: the reference
+        return sum(int(x) * int(y) for x, y in zip(a.ravel(), b.ravel(), strict=True)) % P
 
     rng = np.random.default_rng(5)
     h = rng.integers(-(P // 2) + 1, P // 2, size=(1, 3, 4, 5))
     r = rng.integers(0, P, size=h.shape).astype(np.uint32)
-    masked = mask_into_field(h, r)
-    assert np.array_equal(masked, np.mod(h + r.astype(np.int64), P).astype(np.float64))
-    z, u = rng.integers(0, P, size=h.shape).astype(np.float64), rng.integers(0, P, size=h.shape).astype(np.uint32)
+    fts = rng.integers(0, P, size=h.size).astype(np.uint32)
+    fts[:3] = P - 1  # the largest products the lazy reduction folds
+    masked, expected = mask_into_field(h, r, fts)
+    assert masked.dtype == np.uint32 and np.array_equal(masked, np.mod(h + r.astype(np.int64), P))
+    assert expected == exact_dot(fts, np.mod(h, P)) and mask_into_field(h, r)[1] == 0
+    z, u = rng.integers(0, P, size=h.shape).astype(np.uint32), rng.integers(0, P, size=h.shape).astype(np.uint32)
     z.flat[:4] = [0, P - 1, P // 2, P // 2 + 1]  # the edges of the signed range
     u.flat[:4] = [P - 1, 0, 0, 0]
-    for bias, shift in ((rng.integers(-(2**20), 2**20, size=3), 8), (None, 0)):
-        layer = QLinear("l", "conv", None, bias, shift=shift)
-        assert np.array_equal(unmask_finish(z, u, bias, shift), layer.finish(decode(z - u.astype(np.float64))))
+    s = rng.integers(0, P, size=h.size).astype(np.uint32)
+    for bias, shift, clamp in (
+        (rng.integers(-(2**20), 2**20, size=3), 8, (None, None)),
+        (None, 0, (None, None)),
+        (rng.integers(-(2**20), 2**20, size=3), 8, (0, None)),  # a folded ReLU
+        (None, 8, (0, 6 << 8)),  # a folded ReLU6
+    ):
+        layer = QLinear("l", "conv", None, bias, shift=shift, clamp=clamp)
+        wide = z.astype(np.float64) - u.astype(np.float64)
+        out, got = unmask_finish(z, u, bias, shift, s, clamp)
+        assert np.array_equal(out, layer.finish(decode(wide)))
+        assert got == exact_dot(s, np.mod(wide, P).astype(np.int64))
     gemm = QLinear("g", "gemm", None, rng.integers(-100, 100, size=7), shift=8)
-    zg, ug = rng.integers(0, P, size=(1, 7)).astype(np.float64), rng.integers(0, P, size=(1, 7)).astype(np.float64)
-    assert np.array_equal(unmask_finish(zg, ug, gemm.bias, 8), gemm.finish(decode(zg - ug)))
+    zg, ug = rng.integers(0, P, size=(1, 7)).astype(np.uint32), rng.integers(0, P, size=(1, 7)).astype(np.uint32)
+    out, got = unmask_finish(zg, ug, gemm.bias, 8)
+    assert np.array_equal(out, gemm.finish(decode(zg.astype(np.float64) - ug))) and got == 0
     a, b = rng.integers(0, P, size=1001), rng.integers(0, P, size=1001).astype(np.float64)
-    assert dot_mod(a, b) == sum(int(x) * int(y) for x, y in zip(a, b, strict=True)) % P
+    a[:10] = P - 1
+    assert dot_mod(a, b) == exact_dot(a, b)
+    x = (rng.standard_normal((2, 3, 5)) * 40).astype(np.float32)
+    x.flat[:4] = [0.5 / 256, 1.5 / 256, -2.5 / 256, 3.0]  # ties round to even, as numpy's rint
+    q = quantise(x, 8)
+    assert np.array_equal(q, np.rint(x.astype(np.float64) * 256).astype(np.int64))
+    assert np.array_equal(dequantise(q, 8), (q.astype(np.float64) / 256).astype(np.float32))
+
+
+def test_a_relu_after_a_linear_layer_is_folded_into_it_and_a_shared_output_is_not() -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32) * 0.5, "w")
+    nodes = [
+        helper.make_node("Gemm", ["input", "w"], ["a"], name="fc1", transB=1),
+        helper.make_node("Relu", ["a"], ["b"], name="relu1"),  # folded: fc1's output has no other reader
+        helper.make_node("Gemm", ["b", "w"], ["c"], name="fc2", transB=1),
+        helper.make_node("Relu", ["c"], ["d"], name="relu2"),  # kept: c is also added below
+        helper.make_node("Add", ["c", "d"], ["output"], name="add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])],
+        [w],
+    )
+    model = quantize_model(helper.make_model(graph), "g")
+    assert [s.kind for s in model.steps] == ["gemm", "gemm", "relu", "add"]
+    assert model.steps[0].clamp == (0, None) and model.steps[1].clamp == (None, None)
+    x = np.array([[1.0, -2.0, 3.0, -4.0]], dtype=np.float32)
+    expected = np.maximum(x * 0.25, 0) + x * 0.25 * (x > 0)  # relu(x/2)/2 once more, plus its relu
+    assert np.allclose(model.dequantised(x), expected)
+    assert np.array_equal(BlindedRunner(model, HonestGpu(model), integrity=True, seed=0).run(0, x), model.run(x))
 
 
 @pytest.mark.parametrize(

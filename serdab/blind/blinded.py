@@ -20,7 +20,7 @@ import struct
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cbor2
@@ -42,8 +42,10 @@ Linear = Callable[[int, np.ndarray], np.ndarray]  # (linear layer index, field e
 
 def field_payload(layer: int, values: np.ndarray, frame: int = 0) -> bytes:
     """Field elements on the wire between the enclave and its GPU: 4 bytes each (P < 2^32), with the
-    layer and the stream's frame id (public sequencing, as on every link)."""
-    body = np.mod(np.rint(values), P).astype("<u4").tobytes()
+    layer and the stream's frame id (public sequencing, as on every link). uint32 values are taken as
+    field elements already (what the kernels and ``np.mod(...).astype(np.uint32)`` give)."""
+    field_elements = values if values.dtype == np.uint32 else np.mod(np.rint(values), P)
+    body = np.ascontiguousarray(field_elements, dtype="<u4").tobytes()
     return cbor2.dumps({"layer": layer, "frame": frame, "shape": list(values.shape), "data": body})
 
 
@@ -73,7 +75,7 @@ class HonestGpu:
     def __call__(self, index: int, masked: np.ndarray) -> np.ndarray:
         if self.seen is not None:
             self.seen.append(masked.copy())
-        return np.mod(self.layers[index].linear(masked), P)
+        return np.mod(self.layers[index].linear(masked), P).astype(np.uint32)
 
 
 @dataclass
@@ -83,6 +85,9 @@ class _Pool:
     key: bytes = field(default_factory=lambda: os.urandom(32))
     sealed: dict[tuple[int, int], tuple[bytes, tuple[int, ...]]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self._aead = AESGCM(self.key)
+
     @staticmethod
     def _aad(frame: int, layer: int) -> bytes:
         return b"serdab-unmask-pool-v1|" + struct.pack(">qI", frame, layer)
@@ -90,7 +95,7 @@ class _Pool:
     def put(self, frame: int, layer: int, u: np.ndarray) -> None:
         nonce = os.urandom(12)
         body = np.mod(u, P).astype("<u4").tobytes()
-        sealed = nonce + AESGCM(self.key).encrypt(nonce, body, self._aad(frame, layer))
+        sealed = nonce + self._aead.encrypt(nonce, body, self._aad(frame, layer))
         self.sealed[(frame, layer)] = (sealed, tuple(u.shape))
 
     def take(self, frame: int, layer: int) -> np.ndarray | None:
@@ -98,7 +103,7 @@ class _Pool:
         if (frame, layer) not in self.sealed:
             return None
         blob, shape = self.sealed.pop((frame, layer))
-        body = AESGCM(self.key).decrypt(blob[:12], blob[12:], self._aad(frame, layer))
+        body = self._aead.decrypt(blob[:12], blob[12:], self._aad(frame, layer))
         return np.frombuffer(body, dtype="<u4").reshape(shape)  # the unmasking kernel reads uint32 as is
 
     @property
@@ -154,22 +159,21 @@ class BlindedRunner:
 
         def blinded(index: int, layer: QLinear, h: np.ndarray) -> np.ndarray:
             r = self.masks.draw(frame, index, h.shape, raw=True)
-            masked = mask_into_field(h, r)  # |h| < P/2 (decode's range), r in [0, P)
+            check = self._vectors(index, layer, h.shape) if self.integrity else None
+            # x + r mod P for the GPU (|h| < P/2, decode's range); Freivalds' <W^T s, x> on the way
+            masked, expected = mask_into_field(h, r, check.fts if check else None)
             ahead = self._ahead.submit(self.helper, index, r) if self._ahead and self.helper else None
             started = clock()
             z = self.gpu(index, masked)
-            checked = clock()
-            timings["gpu"] += checked - started
-            if self.integrity and not self._check(index, layer, masked, z):
-                raise LinkIntegrityError(
-                    "wrong-answer",
-                    f"the GPU's answer to blinded layer {layer.name} (frame {frame}) fails Freivalds' check",
-                )
             unmasking = clock()
-            timings["check"] += unmasking - checked
-            u = self._unmask(frame, index, layer, r) if ahead is None else self._outsourced(ahead, index, layer, r)
+            timings["gpu"] += unmasking - started
+            u = self._unmask(frame, index, layer, r) if ahead is None else ahead.result()
             timings["unmask"] += clock() - unmasking
-            return unmask_finish(z, u, layer.bias, layer.shift)  # finish(decode(z - u)), in one pass
+            # finish(decode(z - u)) in one pass, and <s, W x>: one check of the GPU's answer and W r together
+            out, got = unmask_finish(z, u, layer.bias, layer.shift, check.s if check else None, layer.clamp)
+            if check is not None and got != expected:
+                raise self._culprit(frame, layer, check, masked, z, r, u)
+            return out
 
         entered = clock()
         h = self.model.quantise_input(x)
@@ -182,20 +186,31 @@ class BlindedRunner:
             if u is not None:
                 return u
             self.pool_misses += 1  # a frame the pool did not foresee: computed here, and counted
-        return np.mod(layer.linear(r.astype(np.float64)), P)
+        return np.mod(layer.linear(r), P).astype(np.uint32)
 
-    def _outsourced(self, ahead: Future[np.ndarray], index: int, layer: QLinear, r: np.ndarray) -> np.ndarray:
-        """The second device's ``W r``, checked like the GPU's answers when integrity is on (the same
-        secret vector: ``<s, W r> = <W^T s, r>``), so neither untrusted device can bend the result alone."""
-        u = ahead.result()
-        if self.integrity and not self._check(index, layer, r, u):
-            raise LinkIntegrityError(
+    def _culprit(
+        self,
+        frame: int,
+        layer: QLinear,
+        check: FreivaldsCheck,
+        masked: np.ndarray,
+        z: np.ndarray,
+        r: np.ndarray,
+        u: np.ndarray,
+    ) -> LinkIntegrityError:
+        """Which answer failed: the GPU's ``W (x + r)``, else the second device's ``W r`` (the outsourced
+        mode; the pool's is sealed, and the enclave's own is right), each checked alone with the same
+        secret vector, so neither untrusted device can bend the result unnoticed."""
+        if self.mode == "outsourced" and check.check(masked, z):
+            return LinkIntegrityError(
                 "wrong-precomputation", f"the W r device's answer for blinded layer {layer.name} fails Freivalds' check"
             )
-        return u
+        return LinkIntegrityError(
+            "wrong-answer", f"the GPU's answer to blinded layer {layer.name} (frame {frame}) fails Freivalds' check"
+        )
 
-    def _check(self, index: int, layer: QLinear, masked: np.ndarray, z: np.ndarray) -> bool:
-        key = (index, masked.shape)
+    def _vectors(self, index: int, layer: QLinear, shape: tuple[int, ...]) -> FreivaldsCheck:
+        key = (index, shape)
         if key not in self._checks:
-            self._checks[key] = FreivaldsCheck(layer, masked.shape, self._rng)
-        return self._checks[key].check(masked, z)
+            self._checks[key] = FreivaldsCheck(layer, shape, self._rng)
+        return self._checks[key]

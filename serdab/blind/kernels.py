@@ -2,11 +2,17 @@
 
 Blinding moves a layer's multiply-accumulates to the GPU and leaves the enclave a few operations per
 activation: add the mask, reduce into the field; later subtract ``W r``, read the signed integer, add
-the bias, round. Written as numpy expressions these are ten passes over every tensor, and on this host
-they cost about as much as ONNX Runtime's whole convolution (measured: VGG-16's enclave share was 380
-ms against 356 ms in plaintext), so blinding gained nothing. Fused into one loop each (numba, compiled
-once and cached), they touch every activation once. Bit for bit the same arithmetic as
-``field.decode`` and ``QLinear.finish`` (tests/test_blind.py compares them).
+the bias, round, clamp (a ReLU or ReLU6 folded into the layer). Written as numpy expressions these are
+ten passes over every tensor and cost about as much as ONNX Runtime's whole convolution on this host,
+so blinding gained nothing. Fused into one loop each (numba, compiled once and cached), they touch
+every activation once, and Freivalds' check rides along: the masking loop accumulates ``<W^T s, x>``
+and the unmasking loop ``<s, W x>`` (checking ``W x`` itself, after ``W r`` is removed, costs one
+multiply-add per activation in loops that already read it). Bit for bit the same arithmetic as
+``field.decode``, ``QLinear.finish`` and Python's integers (tests/test_blind.py compares them).
+
+Sums of products mod P are reduced lazily: a product of two field elements is below 2^60, and since
+``2^30 = 35 (mod P)`` it folds to ``(p >> 30) * 35 + (p & (2^30 - 1))`` < 2^36 without a division, so
+2^27 of them could add up in an int64; the loops reduce once per slice or row.
 """
 
 from __future__ import annotations
@@ -16,69 +22,129 @@ from numba import njit
 
 from serdab.blind.field import P
 
-__all__ = ["dot_mod", "mask_into_field", "max_pool", "unmask_finish"]
+__all__ = ["dequantise", "dot_mod", "mask_into_field", "max_pool", "quantise", "unmask_finish"]
 
 _HALF = P // 2
+_LOW30 = (1 << 30) - 1
+_FOLD = (1 << 30) - P  # 35: 2^30 mod P
+_SLICE = 1 << 16  # products folded and summed between two reductions (each below 2^36: the sum stays < 2^63)
+_NO_CHECK = np.zeros(0, dtype=np.uint32)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _fold(p: np.int64) -> np.int64:  # pragma: no cover - compiled
+    return (p >> 30) * _FOLD + (p & _LOW30)
 
 
 @njit(cache=True, nogil=True)
-def _mask(h: np.ndarray, r: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
-    for i in range(h.size):
-        v = h[i] + np.int64(r[i])
-        if v >= P:
-            v -= P
-        elif v < 0:
-            v += P
-        out[i] = v
+def _mask(h: np.ndarray, r: np.ndarray, fts: np.ndarray, out: np.ndarray) -> np.int64:  # pragma: no cover
+    # in slices indexed from 0: LLVM vectorises such loops, not ones indexed from a running offset
+    total = np.int64(0)
+    for start in range(0, h.size, _SLICE):
+        stop = min(start + _SLICE, h.size)
+        hs, rs, os_ = h[start:stop], r[start:stop], out[start:stop]
+        fs = fts[start:stop] if fts.size > 0 else fts
+        acc = np.int64(0)
+        for i in range(stop - start):
+            x = np.int64(hs[i])
+            x = x + P if x < 0 else x
+            v = x + np.int64(rs[i])
+            os_[i] = v - P if v >= P else v
+            if fs.size > 0:
+                acc += _fold(np.int64(fs[i]) * x)
+        total = (total + acc) % P
+    return total
 
 
-def mask_into_field(h: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """``h + r mod P`` as float64 (what the GPU multiplies), for ``|h| < P/2`` and ``r`` in [0, P)."""
-    out = np.empty(h.shape, dtype=np.float64)
-    _mask(np.ascontiguousarray(h, dtype=np.int64).ravel(), np.ascontiguousarray(r).ravel(), out.ravel())
-    return out
+def mask_into_field(h: np.ndarray, r: np.ndarray, fts: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """``h + r mod P`` as uint32 (what the GPU multiplies and the wire carries), for ``|h| < P/2`` and
+    ``r`` in [0, P); with Freivalds' ``fts`` (``W^T s``, field elements of ``h``'s size) also
+    ``<fts, h> mod P``, else 0."""
+    out = np.empty(h.shape, dtype=np.uint32)
+    check = _NO_CHECK if fts is None else fts
+    expected = _mask(np.ascontiguousarray(h).ravel(), np.ascontiguousarray(r).ravel(), check, out.ravel())
+    return out, int(expected)
 
 
 @njit(cache=True, nogil=True)
 def _unmask(
-    z: np.ndarray, u: np.ndarray, bias: np.ndarray, inner: int, channels: int, shift: int, out: np.ndarray
-) -> None:  # pragma: no cover - compiled
+    z: np.ndarray,
+    u: np.ndarray,
+    bias: np.ndarray,
+    inner: int,
+    channels: int,
+    shift: int,
+    s: np.ndarray,
+    low: int,
+    high: int,
+    out: np.ndarray,
+) -> np.int64:  # pragma: no cover - compiled
     half = (1 << (shift - 1)) if shift > 0 else 0
-    rows = z.size // inner
-    for row in range(rows):  # one (image, channel) at a time: the bias is a constant of the inner loop
-        b = bias[row % channels] if bias.size > 0 else 0
-        start = row * inner
-        for i in range(start, start + inner):
-            v = np.int64(z[i]) - np.int64(u[i])
-            if v > _HALF:
-                v -= P
-            elif v < -_HALF:
-                v += P
-            v += b
-            if shift > 0:
-                v = (v + half) >> shift  # an arithmetic shift floors, as floor_divide by 2^shift does
-            out[i] = v
+    total = np.int64(0)
+    for row in range(z.size // inner):  # one (image, channel) at a time: the bias is a constant of the inner loop
+        b = (bias[row % channels] if bias.size > 0 else 0) + half
+        start, stop = row * inner, (row + 1) * inner
+        zs, us, os_ = z[start:stop], u[start:stop], out[start:stop]
+        ss = s[start:stop] if s.size > 0 else s
+        acc = np.int64(0)
+        for i in range(inner):
+            d = np.int64(zs[i]) - np.int64(us[i])
+            d = d + P if d < 0 else d  # W x mod P, in [0, P)
+            if ss.size > 0:
+                acc += _fold(np.int64(ss[i]) * d)
+            v = (d - P if d > _HALF else d) + b
+            v = v >> shift  # with half added: rounds half up (an arithmetic shift floors, as floor_divide does)
+            os_[i] = min(max(v, low), high)
+        total = (total + acc) % P
+    return total
 
 
-def unmask_finish(z: np.ndarray, u: np.ndarray, bias: np.ndarray | None, shift: int) -> np.ndarray:
+_UNBOUNDED = (-(1 << 62), 1 << 62)
+
+
+def unmask_finish(
+    z: np.ndarray,
+    u: np.ndarray,
+    bias: np.ndarray | None,
+    shift: int,
+    s: np.ndarray | None = None,
+    clamp: tuple[int | None, int | None] = (None, None),
+) -> tuple[np.ndarray, int]:
     """``finish(decode(z - u))`` in one pass: the signed ``W x``, plus the bias per channel (axis 1),
-    rounded half up by ``shift`` bits; int64 of ``z``'s shape."""
+    rounded half up by ``shift`` bits, clamped to ``clamp`` (a folded ReLU: (0, None)); int64 of
+    ``z``'s shape. With Freivalds' ``s`` (field elements of ``z``'s size) also ``<s, W x> mod P``, else 0."""
     out = np.empty(z.shape, dtype=np.int64)
     channels = z.shape[1] if z.ndim > 1 else 1
     inner = int(np.prod(z.shape[2:])) if z.ndim > 2 else 1
     b = np.zeros(0, dtype=np.int64) if bias is None else np.ascontiguousarray(bias, dtype=np.int64).ravel()
-    _unmask(np.ascontiguousarray(z).ravel(), np.ascontiguousarray(u).ravel(), b, inner, channels, shift, out.ravel())
-    return out
+    low = _UNBOUNDED[0] if clamp[0] is None else clamp[0]
+    high = _UNBOUNDED[1] if clamp[1] is None else clamp[1]
+    got = _unmask(
+        np.ascontiguousarray(z).ravel(),
+        np.ascontiguousarray(u).ravel(),
+        b,
+        inner,
+        channels,
+        shift,
+        _NO_CHECK if s is None else s,
+        low,
+        high,
+        out.ravel(),
+    )
+    return out, int(got)
 
 
 @njit(cache=True, nogil=True)
-def _dot(a: np.ndarray, b: np.ndarray) -> int:  # pragma: no cover - compiled
+def _dot(a: np.ndarray, b: np.ndarray) -> np.int64:  # pragma: no cover - compiled
     total = np.int64(0)
-    for i in range(a.size):
-        total += np.int64(a[i]) * np.int64(b[i])  # below 2^60 each; four of them and a remainder below 2^63
-        if (i & 3) == 3:
-            total %= P
-    return int(total % P)
+    for start in range(0, a.size, _SLICE):
+        stop = min(start + _SLICE, a.size)
+        as_, bs = a[start:stop], b[start:stop]
+        acc = np.int64(0)
+        for i in range(stop - start):
+            acc += _fold(np.int64(as_[i]) * np.int64(bs[i]))
+        total = (total + acc) % P
+    return total
 
 
 def dot_mod(a: np.ndarray, b: np.ndarray) -> int:
@@ -87,24 +153,60 @@ def dot_mod(a: np.ndarray, b: np.ndarray) -> int:
 
 
 @njit(cache=True, nogil=True)
+def _quantise(x: np.ndarray, scale: float, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    for i in range(x.size):
+        out[i] = np.int64(np.rint(np.float64(x[i]) * scale))
+
+
+def quantise(x: np.ndarray, bits: int) -> np.ndarray:
+    """``rint(x * 2^bits)`` as int64 (round half to even, as numpy's ``rint``), in one pass."""
+    out = np.empty(np.shape(x), dtype=np.int64)
+    _quantise(np.ascontiguousarray(x).ravel(), float(1 << bits), out.ravel())
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _dequantise(h: np.ndarray, scale: float, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    for i in range(h.size):
+        out[i] = np.float32(np.float64(h[i]) * scale)
+
+
+def dequantise(h: np.ndarray, bits: int) -> np.ndarray:
+    """``h / 2^bits`` as float32 (through float64, as the stage hands its output on), in one pass."""
+    out = np.empty(h.shape, dtype=np.float32)
+    _dequantise(np.ascontiguousarray(h).ravel(), 1.0 / (1 << bits), out.ravel())
+    return out
+
+
+@njit(cache=True, nogil=True)
 def _max_pool(
     x: np.ndarray, kh: int, kw: int, sh: int, sw: int, top: int, left: int, out: np.ndarray
 ) -> None:  # pragma: no cover - compiled
+    # per output row: the max over the window's rows for every column (whole rows: a loop LLVM
+    # vectorises), then over each window's columns; padding is skipped, never read
     n, c, h, w = x.shape
     _, _, oh, ow = out.shape
+    lowest = np.iinfo(np.int64).min
+    rows = np.empty(w, dtype=np.int64)
     for b in range(n):
         for ch in range(c):
+            plane = x[b, ch]
             for i in range(oh):
+                rows[:] = lowest
+                for di in range(kh):
+                    y = i * sh + di - top
+                    if 0 <= y < h:
+                        line = plane[y]
+                        for xx in range(w):
+                            rows[xx] = max(rows[xx], line[xx])
+                line = out[b, ch, i]
                 for j in range(ow):
-                    best = np.iinfo(np.int64).min
-                    for di in range(kh):
-                        y = i * sh + di - top
-                        if 0 <= y < h:
-                            for dj in range(kw):
-                                xx = j * sw + dj - left
-                                if 0 <= xx < w and x[b, ch, y, xx] > best:
-                                    best = x[b, ch, y, xx]
-                    out[b, ch, i, j] = best
+                    best = lowest
+                    for dj in range(kw):
+                        xx = j * sw + dj - left
+                        if 0 <= xx < w:
+                            best = max(best, rows[xx])
+                    line[j] = best
 
 
 def max_pool(x: np.ndarray, kernel: list[int], strides: list[int], pads: list[int], ceil: bool) -> np.ndarray:

@@ -33,6 +33,7 @@ class MaskSource:
         self._key = key or os.urandom(32)  # a fresh epoch: this key lives only in this process
         self._used: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
+        self._zeros = b""  # plaintext for the key stream, kept between draws (a mask per layer and frame)
 
     def draw(self, frame: int, layer: int, shape: tuple[int, ...], raw: bool = False) -> np.ndarray:
         """The mask for (frame, layer), uniform in [0, P), as float64 (``raw``: uint32); a second draw is
@@ -48,8 +49,14 @@ class MaskSource:
         count = int(np.prod(shape))
         nonce = struct.pack(">qII", frame, layer, 0)  # warm-up frames have negative ids
         encryptor = Cipher(algorithms.AES(self._key), modes.CTR(nonce)).encryptor()
-        values = np.frombuffer(encryptor.update(bytes(4 * count)), dtype="<u4") & np.uint32((1 << _BITS) - 1)
-        while (rejected := np.flatnonzero(values >= P)).size:  # rare (35 in 2^30): redraw those, in stream order
+        if len(self._zeros) < 4 * count:
+            self._zeros = bytes(4 * count)
+        words = bytearray(4 * count + 15)  # the key stream itself: CTR's encryption of zeros
+        encryptor.update_into(memoryview(self._zeros)[: 4 * count], words)
+        values = np.frombuffer(words, dtype="<u4", count=count)
+        np.bitwise_and(values, np.uint32((1 << _BITS) - 1), out=values)
+        while count and int(values.max()) >= P:  # rare (35 in 2^30): redraw those, in stream order
+            rejected = np.flatnonzero(values >= P)
             more = np.frombuffer(encryptor.update(bytes(4 * rejected.size)), dtype="<u4") & np.uint32((1 << _BITS) - 1)
             values[rejected] = more
         values = values.reshape(shape)

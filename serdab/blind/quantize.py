@@ -47,7 +47,9 @@ class QOp:
 
     def run(self, x: np.ndarray, *more: np.ndarray) -> np.ndarray:
         if self.kind == "add":
-            return x + sum(more, np.zeros_like(x))
+            for other in more:
+                x = x + other
+            return x
         if self.kind == "concat":
             return np.concatenate([x, *more], axis=int(self.attrs["axis"]))
         if self.kind == "clip":
@@ -80,6 +82,7 @@ class QLinear:
     bias: np.ndarray | None  # int64 at scale 2^(a+w)
     attrs: dict[str, Any] = field(default_factory=dict)
     shift: int = WEIGHT_BITS  # bits to round away after the bias: the weights' fraction bits
+    clamp: tuple[int | None, int | None] = (None, None)  # a ReLU or Clip folded into the layer (bounds at 2^a)
     inputs: list[str] = field(default_factory=list)
     output: str = ""
     _weight_t: torch.Tensor | None = field(default=None, repr=False, compare=False)
@@ -117,13 +120,15 @@ class QLinear:
         return int(np.prod(self.weight.shape[1:]))
 
     def finish(self, wx: np.ndarray) -> np.ndarray:
-        """From ``W x`` (int64) to the next layer's input: add the bias, round back to 2^a."""
+        """From ``W x`` (int64) to the next layer's input: add the bias, round back to 2^a, clamp."""
         y = wx.astype(np.int64)
         if self.bias is not None:
             y = y + (self.bias.reshape(1, -1, 1, 1) if self.kind == "conv" else self.bias.reshape(1, -1))
-        if self.shift == 0:
-            return y
-        return np.floor_divide(y + (1 << (self.shift - 1)), 1 << self.shift)
+        if self.shift:
+            y = np.floor_divide(y + (1 << (self.shift - 1)), 1 << self.shift)
+        if self.clamp != (None, None):
+            y = np.clip(y, *self.clamp)
+        return y
 
 
 @dataclass
@@ -142,7 +147,9 @@ class QuantizedModel:
         return [s for s in self.steps if isinstance(s, QLinear)]
 
     def quantise_input(self, x: np.ndarray) -> np.ndarray:
-        return np.rint(np.asarray(x, dtype=np.float64) * (1 << self.act_bits)).astype(np.int64)
+        from serdab.blind.kernels import quantise
+
+        return quantise(x, self.act_bits)
 
     def evaluate(
         self, h: np.ndarray, linear: Callable[[int, QLinear, np.ndarray], np.ndarray], finished: bool = False
@@ -274,4 +281,26 @@ def quantize_model(proto: onnx.ModelProto, name: str = "model") -> QuantizedMode
             steps.append(QOp("flatten", inputs=inputs[:1], output=output))
         else:
             raise ValueError(f"{name}: {node.op_type} ({label}) is not supported in a blinded model yet")
-    return QuantizedModel(name, steps, graph.input[0].name, alias.get(graph.output[0].name, graph.output[0].name))
+    output = alias.get(graph.output[0].name, graph.output[0].name)
+    return QuantizedModel(name, _fold_clamps(steps, output), graph.input[0].name, output)
+
+
+def _fold_clamps(steps: list[QLinear | QOp], output: str) -> list[QLinear | QOp]:
+    """A ReLU or Clip whose input is a linear layer's output and nothing else's folded into that layer,
+    as batch norm is folded into convolutions: the enclave clamps while it unmasks, in the same pass."""
+    readers: dict[str, int] = {output: 1}
+    for step in steps:
+        for name in step.inputs:
+            readers[name] = readers.get(name, 0) + 1
+    producers = {s.output: s for s in steps if isinstance(s, QLinear)}
+    kept: list[QLinear | QOp] = []
+    for step in steps:
+        layer = producers.get(step.inputs[0]) if isinstance(step, QOp) and step.kind in ("relu", "clip") else None
+        if layer is None or readers[layer.output] != 1 or layer.clamp != (None, None):
+            kept.append(step)
+            continue
+        assert isinstance(step, QOp)
+        layer.clamp = (0, None) if step.kind == "relu" else (step.attrs["low"], step.attrs["high"])
+        layer.output = step.output
+        producers[layer.output] = layer
+    return kept

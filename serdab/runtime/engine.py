@@ -309,6 +309,7 @@ class _Worker:
     def _blinded(self, frame: int, x: np.ndarray) -> np.ndarray:
         """The quantised stage, blinded; its output back to floats for the next stage (exact: an integer
         at scale 2^8 below 2^24 is a float32)."""
+        from serdab.blind.kernels import dequantise
         from serdab.blind.quantize import ACT_BITS
 
         misses = self.runner.pool_misses
@@ -320,7 +321,7 @@ class _Worker:
                 file=sys.stderr,
                 flush=True,
             )
-        return (ints.astype(np.float64) / (1 << ACT_BITS)).astype(np.float32)
+        return dequantise(ints, ACT_BITS)
 
     def _serve_helper(self) -> None:
         """Answer masked linear layers: ``W (x + r) mod P``, padded to the layer's share of the helper's
