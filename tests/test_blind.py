@@ -147,9 +147,13 @@ def test_the_fused_enclave_kernels_equal_the_numpy_arithmetic() -> None:
     r = rng.integers(0, P, size=h.shape).astype(np.uint32)
     fts = rng.integers(0, P, size=h.size).astype(np.uint32)
     fts[:3] = P - 1  # the largest products the lazy reduction folds
-    masked, expected = mask_into_field(h, r, fts)
+    masked, expected, rejects = mask_into_field(h, r, fts)
     assert masked.dtype == np.uint32 and np.array_equal(masked, np.mod(h + r.astype(np.int64), P))
-    assert expected == exact_dot(fts, np.mod(h, P)) and mask_into_field(h, r)[1] == 0
+    assert expected == exact_dot(fts, np.mod(h, P)) and rejects == 0 and mask_into_field(h, r)[1] == 0
+    words = r | (rng.integers(0, 4, size=r.shape).astype(np.uint32) << np.uint32(30))  # raw key-stream words
+    assert np.array_equal(mask_into_field(h, words)[0], masked)  # only their low 30 bits count
+    words.flat[[2, 7]] = [P, (1 << 30) - 1]  # 30-bit values at or above P: reported, for a redraw
+    assert mask_into_field(h, words)[2] == 2
     z, u = rng.integers(0, P, size=h.shape).astype(np.uint32), rng.integers(0, P, size=h.shape).astype(np.uint32)
     z.flat[:4] = [0, P - 1, P // 2, P // 2 + 1]  # the edges of the signed range
     u.flat[:4] = [P - 1, 0, 0, 0]

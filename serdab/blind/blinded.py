@@ -31,7 +31,7 @@ from serdab.blind import MODES, mode_error
 from serdab.blind.field import P
 from serdab.blind.freivalds import FreivaldsCheck
 from serdab.blind.kernels import mask_into_field, unmask_finish
-from serdab.blind.masks import MaskSource
+from serdab.blind.masks import LOW_BITS, MaskSource
 from serdab.blind.quantize import QLinear, QuantizedModel
 from serdab.errors import LinkIntegrityError
 
@@ -157,20 +157,25 @@ class BlindedRunner:
 
         clock, timings = time.perf_counter, self.timings
 
-        def blinded(index: int, layer: QLinear, h: np.ndarray) -> np.ndarray:
-            r = self.masks.draw(frame, index, h.shape, raw=True)
+        def blinded(index: int, layer: QLinear, h: np.ndarray, skip: np.ndarray | None) -> np.ndarray:
             check = self._vectors(index, layer, h.shape) if self.integrity else None
+            fts = check.fts if check else None
             # x + r mod P for the GPU (|h| < P/2, decode's range); Freivalds' <W^T s, x> on the way
-            masked, expected = mask_into_field(h, r, check.fts if check else None)
-            ahead = self._ahead.submit(self.helper, index, r) if self._ahead and self.helper else None
+            words = self.masks.draw_words(frame, index, h.size)
+            masked, expected, rejects = mask_into_field(h, words, fts)
+            if rejects:  # a 30-bit draw at or above P: the mask with it redrawn, as regenerate makes it
+                words = self.masks.regenerate(frame, index, h.shape, raw=True)
+                masked, expected, _ = mask_into_field(h, words, fts)
+            r = None if self.mode == "pool" else (words & np.uint32(LOW_BITS)).reshape(h.shape)
+            ahead = self._ahead.submit(self.helper, index, r) if self._ahead and self.helper and r is not None else None
             started = clock()
             z = self.gpu(index, masked)
             unmasking = clock()
             timings["gpu"] += unmasking - started
-            u = self._unmask(frame, index, layer, r) if ahead is None else ahead.result()
+            u = ahead.result() if ahead is not None else self._unmask(frame, index, layer, h.shape, r)
             timings["unmask"] += clock() - unmasking
-            # finish(decode(z - u)) in one pass, and <s, W x>: one check of the GPU's answer and W r together
-            out, got = unmask_finish(z, u, layer.bias, layer.shift, check.s if check else None, layer.clamp)
+            # finish(decode(z - u), skip) in one pass, and <s, W x>: one check of the GPU's answer and W r together
+            out, got = unmask_finish(z, u, layer.bias, layer.shift, check.s if check else None, layer.clamp, skip)
             if check is not None and got != expected:
                 raise self._culprit(frame, layer, check, masked, z, r, u)
             return out
@@ -180,12 +185,16 @@ class BlindedRunner:
         timings["entry"] += clock() - entered
         return self.model.evaluate(h, blinded, finished=True)
 
-    def _unmask(self, frame: int, index: int, layer: QLinear, r: np.ndarray) -> np.ndarray:
+    def _unmask(
+        self, frame: int, index: int, layer: QLinear, shape: tuple[int, ...], r: np.ndarray | None
+    ) -> np.ndarray:
         if self.mode == "pool":
             u = self._pool.take(frame, index)
             if u is not None:
                 return u
             self.pool_misses += 1  # a frame the pool did not foresee: computed here, and counted
+            r = self.masks.regenerate(frame, index, shape, raw=True)
+        assert r is not None
         return np.mod(layer.linear(r), P).astype(np.uint32)
 
     def _culprit(
@@ -195,7 +204,7 @@ class BlindedRunner:
         check: FreivaldsCheck,
         masked: np.ndarray,
         z: np.ndarray,
-        r: np.ndarray,
+        r: np.ndarray | None,
         u: np.ndarray,
     ) -> LinkIntegrityError:
         """Which answer failed: the GPU's ``W (x + r)``, else the second device's ``W r`` (the outsourced

@@ -29,6 +29,7 @@ _LOW30 = (1 << 30) - 1
 _FOLD = (1 << 30) - P  # 35: 2^30 mod P
 _SLICE = 1 << 16  # products folded and summed between two reductions (each below 2^36: the sum stays < 2^63)
 _NO_CHECK = np.zeros(0, dtype=np.uint32)
+_NO_SKIP = np.zeros(0, dtype=np.int64)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -37,33 +38,40 @@ def _fold(p: np.int64) -> np.int64:  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _mask(h: np.ndarray, r: np.ndarray, fts: np.ndarray, out: np.ndarray) -> np.int64:  # pragma: no cover
+def _mask(
+    h: np.ndarray, words: np.ndarray, fts: np.ndarray, out: np.ndarray
+) -> tuple[np.int64, np.int64]:  # pragma: no cover
     # in slices indexed from 0: LLVM vectorises such loops, not ones indexed from a running offset
     total = np.int64(0)
+    rejects = np.int64(0)
     for start in range(0, h.size, _SLICE):
         stop = min(start + _SLICE, h.size)
-        hs, rs, os_ = h[start:stop], r[start:stop], out[start:stop]
+        hs, ws, os_ = h[start:stop], words[start:stop], out[start:stop]
         fs = fts[start:stop] if fts.size > 0 else fts
         acc = np.int64(0)
         for i in range(stop - start):
             x = np.int64(hs[i])
             x = x + P if x < 0 else x
-            v = x + np.int64(rs[i])
+            r = np.int64(ws[i]) & _LOW30
+            rejects += np.int64(r >= P)
+            v = x + r
             os_[i] = v - P if v >= P else v
             if fs.size > 0:
                 acc += _fold(np.int64(fs[i]) * x)
         total = (total + acc) % P
-    return total
+    return total, rejects
 
 
-def mask_into_field(h: np.ndarray, r: np.ndarray, fts: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """``h + r mod P`` as uint32 (what the GPU multiplies and the wire carries), for ``|h| < P/2`` and
-    ``r`` in [0, P); with Freivalds' ``fts`` (``W^T s``, field elements of ``h``'s size) also
-    ``<fts, h> mod P``, else 0."""
+def mask_into_field(h: np.ndarray, r: np.ndarray, fts: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
+    """``h + r mod P`` as uint32 (what the GPU multiplies and the wire carries), for ``|h| < P/2``; ``r``
+    the mask in [0, P), or the raw key-stream words it comes from (``MaskSource.draw_words``: their low
+    30 bits are taken). Returns that, Freivalds' ``<fts, h> mod P`` when ``fts`` (``W^T s``, field
+    elements of ``h``'s size) is given (else 0), and how many of ``r``'s 30-bit values were at or
+    above P: the caller must then mask again with the redrawn mask (rare: 35 in 2^30)."""
     out = np.empty(h.shape, dtype=np.uint32)
     check = _NO_CHECK if fts is None else fts
-    expected = _mask(np.ascontiguousarray(h).ravel(), np.ascontiguousarray(r).ravel(), check, out.ravel())
-    return out, int(expected)
+    expected, rejects = _mask(np.ascontiguousarray(h).ravel(), np.ascontiguousarray(r).ravel(), check, out.ravel())
+    return out, int(expected), int(rejects)
 
 
 @njit(cache=True, nogil=True)
@@ -75,6 +83,7 @@ def _unmask(
     channels: int,
     shift: int,
     s: np.ndarray,
+    skip: np.ndarray,
     low: int,
     high: int,
     out: np.ndarray,
@@ -85,18 +94,41 @@ def _unmask(
         b = (bias[row % channels] if bias.size > 0 else 0) + half
         start, stop = row * inner, (row + 1) * inner
         zs, us, os_ = z[start:stop], u[start:stop], out[start:stop]
-        ss = s[start:stop] if s.size > 0 else s
         acc = np.int64(0)
-        for i in range(inner):
-            d = np.int64(zs[i]) - np.int64(us[i])
-            d = d + P if d < 0 else d  # W x mod P, in [0, P)
-            if ss.size > 0:
+        # four loops, not one with tests inside: LLVM vectorises each of them
+        if s.size > 0 and skip.size > 0:
+            ss, ks = s[start:stop], skip[start:stop]
+            for i in range(inner):
+                d = _difference(zs[i], us[i])
                 acc += _fold(np.int64(ss[i]) * d)
-            v = (d - P if d > _HALF else d) + b
-            v = v >> shift  # with half added: rounds half up (an arithmetic shift floors, as floor_divide does)
-            os_[i] = min(max(v, low), high)
+                os_[i] = min(max(_signed_round(d, b, shift) + ks[i], low), high)
+        elif s.size > 0:
+            ss = s[start:stop]
+            for i in range(inner):
+                d = _difference(zs[i], us[i])
+                acc += _fold(np.int64(ss[i]) * d)
+                os_[i] = min(max(_signed_round(d, b, shift), low), high)
+        elif skip.size > 0:
+            ks = skip[start:stop]
+            for i in range(inner):
+                os_[i] = min(max(_signed_round(_difference(zs[i], us[i]), b, shift) + ks[i], low), high)
+        else:
+            for i in range(inner):
+                os_[i] = min(max(_signed_round(_difference(zs[i], us[i]), b, shift), low), high)
         total = (total + acc) % P
     return total
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _difference(z: np.uint32, u: np.uint32) -> np.int64:  # pragma: no cover - compiled
+    d = np.int64(z) - np.int64(u)
+    return d + P if d < 0 else d  # W x mod P, in [0, P)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _signed_round(d: np.int64, b: int, shift: int) -> np.int64:  # pragma: no cover - compiled
+    # the signed value, plus the bias and half: an arithmetic shift floors, as floor_divide does
+    return ((d - P if d > _HALF else d) + b) >> shift
 
 
 _UNBOUNDED = (-(1 << 62), 1 << 62)
@@ -109,10 +141,12 @@ def unmask_finish(
     shift: int,
     s: np.ndarray | None = None,
     clamp: tuple[int | None, int | None] = (None, None),
+    skip: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
-    """``finish(decode(z - u))`` in one pass: the signed ``W x``, plus the bias per channel (axis 1),
-    rounded half up by ``shift`` bits, clamped to ``clamp`` (a folded ReLU: (0, None)); int64 of
-    ``z``'s shape. With Freivalds' ``s`` (field elements of ``z``'s size) also ``<s, W x> mod P``, else 0."""
+    """``finish(decode(z - u), skip)`` in one pass: the signed ``W x``, plus the bias per channel (axis
+    1), rounded half up by ``shift`` bits, plus a folded residual ``skip`` (int64 of ``z``'s shape),
+    clamped to ``clamp`` (a folded ReLU: (0, None)); int64 of ``z``'s shape. With Freivalds' ``s``
+    (field elements of ``z``'s size) also ``<s, W x> mod P``, else 0."""
     out = np.empty(z.shape, dtype=np.int64)
     channels = z.shape[1] if z.ndim > 1 else 1
     inner = int(np.prod(z.shape[2:])) if z.ndim > 2 else 1
@@ -127,6 +161,7 @@ def unmask_finish(
         channels,
         shift,
         _NO_CHECK if s is None else s,
+        _NO_SKIP if skip is None else np.ascontiguousarray(skip, dtype=np.int64).ravel(),
         low,
         high,
         out.ravel(),

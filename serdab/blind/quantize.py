@@ -83,6 +83,7 @@ class QLinear:
     attrs: dict[str, Any] = field(default_factory=dict)
     shift: int = WEIGHT_BITS  # bits to round away after the bias: the weights' fraction bits
     clamp: tuple[int | None, int | None] = (None, None)  # a ReLU or Clip folded into the layer (bounds at 2^a)
+    residual: str = ""  # a residual Add folded into the layer: the activation added after rounding
     inputs: list[str] = field(default_factory=list)
     output: str = ""
     _weight_t: torch.Tensor | None = field(default=None, repr=False, compare=False)
@@ -119,13 +120,16 @@ class QLinear:
             return int(np.prod(self.attrs["kernel"]))
         return int(np.prod(self.weight.shape[1:]))
 
-    def finish(self, wx: np.ndarray) -> np.ndarray:
-        """From ``W x`` (int64) to the next layer's input: add the bias, round back to 2^a, clamp."""
+    def finish(self, wx: np.ndarray, skip: np.ndarray | None = None) -> np.ndarray:
+        """From ``W x`` (int64) to the next layer's input: add the bias, round back to 2^a, add the
+        residual ``skip`` (the activation named by ``residual``), clamp."""
         y = wx.astype(np.int64)
         if self.bias is not None:
             y = y + (self.bias.reshape(1, -1, 1, 1) if self.kind == "conv" else self.bias.reshape(1, -1))
         if self.shift:
             y = np.floor_divide(y + (1 << (self.shift - 1)), 1 << self.shift)
+        if skip is not None:
+            y = y + skip
         if self.clamp != (None, None):
             y = np.clip(y, *self.clamp)
         return y
@@ -152,18 +156,22 @@ class QuantizedModel:
         return quantise(x, self.act_bits)
 
     def evaluate(
-        self, h: np.ndarray, linear: Callable[[int, QLinear, np.ndarray], np.ndarray], finished: bool = False
+        self,
+        h: np.ndarray,
+        linear: Callable[[int, QLinear, np.ndarray, np.ndarray | None], np.ndarray],
+        finished: bool = False,
     ) -> np.ndarray:
-        """The graph on integer input ``h``, with ``linear(index, layer, x)`` giving each linear layer's
-        ``W x`` (int64): plainly for the reference, through the GPU for the blinded pass (which, with
-        ``finished``, also adds the bias and rounds: the layer's output)."""
+        """The graph on integer input ``h``, with ``linear(index, layer, x, skip)`` giving each linear
+        layer's ``W x`` (int64): plainly for the reference, through the GPU for the blinded pass (which,
+        with ``finished``, also does ``finish``: bias, rounding, the residual ``skip``, the clamp)."""
         values = {self.input_name: h}
         index = 0
         for step in self.steps:
             args = [values[name] for name in step.inputs]
             if isinstance(step, QLinear):
-                out = linear(index, step, args[0])
-                values[step.output] = out if finished else step.finish(out)
+                skip = values[step.residual] if step.residual else None
+                out = linear(index, step, args[0], skip)
+                values[step.output] = out if finished else step.finish(out, skip)
                 index += 1
             else:
                 values[step.output] = step.run(*args)
@@ -175,7 +183,7 @@ class QuantizedModel:
             return self._shapes[tuple(input_shape)]
         shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
 
-        def record(_: int, layer: QLinear, h: np.ndarray) -> np.ndarray:
+        def record(_: int, layer: QLinear, h: np.ndarray, __: np.ndarray | None) -> np.ndarray:
             wx = np.rint(layer.linear(h)).astype(np.int64)
             shapes.append((tuple(h.shape), tuple(wx.shape)))
             return wx
@@ -186,7 +194,7 @@ class QuantizedModel:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """The plaintext integer reference: float input in, the last layer's integers (scale 2^a) out."""
-        return self.evaluate(self.quantise_input(x), lambda _, layer, h: np.rint(layer.linear(h)).astype(np.int64))
+        return self.evaluate(self.quantise_input(x), lambda _, layer, h, __: np.rint(layer.linear(h)).astype(np.int64))
 
     def dequantised(self, x: np.ndarray) -> np.ndarray:
         return self.run(x).astype(np.float64) / (1 << self.act_bits)
@@ -282,25 +290,41 @@ def quantize_model(proto: onnx.ModelProto, name: str = "model") -> QuantizedMode
         else:
             raise ValueError(f"{name}: {node.op_type} ({label}) is not supported in a blinded model yet")
     output = alias.get(graph.output[0].name, graph.output[0].name)
-    return QuantizedModel(name, _fold_clamps(steps, output), graph.input[0].name, output)
+    steps = _fold(_fold(_fold(steps, output, ("relu", "clip")), output, ("add",)), output, ("relu", "clip"))
+    return QuantizedModel(name, steps, graph.input[0].name, output)
 
 
-def _fold_clamps(steps: list[QLinear | QOp], output: str) -> list[QLinear | QOp]:
-    """A ReLU or Clip whose input is a linear layer's output and nothing else's folded into that layer,
-    as batch norm is folded into convolutions: the enclave clamps while it unmasks, in the same pass."""
+def _fold(steps: list[QLinear | QOp], output: str, kinds: tuple[str, ...]) -> list[QLinear | QOp]:
+    """Steps of these kinds folded into the linear layer whose output they read, when nothing else reads
+    it (as batch norm is folded into convolutions): a ReLU or Clip becomes the layer's clamp, a residual
+    Add of two activations its ``residual``, so the enclave does them while it unmasks, in the same
+    pass. Folding ReLUs, then Adds, then ReLUs again turns ResNet's conv, add, relu into one layer."""
     readers: dict[str, int] = {output: 1}
     for step in steps:
         for name in step.inputs:
             readers[name] = readers.get(name, 0) + 1
     producers = {s.output: s for s in steps if isinstance(s, QLinear)}
+    made_at = {s.output: at for at, s in enumerate(steps)}  # a folded Add's other input must exist by then
     kept: list[QLinear | QOp] = []
     for step in steps:
-        layer = producers.get(step.inputs[0]) if isinstance(step, QOp) and step.kind in ("relu", "clip") else None
-        if layer is None or readers[layer.output] != 1 or layer.clamp != (None, None):
+        folded = False
+        if isinstance(step, QOp) and step.kind in kinds:
+            for at, name in enumerate(step.inputs[: 2 if step.kind == "add" else 1]):
+                layer = producers.get(name)
+                if layer is None or readers[name] != 1 or layer.clamp != (None, None) or layer.residual:
+                    continue
+                if step.kind == "add":
+                    other = step.inputs[1 - at]
+                    if made_at.get(other, -1) > made_at[name]:
+                        continue
+                    layer.residual = other
+                else:
+                    layer.clamp = (0, None) if step.kind == "relu" else (step.attrs["low"], step.attrs["high"])
+                made_at[step.output] = made_at[name]
+                layer.output = step.output
+                producers[layer.output] = layer
+                folded = True
+                break
+        if not folded:
             kept.append(step)
-            continue
-        assert isinstance(step, QOp)
-        layer.clamp = (0, None) if step.kind == "relu" else (step.attrs["low"], step.attrs["high"])
-        layer.output = step.output
-        producers[layer.output] = layer
     return kept
