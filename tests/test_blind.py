@@ -111,6 +111,11 @@ def test_freivalds_catches_a_gpu_that_answers_wrongly() -> None:
     with pytest.raises(LinkIntegrityError, match="W r device") as caught:
         outsourced.run(0, x)
     assert caught.value.kind == "wrong-precomputation"
+    # ...and with an honest W r device, a wrong GPU answer is blamed on the GPU, not on it
+    outsourced = BlindedRunner(model, tampering(1, 2), mode="outsourced", helper=honest, integrity=True, seed=1)
+    with pytest.raises(LinkIntegrityError, match="GPU's answer") as caught:
+        outsourced.run(0, x)
+    assert caught.value.kind == "wrong-answer"
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv2", "squeezenet1_1"])
@@ -118,7 +123,10 @@ def test_residual_depthwise_and_concatenating_models_are_blinded_bit_for_bit(nam
     loaded = load_model(name)  # Add (ResNet), Clip and depthwise convolutions (MobileNetV2), Concat (SqueezeNet)
     model = quantize_model(loaded.proto, name)
     x = np.random.default_rng(4).standard_normal((1, *loaded.input_chw)).astype(np.float32)
-    assert np.array_equal(BlindedRunner(model, HonestGpu(model)).run(0, x), model.run(x))
+    assert np.array_equal(BlindedRunner(model, HonestGpu(model), integrity=True, seed=0).run(0, x), model.run(x))
+    if name == "resnet18":  # every residual Add and ReLU folded into a convolution, done while unmasking
+        assert not [s for s in model.steps if s.kind in ("add", "relu")]
+        assert sum(bool(getattr(s, "residual", "")) for s in model.steps) == 8  # one per basic block
 
 
 def test_an_operation_without_an_integer_form_is_refused_by_name() -> None:

@@ -111,7 +111,8 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark(
             "blinded",
             "Issue 28: blinded offload of linear layers (each precomputation mode, with and without Freivalds) "
-            "against one enclave and Serdab's plaintext plans; measured runs on one desktop.",
+            "against one enclave and Serdab's plaintext plans; measured runs on one desktop and on seed 000's testbed "
+            "(about 15 minutes).",
             "serdab.bench.blinded_bench",
             (
                 BenchOption("quick", bool, False, "ResNet-18 only, predictions only (about a minute)."),
@@ -119,6 +120,13 @@ BENCHMARKS: dict[str, Benchmark] = {
                 BenchOption("frames", int, 4, "Frames per measured run.", min=2),
                 BenchOption(
                     "models", list[str] | None, None, "Models (repeatable; default VGG-16, ResNet-18, MobileNetV2)."
+                ),
+                BenchOption(
+                    "testbed",
+                    list[str] | None,
+                    None,
+                    "Models also measured on --cluster itself, at its own speeds (repeatable; default ResNet-18: "
+                    "about 5 minutes; VGG-16 about 15).",
                 ),
             ),
         ),
