@@ -174,6 +174,7 @@ class Deployment:
 
     def _plan_workers(self, artifacts: list[StageArtifact], physical: CostModel) -> list[_Worker]:
         cost = physical.evaluate(self.placement, 1)
+        self._predicted = (cost.latency_s, cost.period_s)
         blind = physical.workload.blind
         self.topology: Topology = topology(self.placement, self.epoch, blind.helper if blind else None)
         self._links = {pair: self._link(*pair) for pair in self.topology.links()}
@@ -287,20 +288,26 @@ class Deployment:
     def paths(self) -> int:
         return self.paths_of(self.placement)
 
+    def expected_host_s(self, frames: int) -> float:
+        """Host seconds ``frames`` sent together should take, by the prediction: waits for frames scale
+        with it (an enclave at seed 000's speed, at the dilation its GPU helper needs, takes minutes)."""
+        latency, period = self._predicted
+        expected = (latency + max(frames - 1, 0) * period) * self.ctx.dilation
+        return expected if math.isfinite(expected) else 0.0
+
     def _through(self, ids: list[int], pixels: np.ndarray) -> list[FrameResult]:
         """Send throw-away frames and wait until every one came out."""
         self.feed([(i, pixels) for i in ids], threading.Event())
         seen: dict[int, FrameResult] = {}
-        deadline = time.monotonic() + self.ctx.start_timeout_s
+        allowed = self.ctx.start_timeout_s + 2 * self.expected_host_s(len(ids))
+        deadline = time.monotonic() + allowed
         while len(seen) < len(ids):
             with contextlib.suppress(queue.Empty):
                 result = self.results.get(timeout=0.1)
                 seen[result.frame] = result
             self.check()
             if time.monotonic() > deadline:
-                raise WorkerError(
-                    f"warm-up frames did not come out of the pipeline within {self.ctx.start_timeout_s:.0f} s"
-                )
+                raise WorkerError(f"warm-up frames did not come out of the pipeline within {allowed:.0f} s")
         for i in ids:
             self._sent.pop(i, None)
         return [seen[i] for i in ids]

@@ -416,7 +416,8 @@ class ApplicationManager:
             pending = [(f.id, f.pixels) for f in chunk if f.id not in results]  # uint8: the first stage normalises
             feeder = threading.Thread(target=deployment.feed, args=(pending, stop), daemon=True)
             feeder.start()
-            deadline = time.monotonic() + self.options.chunk_timeout_s
+            allowed = self.options.chunk_timeout_s + 2 * deployment.expected_host_s(len(pending))
+            deadline = time.monotonic() + allowed
             try:
                 while len(results) < len(chunk):
                     try:
@@ -430,10 +431,7 @@ class ApplicationManager:
                     deployment.check()
                     if time.monotonic() > deadline:
                         missing = sorted(set(frames) - set(results))
-                        raise RunError(
-                            f"frames {missing[:5]} never came out of the pipeline within "
-                            f"{self.options.chunk_timeout_s:.0f} s"
-                        )
+                        raise RunError(f"frames {missing[:5]} never came out of the pipeline within {allowed:.0f} s")
             except WorkerLost as lost:
                 stop.set()
                 interrupted = True
