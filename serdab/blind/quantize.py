@@ -311,7 +311,10 @@ def _fold(steps: list[QLinear | QOp], output: str, kinds: tuple[str, ...]) -> li
         if isinstance(step, QOp) and step.kind in kinds:
             for at, name in enumerate(step.inputs[: 2 if step.kind == "add" else 1]):
                 layer = producers.get(name)
-                if layer is None or readers[name] != 1 or layer.clamp != (None, None) or layer.residual:
+                # a clamp goes last (after a folded residual); an Add only onto a layer not yet clamped
+                if layer is None or readers[name] != 1 or layer.clamp != (None, None):
+                    continue
+                if step.kind == "add" and layer.residual:
                     continue
                 if step.kind == "add":
                     other = step.inputs[1 - at]
