@@ -42,9 +42,9 @@ def desktop(tmp_path: Path):
     return load_cluster(path)
 
 
-def _run(lenet_costs, cluster, frames: int, mode: str, **options):
+def _run(lenet_costs, cluster, frames: int, mode: str, helper: str | None = None, **options):
     chain, profile, blinding = lenet_costs
-    blind = BlindCosts.from_profile(blinding, mode, integrity=True)
+    blind = BlindCosts.from_profile(blinding, mode, integrity=True, helper=helper)
     manager = ApplicationManager(chain, "lenet5", profile, cluster, RunOptions(blind=blind, **options))
     lines: list[dict] = []
     summary = manager.run(open_source(f"synthetic:{frames}", chain.input_shape).frames(), on_result=lines.append)
@@ -103,11 +103,12 @@ def test_outsourced_w_r_runs_beside_the_gpu_and_a_wrong_w_r_is_caught(lenet_cost
     # the second untrusted device computes W r from the masks alone; checked like the GPU's answers
     path = tmp_path / "desktop-cpu.yaml"
     path.write_text(DESKTOP + "  - {name: cpu1, kind: cpu, trusted: false, host: h1, speed: 1.0, memory: 8GiB}\n")
-    cluster = load_cluster(path)
-    chain, profile, blinding = lenet_costs
-    blind = BlindCosts.from_profile(blinding, "outsourced", integrity=True, helper="cpu1")
-    options = RunOptions(
-        blind=blind,
+    chain, summary, lines = _run(
+        lenet_costs,
+        load_cluster(path),
+        3,
+        "outsourced",
+        helper="cpu1",
         chunk=3,
         native=True,
         keep_outputs=True,
@@ -115,9 +116,6 @@ def test_outsourced_w_r_runs_beside_the_gpu_and_a_wrong_w_r_is_caught(lenet_cost
         placement="tee1(blinded:gpu1)[0-11]",
         tamper={"cpu1": 1},
     )
-    manager = ApplicationManager(chain, "lenet5", profile, cluster, options)
-    lines: list[dict] = []
-    summary = manager.run(open_source("synthetic:3", chain.input_shape).frames(), on_result=lines.append)
     assert [line["frame"] for line in lines] == [0, 1, 2]
     quantised = quantize_model(chain.model, "lenet5")
     first = next(iter(open_source("synthetic:1", chain.input_shape).frames()))

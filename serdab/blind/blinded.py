@@ -177,7 +177,7 @@ class BlindedRunner:
             # finish(decode(z - u), skip) in one pass, and <s, W x>: one check of the GPU's answer and W r together
             out, got = unmask_finish(z, u, layer.bias, layer.shift, check.s if check else None, layer.clamp, skip)
             if check is not None and got != expected:
-                raise self._culprit(frame, layer, check, masked, z, r, u)
+                raise self._culprit(frame, layer, check, masked, z)
             return out
 
         entered = clock()
@@ -198,18 +198,11 @@ class BlindedRunner:
         return np.mod(layer.linear(r), P).astype(np.uint32)
 
     def _culprit(
-        self,
-        frame: int,
-        layer: QLinear,
-        check: FreivaldsCheck,
-        masked: np.ndarray,
-        z: np.ndarray,
-        r: np.ndarray | None,
-        u: np.ndarray,
+        self, frame: int, layer: QLinear, check: FreivaldsCheck, masked: np.ndarray, z: np.ndarray
     ) -> LinkIntegrityError:
-        """Which answer failed: the GPU's ``W (x + r)``, else the second device's ``W r`` (the outsourced
-        mode; the pool's is sealed, and the enclave's own is right), each checked alone with the same
-        secret vector, so neither untrusted device can bend the result unnoticed."""
+        """Which answer failed the combined check: the GPU's ``W (x + r)``, checked alone with the same
+        secret vector; if that one holds, the second device's ``W r`` (the outsourced mode: the pool's is
+        sealed and the enclave's own is right), so neither untrusted device is blamed for the other."""
         if self.mode == "outsourced" and check.check(masked, z):
             return LinkIntegrityError(
                 "wrong-precomputation", f"the W r device's answer for blinded layer {layer.name} fails Freivalds' check"

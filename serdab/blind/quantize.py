@@ -314,11 +314,9 @@ def _fold(steps: list[QLinear | QOp], output: str, kinds: tuple[str, ...]) -> li
                 # a clamp goes last (after a folded residual); an Add only onto a layer not yet clamped
                 if layer is None or readers[name] != 1 or layer.clamp != (None, None):
                     continue
-                if step.kind == "add" and layer.residual:
-                    continue
                 if step.kind == "add":
                     other = step.inputs[1 - at]
-                    if made_at.get(other, -1) > made_at[name]:
+                    if layer.residual or made_at.get(other, -1) > made_at[name]:
                         continue
                     layer.residual = other
                 else:
